@@ -54,7 +54,7 @@ def time_batch(t: TimeLike, x: Tensor) -> Tensor:
     """t as the (B,) tensor a network receives: float32, or float64 when x is float64 --
     never the (possibly half-precision) dtype of x."""
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    t = torch.as_tensor(t, device=x.device).to(dtype)
+    t = torch.as_tensor(t, dtype=torch.float64, device=x.device).to(dtype)
     return t.expand(x.shape[0]) if t.ndim == 0 else t
 
 

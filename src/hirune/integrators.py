@@ -8,6 +8,7 @@ norm is scipy's RMS, taken per sample, and the worst sample sets the step.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -58,6 +59,8 @@ def rk45(f: ODEFunc, y: Tensor, t0: float, t1: float, *, rtol: float = 1e-5, ato
     h = first_step or span / 100
     t, nfe = t0, 1
     k1 = f(t, y)
+    if not bool(torch.isfinite(k1).all()):
+        raise FloatingPointError(f"rk45: f(t0 = {t0}, y0) is not finite")
     for _ in range(max_steps):
         if abs(t1 - t) <= 1e-12 * max(1.0, span):
             return y, nfe
@@ -74,10 +77,15 @@ def rk45(f: ODEFunc, y: Tensor, t0: float, t1: float, *, rtol: float = 1e-5, ato
         # RMS per sample, worst sample decides: a batch-wide RMS would let one bad
         # trajectory hide among many good ones.
         err_norm = float((err / scale).pow(2).flatten(1).mean(1).sqrt().max())
+        if math.isnan(err_norm):
+            err_norm = math.inf  # a stage overflowed: reject and shrink the step
         if err_norm <= 1.0:
             t, y, k1 = t + dt, y5, ks[-1]  # FSAL: the last stage is f at the new point
             if abs(t1 - t) <= 1e-12 * max(1.0, span):
                 return y, nfe
         factor = 5.0 if err_norm == 0 else min(5.0, max(0.2, 0.9 * err_norm ** -0.2))
         h = h * factor
+        if h <= 10 * abs(math.nextafter(t, t1) - t):
+            raise FloatingPointError(f"rk45: step size underflow at t = {t} (f not finite or "
+                                     "the problem is too stiff)")
     raise RuntimeError(f"rk45 did not reach t = {t1} in {max_steps} steps (stopped at t = {t})")

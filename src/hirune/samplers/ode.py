@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..integrators import FIXED_STEPS, rk45
+from ..integrators import FIXED_STEPS, euler_step, rk45
 from .common import SampleOutput, SamplerRun
 
 
@@ -26,7 +26,10 @@ def _fixed_step_sampler(method: str):
                          increasing=len(ts) > 1 and float(ts[-1]) > float(ts[0]))
         velocity = lambda t, y: run.predict(y, t).velocity  # noqa: E731
         for i, t, s in run.pairs():
-            x = step(velocity, t, s, x)
+            # A step that lands on sigma = 0 (flows at t = 0) is an Euler step, as in EDM:
+            # the velocity there is undefined for x0/eps models (and singular for VP).
+            on_data = float(run.process.sigma(s)) == 0
+            x = (euler_step if on_data else step)(velocity, t, s, x)
             run.record(i, t, x)
         return run.finish(x, denoise=float(run.ts[-1]) <= float(run.ts[0]))
 

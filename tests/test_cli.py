@@ -1,0 +1,121 @@
+"""The `hirune` command line: demo outputs, listings, and errors on unknown names."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+import hirune
+from hirune.cli import main
+
+
+def _finite_numbers(obj):
+    """Every number inside a JSON-like object."""
+    if isinstance(obj, bool):
+        return
+    if isinstance(obj, (int, float)):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _finite_numbers(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _finite_numbers(v)
+
+
+def test_demo_writes_png_gif_and_metrics(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code = main(["demo", "--n", "300", "--samplers", "ddim,dpmpp_2m,euler_maruyama",
+                 "--steps", "12", "--seed", "3", "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    for name in ("ddim", "dpmpp_2m", "euler_maruyama", "truth vs truth", "demo.png"):
+        assert name in printed
+
+    with Image.open(out / "demo.png") as im:
+        im.verify()
+    with Image.open(out / "demo.png") as im:
+        assert im.format == "PNG" and im.size[0] > 100 and im.size[1] > 100
+    with Image.open(out / "trajectory.gif") as im:
+        assert im.format == "GIF" and im.n_frames > 5  # 12 steps: noise, 11 steps, x0 jump
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"process", "prediction", "n", "reference", "samplers", "skipped",
+            "true_weights", "trajectory_sampler"} <= set(metrics)
+    assert metrics["process"] == "ddpm" and metrics["prediction"] == "eps"
+    assert metrics["trajectory_sampler"] == "ddim"
+    assert set(metrics["samplers"]) == {"ddim", "dpmpp_2m", "euler_maruyama"}
+    assert {"sliced_wasserstein", "energy_distance", "weights"} <= set(metrics["reference"])
+    for name, r in metrics["samplers"].items():
+        assert {"nfe", "steps", "sliced_wasserstein", "energy_distance", "weights"} <= set(r)
+        assert r["nfe"] >= r["steps"] == 12
+        assert len(r["weights"]) == 3 and math.isclose(sum(r["weights"]), 1.0)
+        # the exact denoiser: samples about as close to the truth as another truth sample
+        assert r["sliced_wasserstein"] < 0.5
+    numbers = list(_finite_numbers(metrics))
+    assert numbers and all(math.isfinite(v) for v in numbers)
+
+
+def test_demo_skips_reverse_sde_samplers_on_flows(tmp_path, capsys):
+    code = main(["demo", "--process", "rectified_flow", "--n", "100", "--steps", "5",
+                 "--samplers", "euler_maruyama,heun", "--out", str(tmp_path)])
+    assert code == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["prediction"] == "velocity"  # eps cannot serve a zero-terminal-SNR path
+    assert list(metrics["samplers"]) == ["heun"]
+    assert "singular" in metrics["skipped"]["euler_maruyama"]
+    assert "skipped euler_maruyama" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, valid", [
+    (["demo", "--process", "nope"], sorted(hirune.PROCESSES)),
+    (["demo", "--samplers", "ddim,nope"], sorted(hirune.SAMPLERS)),
+    (["demo", "--prediction", "nope"], hirune.PREDICTIONS),
+    (["nope"], ["demo", "samplers", "schedules", "processes"]),
+])
+def test_unknown_names_exit_2_listing_valid_choices(argv, valid, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "nope" in err
+    for name in valid:
+        assert name in err
+
+
+def test_incompatible_prediction_exits_2(tmp_path, capsys):
+    code = main(["demo", "--process", "cond_ot", "--prediction", "eps", "--out", str(tmp_path)])
+    assert code == 2
+    assert "velocity" in capsys.readouterr().err
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_samplers_lists_every_sampler(capsys):
+    assert main(["samplers"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    for name in hirune.SAMPLERS:
+        assert any(line.split()[:1] == [name] for line in lines), name
+
+
+def test_schedules_and_processes_list_everything(capsys):
+    assert main(["schedules"]) == 0
+    out = capsys.readouterr().out
+    for name in (*hirune.BETA_SCHEDULES, *hirune.SPACINGS):
+        assert name in out
+    assert main(["processes"]) == 0
+    out = capsys.readouterr().out
+    for name in (*hirune.PROCESSES, *hirune.PREDICTIONS):
+        assert name in out
+
+
+def test_python_dash_m_entry_point():
+    res = subprocess.run([sys.executable, "-m", "hirune", "samplers"], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "dpmpp_2m" in res.stdout
