@@ -60,7 +60,8 @@ def time_grid(
     hi = float(process.edm_sigma(process.t_max)) if sigma_max is None else sigma_max
     if not (math.isfinite(hi) and 0 < lo < hi):
         raise ValueError(f"{spacing!r} spacing needs 0 < sigma_min < sigma_max < inf; {process!r} "
-                         f"spans sigma/alpha in [{lo:.4g}, {hi:.4g}]: pass sigma_max (e.g. 80)")
+                         f"spans sigma/alpha in [{lo:.4g}, {hi:.4g}]: pass sigma_max (e.g. 80) and "
+                         "sigma_min (e.g. 0.002)")
     u = torch.linspace(0, 1, steps, dtype=torch.float64)
     if spacing == "karras":
         sig = (hi ** (1 / rho) + u * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
