@@ -50,7 +50,7 @@ def test_plain_inversion_drifts_less_with_more_steps(case):
     errors = [relative_error(reconstruct(make(), prediction, n, exact=False)[0], X)
               for n in (10, 25, 50, 100, 200)]
     assert all(a > b for a, b in zip(errors, errors[1:])), errors
-    assert errors[-1] < errors[0] / 8  # first order in the step: ~1/n
+    assert errors[-1] < errors[0] / 5  # 20x the steps: several times smaller (first order)
     # the drift the papers report for plain DDIM inversion: about 1-2% at 100 steps here
     assert 0.003 < errors[3] < 0.05, errors
 

@@ -64,8 +64,8 @@ def points_8d(gm: GaussianMixture) -> torch.Tensor:
 
 def discrete_one_segment() -> DiscreteVP:
     """A DiscreteVP with T = 2: time runs over the single interpolation segment [0, 1], on
-    which alpha is linear and the probability-flow ODE is smooth (see the xfail below for
-    what happens across many segments)."""
+    which alpha is linear and the probability-flow ODE is smooth (across many segments the
+    likelihood integrates piecewise; see test_rk45_on_discrete_schedule_across_segments)."""
     return DiscreteVP(betas=torch.tensor([0.02, 0.95], dtype=F64))
 
 

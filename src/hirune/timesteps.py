@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -56,12 +57,16 @@ def time_grid(
         return _discrete_grid(process.T, steps, spacing)
     if spacing == "uniform":
         return torch.linspace(process.t_max, process.t_min, steps, dtype=torch.float64)
-    lo = float(process.edm_sigma(process.t_min)) if sigma_min is None else sigma_min
-    hi = float(process.edm_sigma(process.t_max)) if sigma_max is None else sigma_max
+    lo_p, hi_p = float(process.edm_sigma(process.t_min)), float(process.edm_sigma(process.t_max))
+    lo = lo_p if sigma_min is None else sigma_min
+    hi = hi_p if sigma_max is None else sigma_max
     if not (math.isfinite(hi) and 0 < lo < hi):
+        hint = "sigma_max (e.g. 80)" if not math.isfinite(hi) else "sigma_min (e.g. 0.002)"
         raise ValueError(f"{spacing!r} spacing needs 0 < sigma_min < sigma_max < inf; {process!r} "
-                         f"spans sigma/alpha in [{lo:.4g}, {hi:.4g}]: pass sigma_max (e.g. 80) and "
-                         "sigma_min (e.g. 0.002)")
+                         f"spans sigma/alpha in [{lo_p:.4g}, {hi_p:.4g}]: pass {hint}")
+    if lo < lo_p * (1 - 1e-9) or hi > hi_p * (1 + 1e-9):
+        raise ValueError(f"sigma range [{lo:.4g}, {hi:.4g}] lies outside [{lo_p:.4g}, {hi_p:.4g}], "
+                         f"the sigma/alpha that {process!r} spans")
     u = torch.linspace(0, 1, steps, dtype=torch.float64)
     if spacing == "karras":
         sig = (hi ** (1 / rho) + u * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
@@ -73,14 +78,16 @@ def time_grid(
 def _discrete_grid(T: int, n: int, spacing: str) -> Tensor:
     if n > T:
         raise ValueError(f"steps must be <= the {T} training steps for spacing {spacing!r}, got {n}")
-    i = torch.arange(n, dtype=torch.float64)
+    # diffusers' own NumPy arithmetic, so that exact .5 ties (e.g. T = 1000: trailing n = 48,
+    # linspace n = 27) round the same way as its set_timesteps.
     if spacing == "leading":
-        ts = i * (T // n)
+        ts = (np.arange(n) * (T // n))[::-1]
     elif spacing == "trailing":
-        ts = torch.round(T - i.flip(0) * (T / n)) - 1
+        # np.arange with a float step can overshoot by one entry (n = 61: a final -1)
+        ts = np.round(np.arange(T, 0, -T / n))[:n] - 1
     else:
-        ts = torch.round(torch.linspace(0, T - 1, n, dtype=torch.float64))
-    return ts.flip(0)
+        ts = np.linspace(0, T - 1, n).round()[::-1]
+    return torch.tensor(ts.copy(), dtype=torch.float64)
 
 
 def respace(T: int, section_counts: str | list[int]) -> Tensor:
@@ -102,7 +109,10 @@ def respace(T: int, section_counts: str | list[int]) -> Tensor:
         if not 1 <= count <= length:
             raise ValueError(f"cannot keep {count} steps in a section of {length} steps")
         stride = (length - 1) / (count - 1) if count > 1 else 1
-        kept += [start + round(stride * j) for j in range(count)]
+        idx = 0.0
+        for _ in range(count):  # accumulated as in Improved DDPM, so .5 ties round alike
+            kept.append(start + round(idx))
+            idx += stride
         start += length
     return torch.tensor(sorted(set(kept)), dtype=torch.float64).flip(0)
 
