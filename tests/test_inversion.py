@@ -55,6 +55,7 @@ def test_plain_inversion_drifts_less_with_more_steps(case):
     assert 0.003 < errors[3] < 0.05, errors
 
 
+@pytest.mark.filterwarnings("ignore:exact DDIM inversion did not converge")
 def test_inverted_noise_looks_like_noise():
     process = H.DiscreteVP("linear")
     inv = S.ddim_invert(GM.denoiser(process, "eps"), GM.sample(4000, torch.Generator().manual_seed(1)),
@@ -93,6 +94,13 @@ def test_broken_inversion_is_caught():
 
     inv = S.ddim_invert(Shifted(D), X, ts, exact=True)
     assert relative_error(S.ddim(D, inv.x, ts).x, X) > 1e-2
+
+
+def test_unconverged_exact_inversion_warns():
+    """At 5 steps the fixed point is out of reach for some points: say so, never silently."""
+    process = H.VPSDE()
+    with pytest.warns(RuntimeWarning, match="did not converge"):
+        S.ddim_invert(GM.denoiser(process, "eps"), X, time_grid(process, 5), exact=True, max_iter=20)
 
 
 def test_inversion_rejects_bad_grids():
