@@ -20,14 +20,6 @@ from hirune.integrators import FIXED_STEPS, euler_step, heun_step, midpoint_step
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The batches here are tiny; with 2 OpenMP threads on a loaded 2-core machine each op
-    # costs milliseconds of spin-waiting instead of microseconds.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # --- problems with closed-form solutions ------------------------------------------------

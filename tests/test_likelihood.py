@@ -24,14 +24,6 @@ from hirune.schedules import linear_betas
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny batches: with 2 OpenMP threads on a loaded 2-core machine every op spin-waits for
-    # milliseconds (measured 15x slower than one thread).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # --- fixtures ---------------------------------------------------------------------------------

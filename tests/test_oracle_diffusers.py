@@ -51,15 +51,6 @@ SCHEDULES = [  # (hirune name, diffusers name, diffusers kwargs)
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Single-threaded torch for these tiny tensors: with 2 intra-op threads on a busy
-    2-core machine every parallel op (the mixture model's softmax, each step) waits ~12 ms
-    for the second thread, against ~20 us on one thread.  Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 BETA_RTOL = 1e-6  # float32 rounding (2^-24 = 6e-8) plus float32 arithmetic in sigmoid/linspace

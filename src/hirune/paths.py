@@ -15,28 +15,6 @@ from torch import Tensor
 from .process import GaussianProcess, TimeLike, as_time
 
 
-class RectifiedFlow(GaussianProcess):
-    """Linear interpolation x_t = (1 - t) x_0 + t eps (rectified flow; the sigma_min = 0 OT path).
-
-    Its marginal velocity is E[eps - x_0 | x_t]; Euler steps on it are exactly DDIM steps.
-    """
-
-    def __init__(self):
-        self.t_min, self.t_max = 0.0, 1.0
-
-    def alpha(self, t: TimeLike) -> Tensor:
-        return 1 - as_time(t)
-
-    def dalpha(self, t: TimeLike) -> Tensor:
-        return torch.full_like(as_time(t), -1.0)
-
-    def sigma(self, t: TimeLike) -> Tensor:
-        return as_time(t).clone()
-
-    def dsigma(self, t: TimeLike) -> Tensor:
-        return torch.ones_like(as_time(t))
-
-
 class CondOT(GaussianProcess):
     """Conditional optimal-transport path of flow matching (Lipman et al. 2023, eq. 20-23),
     in hirune's time: x_t = (1 - t) x_0 + (sigma_min + (1 - sigma_min) t) eps.
@@ -62,3 +40,17 @@ class CondOT(GaussianProcess):
 
     def dsigma(self, t: TimeLike) -> Tensor:
         return torch.full_like(as_time(t), 1 - self.sigma_min)
+
+
+class RectifiedFlow(CondOT):
+    """Linear interpolation x_t = (1 - t) x_0 + t eps (rectified flow, Liu et al. 2023): the
+    conditional-OT path with sigma_min = 0, reaching the data exactly at t = 0.
+
+    Its marginal velocity is E[eps - x_0 | x_t]; Euler steps on it are exactly DDIM steps.
+    """
+
+    def __init__(self):
+        super().__init__(sigma_min=0.0)
+
+    def __repr__(self) -> str:
+        return f"RectifiedFlow(t in [{self.t_min}, {self.t_max}])"
