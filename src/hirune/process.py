@@ -81,10 +81,13 @@ class GaussianProcess:
             t = t.reshape(-1, *([1] * (like.ndim - 1)))
         elif t.ndim != 0:
             raise ValueError(f"t must be a scalar or a (B,) tensor, got shape {tuple(t.shape)}")
-        cast = lambda v: v.to(device=like.device, dtype=like.dtype)  # noqa: E731
-        return Coefficients(
-            cast(self.alpha(t)), cast(self.sigma(t)), cast(self.dalpha(t)), cast(self.dsigma(t))
-        )
+        values = torch.stack(torch.broadcast_tensors(*self.coefficients64(t)))
+        alpha, sigma, dalpha, dsigma = values.to(device=like.device, dtype=like.dtype)  # one copy
+        return Coefficients(alpha, sigma, dalpha, dsigma)
+
+    def coefficients64(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(alpha, sigma, alpha', sigma') at float64 times t; override to share work."""
+        return self.alpha(t), self.sigma(t), self.dalpha(t), self.dsigma(t)
 
     def log_snr(self, t: TimeLike) -> Tensor:
         """lambda(t) = log(alpha^2 / sigma^2)  (Kingma et al. 2021, VDM)."""

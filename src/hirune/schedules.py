@@ -137,6 +137,13 @@ class DiscreteVP(GaussianProcess):
         # sigma^2 = 1 - alpha^2  =>  sigma' = -alpha alpha' / sigma
         return -self.alpha(t) * self.dalpha(t) / self.sigma(t)
 
+    def coefficients64(self, t: TimeLike) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        i, frac = self._segment(t)
+        a0, a1 = self._nodes[i], self._nodes[i + 1]
+        alpha, dalpha = a0 + frac * (a1 - a0), a1 - a0
+        sigma = (1 - alpha**2).clamp(min=0).sqrt()
+        return alpha, sigma, dalpha, -alpha * dalpha / sigma
+
     def q_posterior_mean_variance(self, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """DDPM eq. 7 at integer timesteps t (B,): mean and beta tilde of q(x_{t-1} | x_t, x_0).
 

@@ -19,7 +19,7 @@ def ddim(denoiser, x: Tensor, ts, *, eta: float = 0.0, generator=None, cond=None
     run = SamplerRun(denoiser, x, ts, cond, callback, return_trajectory)
     for i, t, s in run.pairs():
         pred = run.predict(x, t)
-        ct, cs = run.process.coefficients(t, x), run.process.coefficients(s, x)
+        ct, cs = pred.coeffs, run.process.coefficients(s, x)
         if eta > 0:
             _, var_ts = run.process.transition(t, s, x)
             c2 = eta**2 * var_ts * cs.sigma**2 / ct.sigma**2
