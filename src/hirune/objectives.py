@@ -1,0 +1,241 @@
+"""Training objectives over the forward processes.
+
+Every objective draws t and eps, builds x_t = alpha(t) x_0 + sigma(t) eps, asks the network
+for its prediction and compares it with the matching target.  They share one signature,
+
+    objective(model, process, x0, *, cond=None, generator=None, t=None, noise=None) -> Loss
+
+and return a `Loss` whose `loss` is the scalar to minimise and whose `per_sample` (B,) and
+`t` (B,) feed importance sampling and logging.
+
+    regression_loss        eps / x0 / v / velocity regression (DDPM's L_simple, v-prediction),
+                           optional min-SNR-gamma weighting (Hang et al. 2023)
+    score_matching_loss    denoising score matching with lambda(sigma) = sigma^2 (NCSN)
+    flow_matching_loss     conditional flow matching: velocity regression (Lipman et al. 2023)
+    hybrid_loss            Improved DDPM: L_simple + lambda L_vlb with a learned variance
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .denoiser import time_batch
+from .parameterization import from_x0_eps, to_x0_eps
+from .process import GaussianProcess
+from .schedules import DiscreteVP
+
+REGRESSION_TARGETS = ("eps", "x0", "v", "velocity")
+WEIGHTINGS = ("none", "min_snr")
+
+
+@dataclass
+class Loss:
+    loss: Tensor                 # scalar to minimise
+    per_sample: Tensor           # (B,) the (weighted) loss of each sample, detached
+    t: Tensor                    # (B,) the times drawn
+    terms: dict[str, Tensor] = field(default_factory=dict)  # named scalar parts, detached
+
+
+def sample_times(process: GaussianProcess, batch: int, generator: torch.Generator | None = None,
+                 device: torch.device | str = "cpu") -> Tensor:
+    """Training times: uniform integers 0..T-1 for discrete schedules, uniform on
+    [t_min, t_max] otherwise (float64, (B,))."""
+    if process.discrete:
+        return torch.randint(0, process.T, (batch,), generator=generator).to(device, torch.float64)
+    u = torch.rand(batch, generator=generator, dtype=torch.float64)
+    return (process.t_min + u * (process.t_max - process.t_min)).to(device)
+
+
+def _noisy(process, x0, t, noise, generator):
+    if t is None:
+        t = sample_times(process, x0.shape[0], generator, x0.device)
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+    return t, noise, process.q_sample(x0, t, noise), process.coefficients(t, x0)
+
+
+def _mean_per_sample(err: Tensor) -> Tensor:
+    return err.flatten(1).mean(1)
+
+
+def min_snr_weight(snr: Tensor, target: str, gamma: float) -> Tensor:
+    """Min-SNR-gamma (Hang et al. 2023): the x0-loss weight min(SNR, gamma), expressed for the
+    regressed target.  Since ||eps - eps_hat||^2 = SNR ||x0 - x0_hat||^2 and (VP)
+    ||v - v_hat||^2 = (SNR + 1) ||x0 - x0_hat||^2, the weights are min(SNR, gamma) / SNR for eps,
+    min(SNR, gamma) for x0, and min(SNR, gamma) / (SNR + 1) for v; at SNR = 0 the eps
+    weight takes its limit 1."""
+    clipped = snr.clamp(max=gamma)
+    if target == "eps":
+        return torch.where(snr > 0, clipped / snr.clamp(min=torch.finfo(snr.dtype).tiny), torch.ones_like(snr))
+    if target == "x0":
+        return clipped
+    if target == "v":
+        return clipped / (snr + 1)
+    raise ValueError(f"min_snr weighting is defined for 'eps', 'x0' and 'v' targets, not {target!r}")
+
+
+def regression_loss(model, process: GaussianProcess, x0: Tensor, *, target: str = "eps",
+                    weighting: str = "none", min_snr_gamma: float = 5.0, cond: dict | None = None,
+                    generator=None, t: Tensor | None = None, noise: Tensor | None = None) -> Loss:
+    """E_t,eps w(t) || model(x_t, t) - target(x0, eps, t) ||^2, the mean over dimensions."""
+    if target not in REGRESSION_TARGETS:
+        raise ValueError(f"unknown target {target!r}; valid: {list(REGRESSION_TARGETS)}")
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"unknown weighting {weighting!r}; valid: {list(WEIGHTINGS)}")
+    t, noise, x_t, c = _noisy(process, x0, t, noise, generator)
+    pred = model(x_t, time_batch(t, x_t), **(cond or {}))
+    if pred.shape != x0.shape:
+        raise ValueError(f"model output {tuple(pred.shape)} does not match data {tuple(x0.shape)}")
+    per_sample = _mean_per_sample((pred - from_x0_eps(target, x0, noise, c)) ** 2)
+    if weighting == "min_snr":
+        snr = (c.alpha**2 / c.sigma**2).reshape(-1).to(per_sample)
+        per_sample = per_sample * min_snr_weight(snr, target, min_snr_gamma)
+    return Loss(per_sample.mean(), per_sample.detach(), t)
+
+
+def score_matching_loss(model, process: GaussianProcess, x0: Tensor, *, cond=None, generator=None,
+                        t=None, noise=None) -> Loss:
+    """Denoising score matching (Vincent 2011; NCSN, Song & Ermon 2019, eq. 2 with
+    lambda(sigma) = sigma^2):  sigma^2 || s(x_t, t) + eps / sigma ||^2 = || sigma s + eps ||^2."""
+    t, noise, x_t, c = _noisy(process, x0, t, noise, generator)
+    score = model(x_t, time_batch(t, x_t), **(cond or {}))
+    per_sample = _mean_per_sample((c.sigma * score + noise) ** 2)
+    return Loss(per_sample.mean(), per_sample.detach(), t)
+
+
+def flow_matching_loss(model, process: GaussianProcess, x0: Tensor, **kwargs) -> Loss:
+    """Conditional flow matching: regress the conditional velocity alpha' x0 + sigma' eps
+    (for rectified flow, eps - x0)."""
+    return regression_loss(model, process, x0, target="velocity", **kwargs)
+
+
+# --- Improved DDPM: the variational bound with a learned variance ----------------------------
+
+def normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) -> Tensor:
+    """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)), elementwise, in nats."""
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2)
+                  + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+
+
+def _std_normal_cdf(x: Tensor) -> Tensor:
+    return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+
+def discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, log_scale: Tensor,
+                                        bins: int = 256) -> Tensor:
+    """log P(x) of data in [-1, 1] quantised to `bins` levels under N(mean, e^{2 log_scale})
+    integrated over each bin, the edge bins extended to -/+ infinity (DDPM sec. 3.3)."""
+    half = 1.0 / (bins - 1)
+    centered = x - mean
+    inv_std = torch.exp(-log_scale)
+    cdf_plus = _std_normal_cdf(inv_std * (centered + half))
+    cdf_minus = _std_normal_cdf(inv_std * (centered - half))
+    tiny = 1e-12
+    log_cdf_plus = torch.log(cdf_plus.clamp(min=tiny))
+    log_one_minus_cdf_minus = torch.log((1.0 - cdf_minus).clamp(min=tiny))
+    log_delta = torch.log((cdf_plus - cdf_minus).clamp(min=tiny))
+    return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_minus, log_delta))
+
+
+def vlb_terms(process: DiscreteVP, x0: Tensor, x_t: Tensor, t: Tensor, pred_x0: Tensor,
+              var_frac: Tensor) -> Tensor:
+    """Per-sample L_{t-1} in bits per dimension (Improved DDPM eq. 4-6, 15): the KL from the true
+    posterior q(x_{t-1} | x_t, x_0) to p(x_{t-1} | x_t) with mean from `pred_x0` and the learned
+    log-variance v log beta_t + (1 - v) log beta_tilde_t; at t = 0 the decoder NLL."""
+    t_int = t.round().long().cpu()
+    view = lambda a: a[t_int].reshape(-1, *([1] * (x0.ndim - 1))).to(x0)  # noqa: E731
+    true_mean, true_var = process.q_posterior_mean_variance(x0, x_t, t_int)
+    model_mean, _ = process.q_posterior_mean_variance(pred_x0, x_t, t_int)
+    # beta tilde_0 = 0: use beta tilde_1 there, as Improved DDPM's clipped log-variance does
+    log_small = torch.log(torch.cat([process.posterior_variance[1:2], process.posterior_variance[1:]]))
+    log_large = torch.log(process.betas)
+    model_logvar = var_frac * view(log_large) + (1 - var_frac) * view(log_small)
+    kl = normal_kl(true_mean, torch.log(true_var.clamp(min=1e-20)), model_mean, model_logvar)
+    decoder_nll = -discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_logvar)
+    per_elem = torch.where((t_int == 0).to(x0.device).reshape(-1, *([1] * (x0.ndim - 1))), decoder_nll, kl)
+    return _mean_per_sample(per_elem) / math.log(2.0)
+
+
+def hybrid_loss(model, process: DiscreteVP, x0: Tensor, *, prediction: str = "eps",
+                vlb_weight: float = 0.001, cond=None, generator=None, t=None, noise=None,
+                time_sampler: ImportanceTimeSampler | None = None) -> Loss:
+    """Improved DDPM's L_hybrid = L_simple + lambda L_vlb (sec. 3.1, lambda = 0.001) for a model
+    whose output has 2C channels: the `prediction` and the variance interpolation v in [-1, 1].
+    L_vlb sees the mean through a stop-gradient, so it trains only the variance.  With a
+    `time_sampler`, t is importance-sampled by the running second moment of L_vlb and each
+    sample's loss is weighted by 1 / (T p_t) (sec. 3.3)."""
+    if not isinstance(process, DiscreteVP):
+        raise ValueError("hybrid_loss needs a DiscreteVP process (the bound is over discrete steps)")
+    weights = None
+    if time_sampler is not None and t is None:
+        t, weights = time_sampler.sample(x0.shape[0], generator, x0.device)
+    t, noise, x_t, c = _noisy(process, x0, t, noise, generator)
+    out = model(x_t, time_batch(t, x_t), **(cond or {}))
+    if out.shape[1] != 2 * x0.shape[1]:
+        raise ValueError(f"hybrid_loss needs a learned-variance model with {2 * x0.shape[1]} output "
+                         f"channels, got {tuple(out.shape)}")
+    pred, v = out.chunk(2, dim=1)
+    simple = _mean_per_sample((pred - from_x0_eps(prediction, x0, noise, c)) ** 2)
+    pred_x0, _ = to_x0_eps(prediction, pred.detach(), x_t, c)  # stop-gradient on the mean
+    vlb = vlb_terms(process, x0, x_t, t, pred_x0, (v + 1) / 2)
+    per_sample = simple + vlb_weight * process.T * vlb  # L_vlb = T * E_t[L_t] (sum over steps)
+    if time_sampler is not None:
+        time_sampler.update(t, vlb.detach())
+    if weights is not None:
+        per_sample = per_sample * weights
+    terms = {"simple": simple.mean().detach(), "vlb": vlb.mean().detach()}
+    return Loss(per_sample.mean(), per_sample.detach(), t, terms)
+
+
+class ImportanceTimeSampler:
+    """Improved DDPM's loss-aware timestep sampler (sec. 3.3, "LossSecondMomentResampler"):
+    p_t proportional to sqrt(E[L_t^2]) over the last `history` losses of each step, mixed
+    with `uniform_prob` of the uniform distribution; uniform until every step has a full
+    history.  Its state is plain tensors (`state_dict` / `load_state_dict`) for checkpoints."""
+
+    def __init__(self, T: int, history: int = 10, uniform_prob: float = 0.001):
+        self.T, self.history, self.uniform_prob = T, history, uniform_prob
+        self.losses = torch.zeros(T, history, dtype=torch.float64)
+        self.counts = torch.zeros(T, dtype=torch.long)
+
+    def probabilities(self) -> Tensor:
+        if not bool((self.counts >= self.history).all()):
+            return torch.full((self.T,), 1.0 / self.T, dtype=torch.float64)
+        p = self.losses.pow(2).mean(1).sqrt()
+        p = p / p.sum()
+        return p * (1 - self.uniform_prob) + self.uniform_prob / self.T
+
+    def sample(self, batch: int, generator=None, device="cpu") -> tuple[Tensor, Tensor]:
+        """Times (B,) and importance weights 1 / (T p_t) (B,)."""
+        p = self.probabilities()
+        idx = torch.multinomial(p, batch, replacement=True, generator=generator)
+        weights = 1.0 / (self.T * p[idx])
+        return idx.to(device, torch.float64), weights.to(device, torch.float32)
+
+    def update(self, t: Tensor, losses: Tensor) -> None:
+        for ti, li in zip(t.round().long().tolist(), losses.double().cpu().tolist()):
+            if self.counts[ti] >= self.history:
+                self.losses[ti] = torch.roll(self.losses[ti], -1)
+                self.losses[ti, -1] = li
+            else:
+                self.losses[ti, self.counts[ti]] = li
+            self.counts[ti] += 1
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"losses": self.losses.clone(), "counts": self.counts.clone()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.losses.copy_(state["losses"])
+        self.counts.copy_(state["counts"])
+
+
+OBJECTIVES = {
+    "regression": regression_loss,
+    "score_matching": score_matching_loss,
+    "flow_matching": flow_matching_loss,
+    "hybrid": hybrid_loss,
+}
