@@ -359,3 +359,10 @@ def test_non_finite_model_output_is_an_error():
     nan_model = Denoiser(lambda x, t: x * float("nan"), process, "eps")
     with pytest.raises(FloatingPointError, match="non-finite"):
         H.sample(nan_model, (4, 2), "ddim", 5, dtype=F64)
+
+
+def test_progress_bar_keeps_the_user_callback():
+    seen = []
+    out = H.sample(GM.denoiser(H.VPSDE(), "eps"), (8, 2), "heun", 5, dtype=F64, progress=True,
+                   callback=lambda info: seen.append(info["i"]))
+    assert seen == [0, 1, 2, 3, 4] and out.nfe == 9

@@ -45,9 +45,10 @@ def get_sampler(name: str):
 def sample(denoiser, shape: tuple[int, ...], sampler: str = "ddim", steps: int = 50,
            spacing: str | None = None, seed: int = 0, dtype: torch.dtype = torch.float32,
            device: str | torch.device = "cpu", grid_options: dict | None = None,
-           **options) -> SampleOutput:
+           progress: bool = False, **options) -> SampleOutput:
     """Draw samples of `shape` = (B, ...) by name: noise from `seed`, a grid of `steps` times
-    with `spacing` (default: trailing for discrete schedules, uniform otherwise)."""
+    with `spacing` (default: trailing for discrete schedules, uniform otherwise);
+    `progress` shows a bar over the grid."""
     fn = get_sampler(name=sampler)
     process = denoiser.process
     if fn is ode_rk45:  # adaptive: only the end points of the grid matter
@@ -57,7 +58,17 @@ def sample(denoiser, shape: tuple[int, ...], sampler: str = "ddim", steps: int =
     x = process.prior_sample(shape, generator, dtype, device, t=float(ts[0]))
     if fn in STOCHASTIC:
         options.setdefault("generator", generator)
-    return fn(denoiser, x, ts, **options)
+    if not progress:
+        return fn(denoiser, x, ts, **options)
+    from tqdm.auto import tqdm
+
+    user_callback = options.pop("callback", None)
+    with tqdm(total=len(ts), desc=sampler, unit="step", leave=False) as bar:
+        def callback(info: dict) -> None:
+            bar.update(1)
+            if user_callback is not None:
+                user_callback(info)
+        return fn(denoiser, x, ts, callback=callback, **options)
 
 
 __all__ = ["SAMPLERS", "SampleOutput", "SamplerRun", "annealed_langevin", "ddim", "ddim_invert",
