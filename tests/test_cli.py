@@ -119,3 +119,10 @@ def test_python_dash_m_entry_point():
                          text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "dpmpp_2m" in res.stdout
+
+
+def test_datasets_lists_the_embedded_data(capsys):
+    assert main(["datasets"]) == 0
+    out = capsys.readouterr().out
+    for name in ("digits", "mnist5k", "two_moons", "checkerboard"):
+        assert name in out

@@ -297,7 +297,20 @@ def cmd_processes(args: argparse.Namespace) -> int:
 
 # --- entry point ---------------------------------------------------------------------------
 
-COMMANDS: tuple[Callable, ...] = (_add_demo, _add_samplers, _add_schedules, _add_processes)
+def _add_datasets(sub) -> None:
+    p = sub.add_parser("datasets", help="list the embedded datasets")
+    p.set_defaults(func=cmd_datasets)
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from .data import dataset_info
+
+    print(dataset_info())
+    return 0
+
+
+COMMANDS: tuple[Callable, ...] = (_add_demo, _add_samplers, _add_schedules, _add_processes,
+                                  _add_datasets)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -40,7 +40,8 @@ class GaussianMixture:
 
     def sample(self, n: int, generator: torch.Generator | None = None,
                return_labels: bool = False):
-        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        k = (torch.multinomial(self.weights, n, replacement=True, generator=generator) if n > 0
+             else torch.zeros(0, dtype=torch.long))
         z = torch.randn(n, self.dim, generator=generator, dtype=self.means.dtype)
         x = self.means[k] + self.stds[k] * z
         return (x, k) if return_labels else x

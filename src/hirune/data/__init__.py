@@ -1,0 +1,27 @@
+"""Data that ships with hirune: 2-D toys generated in code and small image datasets read from
+files inside installed packages (nothing is downloaded), plus loaders for user image folders
+and .npz files. Every loader returns an `ArrayDataset` (images (N, C, H, W) in [-1, 1], or
+toy points (N, 2)) with fixed, documented train/test splits.
+
+    from hirune.data import load_dataset
+    train = load_dataset("mnist5k", "train")       # 4500 x 1 x 28 x 28, labels 0..9
+    test = load_dataset("two_moons", "test")       # 10 000 x 2
+    print(dataset_info())                          # the registered datasets
+
+Modules: `toys` (the 2-D distributions, their scaling and exact mixture densities), `images`
+(digits, mnist5k, image_folder, npz_dataset; the split rule), `registry` (DATASETS,
+load_dataset, dataset_info), `dataset` (ArrayDataset, split_indices).
+"""
+
+from .dataset import SPLITS, ArrayDataset, split_indices
+from .images import digits, image_folder, mnist5k, npz_dataset
+from .registry import DATASETS, DatasetSpec, dataset_info, load_dataset
+from .toys import (TOY_SPLIT_SIZES, TOYS, Toy, checkerboard, eight_gaussians, gaussian_mixture, rings,
+                   swiss_roll, toy_dataset, toy_mixture, toy_seed, two_moons)
+
+__all__ = [
+    "DATASETS", "SPLITS", "TOYS", "TOY_SPLIT_SIZES", "ArrayDataset", "DatasetSpec", "Toy",
+    "checkerboard", "dataset_info", "digits", "eight_gaussians", "gaussian_mixture", "image_folder",
+    "load_dataset", "mnist5k", "npz_dataset", "rings", "split_indices", "swiss_roll", "toy_dataset",
+    "toy_mixture", "toy_seed", "two_moons",
+]

