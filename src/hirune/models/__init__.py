@@ -1,0 +1,54 @@
+"""Networks for the denoiser protocol: `model(x, t, y=None)`.
+
+t: (B,) float32 in the process's own time units, multiplied by the config's `time_scale`
+before the sinusoidal embedding (1 for discrete schedules, e.g. 1000 for t in [0, 1]).
+y: (B,) int64 labels; `num_classes` is the null label, y=None means all-null.
+
+    build_model("unet", size="tiny", in_channels=1, num_classes=10)
+    build_model("mlp", dim=2, hidden=128)
+    model_config("unet", {"channels": 64, "channel_mult": [1, 2, 2]})   # e.g. from JSON
+
+`dataclasses.asdict(model.config)` gives back a dict `model_config` accepts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from .config import config_from_dict
+from .mlp import MLP, MLPConfig
+from .unet import UNET_SIZES, UNet, UNetConfig
+
+MODELS: dict[str, tuple[type[nn.Module], type, dict[str, dict]]] = {
+    # kind: (network, config, named sizes)
+    "mlp": (MLP, MLPConfig, {}),
+    "unet": (UNet, UNetConfig, UNET_SIZES),
+}
+
+
+def model_config(kind: str, config: Mapping[str, Any] | None = None, /, **overrides):
+    """The config dataclass of `kind` from a dict and/or keywords.  The key `size` starts
+    from a named size (`UNET_SIZES`); the other keys override it."""
+    if kind not in MODELS:
+        raise ValueError(f"unknown model kind {kind!r}; valid: {sorted(MODELS)}")
+    _, config_cls, sizes = MODELS[kind]
+    values = {**(config or {}), **overrides}
+    size = values.pop("size", None)
+    if size is not None:
+        if size not in sizes:
+            raise ValueError(f"unknown {kind} size {size!r}; valid: {sorted(sizes) or 'none'}")
+        values = {**sizes[size], **values}
+    return config_from_dict(config_cls, values)
+
+
+def build_model(kind: str, config: Mapping[str, Any] | None = None, /, **overrides) -> nn.Module:
+    """A network by kind ("mlp", "unet") from a config dict and/or keywords (see `model_config`)."""
+    config = model_config(kind, config, **overrides)
+    return MODELS[kind][0](config)
+
+
+__all__ = ["MLP", "MODELS", "UNET_SIZES", "MLPConfig", "UNet", "UNetConfig", "build_model",
+           "model_config"]

@@ -1,0 +1,293 @@
+"""The DDPM / ADM UNet (Ho et al. 2020; Dhariwal & Nichol 2021, "guided diffusion").
+
+    x (B, C, H, W) -> input conv -> encoder: per level, `num_res_blocks` ResBlocks (+ self-
+    attention at the levels in `attention_resolutions`), then a stride-2 downsample (all
+    levels but the last) -> middle: ResBlock, attention, ResBlock -> decoder: per level,
+    `num_res_blocks + 1` ResBlocks, each on [h, skip] concatenated, (+ attention), then an
+    upsample to the next skip's exact size -> GroupNorm, SiLU, zero-initialised output conv.
+
+Conditioning.  The network is called `model(x, t, y=None)` (the protocol of
+`hirune.Denoiser`).  t: (B,) float32 in the process's own time units; it is multiplied by
+`time_scale` before the sinusoidal embedding (`hirune.nn.timestep_embedding`, float32 even
+under autocast).  Use time_scale = 1 for discrete schedules (t = 0..T-1) and e.g. 1000 for
+SDEs and flows (t in [0, 1]), whose times the sinusoids would otherwise barely resolve:
+the fastest frequency is 1 rad per unit of time.  y: (B,) int64 class labels in
+[0, num_classes]; the label `num_classes` is the null label of classifier-free guidance,
+and y=None means all-null.  Time and class embeddings are added and reach every ResBlock,
+either added after its first conv (DDPM) or, with `use_scale_shift_norm`, as
+GroupNorm(h) * (1 + scale) + shift (ADM's adaptive GroupNorm, a FiLM layer).
+
+Odd sizes.  A downsample maps n pixels to ceil(n / 2) (conv stride 2, padding 1), and an
+upsample goes to the exact size of the skip it is concatenated with, so 28 -> 14 -> 7 -> 4
+-> 7 -> 14 -> 28 works as well as powers of two.
+
+Init ("zero" as in ADM): the last conv of every residual branch, the output projection
+of every attention block and the output conv start at zero, so each block starts as the
+identity and the initial output is exactly 0.  Everything else keeps PyTorch's default
+initialisation, as in ADM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from ..nn import SelfAttention2d, group_norm, timestep_embedding, zero_
+from .config import check_fields
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """in_channels: channels of x.  out_channels: of the prediction (default in_channels);
+        learned_sigma doubles them: (prediction, variance interpolation v), Improved DDPM.
+    channels: base width; level i has channels * channel_mult[i] channels.
+    attention_resolutions: *downsample factors* of the levels with self-attention
+        (1 = input resolution, 2 = half, ...), as in ADM's UNetModel, so one config
+        serves any image size: (4,) at 28 x 28 is attention at 7 x 7.
+    head_channels: channels per attention head (a level narrower than this uses one head).
+    resblock_updown: resample inside ResBlocks (BigGAN style) instead of with a conv.
+    use_scale_shift_norm: FiLM conditioning, GroupNorm(h) * (1 + scale) + shift.
+    time_scale: t is multiplied by it before the embedding (see the module docstring).
+    use_checkpoint: recompute each block in the backward pass (torch.utils.checkpoint).
+
+    Keep the lowest level at 2 x 2 pixels or more: over a 1 x 1 map, a GroupNorm with one
+    channel per group outputs its bias alone (8 x 8 inputs: at most three levels).
+    """
+
+    in_channels: int = 3
+    out_channels: int | None = None
+    learned_sigma: bool = False
+    channels: int = 128
+    channel_mult: tuple[int, ...] = (1, 2, 2, 2)
+    num_res_blocks: int = 2
+    attention_resolutions: tuple[int, ...] = (2,)
+    head_channels: int = 64
+    dropout: float = 0.0
+    num_classes: int | None = None
+    resblock_updown: bool = False
+    use_scale_shift_norm: bool = True
+    time_scale: float = 1.0
+    use_checkpoint: bool = False
+
+    def __post_init__(self):
+        check_fields(self)
+        for name in ("in_channels", "out_channels", "channels", "head_channels", "num_classes"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"UNetConfig.{name} must be positive, got {value}")
+        if self.num_res_blocks < 0:
+            raise ValueError(f"UNetConfig.num_res_blocks must be >= 0, got {self.num_res_blocks}")
+        if not self.channel_mult or min(self.channel_mult) < 1:
+            raise ValueError("UNetConfig.channel_mult must be non-empty and positive, "
+                             f"got {self.channel_mult}")
+        factors = self.downsample_factors
+        if not set(self.attention_resolutions) <= set(factors):
+            raise ValueError(f"UNetConfig.attention_resolutions {self.attention_resolutions} are "
+                             f"downsample factors and must be among the levels' {factors} "
+                             "(pixel sizes are not accepted: use image_size // pixels)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"UNetConfig.dropout must be in [0, 1), got {self.dropout}")
+        for mult in self.channel_mult:
+            width = self.channels * mult
+            if width > self.head_channels and width % self.head_channels:
+                raise ValueError(f"UNetConfig.head_channels={self.head_channels} does not divide "
+                                 f"the {width} channels of a level")
+
+    @property
+    def downsample_factors(self) -> tuple[int, ...]:
+        return tuple(2**i for i in range(len(self.channel_mult)))
+
+    @property
+    def output_channels(self) -> int:
+        out = self.out_channels or self.in_channels
+        return 2 * out if self.learned_sigma else out
+
+
+# Named sizes: architecture only; in/out channels, classes, dropout and time_scale are
+# set per data set.  Parameter counts for in = out = 1 channel, unconditional / for
+# in = out = 3 channels.
+UNET_SIZES: dict[str, dict] = {
+    # The architecture of diffusers' UNet2DModel(block_out_channels=(32, 64, 64),
+    # layers_per_block=2, attention in the lowest level): 28 -> 14 -> 7, attention at 7 x 7,
+    # the same 1,623,169 parameters at 1 channel (1,624,323 at 3).  One head of 64 channels
+    # (ADM's choice) where diffusers has 8 heads of 8: same parameters, cheaper on a CPU.
+    "tiny": dict(channels=32, channel_mult=(1, 2, 2), num_res_blocks=2,
+                 attention_resolutions=(4,), head_channels=64, use_scale_shift_norm=False),
+    # Four levels, FiLM conditioning, attention at 1/2 and 1/4 (16 and 8 pixels at 32 x 32).
+    # 9,922,753 / 9,925,059.
+    "small": dict(channels=64, channel_mult=(1, 2, 2, 2), num_res_blocks=2,
+                  attention_resolutions=(2, 4), head_channels=64),
+    # DDPM's CIFAR-10 model (35.7 M in the paper): attention at 16 x 16 for 32 x 32 images.
+    # 35,741,697 / 35,746,307.
+    "base": dict(channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2,
+                 attention_resolutions=(2,), head_channels=128, use_scale_shift_norm=False),
+}
+
+
+def resample(x: Tensor, direction: str | None, size: torch.Size | None = None) -> Tensor:
+    """Parameter-free resampling inside ResBlocks: 2x2 average pooling (ceil(n / 2)
+    pixels) or nearest upsampling to `size` (default twice the input)."""
+    if direction == "down":
+        return F.avg_pool2d(x, 2, ceil_mode=True)
+    if direction == "up":
+        return F.interpolate(x, size=size, scale_factor=None if size else 2.0, mode="nearest")
+    return x
+
+
+class Downsample(nn.Module):
+    """3x3 conv with stride 2: n -> ceil(n / 2) pixels."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Nearest upsampling to `size` (the skip's size; default 2x), then a 3x3 conv."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor, size: torch.Size | None = None) -> Tensor:
+        return self.conv(resample(x, "up", size))
+
+
+class ResBlock(nn.Module):
+    """x + branch(x, emb), with a 1x1 conv on x when the channel count changes.
+
+    branch: GroupNorm, SiLU, [resample], conv, + embedding (or FiLM), GroupNorm, SiLU,
+    dropout, zero-initialised conv.  emb: (B, emb_channels), already through SiLU.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, emb_channels: int, dropout: float,
+                 scale_shift_norm: bool, resample: str | None = None):
+        super().__init__()
+        self.scale_shift_norm, self.resample = scale_shift_norm, resample
+        self.norm1 = group_norm(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.emb_proj = nn.Linear(emb_channels, (2 if scale_shift_norm else 1) * out_channels)
+        self.norm2 = group_norm(out_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = zero_(nn.Conv2d(out_channels, out_channels, 3, padding=1))
+        self.skip = (nn.Identity() if in_channels == out_channels
+                     else nn.Conv2d(in_channels, out_channels, 1))
+
+    def forward(self, x: Tensor, emb: Tensor, size: torch.Size | None = None) -> Tensor:
+        h = F.silu(self.norm1(x))
+        if self.resample:
+            h, x = resample(h, self.resample, size), resample(x, self.resample, size)
+        h = self.conv1(h)
+        e = self.emb_proj(emb)[:, :, None, None]
+        if self.scale_shift_norm:
+            scale, shift = e.chunk(2, dim=1)
+            h = self.norm2(h) * (1 + scale) + shift
+        else:
+            h = self.norm2(h + e)
+        h = self.conv2(self.dropout(F.silu(h)))
+        return self.skip(x) + h
+
+
+class Step(nn.Sequential):
+    """A run of layers called with what each needs: ResBlocks the embedding (and the size
+    to upsample to), Upsamples the size, everything else the features alone."""
+
+    def forward(self, h: Tensor, emb: Tensor, size: torch.Size | None = None) -> Tensor:
+        for layer in self:
+            if isinstance(layer, ResBlock):
+                h = layer(h, emb, size)
+            elif isinstance(layer, Upsample):
+                h = layer(h, size)
+            else:
+                h = layer(h)
+        return h
+
+
+class UNet(nn.Module):
+    """model(x, t, y=None) -> (B, config.output_channels, H, W) for x: (B, C, H, W),
+    t: (B,) float32, y: (B,) int64 or None.  See the module docstring."""
+
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        self.config = c = config
+        emb_ch = 4 * c.channels
+        self.time_embed = nn.Sequential(
+            nn.Linear(c.channels, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
+        # one row per class plus the null label (index num_classes) for classifier-free guidance
+        self.class_embed = nn.Embedding(c.num_classes + 1, emb_ch) if c.num_classes else None
+
+        def res(cin: int, cout: int, resample: str | None = None) -> ResBlock:
+            return ResBlock(cin, cout, emb_ch, c.dropout, c.use_scale_shift_norm, resample)
+
+        def attention(ch: int) -> SelfAttention2d:
+            return SelfAttention2d(ch, max(1, ch // c.head_channels))
+
+        ch = c.channels
+        self.input_conv = nn.Conv2d(c.in_channels, ch, 3, padding=1)
+        self.down, skip_channels, factor = nn.ModuleList(), [ch], 1
+        for level, mult in enumerate(c.channel_mult):
+            for _ in range(c.num_res_blocks):
+                layers = [res(ch, c.channels * mult)]
+                ch = c.channels * mult
+                if factor in c.attention_resolutions:
+                    layers.append(attention(ch))
+                self.down.append(Step(*layers))
+                skip_channels.append(ch)
+            if level < len(c.channel_mult) - 1:
+                self.down.append(Step(res(ch, ch, "down") if c.resblock_updown else Downsample(ch)))
+                skip_channels.append(ch)
+                factor *= 2
+
+        self.middle = Step(res(ch, ch), attention(ch), res(ch, ch))
+
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(c.channel_mult))):
+            for i in range(c.num_res_blocks + 1):
+                layers = [res(ch + skip_channels.pop(), c.channels * mult)]
+                ch = c.channels * mult
+                if factor in c.attention_resolutions:
+                    layers.append(attention(ch))
+                if level > 0 and i == c.num_res_blocks:
+                    layers.append(res(ch, ch, "up") if c.resblock_updown else Upsample(ch))
+                    factor //= 2
+                self.up.append(Step(*layers))
+
+        self.out = nn.Sequential(
+            group_norm(ch), nn.SiLU(), zero_(nn.Conv2d(ch, c.output_channels, 3, padding=1)))
+
+    def embed(self, t: Tensor, y: Tensor | None) -> Tensor:
+        """SiLU(time MLP(sinusoids(t * time_scale)) + class embedding(y)): (B, 4 * channels)."""
+        freqs = timestep_embedding(t * self.config.time_scale, self.config.channels)  # float32
+        emb = self.time_embed(freqs.to(self.input_conv.weight.dtype))  # no-op but for half weights
+        if self.class_embed is not None:
+            if y is None:
+                y = torch.full_like(t, self.config.num_classes, dtype=torch.long)
+            emb = emb + self.class_embed(y)
+        elif y is not None:
+            raise ValueError("class labels given to an unconditional UNet (num_classes=None)")
+        return F.silu(emb)
+
+    def run(self, step: Step, h: Tensor, emb: Tensor, size: torch.Size | None = None) -> Tensor:
+        if self.config.use_checkpoint and torch.is_grad_enabled():
+            return checkpoint(step, h, emb, size, use_reentrant=False)
+        return step(h, emb, size)
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        emb = self.embed(t, y)
+        h = self.input_conv(x)
+        skips = [h]
+        for step in self.down:
+            h = self.run(step, h, emb)
+            skips.append(h)
+        h = self.run(self.middle, h, emb)
+        for step in self.up:
+            h = torch.cat([h, skips.pop()], dim=1)
+            h = self.run(step, h, emb, skips[-1].shape[-2:] if skips else None)
+        return self.out(h)
