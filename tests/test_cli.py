@@ -126,3 +126,31 @@ def test_datasets_lists_the_embedded_data(capsys):
     out = capsys.readouterr().out
     for name in ("digits", "mnist5k", "two_moons", "checkerboard"):
         assert name in out
+
+
+def test_train_preset_with_overrides(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "flow-two-moons", "steps=3", "log_every=1", "ckpt_every=3",
+                 "sample_every=3", "num_samples=64", f"out={out}"]) == 0
+    assert (out / "checkpoints" / "latest").exists()
+    assert (out / "samples" / "step_00000003.png").exists()
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "no-such-preset"], "valid"),
+    (["train", "flow-two-moons", "steps=abc"], "expects int"),
+    (["train", "flow-two-moons", "colour=red"], "unknown config key"),
+])
+def test_train_bad_input_exits_2(args, message, capsys):
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_every_preset_builds(tmp_path):
+    from hirune.presets import PRESETS, preset_config
+    from hirune.trainer import Run
+
+    for name in PRESETS:
+        run = Run(preset_config(name, {"out": str(tmp_path / name)}))
+        assert run.model is not None, name

@@ -309,8 +309,46 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a model from a preset (default: the main job)",
+                       description="hirune train [PRESET] [key=value ...]; `hirune presets` lists "
+                                   "the presets, and every TrainConfig field can be overridden.")
+    p.add_argument("items", nargs="*", metavar="PRESET | key=value")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .presets import parse_overrides, preset_config
+    from .trainer import train
+
+    items = list(args.items)
+    preset = items.pop(0) if items and "=" not in items[0] else None
+    try:
+        cfg = preset_config(preset, parse_overrides(items))
+    except ValueError as e:
+        print(f"hirune train: {e}", file=sys.stderr)
+        return 2
+    print(f"training {preset or 'the default preset'} -> {cfg.out}")
+    run = train(cfg)
+    print(f"done at step {run.step}; checkpoints in {cfg.out}/checkpoints, samples in {cfg.out}/samples")
+    return 0
+
+
+def _add_presets(sub) -> None:
+    p = sub.add_parser("presets", help="list the training presets")
+    p.set_defaults(func=cmd_presets)
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from .presets import DEFAULT_PRESET, PRESETS
+
+    print(f"training presets (hirune train NAME [key=value ...]; default {DEFAULT_PRESET}):")
+    _print_rows([(name, p["dataset"], p["process"], p["objective"], p["model"]) for name, p in PRESETS.items()])
+    return 0
+
+
 COMMANDS: tuple[Callable, ...] = (_add_demo, _add_samplers, _add_schedules, _add_processes,
-                                  _add_datasets)
+                                  _add_datasets, _add_train, _add_presets)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -121,3 +121,22 @@ def trajectory_gif(trajectory: list[Tensor], path: str | Path, *, labels: list[s
     durations = [frame_ms] * (len(images) - 1) + [hold_ms]
     images[0].save(path, save_all=True, append_images=images[1:], duration=durations, loop=0)
     return path
+
+
+def image_grid(images: Tensor, path: str | Path, nrow: int | None = None, pad: int = 2) -> Path:
+    """Write (N, C, H, W) images in [-1, 1] (C = 1 or 3) as one PNG grid, `nrow` per row."""
+    from PIL import Image
+
+    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    n, c, h, w = x.shape
+    nrow = nrow or max(1, int(math.ceil(math.sqrt(n))))
+    rows = int(math.ceil(n / nrow))
+    grid = torch.zeros(c, rows * (h + pad) + pad, nrow * (w + pad) + pad, dtype=torch.uint8)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        grid[:, pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = x[i]
+    array = grid[0].numpy() if c == 1 else grid.permute(1, 2, 0).numpy()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path

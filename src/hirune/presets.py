@@ -1,0 +1,90 @@
+"""Named training configurations: `hirune train PRESET [key=value ...]`.
+
+A preset is a plain dict of `TrainConfig` fields.  Toy presets train in seconds on 2 CPU
+cores; image presets are sized for a CPU budget of minutes.  One per model family on
+each kind of data: ddpm (eps), vpred (v + min-SNR), iddpm (cosine, learned variance,
+hybrid loss), ncsn (VE score matching), flow (rectified flow matching).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from .trainer import TrainConfig
+
+_TOY_MODEL = {"hidden": 256, "depth": 4}
+_TOY = dict(model="mlp", model_config=_TOY_MODEL, steps=3000, batch_size=256, lr=2e-3, warmup=100,
+            log_every=100, sample_every=3000, ckpt_every=1000, num_samples=2000)
+_DIGIT_UNET = {"channels": 32, "channel_mult": [1, 2], "num_res_blocks": 2, "attention_resolutions": [2]}
+_MNIST_UNET = {"size": "tiny"}
+_IMAGE = dict(model="unet", batch_size=64, lr=2e-3, warmup=100, ema_decay=0.995, log_every=50,
+              sample_every=1000, ckpt_every=500, num_samples=64)
+
+FAMILIES = {
+    "ddpm": dict(process="ddpm", objective="regression", prediction="eps", sampler="ddim"),
+    "vpred": dict(process="ddpm", process_config={"schedule": "cosine"}, objective="regression",
+                  prediction="v", weighting="min_snr", sampler="ddim"),
+    "iddpm": dict(process="ddpm", process_config={"schedule": "cosine"}, objective="hybrid",
+                  prediction="eps", sampler="ddpm", sample_steps=100),
+    "ncsn": dict(process="ve", objective="score_matching", sampler="pc", sample_steps=200),
+    "flow": dict(process="rectified_flow", objective="flow_matching", sampler="heun", sample_steps=25),
+}
+
+PRESETS: dict[str, dict[str, Any]] = {}
+for _family, _fields in FAMILIES.items():
+    for _toy in ("two_moons", "swiss_roll", "eight_gaussians", "checkerboard", "rings", "gaussian_mixture"):
+        PRESETS[f"{_family}-{_toy.replace('_', '-')}"] = {**_TOY, **_fields, "dataset": _toy}
+    PRESETS[f"{_family}-digits"] = {**_IMAGE, **_fields, "dataset": "digits",
+                                    "model_config": _DIGIT_UNET, "steps": 3000}
+    PRESETS[f"{_family}-mnist5k"] = {**_IMAGE, **_fields, "dataset": "mnist5k",
+                                     "model_config": _MNIST_UNET, "steps": 3000}
+DEFAULT_PRESET = "ddpm-mnist5k"
+
+
+def preset_config(name: str | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The TrainConfig of a preset (default: the main job) with `overrides` applied; the run
+    directory defaults to runs/<preset>."""
+    name = name or DEFAULT_PRESET
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid: {sorted(PRESETS)}")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(overrides or {}) - fields)
+    if unknown:
+        raise ValueError(f"unknown config key(s) {unknown}; valid: {sorted(fields)}")
+    values = {"out": f"runs/{name}", **PRESETS[name], **(overrides or {})}
+    return TrainConfig(**values)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """key=value pairs, each value parsed to the type of that TrainConfig field
+    (JSON for dicts and lists: model_config={"channels":64})."""
+    import json
+
+    types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"expected key=value, got {item!r}")
+        key, text = item.split("=", 1)
+        if key not in types:
+            raise ValueError(f"unknown config key {key!r}; valid: {sorted(types)}")
+        kind = types[key]
+        try:
+            if kind == "bool":
+                if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                out[key] = text.lower() in ("true", "1", "yes")
+            elif kind == "int":
+                out[key] = int(text)
+            elif kind == "float":
+                out[key] = float(text)
+            elif kind == "dict":
+                out[key] = json.loads(text)
+                if not isinstance(out[key], dict):
+                    raise ValueError
+            else:
+                out[key] = text
+        except ValueError:
+            raise ValueError(f"config key {key!r} expects {kind}, got {text!r}") from None
+    return out

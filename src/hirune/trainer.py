@@ -1,0 +1,266 @@
+"""The single-device training loop: plain data config in, a run directory out.
+
+    run = train(TrainConfig(dataset="two_moons", model="mlp", steps=2000, out="runs/moons"))
+
+The loop is written out below, not hidden behind callbacks: one optimizer step =
+`grad_accum` micro-batches -> clip -> AdamW step -> EMA update (once per optimizer step).
+Everything a resumed run needs is in the checkpoint (model, EMA, optimizer, step, the
+noise generator and the global RNG); the learning rate is a pure function of the step and
+the data order a pure function of (seed, micro-batch counter), so `resume=True` continues
+the same run exactly.  A non-finite loss stops the run with its step number and leaves
+the last good checkpoint as the latest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import objectives as O
+from .checkpoint import (flatten_optimizer_state, latest_checkpoint, load_checkpoint,
+                         save_checkpoint, unflatten_optimizer_state)
+from .denoiser import Denoiser
+from .ema import EMA
+
+OBJECTIVE_PREDICTION = {"score_matching": "score", "flow_matching": "velocity"}
+# keys that may differ between a run and its resumption
+RESUMABLE_CHANGES = ("steps", "log_every", "sample_every", "ckpt_every", "resume", "device")
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = "two_moons"
+    model: str = "mlp"
+    model_config: dict = field(default_factory=dict)
+    process: str = "ddpm"
+    process_config: dict = field(default_factory=dict)
+    objective: str = "regression"      # regression | score_matching | flow_matching | hybrid
+    prediction: str = "eps"            # the regression target (eps | x0 | v | velocity)
+    weighting: str = "none"            # none | min_snr
+    min_snr_gamma: float = 5.0
+    class_conditional: bool = False
+    steps: int = 2000
+    batch_size: int = 128              # per optimizer step (split into grad_accum micro-batches)
+    grad_accum: int = 1
+    lr: float = 1e-3
+    warmup: int = 100
+    lr_schedule: str = "cosine"        # cosine | constant
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    precision: str = "auto"            # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    compile: bool = False
+    seed: int = 0
+    log_every: int = 50
+    sample_every: int = 1000
+    ckpt_every: int = 1000
+    sampler: str = "ddim"
+    sample_steps: int = 50
+    num_samples: int = 64
+    out: str = "runs/default"
+    device: str = "auto"
+    resume: bool = False
+
+
+def check_config(cfg: TrainConfig) -> None:
+    choices = {"objective": tuple(O.OBJECTIVES), "lr_schedule": ("cosine", "constant"),
+               "precision": ("auto", "fp32", "bf16", "fp16")}
+    for key, valid in choices.items():
+        if getattr(cfg, key) not in valid:
+            raise ValueError(f"{key}={getattr(cfg, key)!r} is not valid; valid: {list(valid)}")
+    if cfg.batch_size % cfg.grad_accum:
+        raise ValueError(f"batch_size={cfg.batch_size} must be divisible by grad_accum={cfg.grad_accum}")
+    for key in ("steps", "batch_size", "grad_accum", "sample_steps", "num_samples"):
+        if getattr(cfg, key) < 1:
+            raise ValueError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Linear warmup to cfg.lr, then constant or cosine decay to min_lr_ratio * lr."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def micro_batch_indices(n: int, size: int, counter: int, seed: int) -> torch.Tensor:
+    """Indices of micro-batch number `counter`: a stream of per-epoch permutations seeded by
+    (seed, epoch), so the data order depends only on the counter (exact resume) and every
+    example is seen once per epoch."""
+    start = counter * size
+    out = []
+    while len(out) < size:
+        epoch, offset = divmod(start + len(out), n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        out.extend(perm[offset: offset + size - len(out)].tolist())
+    return torch.tensor(out)
+
+
+class Run:
+    """Everything built from a config: data, process, model, denoiser, optimizer, EMA."""
+
+    def __init__(self, cfg: TrainConfig):
+        from . import make_process
+        from .data import load_dataset
+        from .models import build_model
+
+        check_config(cfg)
+        torch.manual_seed(cfg.seed)  # model init and dropout; a resumed run restores its RNG state
+        self.cfg = cfg
+        self.device = torch.device(cfg.device if cfg.device != "auto"
+                                   else "cuda" if torch.cuda.is_available() else "cpu")
+        self.data = load_dataset(cfg.dataset, "train")
+        self.process = make_process(cfg.process, **cfg.process_config)
+        self.prediction = OBJECTIVE_PREDICTION.get(cfg.objective, cfg.prediction)
+        model_cfg = dict(cfg.model_config)
+        model_cfg.setdefault("time_scale", 1.0 if self.process.discrete else 1000.0)
+        if cfg.class_conditional:
+            if not self.data.num_classes:
+                raise ValueError(f"class_conditional needs labels; {cfg.dataset} has none")
+            model_cfg.setdefault("num_classes", self.data.num_classes)
+        learned = cfg.objective == "hybrid"
+        if cfg.model == "mlp":
+            model_cfg.setdefault("dim", self.data.data[0].numel())
+            model_cfg.setdefault("out_mult", 2 if learned else 1)
+        else:
+            model_cfg.setdefault("in_channels", self.data.shape[0])
+            if learned:
+                model_cfg.setdefault("learned_sigma", True)
+        self.model = build_model(cfg.model, **model_cfg).to(self.device)
+        self.denoiser = Denoiser(self.model, self.process, self.prediction, learned_variance=learned)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                           **({"fused": True} if self.device.type == "cuda" else {}))
+        self.ema = EMA(self.model, cfg.ema_decay)
+        self.noise_rng = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.time_sampler = O.ImportanceTimeSampler(self.process.T) if learned else None
+        self.step = 0
+        self.dtype = {"auto": torch.bfloat16 if self.device.type == "cuda" else None, "fp32": None,
+                      "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
+        self.forward = torch.compile(self.model) if cfg.compile else self.model
+
+    def loss(self, x0: torch.Tensor, y: torch.Tensor | None) -> O.Loss:
+        cfg = self.cfg
+        kw = {"cond": {"y": y} if cfg.class_conditional else None, "generator": self.noise_rng}
+        if cfg.objective == "regression":
+            return O.regression_loss(self.forward, self.process, x0, target=cfg.prediction,
+                                     weighting=cfg.weighting, min_snr_gamma=cfg.min_snr_gamma, **kw)
+        if cfg.objective == "hybrid":
+            return O.hybrid_loss(self.forward, self.process, x0, prediction=cfg.prediction,
+                                 time_sampler=self.time_sampler, **kw)
+        return O.OBJECTIVES[cfg.objective](self.forward, self.process, x0, **kw)
+
+    # --- checkpoints -----------------------------------------------------------------
+    def config_dict(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in RESUMABLE_CHANGES}
+
+    def save(self) -> Path:
+        opt_tensors, opt_meta = flatten_optimizer_state(self.optimizer.state_dict())
+        rng = {"noise": self.noise_rng.get_state(), "torch_cpu": torch.get_rng_state()}
+        tensors = {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                   "optimizer": opt_tensors, "rng": rng}
+        if self.time_sampler is not None:
+            tensors["time_sampler"] = self.time_sampler.state_dict()
+        state = {"config": self.config_dict(), "optimizer": opt_meta,
+                 "ema_updates": self.ema.num_updates, "model_config": dataclasses.asdict(self.model.config)}
+        return save_checkpoint(self.cfg.out, self.step, tensors, state)
+
+    def load(self, path) -> None:
+        tensors, state = load_checkpoint(path, expect_config=self.config_dict())
+        self.model.load_state_dict(tensors["model"])
+        self.ema.load_state_dict(tensors["ema"], state["ema_updates"])
+        self.optimizer.load_state_dict(unflatten_optimizer_state(tensors["optimizer"], state["optimizer"]))
+        self.noise_rng.set_state(tensors["rng"]["noise"])
+        torch.set_rng_state(tensors["rng"]["torch_cpu"])
+        if self.time_sampler is not None:
+            self.time_sampler.load_state_dict(tensors["time_sampler"])
+        self.step = state["step"]
+
+    # --- previews --------------------------------------------------------------------
+    @torch.no_grad()
+    def write_samples(self, path: Path) -> Path:
+        from .samplers import sample
+        from .viz import image_grid, scatter_grid
+
+        cfg = self.cfg
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cond = {}
+        if cfg.class_conditional:
+            cond = {"y": torch.arange(cfg.num_samples, device=self.device) % self.data.num_classes}
+        self.model.eval()
+        with self.ema.applied(self.model):
+            out = sample(self.denoiser, (cfg.num_samples, *self.data.shape), cfg.sampler, cfg.sample_steps,
+                         seed=cfg.seed, device=self.device, cond=cond)
+        self.model.train()
+        if self.data.kind == "image":
+            return image_grid(out.x, path)
+        return scatter_grid([(f"step {self.step}", out.x)], path, truth=self.data.data[:2000])
+
+
+def train(cfg: TrainConfig, stop_after: int | None = None, progress: bool = True) -> Run:
+    """Train to cfg.steps (or stop after `stop_after` optimizer steps of this call)."""
+    from tqdm.auto import tqdm
+
+    run = Run(cfg)
+    out = Path(cfg.out)
+    if cfg.resume and latest_checkpoint(out) is not None:
+        run.load(out)
+    elif latest_checkpoint(out) is not None:
+        raise FileExistsError(f"{out} already holds a run; pass resume=true to continue it or "
+                              "choose another out=")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+    data, labels = run.data.data.to(run.device), run.data.labels
+    labels = labels.to(run.device) if labels is not None else None
+    micro = cfg.batch_size // cfg.grad_accum
+    end = cfg.steps if stop_after is None else min(cfg.steps, run.step + stop_after)
+    bar = tqdm(total=cfg.steps, initial=run.step, desc="train", unit="step", disable=not progress)
+    log = open(out / "metrics.jsonl", "a")
+    run.model.train()
+    t_last, seen = time.perf_counter(), 0
+    while run.step < end:
+        lr = lr_at(cfg, run.step)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        run.optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for k in range(cfg.grad_accum):
+            idx = micro_batch_indices(len(data), micro, run.step * cfg.grad_accum + k, cfg.seed).to(run.device)
+            y = labels[idx] if labels is not None and cfg.class_conditional else None
+            with torch.autocast(run.device.type, dtype=run.dtype or torch.float32, enabled=run.dtype is not None):
+                loss = run.loss(data[idx], y).loss / cfg.grad_accum
+            loss.backward()
+            total += float(loss.detach())
+        if not math.isfinite(total):
+            log.close()
+            raise FloatingPointError(f"non-finite loss at step {run.step}; the last good checkpoint "
+                                     f"is kept in {out / 'checkpoints'}")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip))
+        run.optimizer.step()
+        run.ema.update(run.model)
+        run.step += 1
+        seen += cfg.batch_size
+        bar.update(1)
+        if run.step % cfg.log_every == 0 or run.step == end:
+            now = time.perf_counter()
+            record = {"step": run.step, "loss": total, "lr": lr, "grad_norm": grad_norm,
+                      "images_per_s": seen / max(now - t_last, 1e-9)}
+            t_last, seen = now, 0
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            bar.set_postfix(loss=f"{total:.4f}", img_s=f"{record['images_per_s']:.0f}")
+        if cfg.ckpt_every and (run.step % cfg.ckpt_every == 0 or run.step == cfg.steps):
+            run.save()
+        if cfg.sample_every and (run.step % cfg.sample_every == 0 or run.step == cfg.steps):
+            run.write_samples(out / "samples" / f"step_{run.step:08d}.png")
+    bar.close()
+    log.close()
+    return run
