@@ -154,3 +154,29 @@ def test_every_preset_builds(tmp_path):
     for name in PRESETS:
         run = Run(preset_config(name, {"out": str(tmp_path / name)}))
         assert run.model is not None, name
+
+
+def test_sample_and_eval_a_trained_run(tmp_path, capsys):
+    out = tmp_path / "toy"
+    assert main(["train", "flow-two-moons", "steps=5", "ckpt_every=5", "sample_every=0",
+                 f"out={out}"]) == 0
+    for suffix in (".png", ".npz", ".gif"):
+        assert main(["sample", str(out), "--n", "32", "--steps", "3", "--out", str(tmp_path / f"s{suffix}")]) == 0
+        assert (tmp_path / f"s{suffix}").stat().st_size > 0
+    capsys.readouterr()
+    assert main(["eval", str(out), "--n", "200", "--steps", "3"]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["sliced_wasserstein"] > 0 and "sliced_wasserstein_real_vs_real" in metrics
+    assert main(["sample", str(out), "--out", str(tmp_path / "s.jpg")]) == 2
+    assert main(["sample", str(out), "--class", "3", "--out", str(tmp_path / "c.png")]) == 2
+
+
+def test_eval_of_a_digit_run_reports_frechet_and_accuracy(tmp_path, capsys):
+    out = tmp_path / "digits"
+    assert main(["train", "ddpm-digits", "steps=2", "ckpt_every=2", "sample_every=0", "batch_size=8",
+                 "class_conditional=true", f"out={out}"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out), "--n", "50", "--steps", "2"]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("frechet_distance", "frechet_real_vs_real", "class_accuracy"):
+        assert math.isfinite(metrics[key])

@@ -347,8 +347,116 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_sample(sub) -> None:
+    p = sub.add_parser("sample", help="sample from a trained run")
+    p.add_argument("run", help="run directory (or checkpoint folder)")
+    p.add_argument("--sampler", default=None, help="default: the run's preview sampler")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--spacing", default=None)
+    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--class", dest="label", type=int, default=None, help="class label (conditional runs)")
+    p.add_argument("--out", default="samples.png", help=".png grid, .npz arrays or .gif trajectory")
+    p.set_defaults(func=cmd_sample)
+
+
+def _run_samples(run, sampler, steps, spacing, n, seed, label=None, trajectory=False):
+    import torch
+
+    from .samplers import sample
+
+    cond = {}
+    if run.cfg.class_conditional:
+        y = torch.arange(n) % run.data.num_classes if label is None else torch.full((n,), label)
+        cond = {"y": y}
+    elif label is not None:
+        raise ValueError("--class needs a class-conditional run (class_conditional=true)")
+    with torch.no_grad():
+        return sample(run.denoiser, (n, *run.data.shape), sampler or run.cfg.sampler,
+                      steps or run.cfg.sample_steps, spacing, seed=seed, cond=cond,
+                      return_trajectory=trajectory, progress=True), cond.get("y")
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .trainer import load_run
+    from .viz import image_grid, scatter_grid, trajectory_gif
+
+    run = load_run(args.run)
+    out_path = Path(args.out)
+    if out_path.suffix not in (".png", ".npz", ".gif"):
+        print(f"hirune sample: --out must end in .png, .npz or .gif, got {args.out!r}", file=sys.stderr)
+        return 2
+    try:
+        out, labels = _run_samples(run, args.sampler, args.steps, args.spacing, args.n, args.seed,
+                                   args.label, trajectory=out_path.suffix == ".gif")
+    except ValueError as e:
+        print(f"hirune sample: {e}", file=sys.stderr)
+        return 2
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if out_path.suffix == ".npz":
+        np.savez(out_path, samples=out.x.numpy(), **({"labels": labels.numpy()} if labels is not None else {}))
+    elif out_path.suffix == ".gif":
+        frames = out.trajectory if run.data.kind == "toy" else None
+        if frames is None:
+            from PIL import Image
+            import tempfile
+
+            pictures = []
+            with tempfile.TemporaryDirectory() as tmp:
+                for i, x in enumerate(out.trajectory[:: max(1, len(out.trajectory) // 30)] + [out.x]):
+                    pictures.append(Image.open(image_grid(x, Path(tmp) / f"{i}.png")).convert("P"))
+                pictures[0].save(out_path, save_all=True, append_images=pictures[1:], duration=80, loop=0)
+        else:
+            trajectory_gif(frames, out_path)
+    elif run.data.kind == "image":
+        image_grid(out.x, out_path)
+    else:
+        scatter_grid([(f"{args.sampler or run.cfg.sampler}, {out.nfe} NFE", out.x)], out_path,
+                     truth=run.data.data[:2000])
+    print(f"wrote {out_path} ({out.nfe} network evaluations)")
+    return 0
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="metrics of a trained run, as one JSON line")
+    p.add_argument("run")
+    p.add_argument("--n", type=int, default=1000, help="number of samples")
+    p.add_argument("--sampler", default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+    from .metrics import energy_distance, sliced_wasserstein
+    from .trainer import load_run
+
+    run = load_run(args.run)
+    out, labels = _run_samples(run, args.sampler, args.steps, None, args.n, args.seed)
+    metrics = {"run": str(args.run), "step": run.step, "dataset": run.cfg.dataset,
+               "sampler": args.sampler or run.cfg.sampler, "nfe": out.nfe}
+    if run.data.kind == "image":
+        from .evaluator import EVALUATED, evaluate_images
+
+        if run.cfg.dataset in EVALUATED:
+            metrics.update(evaluate_images(run.cfg.dataset, out.x, labels))
+    else:
+        test = load_dataset(run.cfg.dataset, "test").data[: args.n].double()
+        ref = load_dataset(run.cfg.dataset, "train").data[: args.n].double()
+        x = out.x.double()
+        metrics.update({"sliced_wasserstein": sliced_wasserstein(x, test),
+                        "energy_distance": energy_distance(x, test),
+                        "sliced_wasserstein_real_vs_real": sliced_wasserstein(ref, test),
+                        "energy_distance_real_vs_real": energy_distance(ref, test)})
+    print(json.dumps(metrics))
+    return 0
+
+
 COMMANDS: tuple[Callable, ...] = (_add_demo, _add_samplers, _add_schedules, _add_processes,
-                                  _add_datasets, _add_train, _add_presets)
+                                  _add_datasets, _add_train, _add_presets, _add_sample, _add_eval)
 
 
 def build_parser() -> argparse.ArgumentParser:

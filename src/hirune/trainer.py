@@ -264,3 +264,20 @@ def train(cfg: TrainConfig, stop_after: int | None = None, progress: bool = True
     bar.close()
     log.close()
     return run
+
+
+def load_run(path: str | Path, use_ema: bool = True) -> Run:
+    """Rebuild a trained run from its directory (or a checkpoint folder inside it) for
+    sampling and evaluation; the EMA weights are loaded into the model by default."""
+    path = Path(path)
+    tensors, state = load_checkpoint(path)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = {k: v for k, v in state["config"].items() if k in fields}
+    run = Run(TrainConfig(**{**config, "device": "cpu"}))
+    run.model.load_state_dict(tensors["model"])
+    if use_ema:
+        run.ema.load_state_dict(tensors["ema"], state["ema_updates"])
+        run.ema.copy_to(run.model)
+    run.step = state["step"]
+    run.model.eval()
+    return run
