@@ -159,7 +159,8 @@ def test_every_preset_builds(tmp_path):
 def test_sample_and_eval_a_trained_run(tmp_path, capsys):
     out = tmp_path / "toy"
     assert main(["train", "flow-two-moons", "steps=5", "ckpt_every=5", "sample_every=0",
-                 f"out={out}"]) == 0
+                 "eval_samples=100", "sample_steps=3", f"out={out}"]) == 0
+    assert "sliced_wasserstein" in json.loads((out / "eval.json").read_text())
     for suffix in (".png", ".npz", ".gif"):
         assert main(["sample", str(out), "--n", "32", "--steps", "3", "--out", str(tmp_path / f"s{suffix}")]) == 0
         assert (tmp_path / f"s{suffix}").stat().st_size > 0

@@ -331,6 +331,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"training {preset or 'the default preset'} -> {cfg.out}")
     run = train(cfg)
     print(f"done at step {run.step}; checkpoints in {cfg.out}/checkpoints, samples in {cfg.out}/samples")
+    if cfg.eval_samples:
+        from .trainer import load_run
+
+        metrics = evaluate_run(load_run(cfg.out), cfg.eval_samples)
+        (Path(cfg.out) / "eval.json").write_text(json.dumps(metrics, indent=1))
+        print(json.dumps(metrics))
     return 0
 
 
@@ -429,28 +435,36 @@ def _add_eval(sub) -> None:
     p.set_defaults(func=cmd_eval)
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
+def evaluate_run(run, n: int, sampler: str | None = None, steps: int | None = None, seed: int = 0) -> dict:
+    """Sample `n` and score them: evaluator Frechet distance / class accuracy for digit
+    sets, sliced Wasserstein / energy distance for toys, each beside its real-vs-real value."""
     from .data import load_dataset
     from .metrics import energy_distance, sliced_wasserstein
-    from .trainer import load_run
 
-    run = load_run(args.run)
-    out, labels = _run_samples(run, args.sampler, args.steps, None, args.n, args.seed)
-    metrics = {"run": str(args.run), "step": run.step, "dataset": run.cfg.dataset,
-               "sampler": args.sampler or run.cfg.sampler, "nfe": out.nfe}
+    out, labels = _run_samples(run, sampler, steps, None, n, seed)
+    metrics = {"step": run.step, "dataset": run.cfg.dataset, "sampler": sampler or run.cfg.sampler,
+               "nfe": out.nfe}
     if run.data.kind == "image":
         from .evaluator import EVALUATED, evaluate_images
 
         if run.cfg.dataset in EVALUATED:
             metrics.update(evaluate_images(run.cfg.dataset, out.x, labels))
     else:
-        test = load_dataset(run.cfg.dataset, "test").data[: args.n].double()
-        ref = load_dataset(run.cfg.dataset, "train").data[: args.n].double()
+        test = load_dataset(run.cfg.dataset, "test").data[:n].double()
+        ref = load_dataset(run.cfg.dataset, "train").data[:n].double()
         x = out.x.double()
         metrics.update({"sliced_wasserstein": sliced_wasserstein(x, test),
                         "energy_distance": energy_distance(x, test),
                         "sliced_wasserstein_real_vs_real": sliced_wasserstein(ref, test),
                         "energy_distance_real_vs_real": energy_distance(ref, test)})
+    return metrics
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .trainer import load_run
+
+    metrics = {"run": str(args.run), **evaluate_run(load_run(args.run), args.n, args.sampler,
+                                                    args.steps, args.seed)}
     print(json.dumps(metrics))
     return 0
 

@@ -30,7 +30,8 @@ from .ema import EMA
 
 OBJECTIVE_PREDICTION = {"score_matching": "score", "flow_matching": "velocity"}
 # keys that may differ between a run and its resumption
-RESUMABLE_CHANGES = ("steps", "log_every", "sample_every", "ckpt_every", "resume", "device")
+RESUMABLE_CHANGES = ("steps", "log_every", "sample_every", "ckpt_every", "resume", "device",
+                     "eval_samples")
 
 
 @dataclass
@@ -64,6 +65,7 @@ class TrainConfig:
     sampler: str = "ddim"
     sample_steps: int = 50
     num_samples: int = 64
+    eval_samples: int = 0              # `hirune train` then scores this many EMA samples (eval.json)
     out: str = "runs/default"
     device: str = "auto"
     resume: bool = False
