@@ -44,9 +44,10 @@ def sample_times(process: GaussianProcess, batch: int, generator: torch.Generato
                  device: torch.device | str = "cpu") -> Tensor:
     """Training times: uniform integers 0..T-1 for discrete schedules, uniform on
     [t_min, t_max] otherwise (float64, (B,))."""
+    where = generator.device if generator is not None else torch.device(device)  # draw where the generator lives
     if process.discrete:
-        return torch.randint(0, process.T, (batch,), generator=generator).to(device, torch.float64)
-    u = torch.rand(batch, generator=generator, dtype=torch.float64)
+        return torch.randint(0, process.T, (batch,), generator=generator, device=where).to(device, torch.float64)
+    u = torch.rand(batch, generator=generator, dtype=torch.float64, device=where)
     return (process.t_min + u * (process.t_max - process.t_min)).to(device)
 
 
@@ -212,6 +213,8 @@ class ImportanceTimeSampler:
     def sample(self, batch: int, generator=None, device="cpu") -> tuple[Tensor, Tensor]:
         """Times (B,) and importance weights 1 / (T p_t) (B,)."""
         p = self.probabilities()
+        if generator is not None:
+            p = p.to(generator.device)
         idx = torch.multinomial(p, batch, replacement=True, generator=generator)
         weights = 1.0 / (self.T * p[idx])
         return idx.to(device, torch.float64), weights.to(device, torch.float32)
