@@ -31,7 +31,7 @@ from .ema import EMA
 OBJECTIVE_PREDICTION = {"score_matching": "score", "flow_matching": "velocity"}
 # keys that may differ between a run and its resumption
 RESUMABLE_CHANGES = ("steps", "log_every", "sample_every", "ckpt_every", "resume", "device",
-                     "eval_samples")
+                     "eval_samples", "clip_x0", "sampler", "sample_steps", "num_samples")
 
 
 @dataclass
@@ -65,6 +65,7 @@ class TrainConfig:
     sampler: str = "ddim"
     sample_steps: int = 50
     num_samples: int = 64
+    clip_x0: bool = True               # clamp the x0 estimate to [-1, 1] when sampling images
     eval_samples: int = 0              # `hirune train` then scores this many EMA samples (eval.json)
     out: str = "runs/default"
     device: str = "auto"
@@ -138,7 +139,9 @@ class Run:
             if learned:
                 model_cfg.setdefault("learned_sigma", True)
         self.model = build_model(cfg.model, **model_cfg).to(self.device)
-        self.denoiser = Denoiser(self.model, self.process, self.prediction, learned_variance=learned)
+        clip = (-1.0, 1.0) if cfg.clip_x0 and self.data.kind == "image" else None
+        self.denoiser = Denoiser(self.model, self.process, self.prediction, learned_variance=learned,
+                                 clip_x0=clip)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                            **({"fused": True} if self.device.type == "cuda" else {}))
         self.ema = EMA(self.model, cfg.ema_decay)
