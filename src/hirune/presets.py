@@ -37,9 +37,12 @@ for _family, _fields in FAMILIES.items():
         PRESETS[f"{_family}-{_toy.replace('_', '-')}"] = {**_TOY, **_fields, "dataset": _toy}
     PRESETS[f"{_family}-digits"] = {**_IMAGE, **_fields, "dataset": "digits",
                                     "model_config": _DIGIT_UNET, "steps": 3000}
+    # 1000 steps: about 13 minutes on 2 CPU cores; then 500 samples are scored (eval.json)
     PRESETS[f"{_family}-mnist5k"] = {**_IMAGE, **_fields, "dataset": "mnist5k",
-                                     "model_config": _MNIST_UNET, "steps": 3000}
-DEFAULT_PRESET = "ddpm-mnist5k"
+                                     "model_config": _MNIST_UNET, "steps": 1000, "eval_samples": 500}
+# The main job: v-prediction on the cosine schedule with min-SNR weighting beat eps on the
+# linear schedule clearly at this budget (Frechet 11.8 vs 69.4; real-vs-real 3.5).
+DEFAULT_PRESET = "vpred-mnist5k"
 
 
 def preset_config(name: str | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
