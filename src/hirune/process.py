@@ -44,6 +44,12 @@ class Coefficients:
     dsigma: Tensor
 
 
+def transition_from(ct: Coefficients, cs: Coefficients) -> tuple[Tensor, Tensor]:
+    """(alpha_{t|s}, sigma_{t|s}^2) of q(x_t | x_s) from the coefficients at t and s < t."""
+    alpha_ts = ct.alpha / cs.alpha
+    return alpha_ts, (ct.sigma**2 - alpha_ts**2 * cs.sigma**2).clamp(min=0)
+
+
 class GaussianProcess:
     """Base class of a forward process x_t = alpha(t) x_0 + sigma(t) eps.
 
@@ -128,9 +134,7 @@ class GaussianProcess:
     def transition(self, t: TimeLike, s: TimeLike, like: Tensor) -> tuple[Tensor, Tensor]:
         """q(x_t | x_s) = N(alpha_{t|s} x_s, sigma_{t|s}^2 I) for s < t:
         alpha_{t|s} = alpha_t / alpha_s,  sigma_{t|s}^2 = sigma_t^2 - alpha_{t|s}^2 sigma_s^2."""
-        ct, cs = self.coefficients(t, like), self.coefficients(s, like)
-        alpha_ts = ct.alpha / cs.alpha
-        return alpha_ts, (ct.sigma**2 - alpha_ts**2 * cs.sigma**2).clamp(min=0)
+        return transition_from(self.coefficients(t, like), self.coefficients(s, like))
 
     def posterior(
         self, x0: Tensor, x_t: Tensor, t: TimeLike, s: TimeLike
@@ -145,7 +149,7 @@ class GaussianProcess:
         subset of steps they are the respaced betas of Improved DDPM.
         """
         ct, cs = self.coefficients(t, x_t), self.coefficients(s, x_t)
-        alpha_ts, var_ts = self.transition(t, s, x_t)
+        alpha_ts, var_ts = transition_from(ct, cs)
         mean = (alpha_ts * cs.sigma**2 * x_t + cs.alpha * var_ts * x0) / ct.sigma**2
         var_small = var_ts * cs.sigma**2 / ct.sigma**2
         return mean, var_small, var_ts

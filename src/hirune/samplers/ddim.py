@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from ..process import transition_from
 from .common import SampleOutput, SamplerRun, noise_like
 
 
@@ -21,7 +22,7 @@ def ddim(denoiser, x: Tensor, ts, *, eta: float = 0.0, generator=None, cond=None
         pred = run.predict(x, t)
         ct, cs = pred.coeffs, run.process.coefficients(s, x)
         if eta > 0:
-            _, var_ts = run.process.transition(t, s, x)
+            _, var_ts = transition_from(ct, cs)
             c2 = eta**2 * var_ts * cs.sigma**2 / ct.sigma**2
             x = (cs.alpha * pred.x0 + (cs.sigma**2 - c2).clamp(min=0).sqrt() * pred.eps
                  + c2.sqrt() * noise_like(x, generator))
