@@ -1,6 +1,7 @@
 """Device check for the trainer: every objective trains a few steps on CUDA (bf16 autocast,
 fused AdamW), checkpoints, resumes exactly, samples and evaluates; then the images/s of
-the main job's UNet at batch 256.
+the main job's UNet at batch 256, and `hirune bench train` (beside diffusers' twin UNet)
+at batch 256.
 
     python benchmarks/gpu_train_check.py OUT_DIR
 """
@@ -39,6 +40,9 @@ def main(out: Path) -> None:
     rows = [json.loads(line) for line in Path(cfg.out, "metrics.jsonl").read_text().splitlines()]
     print(f"  ddpm-mnist5k tiny UNet, batch 256, bf16: {rows[-1]['images_per_s']:.0f} images/s "
           f"(last 20 steps; {time.perf_counter() - t0:.1f}s for 60 steps incl. start-up)")
+    from hirune.bench import bench_train, format_result
+
+    print(format_result(bench_train(None, {"device": "cuda"}, batch=256, steps=30, warmup=5)))
 
 
 if __name__ == "__main__":
