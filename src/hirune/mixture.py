@@ -90,9 +90,7 @@ class GaussianMixture:
     def model(self, process: GaussianProcess, prediction: str):
         """A 'network' that returns the exact `prediction` for (x, t) on `process`."""
         def exact(x: Tensor, t: Tensor) -> Tensor:
-            t = t.to(torch.float64)
-            if t.ndim == 1 and bool((t == t[0]).all()):
-                t = t[0]  # one time for the batch: compute the coefficients once
+            t = _one_time(t)
             x0, eps = self.posterior_means(x, process, t)
             return from_x0_eps(prediction, x0, eps, process.coefficients(t, x))
         return exact
@@ -100,6 +98,51 @@ class GaussianMixture:
     def denoiser(self, process: GaussianProcess, prediction: str = "eps") -> Denoiser:
         """The exact denoiser of this mixture, presented as a `prediction` model."""
         return Denoiser(self.model(process, prediction), process, prediction)
+
+    # --- the components as class labels: exact conditional models and noisy classifiers
+
+    def component(self, k: int) -> GaussianMixture:
+        """Component k alone: the class-conditional data distribution p(x_0 | y = k)."""
+        return GaussianMixture(self.means[k:k + 1], self.stds[k:k + 1], [1.0], dtype=self.means.dtype)
+
+    def class_log_probs(self, x: Tensor, process: GaussianProcess, t: TimeLike) -> Tensor:
+        """Exact log p(y = k | x_t = x), (B, K): the log-responsibilities at time t."""
+        _, alpha, sigma = self._coeffs(process, t, x)
+        return torch.log_softmax(self._components(x, alpha, sigma)[2], dim=1)
+
+    def noisy_classifier(self, process: GaussianProcess):
+        """The exact noise-aware classifier `classifier(x_t, t) -> logits (B, K)`."""
+        def classifier(x: Tensor, t: Tensor) -> Tensor:
+            return self.class_log_probs(x, process, _one_time(t))
+        return classifier
+
+    def conditional_model(self, process: GaussianProcess, prediction: str):
+        """A class-conditional 'network' `model(x, t, y=None)`: the exact prediction of
+        component y, or of the whole mixture where y is None or the null label K."""
+        full = self.model(process, prediction)
+        parts = [self.component(k).model(process, prediction) for k in range(len(self.weights))]
+
+        def exact(x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+            out = full(x, t)
+            if y is None:
+                return out
+            t = t.expand(len(x)) if t.ndim == 0 else t
+            for k, part in enumerate(parts):
+                mask = y == k
+                if mask.any():
+                    out[mask] = part(x[mask], t[mask])
+            return out
+        return exact
+
+    def conditional_denoiser(self, process: GaussianProcess, prediction: str = "eps") -> Denoiser:
+        """The exact class-conditional denoiser (null label: K = number of components)."""
+        return Denoiser(self.conditional_model(process, prediction), process, prediction)
+
+
+def _one_time(t: Tensor) -> Tensor:
+    """float64 times; a batch that shares one time becomes a scalar (one coefficient lookup)."""
+    t = t.to(torch.float64)
+    return t[0] if t.ndim == 1 and bool((t == t[0]).all()) else t
 
 
 def demo_mixture() -> GaussianMixture:
