@@ -61,6 +61,37 @@ def test_each_objective_trains(name, objective, process, model, kw):
     assert after < 0.75 * before, (before, after)
 
 
+def test_classifier_objective_approaches_the_bayes_classifier():
+    """The noise-aware classifier's cross-entropy falls to near that of the exact noisy
+    classifier p(y | x_t) of the mixture (the Bayes floor, which no classifier beats)."""
+    torch.manual_seed(0)
+    process = H.DiscreteVP("linear", T=100)
+    model = TinyMLP(out_mult=2)  # 4 outputs: the 3 classes (one spare logit, never a label)
+    data, labels = GM.sample(8192, torch.Generator().manual_seed(1), return_labels=True)
+    data = data.float()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+
+    def ce(m, n=4096):
+        eg = torch.Generator().manual_seed(7)
+        return float(O.classifier_loss(m, process, data[:n], cond={"y": labels[:n]}, generator=eg).loss)
+
+    bayes = lambda x, t: GM.class_log_probs(x.double(), process, t.double())  # noqa: E731
+    with torch.no_grad():
+        before, floor = ce(model), ce(bayes)
+    for _ in range(400):
+        idx = torch.randint(0, len(data), (256,), generator=g)
+        loss = O.classifier_loss(model, process, data[idx], cond={"y": labels[idx]}, generator=g).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        after = ce(model)
+    assert after < 0.6 * before and floor - 0.01 < after < floor + 0.1, (before, after, floor)
+    with pytest.raises(ValueError, match="labels"):
+        O.classifier_loss(model, process, data[:4])
+
+
 def test_trained_flow_model_samples_the_toy():
     """End to end: flow matching on the mixture, then the Euler flow ODE gives its modes."""
     torch.manual_seed(0)

@@ -13,6 +13,8 @@ and return a `Loss` whose `loss` is the scalar to minimise and whose `per_sample
     score_matching_loss    denoising score matching with lambda(sigma) = sigma^2 (NCSN)
     flow_matching_loss     conditional flow matching: velocity regression (Lipman et al. 2023)
     hybrid_loss            Improved DDPM: L_simple + lambda L_vlb with a learned variance
+    classifier_loss        cross-entropy of a noise-aware classifier p(y | x_t, t), for
+                           classifier guidance (Dhariwal & Nichol 2021)
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .denoiser import time_batch
@@ -112,6 +115,21 @@ def flow_matching_loss(model, process: GaussianProcess, x0: Tensor, **kwargs) ->
     """Conditional flow matching: regress the conditional velocity alpha' x0 + sigma' eps
     (for rectified flow, eps - x0)."""
     return regression_loss(model, process, x0, target="velocity", **kwargs)
+
+
+def classifier_loss(model, process: GaussianProcess, x0: Tensor, *, cond=None, generator=None,
+                    t=None, noise=None) -> Loss:
+    """Cross-entropy of a noise-aware classifier `model(x_t, t) -> logits` on x_t drawn
+    exactly as for the denoiser (times uniform over the process), labels cond["y"]; the
+    batch accuracy is reported as a term."""
+    if not cond or cond.get("y") is None:
+        raise ValueError("the classifier objective needs labels: cond={'y': labels} (class_conditional=true)")
+    y = cond["y"]
+    t, noise, x_t, _ = _noisy(process, x0, t, noise, generator)
+    logits = model(x_t, time_batch(t, x_t))
+    per_sample = F.cross_entropy(logits.float(), y, reduction="none")
+    accuracy = (logits.argmax(1) == y).float().mean().detach()
+    return Loss(per_sample.mean(), per_sample.detach(), t, {"accuracy": accuracy})
 
 
 # --- Improved DDPM: the variational bound with a learned variance ----------------------------
@@ -241,4 +259,5 @@ OBJECTIVES = {
     "score_matching": score_matching_loss,
     "flow_matching": flow_matching_loss,
     "hybrid": hybrid_loss,
+    "classifier": classifier_loss,
 }

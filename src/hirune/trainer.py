@@ -46,6 +46,7 @@ class TrainConfig:
     weighting: str = "none"            # none | min_snr
     min_snr_gamma: float = 5.0
     class_conditional: bool = False
+    p_uncond: float = 0.1              # condition dropout for classifier-free guidance (class_conditional)
     steps: int = 2000
     batch_size: int = 128              # per optimizer step (split into grad_accum micro-batches)
     grad_accum: int = 1
@@ -78,6 +79,13 @@ def check_config(cfg: TrainConfig) -> None:
     for key, valid in choices.items():
         if getattr(cfg, key) not in valid:
             raise ValueError(f"{key}={getattr(cfg, key)!r} is not valid; valid: {list(valid)}")
+    if (cfg.objective == "classifier") != (cfg.model == "classifier"):
+        raise ValueError("objective='classifier' goes with model='classifier' (a noise-aware classifier) "
+                         f"and only with it; got objective={cfg.objective!r}, model={cfg.model!r}")
+    if cfg.objective == "classifier" and not cfg.class_conditional:
+        raise ValueError("objective='classifier' needs the labels: set class_conditional=true")
+    if not 0.0 <= cfg.p_uncond < 1.0:
+        raise ValueError(f"p_uncond must be in [0, 1), got {cfg.p_uncond}")
     if cfg.batch_size % cfg.grad_accum:
         raise ValueError(f"batch_size={cfg.batch_size} must be divisible by grad_accum={cfg.grad_accum}")
     for key in ("steps", "batch_size", "grad_accum", "sample_steps", "num_samples"):
@@ -131,7 +139,11 @@ class Run:
                 raise ValueError(f"class_conditional needs labels; {cfg.dataset} has none")
             model_cfg.setdefault("num_classes", self.data.num_classes)
         learned = cfg.objective == "hybrid"
-        if cfg.model == "mlp":
+        if cfg.model == "classifier":
+            model_cfg.pop("num_classes", None)
+            model_cfg.setdefault("num_classes", self.data.num_classes)
+            model_cfg.setdefault("in_channels", self.data.shape[0])
+        elif cfg.model == "mlp":
             model_cfg.setdefault("dim", self.data.data[0].numel())
             model_cfg.setdefault("out_mult", 2 if learned else 1)
         else:
@@ -140,8 +152,9 @@ class Run:
                 model_cfg.setdefault("learned_sigma", True)
         self.model = build_model(cfg.model, **model_cfg).to(self.device)
         clip = (-1.0, 1.0) if cfg.clip_x0 and self.data.kind == "image" else None
-        self.denoiser = Denoiser(self.model, self.process, self.prediction, learned_variance=learned,
-                                 clip_x0=clip)
+        self.is_classifier = cfg.objective == "classifier"
+        self.denoiser = None if self.is_classifier else Denoiser(
+            self.model, self.process, self.prediction, learned_variance=learned, clip_x0=clip)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                            **({"fused": True} if self.device.type == "cuda" else {}))
         self.ema = EMA(self.model, cfg.ema_decay)
@@ -150,10 +163,18 @@ class Run:
         self.step = 0
         self.dtype = {"auto": torch.bfloat16 if self.device.type == "cuda" else None, "fp32": None,
                       "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
+        # channels-last activations: the fast convolution layout of tensor cores
+        self.channels_last = self.device.type == "cuda" and self.data.kind == "image"
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.forward = torch.compile(self.model) if cfg.compile else self.model
 
     def loss(self, x0: torch.Tensor, y: torch.Tensor | None) -> O.Loss:
         cfg = self.cfg
+        if y is not None and cfg.p_uncond > 0 and not self.is_classifier:
+            # condition dropout: the null label num_classes, so one network learns both
+            drop = torch.rand(y.shape, generator=self.noise_rng, device=self.noise_rng.device) < cfg.p_uncond
+            y = torch.where(drop.to(y.device), torch.full_like(y, self.data.num_classes), y)
         kw = {"cond": {"y": y} if cfg.class_conditional else None, "generator": self.noise_rng}
         if cfg.objective == "regression":
             return O.regression_loss(self.forward, self.process, x0, target=cfg.prediction,
@@ -162,6 +183,40 @@ class Run:
             return O.hybrid_loss(self.forward, self.process, x0, prediction=cfg.prediction,
                                  time_sampler=self.time_sampler, **kw)
         return O.OBJECTIVES[cfg.objective](self.forward, self.process, x0, **kw)
+
+    def batch_source(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The training data (and labels) on the device; images channels-last on CUDA."""
+        data, labels = self.data.data.to(self.device), self.data.labels
+        if self.channels_last:
+            data = data.contiguous(memory_format=torch.channels_last)
+        return data, labels.to(self.device) if labels is not None else None
+
+    def train_step(self, data: torch.Tensor, labels: torch.Tensor | None) -> tuple[float, float]:
+        """One optimizer step at `self.step`: `grad_accum` micro-batches (a pure function of
+        the seed and the micro-batch counter), clipping, AdamW at `lr_at(step)`, one EMA
+        update.  Returns (loss, grad norm) with a single device sync; raises
+        FloatingPointError, before touching the weights, on a non-finite loss."""
+        cfg = self.cfg
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(cfg, self.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        micro = cfg.batch_size // cfg.grad_accum
+        total = torch.zeros((), device=self.device)
+        for k in range(cfg.grad_accum):
+            idx = micro_batch_indices(len(data), micro, self.step * cfg.grad_accum + k, cfg.seed).to(self.device)
+            y = labels[idx] if labels is not None and cfg.class_conditional else None
+            with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+                loss = self.loss(data[idx], y).loss / cfg.grad_accum
+            loss.backward()
+            total += loss.detach().float()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        loss_value, norm_value = torch.stack([total, grad_norm.float()]).tolist()
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"non-finite loss at step {self.step}")
+        self.optimizer.step()
+        self.ema.update(self.model)
+        self.step += 1
+        return loss_value, norm_value
 
     # --- checkpoints -----------------------------------------------------------------
     def config_dict(self) -> dict:
@@ -223,9 +278,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None, progress: bool = True
                               "choose another out=")
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
-    data, labels = run.data.data.to(run.device), run.data.labels
-    labels = labels.to(run.device) if labels is not None else None
-    micro = cfg.batch_size // cfg.grad_accum
+    data, labels = run.batch_source()
     end = cfg.steps if stop_after is None else min(cfg.steps, run.step + stop_after)
     bar = tqdm(total=cfg.steps, initial=run.step, desc="train", unit="step", disable=not progress)
     log = open(out / "metrics.jsonl", "a")
@@ -233,25 +286,11 @@ def train(cfg: TrainConfig, stop_after: int | None = None, progress: bool = True
     t_last, seen = time.perf_counter(), 0
     while run.step < end:
         lr = lr_at(cfg, run.step)
-        for group in run.optimizer.param_groups:
-            group["lr"] = lr
-        run.optimizer.zero_grad(set_to_none=True)
-        total = 0.0
-        for k in range(cfg.grad_accum):
-            idx = micro_batch_indices(len(data), micro, run.step * cfg.grad_accum + k, cfg.seed).to(run.device)
-            y = labels[idx] if labels is not None and cfg.class_conditional else None
-            with torch.autocast(run.device.type, dtype=run.dtype or torch.float32, enabled=run.dtype is not None):
-                loss = run.loss(data[idx], y).loss / cfg.grad_accum
-            loss.backward()
-            total += float(loss.detach())
-        if not math.isfinite(total):
+        try:
+            total, grad_norm = run.train_step(data, labels)
+        except FloatingPointError as e:
             log.close()
-            raise FloatingPointError(f"non-finite loss at step {run.step}; the last good checkpoint "
-                                     f"is kept in {out / 'checkpoints'}")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip))
-        run.optimizer.step()
-        run.ema.update(run.model)
-        run.step += 1
+            raise FloatingPointError(f"{e}; the last good checkpoint is kept in {out / 'checkpoints'}") from None
         seen += cfg.batch_size
         bar.update(1)
         if run.step % cfg.log_every == 0 or run.step == end:
@@ -264,7 +303,8 @@ def train(cfg: TrainConfig, stop_after: int | None = None, progress: bool = True
             bar.set_postfix(loss=f"{total:.4f}", img_s=f"{record['images_per_s']:.0f}")
         if cfg.ckpt_every and (run.step % cfg.ckpt_every == 0 or run.step == cfg.steps):
             run.save()
-        if cfg.sample_every and (run.step % cfg.sample_every == 0 or run.step == cfg.steps):
+        if cfg.sample_every and not run.is_classifier and (run.step % cfg.sample_every == 0
+                                                           or run.step == cfg.steps):
             run.write_samples(out / "samples" / f"step_{run.step:08d}.png")
     bar.close()
     log.close()

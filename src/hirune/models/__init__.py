@@ -6,6 +6,7 @@ y: (B,) int64 labels; `num_classes` is the null label, y=None means all-null.
 
     build_model("unet", size="tiny", in_channels=1, num_classes=10)
     build_model("mlp", dim=2, hidden=128)
+    build_model("classifier", in_channels=1, num_classes=10)   # classifier(x_t, t) -> logits
     model_config("unet", {"channels": 64, "channel_mult": [1, 2, 2]})   # e.g. from JSON
 
 `dataclasses.asdict(model.config)` gives back a dict `model_config` accepts.
@@ -18,6 +19,7 @@ from typing import Any
 
 from torch import nn
 
+from .classifier import ClassifierConfig, NoisyClassifier
 from .config import config_from_dict
 from .mlp import MLP, MLPConfig
 from .unet import UNET_SIZES, UNet, UNetConfig
@@ -26,6 +28,7 @@ MODELS: dict[str, tuple[type[nn.Module], type, dict[str, dict]]] = {
     # kind: (network, config, named sizes)
     "mlp": (MLP, MLPConfig, {}),
     "unet": (UNet, UNetConfig, UNET_SIZES),
+    "classifier": (NoisyClassifier, ClassifierConfig, {}),  # p(y | x_t, t) for classifier guidance
 }
 
 
@@ -50,5 +53,5 @@ def build_model(kind: str, config: Mapping[str, Any] | None = None, /, **overrid
     return MODELS[kind][0](config)
 
 
-__all__ = ["MLP", "MODELS", "UNET_SIZES", "MLPConfig", "UNet", "UNetConfig", "build_model",
+__all__ = ["MLP", "MODELS", "ClassifierConfig", "NoisyClassifier", "UNET_SIZES", "MLPConfig", "UNet", "UNetConfig", "build_model",
            "model_config"]
