@@ -353,34 +353,53 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_guidance_options(p) -> None:
+    g = p.add_argument_group("guidance (scale s: 1 = conditional, 0 = unconditional, > 1 sharper)")
+    g.add_argument("--guidance", choices=("none", "cfg", "classifier"), default="none")
+    g.add_argument("--scale", type=float, default=1.0, help="guidance scale s")
+    g.add_argument("--classifier", default=None, metavar="RUN", help="noise-aware classifier run (classifier guidance)")
+    g.add_argument("--rescale", type=float, default=0.0, help="cfg guidance rescale phi (Lin et al.; 0.7 typical)")
+    g.add_argument("--interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="cfg only for noise levels sigma/alpha in (LO, HI]")
+
+
 def _add_sample(sub) -> None:
-    p = sub.add_parser("sample", help="sample from a trained run")
+    p = sub.add_parser("sample", help="sample from a trained run (optionally guided)")
     p.add_argument("run", help="run directory (or checkpoint folder)")
     p.add_argument("--sampler", default=None, help="default: the run's preview sampler")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--spacing", default=None)
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--class", dest="label", type=int, default=None, help="class label (conditional runs)")
+    p.add_argument("--class", dest="label", type=int, default=None, help="class label (conditional or guided)")
+    p.add_argument("--class-grid", action="store_true", help="one row per class, n // classes samples each")
     p.add_argument("--out", default="samples.png", help=".png grid, .npz arrays or .gif trajectory")
+    _add_guidance_options(p)
     p.set_defaults(func=cmd_sample)
 
 
-def _run_samples(run, sampler, steps, spacing, n, seed, label=None, trajectory=False):
-    import torch
+def _guided(run, args):
+    """The run's denoiser under the guidance named by the arguments."""
+    from .generate import guide
+    from .trainer import load_run
 
-    from .samplers import sample
+    classifier = load_run(args.classifier) if getattr(args, "classifier", None) else None
+    return guide(run, getattr(args, "guidance", "none"), getattr(args, "scale", 1.0), classifier=classifier,
+                 rescale=getattr(args, "rescale", 0.0),
+                 interval=tuple(args.interval) if getattr(args, "interval", None) else None)
 
-    cond = {}
-    if run.cfg.class_conditional:
-        y = torch.arange(n) % run.data.num_classes if label is None else torch.full((n,), label)
-        cond = {"y": y}
-    elif label is not None:
-        raise ValueError("--class needs a class-conditional run (class_conditional=true)")
-    with torch.no_grad():
-        return sample(run.denoiser, (n, *run.data.shape), sampler or run.cfg.sampler,
-                      steps or run.cfg.sample_steps, spacing, seed=seed, cond=cond,
-                      return_trajectory=trajectory, progress=True), cond.get("y")
+
+def _run_samples(run, sampler, steps, spacing, n, seed, label=None, trajectory=False, denoiser=None,
+                 per_class=False, guided_labels=False):
+    from .generate import class_labels, generate
+
+    labels = None
+    if run.cfg.class_conditional or guided_labels:
+        labels = class_labels(run, n, label, per_class)
+    elif label is not None or per_class:
+        raise ValueError("--class and --class-grid need a class-conditional run (class_conditional=true) "
+                         "or classifier guidance")
+    return generate(run, n, sampler, steps, spacing, seed, denoiser=denoiser, labels=labels, trajectory=trajectory)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -396,7 +415,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         return 2
     try:
         out, labels = _run_samples(run, args.sampler, args.steps, args.spacing, args.n, args.seed,
-                                   args.label, trajectory=out_path.suffix == ".gif")
+                                   args.label, trajectory=out_path.suffix == ".gif", denoiser=_guided(run, args),
+                                   per_class=args.class_grid, guided_labels=args.guidance == "classifier")
     except ValueError as e:
         print(f"hirune sample: {e}", file=sys.stderr)
         return 2
@@ -417,7 +437,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         else:
             trajectory_gif(frames, out_path)
     elif run.data.kind == "image":
-        image_grid(out.x, out_path)
+        image_grid(out.x, out_path, nrow=max(1, args.n // run.data.num_classes) if args.class_grid else None)
     else:
         scatter_grid([(f"{args.sampler or run.cfg.sampler}, {out.nfe} NFE", out.x)], out_path,
                      truth=run.data.data[:2000])
@@ -432,16 +452,26 @@ def _add_eval(sub) -> None:
     p.add_argument("--sampler", default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--nll", type=int, default=0, metavar="N",
+                   help="toys: also the exact negative log-likelihood (probability-flow ODE, exact "
+                        "divergence) of N test points, beside the true density's where it is known")
+    _add_guidance_options(p)
     p.set_defaults(func=cmd_eval)
 
 
-def evaluate_run(run, n: int, sampler: str | None = None, steps: int | None = None, seed: int = 0) -> dict:
+def evaluate_run(run, n: int, sampler: str | None = None, steps: int | None = None, seed: int = 0,
+                 nll: int = 0, denoiser=None, guided_labels: bool = False) -> dict:
     """Sample `n` and score them: evaluator Frechet distance / class accuracy for digit
-    sets, sliced Wasserstein / energy distance for toys, each beside its real-vs-real value."""
+    sets, sliced Wasserstein / energy distance for toys, each beside its real-vs-real value.
+    nll > 0 (toys): the model's exact log-likelihood of that many test points (nats).
+    denoiser: a guided denoiser of the run (labels drawn in turn when guided_labels).
+    A classifier run reports its test accuracy at several noise levels instead."""
     from .data import load_dataset
     from .metrics import energy_distance, sliced_wasserstein
 
-    out, labels = _run_samples(run, sampler, steps, None, n, seed)
+    if run.is_classifier:
+        return {"step": run.step, "dataset": run.cfg.dataset, **classifier_accuracy(run)}
+    out, labels = _run_samples(run, sampler, steps, None, n, seed, denoiser=denoiser, guided_labels=guided_labels)
     metrics = {"step": run.step, "dataset": run.cfg.dataset, "sampler": sampler or run.cfg.sampler,
                "nfe": out.nfe}
     if run.data.kind == "image":
@@ -457,20 +487,200 @@ def evaluate_run(run, n: int, sampler: str | None = None, steps: int | None = No
                         "energy_distance": energy_distance(x, test),
                         "sliced_wasserstein_real_vs_real": sliced_wasserstein(ref, test),
                         "energy_distance_real_vs_real": energy_distance(ref, test)})
+    if nll:
+        if run.data.kind != "toy":
+            raise CLIError("--nll is for 2-D toys here (exact divergence); images come with issue 5")
+        metrics.update(toy_nll(run, nll))
     return metrics
+
+
+def classifier_accuracy(run, fractions=(0.0, 0.25, 0.5, 0.75, 0.9)) -> dict:
+    """Test-split accuracy of a noise-aware classifier at times t = fraction of the way
+    from t_min to t_max (x_t drawn with a fixed seed)."""
+    import torch
+
+    from .data import load_dataset
+    from .denoiser import time_batch
+
+    test = load_dataset(run.cfg.dataset, "test")
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    with torch.no_grad():
+        for f in fractions:
+            p = run.process
+            t = round(f * (p.T - 1)) if p.discrete else p.t_min + f * (p.t_max - p.t_min)
+            x_t = p.q_sample(test.data, torch.tensor(float(t)), torch.randn(test.data.shape, generator=g))
+            logits = run.model(x_t, time_batch(t, x_t))
+            out[f"accuracy_t{t:g}"] = float((logits.argmax(1) == test.labels).double().mean())
+    return out
+
+
+def toy_nll(run, n: int) -> dict:
+    """Mean negative log-likelihood (nats) of n test points under the model's probability-flow
+    ODE with the exact divergence, its standard error over points, and the true density's
+    NLL of the same points where the toy has one (the floor a perfect model would reach)."""
+    import math
+
+    import torch
+
+    from .data import load_dataset
+    from .data.toys import TOYS
+    from .likelihood import ode_log_likelihood
+
+    x = load_dataset(run.cfg.dataset, "test").data[:n].double()
+    run.model.double()
+    try:
+        result = ode_log_likelihood(run.denoiser, x)
+    finally:
+        run.model.float()
+    out = {"nll_nats": float(result.nll.mean()),
+           "nll_stderr": float(result.nll.std() / math.sqrt(len(x))),
+           "nll_points": len(x), "nll_nfe": result.nfe}
+    mixture = getattr(TOYS.get(run.cfg.dataset), "mixture", None)
+    if mixture is not None:
+        out["nll_true_nats"] = float(-mixture.log_prob(x).mean())
+    return out
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .trainer import load_run
 
-    metrics = {"run": str(args.run), **evaluate_run(load_run(args.run), args.n, args.sampler,
-                                                    args.steps, args.seed)}
+    run = load_run(args.run)
+    try:
+        metrics = {"run": str(args.run), **evaluate_run(run, args.n, args.sampler, args.steps, args.seed, args.nll,
+                                                        denoiser=None if run.is_classifier else _guided(run, args),
+                                                        guided_labels=args.guidance == "classifier")}
+    except ValueError as e:
+        print(f"hirune eval: {e}", file=sys.stderr)
+        return 2
+    if args.guidance != "none":
+        metrics.update({"guidance": args.guidance, "scale": args.scale})
     print(json.dumps(metrics))
     return 0
 
 
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="benchmarks: `hirune bench train` (training images/s vs diffusers)")
+    bench = p.add_subparsers(dest="bench", metavar="BENCH")
+    bench.required = True
+    t = bench.add_parser("train", help="images/s of a preset's training step, beside diffusers' twin UNet",
+                         description="hirune bench train [PRESET] [key=value ...]: times the preset's "
+                                     "whole optimizer step (objective, backward, clipping, AdamW, EMA) and "
+                                     "the same step of diffusers' UNet2DModel built to the same "
+                                     "architecture, taking turns.  Default preset: the main job's.")
+    t.add_argument("items", nargs="*", metavar="PRESET | key=value")
+    t.add_argument("--batch", type=_positive_int, default=None, help="batch size (default: the preset's)")
+    t.add_argument("--steps", type=_positive_int, default=15, help="timed steps per contestant")
+    t.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    t.add_argument("--no-peer", dest="peer", action="store_false", help="time hirune only")
+    t.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
+    t.set_defaults(func=cmd_bench_train)
+
+
+def cmd_bench_train(args: argparse.Namespace) -> int:
+    from .bench import bench_train, format_result
+    from .presets import parse_overrides
+
+    items = list(args.items)
+    preset = items.pop(0) if items and "=" not in items[0] else None
+    try:
+        result = bench_train(preset, parse_overrides(items), batch=args.batch, steps=args.steps,
+                             warmup=args.warmup, peer=args.peer)
+    except ValueError as e:
+        print(f"hirune bench train: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result) if args.json else format_result(result))
+    return 0
+
+
+def _add_invert(sub) -> None:
+    p = sub.add_parser("invert", help="DDIM-invert an image to its noise and reconstruct it (PSNR)")
+    p.add_argument("run")
+    p.add_argument("image", help="an image file, or test:N / train:N from the run's dataset")
+    p.add_argument("--class", dest="label", type=int, default=None,
+                   help="condition (class-conditional runs; default: the image's own label where known)")
+    p.add_argument("--steps", type=_positive_int, default=50)
+    p.add_argument("--plain", action="store_true", help="plain inversion instead of the exact fixed-point one")
+    p.add_argument("--out", default="inversion.png", help="PNG: original | noise | reconstruction (+ .npz noise)")
+    _add_guidance_options(p)
+    p.set_defaults(func=cmd_invert)
+
+
+def cmd_invert(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from .editing import invert, load_image_for, psnr, regenerate
+    from .trainer import load_run
+    from .viz import image_grid
+
+    run = load_run(args.run)
+    try:
+        x, known = load_image_for(run, args.image)
+        label = args.label if args.label is not None else known
+        labels = torch.tensor([label]) if run.cfg.class_conditional and label is not None else None
+        if run.cfg.class_conditional and labels is None:
+            raise ValueError("a class-conditional run needs --class for an image without a known label")
+        d = _guided(run, args)
+        inv = invert(run, x, labels=labels, denoiser=d, steps=args.steps, exact=not args.plain)
+        back = regenerate(run, inv.x, labels=labels, denoiser=d, steps=args.steps)
+    except ValueError as e:
+        print(f"hirune invert: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    image_grid(torch.cat([x, inv.x.clamp(-3, 3) / 3, back.x]), out, nrow=3)
+    np.savez(out.with_suffix(".npz"), noise=inv.x.numpy(), image=x.numpy(), reconstruction=back.x.numpy())
+    print(json.dumps({"psnr_db": float(psnr(back.x, x)[0]),
+                      "relative_error": float((back.x - x).norm() / x.norm()), "nfe": inv.nfe + back.nfe,
+                      "exact": not args.plain, "steps": args.steps, "out": str(out)}))
+    return 0
+
+
+def _add_edit(sub) -> None:
+    p = sub.add_parser("edit", help="edit an image's class: invert under --from, resample under --to")
+    p.add_argument("run", help="a class-conditional run")
+    p.add_argument("image", help="an image file, or test:N / train:N from the run's dataset")
+    p.add_argument("--from", dest="source", type=int, default=None, help="its class (default: its label)")
+    p.add_argument("--to", dest="target", type=int, required=True)
+    p.add_argument("--scale", type=float, default=1.0, help="classifier-free guidance scale on both passes")
+    p.add_argument("--strength", type=float, default=1.0,
+                   help="fraction of the noise range to invert (SDEdit style; < 1 keeps more of the image)")
+    p.add_argument("--steps", type=_positive_int, default=50)
+    p.add_argument("--out", default="edit.png", help="PNG: original | edit")
+    p.set_defaults(func=cmd_edit)
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    import torch
+
+    from .editing import edit, load_image_for, psnr
+    from .trainer import load_run
+    from .viz import image_grid
+
+    run = load_run(args.run)
+    try:
+        x, known = load_image_for(run, args.image)
+        source = args.source if args.source is not None else known
+        if source is None:
+            raise ValueError("--from is needed for an image without a known label")
+        edited, _ = edit(run, x, source, args.target, scale=args.scale, steps=args.steps, strength=args.strength)
+    except ValueError as e:
+        print(f"hirune edit: {e}", file=sys.stderr)
+        return 2
+    image_grid(torch.cat([x, edited]), args.out, nrow=2)
+    result = {"from": source, "to": args.target, "psnr_to_original_db": float(psnr(edited, x)[0]), "out": args.out}
+    from .evaluator import EVALUATED, load_evaluator
+
+    if run.cfg.dataset in EVALUATED:
+        with torch.no_grad():
+            result["evaluator_class"] = int(load_evaluator(run.cfg.dataset)(edited).argmax(1)[0])
+    print(json.dumps(result))
+    return 0
+
+
 COMMANDS: tuple[Callable, ...] = (_add_demo, _add_samplers, _add_schedules, _add_processes,
-                                  _add_datasets, _add_train, _add_presets, _add_sample, _add_eval)
+                                  _add_datasets, _add_train, _add_presets, _add_sample, _add_eval,
+                                  _add_invert, _add_edit, _add_bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

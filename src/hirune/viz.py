@@ -140,3 +140,30 @@ def image_grid(images: Tensor, path: str | Path, nrow: int | None = None, pad: i
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path)
     return path
+
+
+def tradeoff_plot(curves: dict[str, list[dict]], path: str | Path, *, x: str = "class_accuracy",
+                  y: str = "frechet_distance", label: str = "scale", reference: float | None = None,
+                  title: str = "") -> Path:
+    """One line per method through its points (dicts with keys x, y, label), each point
+    annotated with its label (e.g. the guidance scale); `reference`: a horizontal line
+    (e.g. the real-vs-real Frechet distance)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4.2), dpi=120)
+    for name, points in curves.items():
+        xs, ys = [p[x] for p in points], [p[y] for p in points]
+        ax.plot(xs, ys, "o-", label=name)
+        for p in points:
+            ax.annotate(f"{p[label]:g}", (p[x], p[y]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    if reference is not None:
+        ax.axhline(reference, color="gray", ls="--", lw=1, label="real vs real")
+    ax.set_xlabel(x.replace("_", " "))
+    ax.set_ylabel(y.replace("_", " "))
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

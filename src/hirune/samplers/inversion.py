@@ -61,13 +61,17 @@ def _solve_step(run: SamplerRun, x: Tensor, cl: Coefficients, u: float, exact: b
 
 
 def ddim_invert(denoiser, x0: Tensor, ts, *, exact: bool = False, max_iter: int = 50,
-                tol: float = 1e-10, cond=None, callback=None,
+                tol: float | None = None, cond=None, callback=None,
                 return_trajectory: bool = False) -> SampleOutput:
     """Invert DDIM sampling over the decreasing grid `ts`: returns the noise at ts[0].
 
     exact=False is the plain inversion; exact=True solves each step by fixed-point
-    iteration (at most `max_iter` evaluations per step, stopping at relative change `tol`).
+    iteration (at most `max_iter` evaluations per step, stopping at relative change `tol`;
+    default 1e-10 in float64, else 10 machine epsilons of x0's dtype, the floor that
+    rounding leaves).
     """
+    if tol is None:
+        tol = 1e-10 if x0.dtype == torch.float64 else 10 * torch.finfo(x0.dtype).eps
     run = SamplerRun(denoiser, x0, ts, cond, callback, return_trajectory)
     ones = torch.ones((), dtype=x0.dtype, device=x0.device)
     lower = Coefficients(ones, 0 * ones, 0 * ones, 0 * ones)  # the data: alpha 1, sigma 0

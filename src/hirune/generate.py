@@ -1,0 +1,88 @@
+"""Sampling from trained runs, with or without guidance: what `hirune sample`, `hirune eval`
+and the guidance sweep share.
+
+    run = load_run("runs/cond")
+    d = guide(run, "cfg", scale=3.0)                        # or "classifier", classifier=load_run(...)
+    out, labels = generate(run, 64, denoiser=d, labels=class_labels(run, 64, per_class=True))
+"""
+
+from __future__ import annotations
+
+import torch
+
+GUIDANCE = ("none", "cfg", "classifier")
+
+
+def guide(run, method: str = "none", scale: float = 1.0, *, classifier=None, rescale: float = 0.0,
+          interval: tuple[float, float] | None = None):
+    """The denoiser of a trained run under `method` (none | cfg | classifier) at `scale`
+    (the convention of `hirune.guidance`: 1 = conditional, 0 = unconditional).
+
+    cfg needs a class-conditional run trained with condition dropout (p_uncond > 0);
+    classifier needs `classifier`, a trained noise-aware classifier run on the same
+    process and data shape, and guides the run's unconditional prediction (the null
+    label of a conditional run), so s = 0 is the same model for both methods."""
+    from .guidance import ClassifierFreeGuidance, ClassifierGuidance
+
+    if method not in GUIDANCE:
+        raise ValueError(f"unknown guidance {method!r}; valid: {list(GUIDANCE)}")
+    if run.is_classifier:
+        raise ValueError("this run is a classifier; sample from a diffusion run and pass it as the classifier")
+    if method == "none":
+        return run.denoiser
+    if method == "cfg":
+        if not run.cfg.class_conditional:
+            raise ValueError("cfg guidance needs a class-conditional run (class_conditional=true)")
+        if run.cfg.p_uncond <= 0:
+            raise ValueError("cfg guidance needs a run trained with condition dropout (p_uncond > 0): "
+                             "its null label was never trained")
+        return ClassifierFreeGuidance(run.denoiser, scale, {"y": run.data.num_classes}, rescale=rescale,
+                                      interval=interval)
+    if classifier is None:
+        raise ValueError("classifier guidance needs a trained classifier run (--classifier RUN)")
+    if not classifier.is_classifier:
+        raise ValueError("the --classifier run is not a classifier (objective='classifier')")
+    same = (classifier.cfg.process, classifier.cfg.process_config) == (run.cfg.process, run.cfg.process_config)
+    if not same:
+        raise ValueError(f"the classifier was trained on process {classifier.cfg.process} "
+                         f"{classifier.cfg.process_config}, the model on {run.cfg.process} "
+                         f"{run.cfg.process_config}; they must match")
+    if classifier.data.shape != run.data.shape:
+        raise ValueError(f"classifier input shape {classifier.data.shape} != the model's {run.data.shape}")
+    if rescale or interval:
+        raise ValueError("rescale and interval apply to cfg guidance")
+    # the classifier guides the unconditional model: on a conditional run, its null label
+    return ClassifierGuidance(run.denoiser, classifier.model, scale, pass_cond=False)
+
+
+def class_labels(run, n: int, label: int | None = None, per_class: bool = False) -> torch.Tensor:
+    """Labels for n samples: all `label`, or the classes in turn (0 1 2 ... 0 1 2 ...), or
+    with per_class, n // num_classes of each class in a block (rows of a class grid)."""
+    k = run.data.num_classes
+    if not k:
+        raise ValueError(f"{run.cfg.dataset} has no classes")
+    if label is not None:
+        if not 0 <= label < k:
+            raise ValueError(f"class {label} is out of range; valid: 0..{k - 1}")
+        return torch.full((n,), label)
+    if per_class:
+        return torch.arange(k).repeat_interleave(max(1, n // k))
+    return torch.arange(n) % k
+
+
+def generate(run, n: int, sampler: str | None = None, steps: int | None = None, spacing: str | None = None,
+             seed: int = 0, *, denoiser=None, labels: torch.Tensor | None = None, trajectory: bool = False,
+             progress: bool = True):
+    """n samples of a run (its EMA weights as loaded), with `denoiser` (default: the run's
+    own) and `labels` as the condition y where given; returns (SampleOutput, labels)."""
+    from .samplers import sample
+
+    denoiser = denoiser if denoiser is not None else run.denoiser
+    cond = {"y": labels.to(run.device)} if labels is not None else {}
+    if labels is not None:
+        n = len(labels)
+    with torch.no_grad():
+        out = sample(denoiser, (n, *run.data.shape), sampler or run.cfg.sampler, steps or run.cfg.sample_steps,
+                     spacing, seed=seed, cond=cond, device=run.device, return_trajectory=trajectory,
+                     progress=progress)
+    return out, labels
