@@ -82,7 +82,7 @@ def main(argv=None) -> int:
                 f"(step {run.step}), classifier {args.classifier} (step {classifier.step}).")
     (out / "guidance.md").write_text("\n".join(rows) + "\n")
     tradeoff_plot(results, out / "guidance.png", reference=ref,
-                  title=f"MNIST 5k: guidance scale s (labels) trades diversity for class accuracy")
+                  title="MNIST 5k: guidance scale s (labels) trades diversity for class accuracy")
     print("\n".join(rows))
     if args.edits:
         edits = edit_report(run, args, out)

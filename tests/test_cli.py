@@ -187,7 +187,7 @@ def test_toy_nll_of_the_exact_denoiser_is_the_true_nll(tmp_path):
     """With the data's own exact denoiser in place of the network, the probability-flow
     NLL of the test points equals the true density's (the wiring: split, coordinates,
     float64); a denoiser of the wrong mixture is far off."""
-    from hirune.cli import toy_nll
+    from hirune.evaluation import toy_nll
     from hirune.data.toys import toy_mixture
     from hirune.mixture import GaussianMixture
     from hirune.presets import preset_config

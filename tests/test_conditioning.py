@@ -51,7 +51,7 @@ def test_classifier_objective_learns_the_digits(tmp_path):
                                               "model_config": {"channels": 16, "channel_mult": [1, 2],
                                                                "attention_resolutions": []}})
     run = train(cfg, progress=False)
-    from hirune.cli import classifier_accuracy
+    from hirune.evaluation import classifier_accuracy
 
     acc = classifier_accuracy(run)
     assert acc["accuracy_t0"] > 0.8, acc          # clean digits: far above chance (10%)

@@ -39,7 +39,7 @@ from diffusers.schedulers.scheduling_ddim import rescale_zero_terminal_snr as di
 from hirune import Denoiser, DiscreteVP, make_betas, rescale_zero_terminal_snr, time_grid  # noqa: E402
 from hirune.mixture import demo_mixture  # noqa: E402
 from hirune.samplers import ddim, dpmpp_2m  # noqa: E402
-from hirune.schedules import cosine_betas, linear_betas, scaled_linear_betas, sigmoid_betas  # noqa: E402
+from hirune.schedules import cosine_betas, linear_betas, sigmoid_betas  # noqa: E402
 
 f64 = torch.float64
 

@@ -86,3 +86,17 @@ def generate(run, n: int, sampler: str | None = None, steps: int | None = None, 
                      spacing, seed=seed, cond=cond, device=run.device, return_trajectory=trajectory,
                      progress=progress)
     return out, labels
+
+
+def sample_run(run, n: int, sampler: str | None = None, steps: int | None = None, spacing: str | None = None,
+               seed: int = 0, label: int | None = None, trajectory: bool = False, denoiser=None,
+               per_class: bool = False, guided_labels: bool = False):
+    """`generate` with the labels a run needs: class labels for conditional runs (or when a
+    classifier guides, `guided_labels`), all `label`, or a class grid (`per_class`)."""
+    labels = None
+    if run.cfg.class_conditional or guided_labels:
+        labels = class_labels(run, n, label, per_class)
+    elif label is not None or per_class:
+        raise ValueError("--class and --class-grid need a class-conditional run (class_conditional=true) "
+                         "or classifier guidance")
+    return generate(run, n, sampler, steps, spacing, seed, denoiser=denoiser, labels=labels, trajectory=trajectory)

@@ -1,0 +1,45 @@
+"""`hirune bench train`: training speed beside diffusers (see `hirune.bench`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .common import _positive_int
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="benchmarks: `hirune bench train` (training images/s vs diffusers)")
+    bench = p.add_subparsers(dest="bench", metavar="BENCH")
+    bench.required = True
+    t = bench.add_parser("train", help="images/s of a preset's training step, beside diffusers' twin UNet",
+                         description="hirune bench train [PRESET] [key=value ...]: times the preset's "
+                                     "whole optimizer step (objective, backward, clipping, AdamW, EMA) and "
+                                     "the same step of diffusers' UNet2DModel built to the same "
+                                     "architecture, taking turns.  Default preset: the main job's.")
+    t.add_argument("items", nargs="*", metavar="PRESET | key=value")
+    t.add_argument("--batch", type=_positive_int, default=None, help="batch size (default: the preset's)")
+    t.add_argument("--steps", type=_positive_int, default=15, help="timed steps per contestant")
+    t.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    t.add_argument("--no-peer", dest="peer", action="store_false", help="time hirune only")
+    t.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
+    t.set_defaults(func=cmd_bench_train)
+
+
+def cmd_bench_train(args: argparse.Namespace) -> int:
+    from ..bench import bench_train, format_result
+    from ..presets import parse_overrides
+
+    items = list(args.items)
+    preset = items.pop(0) if items and "=" not in items[0] else None
+    try:
+        result = bench_train(preset, parse_overrides(items), batch=args.batch, steps=args.steps,
+                             warmup=args.warmup, peer=args.peer)
+    except ValueError as e:
+        print(f"hirune bench train: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result) if args.json else format_result(result))
+    return 0
+
+

@@ -1,0 +1,44 @@
+"""Helpers shared by the subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+
+
+class CLIError(Exception):
+    """A usage error found after parsing (bad combination of options): exit code 2."""
+
+
+# --- shared helpers ------------------------------------------------------------------------
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _first_line(obj, width: int = 100) -> str:
+    """The first paragraph of obj's docstring on one line, cut to `width` characters."""
+    doc = (inspect.getdoc(obj) or "").strip()
+    text = " ".join(doc.split("\n\n")[0].split())
+    return text if len(text) <= width else text[: width - 3].rstrip() + "..."
+
+
+def _is_stochastic(fn) -> bool:
+    """Whether a sampler draws fresh noise with its default options (DDIM: only for eta > 0)."""
+    from ..samplers import STOCHASTIC
+
+    eta = inspect.signature(fn).parameters.get("eta")
+    return fn in STOCHASTIC and not (eta is not None and eta.default == 0)
+
+
+def _print_rows(rows: list[tuple[str, ...]], indent: str = "  ") -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print(indent + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+

@@ -1,0 +1,156 @@
+"""Trained runs: `hirune train | sample | eval`, with guidance options."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a model from a preset (default: the main job)",
+                       description="hirune train [PRESET] [key=value ...]; `hirune presets` lists "
+                                   "the presets, and every TrainConfig field can be overridden.")
+    p.add_argument("items", nargs="*", metavar="PRESET | key=value")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..presets import parse_overrides, preset_config
+    from ..trainer import train
+
+    items = list(args.items)
+    preset = items.pop(0) if items and "=" not in items[0] else None
+    try:
+        cfg = preset_config(preset, parse_overrides(items))
+    except ValueError as e:
+        print(f"hirune train: {e}", file=sys.stderr)
+        return 2
+    print(f"training {preset or 'the default preset'} -> {cfg.out}")
+    run = train(cfg)
+    print(f"done at step {run.step}; checkpoints in {cfg.out}/checkpoints, samples in {cfg.out}/samples")
+    if cfg.eval_samples:
+        from ..evaluation import evaluate_run
+        from ..trainer import load_run
+
+        metrics = evaluate_run(load_run(cfg.out), cfg.eval_samples)
+        (Path(cfg.out) / "eval.json").write_text(json.dumps(metrics, indent=1))
+        print(json.dumps(metrics))
+    return 0
+
+
+
+def _add_guidance_options(p) -> None:
+    g = p.add_argument_group("guidance (scale s: 1 = conditional, 0 = unconditional, > 1 sharper)")
+    g.add_argument("--guidance", choices=("none", "cfg", "classifier"), default="none")
+    g.add_argument("--scale", type=float, default=1.0, help="guidance scale s")
+    g.add_argument("--classifier", default=None, metavar="RUN", help="noise-aware classifier run (classifier guidance)")
+    g.add_argument("--rescale", type=float, default=0.0, help="cfg guidance rescale phi (Lin et al.; 0.7 typical)")
+    g.add_argument("--interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="cfg only for noise levels sigma/alpha in (LO, HI]")
+
+
+def _add_sample(sub) -> None:
+    p = sub.add_parser("sample", help="sample from a trained run (optionally guided)")
+    p.add_argument("run", help="run directory (or checkpoint folder)")
+    p.add_argument("--sampler", default=None, help="default: the run's preview sampler")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--spacing", default=None)
+    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--class", dest="label", type=int, default=None, help="class label (conditional or guided)")
+    p.add_argument("--class-grid", action="store_true", help="one row per class, n // classes samples each")
+    p.add_argument("--out", default="samples.png", help=".png grid, .npz arrays or .gif trajectory")
+    _add_guidance_options(p)
+    p.set_defaults(func=cmd_sample)
+
+
+def _guided(run, args):
+    """The run's denoiser under the guidance named by the arguments."""
+    from ..generate import guide
+    from ..trainer import load_run
+
+    classifier = load_run(args.classifier) if getattr(args, "classifier", None) else None
+    return guide(run, getattr(args, "guidance", "none"), getattr(args, "scale", 1.0), classifier=classifier,
+                 rescale=getattr(args, "rescale", 0.0),
+                 interval=tuple(args.interval) if getattr(args, "interval", None) else None)
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..generate import sample_run
+
+    from ..trainer import load_run
+    from ..viz import image_grid, scatter_grid, trajectory_gif
+
+    run = load_run(args.run)
+    out_path = Path(args.out)
+    if out_path.suffix not in (".png", ".npz", ".gif"):
+        print(f"hirune sample: --out must end in .png, .npz or .gif, got {args.out!r}", file=sys.stderr)
+        return 2
+    try:
+        out, labels = sample_run(run, args.n, args.sampler, args.steps, args.spacing, args.seed,
+                                 args.label, trajectory=out_path.suffix == ".gif", denoiser=_guided(run, args),
+                                 per_class=args.class_grid, guided_labels=args.guidance == "classifier")
+    except ValueError as e:
+        print(f"hirune sample: {e}", file=sys.stderr)
+        return 2
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if out_path.suffix == ".npz":
+        np.savez(out_path, samples=out.x.numpy(), **({"labels": labels.numpy()} if labels is not None else {}))
+    elif out_path.suffix == ".gif":
+        frames = out.trajectory if run.data.kind == "toy" else None
+        if frames is None:
+            from PIL import Image
+            import tempfile
+
+            pictures = []
+            with tempfile.TemporaryDirectory() as tmp:
+                for i, x in enumerate(out.trajectory[:: max(1, len(out.trajectory) // 30)] + [out.x]):
+                    pictures.append(Image.open(image_grid(x, Path(tmp) / f"{i}.png")).convert("P"))
+                pictures[0].save(out_path, save_all=True, append_images=pictures[1:], duration=80, loop=0)
+        else:
+            trajectory_gif(frames, out_path)
+    elif run.data.kind == "image":
+        image_grid(out.x, out_path, nrow=max(1, args.n // run.data.num_classes) if args.class_grid else None)
+    else:
+        scatter_grid([(f"{args.sampler or run.cfg.sampler}, {out.nfe} NFE", out.x)], out_path,
+                     truth=run.data.data[:2000])
+    print(f"wrote {out_path} ({out.nfe} network evaluations)")
+    return 0
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="metrics of a trained run, as one JSON line")
+    p.add_argument("run")
+    p.add_argument("--n", type=int, default=1000, help="number of samples")
+    p.add_argument("--sampler", default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--nll", type=int, default=0, metavar="N",
+                   help="toys: also the exact negative log-likelihood (probability-flow ODE, exact "
+                        "divergence) of N test points, beside the true density's where it is known")
+    _add_guidance_options(p)
+    p.set_defaults(func=cmd_eval)
+
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ..evaluation import evaluate_run
+    from ..trainer import load_run
+
+    run = load_run(args.run)
+    try:
+        metrics = {"run": str(args.run), **evaluate_run(run, args.n, args.sampler, args.steps, args.seed, args.nll,
+                                                        denoiser=None if run.is_classifier else _guided(run, args),
+                                                        guided_labels=args.guidance == "classifier")}
+    except ValueError as e:
+        print(f"hirune eval: {e}", file=sys.stderr)
+        return 2
+    if args.guidance != "none":
+        metrics.update({"guidance": args.guidance, "scale": args.scale})
+    print(json.dumps(metrics))
+    return 0
+
