@@ -211,4 +211,4 @@ def test_eval_nll_flag(tmp_path, capsys):
     assert main(["eval", str(out), "--n", "100", "--steps", "3", "--nll", "50"]) == 0
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert math.isfinite(metrics["nll_nats"]) and math.isfinite(metrics["nll_true_nats"])
-    assert metrics["nll_points"] == 50
+    assert metrics["nll_examples"] == 50

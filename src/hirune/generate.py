@@ -28,6 +28,8 @@ def guide(run, method: str = "none", scale: float = 1.0, *, classifier=None, res
         raise ValueError(f"unknown guidance {method!r}; valid: {list(GUIDANCE)}")
     if run.is_classifier:
         raise ValueError("this run is a classifier; sample from a diffusion run and pass it as the classifier")
+    if run.is_flow and method != "none":
+        raise ValueError("guidance needs a diffusion or flow-matching run; this is a normalizing flow")
     if method == "none":
         return run.denoiser
     if method == "cfg":
@@ -72,11 +74,23 @@ def class_labels(run, n: int, label: int | None = None, per_class: bool = False)
 
 def generate(run, n: int, sampler: str | None = None, steps: int | None = None, spacing: str | None = None,
              seed: int = 0, *, denoiser=None, labels: torch.Tensor | None = None, trajectory: bool = False,
-             progress: bool = True):
+             progress: bool = True, temperature: float = 1.0):
     """n samples of a run (its EMA weights as loaded), with `denoiser` (default: the run's
-    own) and `labels` as the condition y where given; returns (SampleOutput, labels)."""
-    from .samplers import sample
+    own) and `labels` as the condition y where given; returns (SampleOutput, labels).
+    A normalizing-flow run samples z ~ N(0, temperature^2 I) and inverts (one pass, no
+    sampler; its trajectory is [z, x])."""
+    from .samplers import SampleOutput, sample
 
+    if run.is_flow:
+        if labels is not None or denoiser is not None:
+            raise ValueError("flows here are unconditional: no labels or guidance")
+        g = torch.Generator(device=run.device).manual_seed(seed)
+        with torch.no_grad():
+            z = torch.randn(n, run.model.dim, generator=g, device=run.device) * temperature
+            x = run.model.decode(z)
+        return SampleOutput(x, 1, [z.reshape(x.shape), x] if trajectory else None), None
+    if temperature != 1.0:
+        raise ValueError("temperature applies to normalizing flows")
     denoiser = denoiser if denoiser is not None else run.denoiser
     cond = {"y": labels.to(run.device)} if labels is not None else {}
     if labels is not None:
@@ -90,7 +104,7 @@ def generate(run, n: int, sampler: str | None = None, steps: int | None = None, 
 
 def sample_run(run, n: int, sampler: str | None = None, steps: int | None = None, spacing: str | None = None,
                seed: int = 0, label: int | None = None, trajectory: bool = False, denoiser=None,
-               per_class: bool = False, guided_labels: bool = False):
+               per_class: bool = False, guided_labels: bool = False, temperature: float = 1.0):
     """`generate` with the labels a run needs: class labels for conditional runs (or when a
     classifier guides, `guided_labels`), all `label`, or a class grid (`per_class`)."""
     labels = None
@@ -99,4 +113,5 @@ def sample_run(run, n: int, sampler: str | None = None, steps: int | None = None
     elif label is not None or per_class:
         raise ValueError("--class and --class-grid need a class-conditional run (class_conditional=true) "
                          "or classifier guidance")
-    return generate(run, n, sampler, steps, spacing, seed, denoiser=denoiser, labels=labels, trajectory=trajectory)
+    return generate(run, n, sampler, steps, spacing, seed, denoiser=denoiser, labels=labels, trajectory=trajectory,
+                    temperature=temperature)

@@ -38,7 +38,7 @@ from .process import Coefficients, TimeLike
 _INHERIT = "inherit"
 
 
-def _unclipped(denoiser) -> tuple[Callable, tuple[float, float] | None]:
+def unclipped(denoiser) -> tuple[Callable, tuple[float, float] | None]:
     """The denoiser without its own x_0 clipping, and that clipping range."""
     clip = getattr(denoiser, "clip_x0", None)
     if clip is None:
@@ -86,7 +86,7 @@ class ClassifierFreeGuidance:
             raise ValueError(f"rescale must be in [0, 1], got {rescale}")
         if interval is not None and not (0 <= interval[0] < interval[1]):
             raise ValueError(f"interval must be (lo, hi) with 0 <= lo < hi (EDM sigma), got {interval}")
-        self.inner, inherited = _unclipped(denoiser)
+        self.inner, inherited = unclipped(denoiser)
         self.clip_x0 = inherited if clip_x0 == _INHERIT else clip_x0
         self.scale, self.rescale, self.interval = float(scale), float(rescale), interval
         self.null_cond = dict(null_cond)
@@ -154,7 +154,7 @@ class ClassifierGuidance:
 
     def __init__(self, denoiser, classifier: Callable[[Tensor, Tensor], Tensor], scale: float, *,
                  key: str = "y", pass_cond: bool = False, clip_x0=_INHERIT):
-        self.inner, inherited = _unclipped(denoiser)
+        self.inner, inherited = unclipped(denoiser)
         self.clip_x0 = inherited if clip_x0 == _INHERIT else clip_x0
         self.classifier, self.scale, self.key, self.pass_cond = classifier, float(scale), key, pass_cond
 

@@ -15,6 +15,8 @@ and return a `Loss` whose `loss` is the scalar to minimise and whose `per_sample
     hybrid_loss            Improved DDPM: L_simple + lambda L_vlb with a learned variance
     classifier_loss        cross-entropy of a noise-aware classifier p(y | x_t, t), for
                            classifier guidance (Dhariwal & Nichol 2021)
+    nll_loss               exact negative log-likelihood of a normalizing flow, per dimension,
+                           on dequantized images
 """
 
 from __future__ import annotations
@@ -130,6 +132,19 @@ def classifier_loss(model, process: GaussianProcess, x0: Tensor, *, cond=None, g
     per_sample = F.cross_entropy(logits.float(), y, reduction="none")
     accuracy = (logits.argmax(1) == y).float().mean().detach()
     return Loss(per_sample.mean(), per_sample.detach(), t, {"accuracy": accuracy})
+
+
+def nll_loss(model, process=None, x0: Tensor | None = None, *, cond=None, generator=None, t=None, noise=None,
+             levels: int | None = None) -> Loss:
+    """-log p(x) / D (nats per dimension) of a normalizing flow `model.log_prob`; images
+    holding `levels` discrete values are uniformly dequantized first (fresh noise each
+    call), so the loss is the continuous bound of `likelihood.discrete_nll` up to a constant.
+    The process is unused (flows have none); the signature matches the other objectives."""
+    from .likelihood import dequantize
+
+    y = dequantize(x0, levels, generator) if levels else x0
+    per_sample = -model.log_prob(y) / x0[0].numel()
+    return Loss(per_sample.mean(), per_sample.detach(), torch.zeros(len(x0), device=x0.device))
 
 
 # --- Improved DDPM: the variational bound with a learned variance ----------------------------
@@ -260,4 +275,5 @@ OBJECTIVES = {
     "flow_matching": flow_matching_loss,
     "hybrid": hybrid_loss,
     "classifier": classifier_loss,
+    "nll": nll_loss,
 }

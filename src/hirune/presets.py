@@ -4,7 +4,8 @@ A preset is a plain dict of `TrainConfig` fields.  Toy presets train in seconds 
 cores; image presets are sized for a CPU budget of minutes.  One per model family on
 each kind of data: ddpm (eps), vpred (v + min-SNR), iddpm (cosine, learned variance,
 hybrid loss), ncsn (VE score matching), flow (rectified flow matching); and noise-aware
-classifiers for classifier guidance on the digit sets (classifier-digits, -mnist5k).
+classifiers for classifier guidance on the digit sets (classifier-digits, -mnist5k), and
+normalizing flows (realnvp and maf on the toys, realnvp and glow on the digit sets).
 """
 
 from __future__ import annotations
@@ -52,6 +53,21 @@ PRESETS["classifier-digits"] = {**_CLASSIFIER, "dataset": "digits", "steps": 200
                                 "model_config": {"channels": 32, "channel_mult": [1, 2],
                                                  "attention_resolutions": [2]}}
 PRESETS["classifier-mnist5k"] = {**_CLASSIFIER, "dataset": "mnist5k", "steps": 1500}
+
+# Normalizing flows (exact likelihood): RealNVP and MAF on the toys, RealNVP and Glow on
+# the digit sets (dequantized, so their bits/dim compare with the other families').
+_FLOW = dict(model="flow", objective="nll", lr=1e-3, warmup=100, log_every=100, sample_every=1000,
+             ckpt_every=1000)
+for _toy in ("two_moons", "swiss_roll", "eight_gaussians", "checkerboard", "rings", "gaussian_mixture"):
+    for _kind in ("realnvp", "maf"):
+        PRESETS[f"{_kind}-{_toy.replace('_', '-')}"] = {
+            **_TOY, **_FLOW, "dataset": _toy, "steps": 3000, "sample_every": 3000,
+            "model_config": {"kind": _kind, "steps": 8, "hidden": 128}}
+for _kind in ("realnvp", "glow"):
+    PRESETS[f"{_kind}-digits"] = {**_IMAGE, **_FLOW, "dataset": "digits", "steps": 3000, "batch_size": 64,
+                                  "model_config": {"kind": _kind, "levels": 2, "steps": 4, "hidden": 64}}
+    PRESETS[f"{_kind}-mnist5k"] = {**_IMAGE, **_FLOW, "dataset": "mnist5k", "steps": 2000, "batch_size": 64,
+                                   "model_config": {"kind": _kind, "levels": 2, "steps": 4, "hidden": 64}}
 
 DEFAULT_PRESET = "vpred-mnist5k"
 

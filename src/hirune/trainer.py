@@ -79,6 +79,9 @@ def check_config(cfg: TrainConfig) -> None:
     for key, valid in choices.items():
         if getattr(cfg, key) not in valid:
             raise ValueError(f"{key}={getattr(cfg, key)!r} is not valid; valid: {list(valid)}")
+    if (cfg.objective == "nll") != (cfg.model == "flow"):
+        raise ValueError("objective='nll' goes with model='flow' (a normalizing flow) and only with it; "
+                         f"got objective={cfg.objective!r}, model={cfg.model!r}")
     if (cfg.objective == "classifier") != (cfg.model == "classifier"):
         raise ValueError("objective='classifier' goes with model='classifier' (a noise-aware classifier) "
                          f"and only with it; got objective={cfg.objective!r}, model={cfg.model!r}")
@@ -133,13 +136,17 @@ class Run:
         self.process = make_process(cfg.process, **cfg.process_config)
         self.prediction = OBJECTIVE_PREDICTION.get(cfg.objective, cfg.prediction)
         model_cfg = dict(cfg.model_config)
-        model_cfg.setdefault("time_scale", 1.0 if self.process.discrete else 1000.0)
+        self.is_flow = cfg.model == "flow"
+        if not self.is_flow:
+            model_cfg.setdefault("time_scale", 1.0 if self.process.discrete else 1000.0)
         if cfg.class_conditional:
             if not self.data.num_classes:
                 raise ValueError(f"class_conditional needs labels; {cfg.dataset} has none")
             model_cfg.setdefault("num_classes", self.data.num_classes)
         learned = cfg.objective == "hybrid"
-        if cfg.model == "classifier":
+        if self.is_flow:
+            model_cfg.setdefault("shape", tuple(self.data.shape))
+        elif cfg.model == "classifier":
             model_cfg.pop("num_classes", None)
             model_cfg.setdefault("num_classes", self.data.num_classes)
             model_cfg.setdefault("in_channels", self.data.shape[0])
@@ -153,12 +160,14 @@ class Run:
         self.model = build_model(cfg.model, **model_cfg).to(self.device)
         clip = (-1.0, 1.0) if cfg.clip_x0 and self.data.kind == "image" else None
         self.is_classifier = cfg.objective == "classifier"
-        self.denoiser = None if self.is_classifier else Denoiser(
+        self.noise_rng = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        if self.is_flow:
+            self._init_flow()
+        self.denoiser = None if self.is_classifier or self.is_flow else Denoiser(
             self.model, self.process, self.prediction, learned_variance=learned, clip_x0=clip)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                            **({"fused": True} if self.device.type == "cuda" else {}))
         self.ema = EMA(self.model, cfg.ema_decay)
-        self.noise_rng = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.time_sampler = O.ImportanceTimeSampler(self.process.T) if learned else None
         self.step = 0
         self.dtype = {"auto": torch.bfloat16 if self.device.type == "cuda" else None, "fp32": None,
@@ -169,8 +178,25 @@ class Run:
             self.model.to(memory_format=torch.channels_last)
         self.forward = torch.compile(self.model) if cfg.compile else self.model
 
+    def _init_flow(self) -> None:
+        """Data-dependent initialisation (ActNorm) on a fixed batch, before the EMA copies
+        the weights; its own generator, so the training noise stream is unchanged."""
+        g = torch.Generator().manual_seed(self.cfg.seed + 1)
+        idx = torch.randperm(len(self.data.data), generator=g)[:min(512, len(self.data.data))]
+        x = self.data.data[idx]
+        if self.data.levels:
+            from .likelihood import dequantize
+
+            x = dequantize(x, self.data.levels, g)
+        x = x.to(self.device)
+        with torch.no_grad():
+            self.model.train()
+            self.model.log_prob(x)
+
     def loss(self, x0: torch.Tensor, y: torch.Tensor | None) -> O.Loss:
         cfg = self.cfg
+        if self.is_flow:
+            return O.nll_loss(self.model, None, x0, generator=self.noise_rng, levels=self.data.levels)
         if y is not None and cfg.p_uncond > 0 and not self.is_classifier:
             # condition dropout: the null label num_classes, so one network learns both
             drop = torch.rand(y.shape, generator=self.noise_rng, device=self.noise_rng.device) < cfg.p_uncond
@@ -257,12 +283,16 @@ class Run:
             cond = {"y": torch.arange(cfg.num_samples, device=self.device) % self.data.num_classes}
         self.model.eval()
         with self.ema.applied(self.model):
-            out = sample(self.denoiser, (cfg.num_samples, *self.data.shape), cfg.sampler, cfg.sample_steps,
-                         seed=cfg.seed, device=self.device, cond=cond)
+            if self.is_flow:
+                g = torch.Generator(device=self.device).manual_seed(cfg.seed)
+                x = self.model.sample(cfg.num_samples, generator=g)
+            else:
+                x = sample(self.denoiser, (cfg.num_samples, *self.data.shape), cfg.sampler, cfg.sample_steps,
+                           seed=cfg.seed, device=self.device, cond=cond).x
         self.model.train()
         if self.data.kind == "image":
-            return image_grid(out.x, path)
-        return scatter_grid([(f"step {self.step}", out.x)], path, truth=self.data.data[:2000])
+            return image_grid(x, path)
+        return scatter_grid([(f"step {self.step}", x)], path, truth=self.data.data[:2000])
 
 
 def train(cfg: TrainConfig, stop_after: int | None = None, progress: bool = True) -> Run:

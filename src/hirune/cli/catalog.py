@@ -80,6 +80,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
     from ..presets import DEFAULT_PRESET, PRESETS
 
     print(f"training presets (hirune train NAME [key=value ...]; default {DEFAULT_PRESET}):")
-    _print_rows([(name, p["dataset"], p["process"], p["objective"], p["model"]) for name, p in PRESETS.items()])
+    _print_rows([(name, p["dataset"], "-" if p["model"] == "flow" else p["process"], p["objective"], p["model"])
+                 for name, p in PRESETS.items()])
     return 0
 

@@ -22,6 +22,8 @@ class ArrayDataset(torch.utils.data.Dataset):
     labels: (N,) int64 class indices in [0, num_classes), or None (unlabelled).
     num_classes: the number of classes; 0 when unlabelled.
     indices: (N,) int64 position of each example in the full dataset (file order), or None.
+    levels: how many evenly spaced values a pixel takes in [-1, 1] (17 for the 0..16
+        digits, 256 for 8-bit images); likelihoods dequantize with it.  None for toys.
     Indexing gives (x, label), label -1 when unlabelled, so a DataLoader sees one structure.
     """
 
@@ -34,6 +36,7 @@ class ArrayDataset(torch.utils.data.Dataset):
     source: str
     indices: Tensor | None = None
     class_names: tuple[str, ...] | None = None
+    levels: int | None = None
 
     @property
     def images(self) -> Tensor:

@@ -90,7 +90,7 @@ def _pixel_csv_dataset(name: str, path: Path, side: int, max_value: int,
     images = _to_unit_range(table[idx, :-1], max_value).reshape(-1, 1, side, side)
     return ArrayDataset(name=name, kind="image", data=images, labels=torch.from_numpy(labels[idx]),
                         num_classes=10, split=split, source=str(path), indices=torch.from_numpy(idx),
-                        class_names=tuple(str(c) for c in range(10)))
+                        class_names=tuple(str(c) for c in range(10)), levels=max_value + 1)
 
 
 def digits(split: str = "train") -> ArrayDataset:
@@ -229,7 +229,7 @@ def image_folder(path: str | Path, size: int | tuple[int, int] | None = None,
         name=root.resolve().name, kind="image", data=_to_unit_range(pixels[idx], 255),
         labels=None if kept_labels is None else torch.from_numpy(kept_labels[idx]),
         num_classes=0 if class_names is None else len(class_names), split=split, source=str(root),
-        indices=torch.from_numpy(idx), class_names=class_names)
+        indices=torch.from_numpy(idx), class_names=class_names, levels=256)
 
 
 # --- a NumPy .npz file -----------------------------------------------------------------
@@ -315,4 +315,4 @@ def npz_dataset(path: str | Path, key: str = "images", label_key: str | None = "
         name=p.stem, kind="image", data=torch.from_numpy(_scale_values(images[idx], value_range)),
         labels=None if labels is None else torch.from_numpy(labels[idx]),
         num_classes=0 if labels is None else int(labels.max()) + 1, split=split, source=str(p),
-        indices=torch.from_numpy(idx))
+        indices=torch.from_numpy(idx), levels=256)

@@ -19,6 +19,7 @@ from typing import Any
 
 from torch import nn
 
+from ..flows.models import Flow, FlowConfig
 from .classifier import ClassifierConfig, NoisyClassifier
 from .config import config_from_dict
 from .mlp import MLP, MLPConfig
@@ -29,6 +30,7 @@ MODELS: dict[str, tuple[type[nn.Module], type, dict[str, dict]]] = {
     "mlp": (MLP, MLPConfig, {}),
     "unet": (UNet, UNetConfig, UNET_SIZES),
     "classifier": (NoisyClassifier, ClassifierConfig, {}),  # p(y | x_t, t) for classifier guidance
+    "flow": (Flow, FlowConfig, {}),                         # normalizing flows (hirune.flows)
 }
 
 
