@@ -24,3 +24,23 @@ def energy_distance(a: Tensor, b: Tensor) -> float:
         raise ValueError("need two (N, D) clouds of the same dimension")
     ab, aa, bb = torch.cdist(a, b).mean(), torch.cdist(a, a).mean(), torch.cdist(b, b).mean()
     return float(2 * ab - aa - bb)
+
+
+def straightness(trajectory: list[Tensor], times) -> float:
+    """How far a sampled ODE path is from a straight line at constant speed (Liu et al.
+    2023, "Flow straight and fast", eq. 7 normalised by the time span):
+
+        S = 1/|T| int || (x_end - x_start) / T - dx/dt ||^2 dt,   T = t_end - t_start,
+
+    with dx/dt constant on each step of the trajectory (x at every grid time), averaged
+    over samples and dimensions.  0 for straight paths: one Euler step is then exact."""
+    times = [float(t) for t in times]
+    if len(times) != len(trajectory):
+        raise ValueError(f"need one time per trajectory point, got {len(times)} times for {len(trajectory)} points")
+    total = times[-1] - times[0]
+    mean_v = (trajectory[-1] - trajectory[0]) / total
+    s = 0.0
+    for a, b, ta, tb in zip(trajectory[:-1], trajectory[1:], times[:-1], times[1:]):
+        v = (b - a) / (tb - ta)
+        s += float(((v - mean_v) ** 2).mean()) * abs(tb - ta)
+    return s / abs(total)

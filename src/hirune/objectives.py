@@ -113,10 +113,35 @@ def score_matching_loss(model, process: GaussianProcess, x0: Tensor, *, cond=Non
     return Loss(per_sample.mean(), per_sample.detach(), t)
 
 
-def flow_matching_loss(model, process: GaussianProcess, x0: Tensor, **kwargs) -> Loss:
+COUPLINGS = ("independent", "ot")
+
+
+def ot_pairing(x0: Tensor, noise: Tensor) -> Tensor:
+    """The noise reordered to solve the optimal-transport assignment between the minibatch
+    of data and the minibatch of noise under squared Euclidean cost: for two uniform
+    empirical measures of equal size the OT plan is a permutation, found exactly by the
+    Hungarian algorithm (scipy's linear_sum_assignment).  Minibatch OT coupling (Tong et
+    al. 2023; Pooladian et al. 2023) makes the conditional paths cross less."""
+    from scipy.optimize import linear_sum_assignment
+
+    cost = torch.cdist(x0.flatten(1).double(), noise.flatten(1).double()) ** 2
+    rows, cols = linear_sum_assignment(cost.cpu().numpy())
+    order = torch.empty(len(x0), dtype=torch.long)
+    order[torch.as_tensor(rows)] = torch.as_tensor(cols)
+    return noise[order.to(noise.device)]
+
+
+def flow_matching_loss(model, process: GaussianProcess, x0: Tensor, *, coupling: str = "independent",
+                       generator=None, noise: Tensor | None = None, **kwargs) -> Loss:
     """Conditional flow matching: regress the conditional velocity alpha' x0 + sigma' eps
-    (for rectified flow, eps - x0)."""
-    return regression_loss(model, process, x0, target="velocity", **kwargs)
+    (for rectified flow, eps - x0).  coupling: how data and noise are paired -- drawn
+    independently, or re-paired by minibatch optimal transport (`ot_pairing`).  A given
+    `noise` (e.g. the fixed pairs of a reflow) is used as it is."""
+    if coupling not in COUPLINGS:
+        raise ValueError(f"unknown coupling {coupling!r}; valid: {list(COUPLINGS)}")
+    if noise is None and coupling == "ot":
+        noise = ot_pairing(x0, torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device))
+    return regression_loss(model, process, x0, target="velocity", generator=generator, noise=noise, **kwargs)
 
 
 def classifier_loss(model, process: GaussianProcess, x0: Tensor, *, cond=None, generator=None,

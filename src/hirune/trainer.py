@@ -47,6 +47,9 @@ class TrainConfig:
     min_snr_gamma: float = 5.0
     class_conditional: bool = False
     p_uncond: float = 0.1              # condition dropout for classifier-free guidance (class_conditional)
+    coupling: str = "independent"      # flow matching: independent | ot (minibatch optimal transport)
+    reflow_from: str = ""              # rectified-flow reflow: a trained flow-matching run (the teacher)
+    reflow_steps: int = 50             # ODE steps of the teacher when it draws the (noise, data) pairs
     steps: int = 2000
     batch_size: int = 128              # per optimizer step (split into grad_accum micro-batches)
     grad_accum: int = 1
@@ -87,6 +90,10 @@ def check_config(cfg: TrainConfig) -> None:
                          f"and only with it; got objective={cfg.objective!r}, model={cfg.model!r}")
     if cfg.objective == "classifier" and not cfg.class_conditional:
         raise ValueError("objective='classifier' needs the labels: set class_conditional=true")
+    if cfg.coupling not in O.COUPLINGS:
+        raise ValueError(f"coupling={cfg.coupling!r} is not valid; valid: {list(O.COUPLINGS)}")
+    if (cfg.coupling != "independent" or cfg.reflow_from) and cfg.objective != "flow_matching":
+        raise ValueError("coupling and reflow_from apply to objective='flow_matching'")
     if not 0.0 <= cfg.p_uncond < 1.0:
         raise ValueError(f"p_uncond must be in [0, 1), got {cfg.p_uncond}")
     if cfg.batch_size % cfg.grad_accum:
@@ -161,6 +168,7 @@ class Run:
         clip = (-1.0, 1.0) if cfg.clip_x0 and self.data.kind == "image" else None
         self.is_classifier = cfg.objective == "classifier"
         self.noise_rng = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.reflow_noise = self._reflow_pairs() if cfg.reflow_from else None
         if self.is_flow:
             self._init_flow()
         self.denoiser = None if self.is_classifier or self.is_flow else Denoiser(
@@ -178,6 +186,31 @@ class Run:
             self.model.to(memory_format=torch.channels_last)
         self.forward = torch.compile(self.model) if cfg.compile else self.model
 
+    def _reflow_pairs(self) -> torch.Tensor:
+        """Rectified flow's reflow (Liu et al. 2023, sec. 3.3): the teacher run maps seeded
+        noise z to x = ODE(z); the data becomes those x, and training regresses on the fixed
+        pairs (x, z) instead of independent noise.  Deterministic, so a resumed run redraws
+        the same pairs.  Returns z aligned with the new `self.data.data`."""
+        import dataclasses as dc
+
+        from .samplers import get_sampler
+        from .timesteps import time_grid
+
+        teacher = load_run(self.cfg.reflow_from)
+        if teacher.cfg.objective != "flow_matching" or teacher.cfg.dataset != self.cfg.dataset:
+            raise ValueError(f"reflow_from must be a flow-matching run on {self.cfg.dataset}; "
+                             f"{self.cfg.reflow_from} is {teacher.cfg.objective} on {teacher.cfg.dataset}")
+        if (teacher.cfg.process, teacher.cfg.process_config) != (self.cfg.process, self.cfg.process_config):
+            raise ValueError("reflow_from was trained on another process")
+        g = torch.Generator().manual_seed(self.cfg.seed + 3)
+        z = torch.randn(self.data.data.shape, generator=g)
+        ts = time_grid(teacher.process, self.cfg.reflow_steps)
+        sampler = get_sampler(name=teacher.cfg.sampler)
+        with torch.no_grad():
+            x = torch.cat([sampler(teacher.denoiser, zc, ts).x for zc in z.split(1000)])
+        self.data = dc.replace(self.data, data=x, labels=None, num_classes=0)
+        return z.to(self.device)
+
     def _init_flow(self) -> None:
         """Data-dependent initialisation (ActNorm) on a fixed batch, before the EMA copies
         the weights; its own generator, so the training noise stream is unchanged."""
@@ -193,7 +226,7 @@ class Run:
             self.model.train()
             self.model.log_prob(x)
 
-    def loss(self, x0: torch.Tensor, y: torch.Tensor | None) -> O.Loss:
+    def loss(self, x0: torch.Tensor, y: torch.Tensor | None, noise: torch.Tensor | None = None) -> O.Loss:
         cfg = self.cfg
         if self.is_flow:
             return O.nll_loss(self.model, None, x0, generator=self.noise_rng, levels=self.data.levels)
@@ -208,6 +241,8 @@ class Run:
         if cfg.objective == "hybrid":
             return O.hybrid_loss(self.forward, self.process, x0, prediction=cfg.prediction,
                                  time_sampler=self.time_sampler, **kw)
+        if cfg.objective == "flow_matching":
+            return O.flow_matching_loss(self.forward, self.process, x0, coupling=cfg.coupling, noise=noise, **kw)
         return O.OBJECTIVES[cfg.objective](self.forward, self.process, x0, **kw)
 
     def batch_source(self) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -232,7 +267,8 @@ class Run:
             idx = micro_batch_indices(len(data), micro, self.step * cfg.grad_accum + k, cfg.seed).to(self.device)
             y = labels[idx] if labels is not None and cfg.class_conditional else None
             with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
-                loss = self.loss(data[idx], y).loss / cfg.grad_accum
+                noise = self.reflow_noise[idx] if self.reflow_noise is not None else None
+                loss = self.loss(data[idx], y, noise).loss / cfg.grad_accum
             loss.backward()
             total += loss.detach().float()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
