@@ -80,6 +80,8 @@ def test_guided_sampling_from_the_command_line(runs, tmp_path, capsys):
     assert metrics["guidance"] == "cfg" and 0 <= metrics["class_accuracy"] <= 1
     assert main(["eval", runs["cls"]]) == 0
     assert "accuracy_t0" in _json(capsys)
+    assert main(["sample", runs["cond"], "--guidance", "cfg", "--scale", "nan", "--out", str(grid)]) == 2
+    assert "finite" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args,message", [

@@ -222,6 +222,11 @@ def test_bad_input():
         ClassifierFreeGuidance(model, 2.0, NULL, interval=(3.0, 1.0))
     with pytest.raises(ValueError, match="labels"):
         ClassifierGuidance(GM.denoiser(process), GM.noisy_classifier(process), 2.0)(x, 0.5)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="finite"):
+            ClassifierFreeGuidance(model, bad, NULL)
+        with pytest.raises(ValueError, match="finite"):
+            ClassifierGuidance(GM.denoiser(process), GM.noisy_classifier(process), bad)
 
 
 # --- inversion under guidance ---------------------------------------------------------------

@@ -26,6 +26,7 @@ Clipping of the x_0 estimate (`clip_x0`) happens after guidance, never per branc
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Mapping
 
 import torch
@@ -53,6 +54,13 @@ def _finish(x: Tensor, x0: Tensor, eps: Tensor, c: Coefficients, var_frac, clip)
         x0 = x0.clamp(*clip)
         eps = (x - c.alpha * x0) / c.sigma
     return Prediction(x0, eps, c, var_frac)
+
+
+def _check_scale(scale: float) -> float:
+    scale = float(scale)
+    if not math.isfinite(scale):
+        raise ValueError(f"guidance scale must be a finite number, got {scale}")
+    return scale
 
 
 def _per_sample(value: Tensor, x: Tensor) -> Tensor:
@@ -88,7 +96,7 @@ class ClassifierFreeGuidance:
             raise ValueError(f"interval must be (lo, hi) with 0 <= lo < hi (EDM sigma), got {interval}")
         self.inner, inherited = unclipped(denoiser)
         self.clip_x0 = inherited if clip_x0 == _INHERIT else clip_x0
-        self.scale, self.rescale, self.interval = float(scale), float(rescale), interval
+        self.scale, self.rescale, self.interval = _check_scale(scale), float(rescale), interval
         self.null_cond = dict(null_cond)
         self.prediction = getattr(denoiser, "prediction", "eps")
 
@@ -156,7 +164,7 @@ class ClassifierGuidance:
                  key: str = "y", pass_cond: bool = False, clip_x0=_INHERIT):
         self.inner, inherited = unclipped(denoiser)
         self.clip_x0 = inherited if clip_x0 == _INHERIT else clip_x0
-        self.classifier, self.scale, self.key, self.pass_cond = classifier, float(scale), key, pass_cond
+        self.classifier, self.scale, self.key, self.pass_cond = classifier, _check_scale(scale), key, pass_cond
 
     @property
     def process(self):
