@@ -86,6 +86,13 @@ def preset_config(name: str | None = None, overrides: dict[str, Any] | None = No
     return TrainConfig(**values)
 
 
+def parse_preset_args(items: list[str]) -> tuple[str | None, dict[str, Any]]:
+    """Command-line words `[PRESET] key=value ...` -> (preset or None, overrides)."""
+    items = list(items)
+    preset = items.pop(0) if items and "=" not in items[0] else None
+    return preset, parse_overrides(items)
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """key=value pairs, each value parsed to the type of that TrainConfig field
     (JSON for dicts and lists: model_config={"channels":64})."""

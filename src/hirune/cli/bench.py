@@ -29,12 +29,11 @@ def _add_bench(sub) -> None:
 
 def cmd_bench_train(args: argparse.Namespace) -> int:
     from ..bench import bench_train, format_result
-    from ..presets import parse_overrides
+    from ..presets import parse_preset_args
 
-    items = list(args.items)
-    preset = items.pop(0) if items and "=" not in items[0] else None
     try:
-        result = bench_train(preset, parse_overrides(items), batch=args.batch, steps=args.steps,
+        preset, overrides = parse_preset_args(args.items)
+        result = bench_train(preset, overrides, batch=args.batch, steps=args.steps,
                              warmup=args.warmup, peer=args.peer)
     except ValueError as e:
         print(f"hirune bench train: {e}", file=sys.stderr)

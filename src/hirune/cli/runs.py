@@ -17,13 +17,12 @@ def _add_train(sub) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..presets import parse_overrides, preset_config
+    from ..presets import parse_preset_args, preset_config
     from ..trainer import train
 
-    items = list(args.items)
-    preset = items.pop(0) if items and "=" not in items[0] else None
     try:
-        cfg = preset_config(preset, parse_overrides(items))
+        preset, overrides = parse_preset_args(args.items)
+        cfg = preset_config(preset, overrides)
     except ValueError as e:
         print(f"hirune train: {e}", file=sys.stderr)
         return 2
