@@ -187,7 +187,7 @@ def test_toy_nll_of_the_exact_denoiser_is_the_true_nll(tmp_path):
     """With the data's own exact denoiser in place of the network, the probability-flow
     NLL of the test points equals the true density's (the wiring: split, coordinates,
     float64); a denoiser of the wrong mixture is far off."""
-    from hirune.evaluation import toy_nll
+    from hirune.evaluation import nll_report
     from hirune.data.toys import toy_mixture
     from hirune.mixture import GaussianMixture
     from hirune.presets import preset_config
@@ -196,11 +196,11 @@ def test_toy_nll_of_the_exact_denoiser_is_the_true_nll(tmp_path):
     run = Run(preset_config("flow-gaussian-mixture", {"out": str(tmp_path / "r")}))
     truth = toy_mixture("gaussian_mixture")
     run.denoiser = truth.denoiser(run.process, "velocity")
-    out = toy_nll(run, 200)
+    out = nll_report(run, 200)
     assert abs(out["nll_nats"] - out["nll_true_nats"]) < 1e-3, out
     wrong = GaussianMixture(truth.means * 1.2, truth.stds, truth.weights)
     run.denoiser = wrong.denoiser(run.process, "velocity")
-    assert toy_nll(run, 200)["nll_nats"] > out["nll_true_nats"] + 0.1
+    assert nll_report(run, 200)["nll_nats"] > out["nll_true_nats"] + 0.1
 
 
 def test_eval_nll_flag(tmp_path, capsys):

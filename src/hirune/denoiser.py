@@ -50,6 +50,16 @@ class Prediction:
         return from_x0_eps("velocity", self.x0, self.eps, self.coeffs)
 
 
+def clipped_prediction(x: Tensor, x0: Tensor, eps: Tensor, c: Coefficients, var_frac: Tensor | None,
+                       clip: tuple[float, float] | None) -> Prediction:
+    """The Prediction, with x0 clamped to `clip` (if given) and eps made consistent with it
+    (x = alpha x0 + sigma eps)."""
+    if clip is not None:
+        x0 = x0.clamp(*clip)
+        eps = (x - c.alpha * x0) / c.sigma
+    return Prediction(x0, eps, c, var_frac)
+
+
 def time_batch(t: TimeLike, x: Tensor) -> Tensor:
     """t as the (B,) tensor a network receives: float32, or float64 when x is float64 --
     never the (possibly half-precision) dtype of x."""
@@ -95,10 +105,7 @@ class Denoiser:
                              f"{tuple(x.shape)}")
         c = self.process.coefficients(t, x)
         x0, eps = to_x0_eps(self.prediction, out, x, c)
-        if self.clip_x0 is not None:
-            x0 = x0.clamp(*self.clip_x0)
-            eps = (x - c.alpha * x0) / c.sigma
-        return Prediction(x0, eps, c, var_frac)
+        return clipped_prediction(x, x0, eps, c, var_frac, self.clip_x0)
 
     def __repr__(self) -> str:
         return f"Denoiser({self.prediction!r} over {self.process!r})"

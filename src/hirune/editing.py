@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .samplers import SampleOutput, ddim, ddim_invert
-from .timesteps import time_grid
+from .timesteps import default_spacing, time_grid
 
 
 def psnr(a: Tensor, b: Tensor, data_range: float = 2.0) -> Tensor:
@@ -63,7 +63,7 @@ def load_image_for(run, source: str) -> tuple[Tensor, int | None]:
 def _grid(run, steps: int, strength: float) -> Tensor:
     if not 0 < strength <= 1:
         raise ValueError(f"strength must be in (0, 1], got {strength}")
-    ts = time_grid(run.process, steps, "trailing" if run.process.discrete else "uniform")
+    ts = time_grid(run.process, steps, default_spacing(run.process))
     return ts[len(ts) - max(1, math.ceil(strength * len(ts))):]
 
 

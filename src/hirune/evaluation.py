@@ -119,9 +119,3 @@ def nll_report(run, n: int, seed: int = 0, rtol: float = 1e-5) -> dict:
         out["nll_true_nats"] = float(-mixture.log_prob(x.double()).mean())
     return out
 
-
-def toy_nll(run, n: int) -> dict:
-    """`nll_report` on a 2-D toy (kept for the name used by earlier tests and notes)."""
-    if run.data.kind != "toy":
-        raise ValueError("toy_nll is for 2-D toys; use nll_report")
-    return nll_report(run, n)

@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor
 
-from .denoiser import Prediction, time_batch
+from .denoiser import Prediction, clipped_prediction, time_batch
 from .parameterization import from_x0_eps, to_x0_eps
 from .process import Coefficients, TimeLike
 
@@ -47,13 +47,6 @@ def unclipped(denoiser) -> tuple[Callable, tuple[float, float] | None]:
     inner = copy.copy(denoiser)
     inner.clip_x0 = None
     return inner, clip
-
-
-def _finish(x: Tensor, x0: Tensor, eps: Tensor, c: Coefficients, var_frac, clip) -> Prediction:
-    if clip is not None:
-        x0 = x0.clamp(*clip)
-        eps = (x - c.alpha * x0) / c.sigma
-    return Prediction(x0, eps, c, var_frac)
 
 
 def _check_scale(scale: float) -> float:
@@ -125,7 +118,7 @@ class ClassifierFreeGuidance:
         s = torch.as_tensor(self._scales(c, x), dtype=x.dtype, device=x.device)
         if bool((s == 1).all()):  # nothing to guide: one plain conditional pass
             p = self.inner(x, t, **cond)
-            return _finish(x, p.x0, p.eps, c, p.var_frac, self.clip_x0)
+            return clipped_prediction(x, p.x0, p.eps, c, p.var_frac, self.clip_x0)
         both = {k: torch.cat([v, self._null(k, v)]) for k, v in cond.items()}
         t2 = torch.cat([t, t]) if isinstance(t, Tensor) and t.ndim == 1 else t
         p = self.inner(torch.cat([x, x]), t2, **both)
@@ -136,7 +129,7 @@ class ClassifierFreeGuidance:
         if self.rescale:
             x0, eps = self._rescale(x, x0, eps, x0_c, eps_c, c)
         var_frac = p.var_frac.chunk(2)[0] if p.var_frac is not None else None
-        return _finish(x, x0, eps, c, var_frac, self.clip_x0)
+        return clipped_prediction(x, x0, eps, c, var_frac, self.clip_x0)
 
     def _rescale(self, x, x0, eps, x0_c, eps_c, c):
         dims = tuple(range(1, x.ndim))
@@ -186,13 +179,13 @@ class ClassifierGuidance:
         p = self.inner(x, t, **(cond if self.pass_cond else {}))
         c = p.coeffs
         if self.scale == 0:
-            return _finish(x, p.x0, p.eps, c, p.var_frac, self.clip_x0)
+            return clipped_prediction(x, p.x0, p.eps, c, p.var_frac, self.clip_x0)
         d = self.scale * self.log_prob_grad(x, t, cond[self.key])  # the change of the score
         informative = c.alpha > 0
         safe_alpha = torch.where(informative, c.alpha, torch.ones_like(c.alpha))
         eps = torch.where(informative, p.eps - c.sigma * d, p.eps)
         x0 = torch.where(informative, p.x0 + c.sigma ** 2 / safe_alpha * d, p.x0)
-        return _finish(x, x0, eps, c, p.var_frac, self.clip_x0)
+        return clipped_prediction(x, x0, eps, c, p.var_frac, self.clip_x0)
 
     def __repr__(self) -> str:
         return f"ClassifierGuidance(scale={self.scale}, key={self.key!r})"
