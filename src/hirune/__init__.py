@@ -14,7 +14,7 @@ from .paths import CondOT, RectifiedFlow
 from .process import Coefficients, GaussianProcess
 from .samplers import SAMPLERS, ddim_invert, get_sampler, sample
 from .schedules import BETA_SCHEDULES, DiscreteVP, make_betas, rescale_zero_terminal_snr
-from .sde import VESDE, SubVPSDE, VPSDE
+from .sde import VESDE, NoiseLevels, SubVPSDE, VPSDE
 from .timesteps import SPACINGS, respace, time_grid
 
 __version__ = "0.1.0"
@@ -24,6 +24,7 @@ PROCESSES = {
     "vp": lambda **kw: VPSDE(**kw),
     "subvp": lambda **kw: SubVPSDE(**kw),
     "ve": lambda **kw: VESDE(**kw),
+    "ncsn": lambda **kw: NoiseLevels(**kw),
     "rectified_flow": lambda **kw: RectifiedFlow(**kw),
     "cond_ot": lambda **kw: CondOT(**kw),
 }
@@ -38,7 +39,7 @@ def make_process(name: str, **kwargs) -> GaussianProcess:
 
 __all__ = [
     "BETA_SCHEDULES", "PREDICTIONS", "PROCESSES", "SAMPLERS", "SPACINGS", "Coefficients",
-    "CondOT", "Denoiser", "DiscreteVP", "GaussianMixture", "GaussianProcess", "Prediction",
+    "CondOT", "Denoiser", "DiscreteVP", "GaussianMixture", "GaussianProcess", "NoiseLevels", "Prediction",
     "RectifiedFlow", "SubVPSDE", "VESDE", "VPSDE", "ddim_invert", "from_x0_eps", "get_sampler",
     "make_betas", "make_process", "ode_log_likelihood", "rescale_zero_terminal_snr", "respace",
     "sample", "time_grid", "to_x0_eps",

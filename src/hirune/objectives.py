@@ -9,8 +9,8 @@ and return a `Loss` whose `loss` is the scalar to minimise and whose `per_sample
 `t` (B,) feed importance sampling and logging.
 
     regression_loss        eps / x0 / v / velocity regression (DDPM's L_simple, v-prediction),
-                           optional min-SNR-gamma weighting (Hang et al. 2023)
-    score_matching_loss    denoising score matching with lambda(sigma) = sigma^2 (NCSN)
+                           optional min-SNR-gamma or likelihood weighting (`hirune.weighting`)
+    score_matching_loss    denoising score matching, lambda = sigma^2 (NCSN) or g^2 (likelihood)
     flow_matching_loss     conditional flow matching: velocity regression (Lipman et al. 2023)
     hybrid_loss            Improved DDPM: L_simple + lambda L_vlb with a learned variance
     classifier_loss        cross-entropy of a noise-aware classifier p(y | x_t, t), for
@@ -32,9 +32,10 @@ from .denoiser import time_batch
 from .parameterization import from_x0_eps, to_x0_eps
 from .process import GaussianProcess
 from .schedules import DiscreteVP
+from .weighting import (WEIGHTINGS, eps_error_factor, likelihood_mean_weight, likelihood_weight, log_snr_range,
+                        min_snr_weight, sample_likelihood_times)
 
 REGRESSION_TARGETS = ("eps", "x0", "v", "velocity")
-WEIGHTINGS = ("none", "min_snr")
 
 
 @dataclass
@@ -68,48 +69,70 @@ def _mean_per_sample(err: Tensor) -> Tensor:
     return err.flatten(1).mean(1)
 
 
-def min_snr_weight(snr: Tensor, target: str, gamma: float) -> Tensor:
-    """Min-SNR-gamma (Hang et al. 2023): the x0-loss weight min(SNR, gamma), expressed for the
-    regressed target.  Since ||eps - eps_hat||^2 = SNR ||x0 - x0_hat||^2 and (VP)
-    ||v - v_hat||^2 = (SNR + 1) ||x0 - x0_hat||^2, the weights are min(SNR, gamma) / SNR for eps,
-    min(SNR, gamma) for x0, and min(SNR, gamma) / (SNR + 1) for v; at SNR = 0 the eps
-    weight takes its limit 1."""
-    clipped = snr.clamp(max=gamma)
-    if target == "eps":
-        return torch.where(snr > 0, clipped / snr.clamp(min=torch.finfo(snr.dtype).tiny), torch.ones_like(snr))
-    if target == "x0":
-        return clipped
-    if target == "v":
-        return clipped / (snr + 1)
-    raise ValueError(f"min_snr weighting is defined for 'eps', 'x0' and 'v' targets, not {target!r}")
+def _check_weighting(weighting: str, process: GaussianProcess) -> None:
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"unknown weighting {weighting!r}; valid: {list(WEIGHTINGS)}")
+    if weighting == "likelihood":
+        log_snr_range(process)  # refuses discrete schedules and infinite ranges
+
+
+def _draw_times(process, x0, t, generator, weighting) -> tuple[Tensor | None, bool]:
+    """Likelihood weighting draws its own times (importance sampling) unless t is given."""
+    if t is None and weighting == "likelihood":
+        return sample_likelihood_times(process, x0.shape[0], generator, x0.device), True
+    return t, False
+
+
+def _weight(process, weighting: str, target: str, c, t: Tensor, importance: bool, gamma: float) -> Tensor | None:
+    """The per-sample weight of the squared `target` error (None: unweighted); see `weighting`."""
+    if weighting == "none":
+        return None
+    if weighting == "min_snr":
+        return min_snr_weight((c.alpha**2 / c.sigma**2).reshape(-1), target, gamma)
+    w = likelihood_mean_weight(process) if importance else likelihood_weight(process, t).to(c.alpha)
+    return w * eps_error_factor(target, c).reshape(-1)
 
 
 def regression_loss(model, process: GaussianProcess, x0: Tensor, *, target: str = "eps",
                     weighting: str = "none", min_snr_gamma: float = 5.0, cond: dict | None = None,
                     generator=None, t: Tensor | None = None, noise: Tensor | None = None) -> Loss:
-    """E_t,eps w(t) || model(x_t, t) - target(x0, eps, t) ||^2, the mean over dimensions."""
+    """E_t,eps w(t) || model(x_t, t) - target(x0, eps, t) ||^2, the mean over dimensions.
+    weighting (`hirune.weighting`): none | min_snr | likelihood (importance-sampled t,
+    unless t is given: then t counts as uniform draws)."""
     if target not in REGRESSION_TARGETS:
         raise ValueError(f"unknown target {target!r}; valid: {list(REGRESSION_TARGETS)}")
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"unknown weighting {weighting!r}; valid: {list(WEIGHTINGS)}")
+    _check_weighting(weighting, process)
+    t, importance = _draw_times(process, x0, t, generator, weighting)
     t, noise, x_t, c = _noisy(process, x0, t, noise, generator)
     pred = model(x_t, time_batch(t, x_t), **(cond or {}))
     if pred.shape != x0.shape:
         raise ValueError(f"model output {tuple(pred.shape)} does not match data {tuple(x0.shape)}")
     per_sample = _mean_per_sample((pred - from_x0_eps(target, x0, noise, c)) ** 2)
-    if weighting == "min_snr":
-        snr = (c.alpha**2 / c.sigma**2).reshape(-1).to(per_sample)
-        per_sample = per_sample * min_snr_weight(snr, target, min_snr_gamma)
+    w = _weight(process, weighting, target, c, t, importance, min_snr_gamma)
+    if w is not None:
+        per_sample = per_sample * w.to(per_sample)
     return Loss(per_sample.mean(), per_sample.detach(), t)
 
 
-def score_matching_loss(model, process: GaussianProcess, x0: Tensor, *, cond=None, generator=None,
-                        t=None, noise=None) -> Loss:
-    """Denoising score matching (Vincent 2011; NCSN, Song & Ermon 2019, eq. 2 with
-    lambda(sigma) = sigma^2):  sigma^2 || s(x_t, t) + eps / sigma ||^2 = || sigma s + eps ||^2."""
+def score_matching_loss(model, process: GaussianProcess, x0: Tensor, *, prediction: str = "score",
+                        weighting: str = "none", cond=None, generator=None, t=None, noise=None) -> Loss:
+    """Denoising score matching (Vincent 2011) of the score s implied by the network's
+    `prediction`: lambda(t) || s(x_t, t) - grad log q(x_t | x_0) ||^2 with grad log q = -eps / sigma.
+
+    weighting none:  lambda = sigma^2 (NCSN, Song & Ermon 2019, eq. 2), the loss
+                     || sigma s + eps ||^2, which for an eps network is plain eps regression;
+    weighting likelihood:  lambda = g^2 (Song et al. 2021), t importance-sampled."""
+    if weighting == "min_snr":
+        raise ValueError("score_matching takes weighting 'none' (lambda = sigma^2) or 'likelihood' (lambda = g^2)")
+    _check_weighting(weighting, process)
+    t, importance = _draw_times(process, x0, t, generator, weighting)
     t, noise, x_t, c = _noisy(process, x0, t, noise, generator)
-    score = model(x_t, time_batch(t, x_t), **(cond or {}))
-    per_sample = _mean_per_sample((c.sigma * score + noise) ** 2)
+    out = model(x_t, time_batch(t, x_t), **(cond or {}))
+    _, eps_hat = to_x0_eps(prediction, out, x_t, c)  # eps_hat = -sigma s
+    per_sample = _mean_per_sample((eps_hat - noise) ** 2)
+    w = _weight(process, weighting, "eps", c, t, importance, 0.0)
+    if w is not None:
+        per_sample = per_sample * w.to(per_sample)
     return Loss(per_sample.mean(), per_sample.detach(), t)
 
 

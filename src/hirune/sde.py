@@ -105,3 +105,27 @@ class VESDE(GaussianProcess):
 
     def t_from_edm_sigma(self, s: TimeLike) -> Tensor:
         return (torch.log(as_time(s) / self.sigma_min) / self._log_ratio).clamp(self.t_min, self.t_max)
+
+
+class NoiseLevels(VESDE):
+    """NCSN's L geometric noise levels (Song & Ermon 2019): sigma_i = sigma_min (sigma_max /
+    sigma_min)^(i / (L - 1)) for integer i = 0..L-1 (0 the least noise), alpha = 1.
+
+    A discrete process (`discrete = True`, `T = L`): training draws a level uniformly, and
+    annealed Langevin sampling visits each level from the top (the `trailing` grid of L
+    steps is every level).  Between integers it is the VE SDE with time rescaled, so the
+    continuous samplers and the probability-flow likelihood still apply."""
+
+    discrete = True
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 1.0, levels: int = 10):
+        super().__init__(sigma_min, sigma_max)
+        if levels < 2:
+            raise ValueError(f"NoiseLevels needs at least 2 levels, got {levels}")
+        self.T = levels
+        self.t_max = float(levels - 1)
+        self._log_ratio /= levels - 1  # sigma(t) = sigma_min exp(t log(ratio) / (L - 1))
+
+    def sigmas(self) -> Tensor:
+        """The L noise levels, largest first (the order they are sampled in)."""
+        return self.sigma(torch.arange(self.T - 1, -1, -1, dtype=torch.float64))

@@ -28,7 +28,7 @@ from .checkpoint import (flatten_optimizer_state, latest_checkpoint, load_checkp
 from .denoiser import Denoiser
 from .ema import EMA
 
-OBJECTIVE_PREDICTION = {"score_matching": "score", "flow_matching": "velocity"}
+OBJECTIVE_PREDICTION = {"flow_matching": "velocity"}  # other objectives: cfg.prediction
 # keys that may differ between a run and its resumption
 RESUMABLE_CHANGES = ("steps", "log_every", "sample_every", "ckpt_every", "resume", "device",
                      "eval_samples", "clip_x0", "sampler", "sample_steps", "num_samples")
@@ -42,8 +42,8 @@ class TrainConfig:
     process: str = "ddpm"
     process_config: dict = field(default_factory=dict)
     objective: str = "regression"      # regression | score_matching | flow_matching | hybrid
-    prediction: str = "eps"            # the regression target (eps | x0 | v | velocity)
-    weighting: str = "none"            # none | min_snr
+    prediction: str = "eps"            # what the network outputs (eps | x0 | v | score | velocity)
+    weighting: str = "none"            # none | min_snr | likelihood (hirune.weighting)
     min_snr_gamma: float = 5.0
     class_conditional: bool = False
     p_uncond: float = 0.1              # condition dropout for classifier-free guidance (class_conditional)
@@ -90,6 +90,10 @@ def check_config(cfg: TrainConfig) -> None:
                          f"and only with it; got objective={cfg.objective!r}, model={cfg.model!r}")
     if cfg.objective == "classifier" and not cfg.class_conditional:
         raise ValueError("objective='classifier' needs the labels: set class_conditional=true")
+    if cfg.weighting not in O.WEIGHTINGS:
+        raise ValueError(f"weighting={cfg.weighting!r} is not valid; valid: {list(O.WEIGHTINGS)}")
+    if cfg.weighting != "none" and cfg.objective not in ("regression", "score_matching"):
+        raise ValueError(f"weighting applies to objective 'regression' or 'score_matching', not {cfg.objective!r}")
     if cfg.coupling not in O.COUPLINGS:
         raise ValueError(f"coupling={cfg.coupling!r} is not valid; valid: {list(O.COUPLINGS)}")
     if (cfg.coupling != "independent" or cfg.reflow_from) and cfg.objective != "flow_matching":
@@ -145,7 +149,8 @@ class Run:
         model_cfg = dict(cfg.model_config)
         self.is_flow = cfg.model == "flow"
         if not self.is_flow:
-            model_cfg.setdefault("time_scale", 1.0 if self.process.discrete else 1000.0)
+            # the embedding sees t in [0, 1000) whatever the units: T = 1000 steps, or t in [0, 1]
+            model_cfg.setdefault("time_scale", 1000.0 / self.process.T if self.process.discrete else 1000.0)
         if cfg.class_conditional:
             if not self.data.num_classes:
                 raise ValueError(f"class_conditional needs labels; {cfg.dataset} has none")
@@ -218,8 +223,9 @@ class Run:
         idx = torch.randperm(len(self.data.data), generator=g)[:min(512, len(self.data.data))]
         x = self.data.data[idx]
         if self.data.levels:
-            from .likelihood import dequantize
+            from .likelihood import check_quantized, dequantize
 
+            check_quantized(self.data.data, self.data.levels)
             x = dequantize(x, self.data.levels, g)
         x = x.to(self.device)
         with torch.no_grad():
@@ -238,6 +244,9 @@ class Run:
         if cfg.objective == "regression":
             return O.regression_loss(self.forward, self.process, x0, target=cfg.prediction,
                                      weighting=cfg.weighting, min_snr_gamma=cfg.min_snr_gamma, **kw)
+        if cfg.objective == "score_matching":
+            return O.score_matching_loss(self.forward, self.process, x0, prediction=cfg.prediction,
+                                         weighting=cfg.weighting, **kw)
         if cfg.objective == "hybrid":
             return O.hybrid_loss(self.forward, self.process, x0, prediction=cfg.prediction,
                                  time_sampler=self.time_sampler, **kw)
