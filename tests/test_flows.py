@@ -143,3 +143,11 @@ def test_bad_config():
         FlowConfig("maf", (1, 4, 4))
     with pytest.raises(ValueError, match="even"):
         Squeeze()(torch.zeros(1, 1, 3, 3))
+
+
+@pytest.mark.parametrize("module", ["hirune.flows", "hirune.flows.models", "hirune.models"])
+def test_flows_import_first_without_a_cycle(module):
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-c", f"import {module}"], check=True)

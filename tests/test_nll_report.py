@@ -84,3 +84,38 @@ def test_flow_runs_refuse_guidance(tmp_path, capsys):
     with pytest.raises(ValueError, match="model='flow'"):
         preset_config("glow-digits", {"objective": "regression", "out": str(tmp_path / "g")}) and \
             train(preset_config("glow-digits", {"objective": "regression", "out": str(tmp_path / "g")}))
+
+
+def test_bad_likelihood_inputs_are_named(tmp_path, capsys):
+    """Data off the dequantization grid, a flow that cannot split, NLL of a classifier."""
+    from hirune.flows import FlowConfig
+    from hirune.likelihood import check_quantized
+
+    grid = 2 * torch.randint(0, 17, (8, 1, 4, 4)) / 16 - 1
+    check_quantized(grid, 17)
+    with pytest.raises(ValueError, match=r"in \[-1, 1\]"):
+        check_quantized(grid * 1.5, 17)
+    with pytest.raises(ValueError, match="already dequantized"):
+        check_quantized(dequantize(grid, 17, torch.Generator().manual_seed(0)), 17)
+    with pytest.raises(ValueError, match="wrong levels"):
+        check_quantized(grid, 256)
+    with pytest.raises(ValueError, match="at least 2 dimensions"):
+        FlowConfig("realnvp", (1,))
+    out = tmp_path / "c"
+    assert main(["train", "classifier-digits", "steps=1", "ckpt_every=1", "batch_size=8", f"out={out}"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out), "--nll", "4"]) == 2
+    assert "no density" in capsys.readouterr().err
+
+
+def test_float_npz_images_are_continuous(tmp_path):
+    """8-bit arrays get 256 dequantization levels; floats off that grid get none."""
+    import numpy as np
+
+    from hirune.data import load_dataset
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "u8.npz", images=rng.integers(0, 256, (20, 8, 8), dtype=np.uint8))
+    np.savez(tmp_path / "f.npz", images=rng.random((20, 8, 8)).astype(np.float32))
+    assert load_dataset(str(tmp_path / "u8.npz")).levels == 256
+    assert load_dataset(str(tmp_path / "f.npz")).levels is None

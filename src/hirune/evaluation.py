@@ -19,6 +19,9 @@ def evaluate_run(run, n: int, sampler: str | None = None, steps: int | None = No
     from .metrics import energy_distance, sliced_wasserstein
 
     if run.is_classifier:
+        if nll:
+            raise ValueError("a noise-aware classifier has no density: --nll needs a flow, diffusion, score "
+                             "or flow-matching run")
         return {"step": run.step, "dataset": run.cfg.dataset, **classifier_accuracy(run)}
     out, labels = sample_run(run, n, sampler, steps, None, seed, denoiser=denoiser, guided_labels=guided_labels)
     metrics = {"step": run.step, "dataset": run.cfg.dataset,
@@ -78,13 +81,18 @@ def nll_report(run, n: int, seed: int = 0, rtol: float = 1e-5) -> dict:
 
     from .data import load_dataset
     from .data.toys import TOYS
-    from .likelihood import bits_per_dim, dequantize, discrete_nll, ode_log_likelihood
+    from .likelihood import bits_per_dim, check_quantized, dequantize, discrete_nll, ode_log_likelihood
 
+    if not run.is_flow and run.denoiser is None:
+        raise ValueError("no likelihood for this run: it has neither a flow's change of variables nor a "
+                         "denoiser whose probability-flow ODE defines a density (flow, diffusion, score or "
+                         "flow-matching runs have one)")
     x = load_dataset(run.cfg.dataset, "test").data[:n]
     g = torch.Generator().manual_seed(seed)
     image = run.data.kind == "image"
     levels = run.data.levels if image else None
     if levels:
+        check_quantized(x, levels)
         x = dequantize(x, levels, g)
     dims = x[0].numel()
     out = {"nll_examples": len(x)}

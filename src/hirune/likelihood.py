@@ -67,6 +67,21 @@ def dequantize(x: Tensor, levels: int, generator: torch.Generator | None = None)
     return 2 * (k + u) / levels - 1
 
 
+def check_quantized(x: Tensor, levels: int) -> None:
+    """Refuse data that `dequantize` would silently misread: values outside [-1, 1], or
+    between the `levels` grid values (already dequantized, or the wrong levels).  Run once
+    on a dataset, not per batch (it reads values back from the device)."""
+    if not x.numel():
+        return
+    lo, hi = float(x.min()), float(x.max())
+    if lo < -1 - 1e-6 or hi > 1 + 1e-6:
+        raise ValueError(f"dequantization expects images in [-1, 1]; got values in [{lo:.4g}, {hi:.4g}]")
+    scaled = (x + 1) * (levels - 1) / 2
+    if float((scaled - torch.round(scaled)).abs().max()) > 1e-3:
+        raise ValueError(f"dequantization expects {levels} evenly spaced values in [-1, 1] (2k/{levels - 1} - 1); "
+                         "these images hold values between them: already dequantized, or the wrong levels")
+
+
 def discrete_nll(log_p_y: Tensor, num_dims: int, levels: int) -> Tensor:
     """The bound on -log P(k) (nats) from the density log p(y) of dequantized data."""
     return -(log_p_y + num_dims * math.log(2 / levels))

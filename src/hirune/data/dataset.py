@@ -23,7 +23,8 @@ class ArrayDataset(torch.utils.data.Dataset):
     num_classes: the number of classes; 0 when unlabelled.
     indices: (N,) int64 position of each example in the full dataset (file order), or None.
     levels: how many evenly spaced values a pixel takes in [-1, 1] (17 for the 0..16
-        digits, 256 for 8-bit images); likelihoods dequantize with it.  None for toys.
+        digits, 256 for 8-bit images); likelihoods dequantize with it.  None for toys and
+        for continuous-valued images (float .npz arrays off the 8-bit grid).
     Indexing gives (x, label), label -1 when unlabelled, so a DataLoader sees one structure.
     """
 

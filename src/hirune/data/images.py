@@ -311,8 +311,12 @@ def npz_dataset(path: str | Path, key: str = "images", label_key: str | None = "
                              f"({images.shape[0]},), got {labels.dtype} {labels.shape}")
         labels = labels.astype(np.int64)
     idx = split_indices([str(i) for i in range(images.shape[0])], labels, _folder_test_count, split)
+    data = _scale_values(images[idx], value_range)
+    # 8-bit images are 256 levels (dequantized for likelihoods); other floats are continuous
+    scaled = (data.astype(np.float64) + 1) * 127.5
+    levels = 256 if data.size and np.abs(scaled - np.round(scaled)).max() < 1e-3 else None
     return ArrayDataset(
-        name=p.stem, kind="image", data=torch.from_numpy(_scale_values(images[idx], value_range)),
+        name=p.stem, kind="image", data=torch.from_numpy(data),
         labels=None if labels is None else torch.from_numpy(labels[idx]),
         num_classes=0 if labels is None else int(labels.max()) + 1, split=split, source=str(p),
-        indices=torch.from_numpy(idx), levels=256)
+        indices=torch.from_numpy(idx), levels=levels)

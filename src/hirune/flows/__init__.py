@@ -10,6 +10,9 @@ affine coupling with checkerboard / channel / vector masks, squeeze, MADE and MA
 sees them (`hirune.likelihood.dequantize`), the same way for every family.
 """
 
+# hirune.models registers the flows as model kind "flow" and flows/models.py uses its
+# config helpers: importing it first keeps `import hirune.flows` free of an import cycle
+from .. import models as _models  # noqa: F401  isort: skip
 from .layers import (MADE, ActNorm, AffineCoupling, InvertibleConv1x1, MAFLayer, Reverse, Squeeze, channel_mask,
                      checkerboard_mask, vector_mask)
 from .models import FLOW_KINDS, Flow, FlowConfig

@@ -46,6 +46,9 @@ class FlowConfig:
             raise ValueError(f"FlowConfig.kind must be one of {list(FLOW_KINDS)}, got {self.kind!r}")
         if len(self.shape) not in (1, 3):
             raise ValueError(f"FlowConfig.shape must be (D,) or (C, H, W), got {self.shape}")
+        if len(self.shape) == 1 and self.shape[0] < 2:
+            raise ValueError(f"FlowConfig.shape {self.shape}: a coupling or autoregressive flow needs at least "
+                             "2 dimensions (one half conditions the other)")
         if self.kind == "maf" and len(self.shape) != 1:
             raise ValueError("maf is a flow for vectors; use realnvp or glow for images")
         if self.kind == "glow" and len(self.shape) != 3:
