@@ -40,7 +40,8 @@ def test_condition_dropout_uses_the_null_label(tmp_path):
 
     run.forward = spy
     y = torch.arange(4000) % 10
-    run.loss(run.data.data[:1].expand(4000, -1, -1, -1), y)
+    x = run.data.data[:1].expand(4000, -1, -1, -1)
+    run.loss(x, y, run.draw(4000, tuple(x.shape[1:])))
     null = seen[0] == 10
     assert abs(float(null.double().mean()) - 0.3) < 0.03
     assert torch.equal(seen[0][~null], y[~null])

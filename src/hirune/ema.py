@@ -16,6 +16,11 @@ import torch
 from torch import Tensor, nn
 
 
+def _local(t: Tensor) -> Tensor:
+    """A DTensor's local shard (FSDP2 parameters), or the tensor itself."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
 class EMA:
     def __init__(self, model: nn.Module, decay: float = 0.9999, warmup: bool = True):
         if not 0.0 <= decay < 1.0:
@@ -35,7 +40,9 @@ class EMA:
         params = dict(model.named_parameters())
         names = list(self.shadow)
         shadow = [self.shadow[n] for n in names]
-        torch._foreach_lerp_(shadow, [params[n].detach().to(s.dtype) for n, s in zip(names, shadow)], 1 - d)
+        # on the local shards under FSDP2 (shadow and parameter share the placement)
+        torch._foreach_lerp_([_local(s) for s in shadow],
+                             [_local(params[n].detach()).to(s.dtype) for n, s in zip(names, shadow)], 1 - d)
         self.num_updates += 1
 
     @torch.no_grad()

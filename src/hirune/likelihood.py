@@ -53,17 +53,19 @@ def bits_per_dim(nll_nats: Tensor, num_dims: int) -> Tensor:
 
 # --- discrete data: one dequantization for every family ------------------------------------
 
-def dequantize(x: Tensor, levels: int, generator: torch.Generator | None = None) -> Tensor:
+def dequantize(x: Tensor, levels: int, generator: torch.Generator | None = None, u: Tensor | None = None) -> Tensor:
     """Uniform dequantization of images in [-1, 1] that hold `levels` evenly spaced values:
     value k (x = 2k / (levels - 1) - 1) becomes y = 2 (k + u) / levels - 1, u ~ U[0, 1), so
     the bins of width 2 / levels tile [-1, 1).  Any continuous density p on y bounds the
     discrete likelihood:  log P(k) >= E_u log p(y) + D log(2 / levels)  (Theis et al. 2016;
     Ho et al. 2019), which `discrete_nll` applies.  Every family (flows exactly, diffusion
-    and flow matching through the probability-flow ODE) is scored on the same y."""
+    and flow matching through the probability-flow ODE) is scored on the same y.  `u`: the
+    uniform draws, when the caller made them."""
     if levels < 2:
         raise ValueError(f"levels must be >= 2, got {levels}")
     k = torch.round((x + 1) * (levels - 1) / 2)
-    u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    if u is None:
+        u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     return 2 * (k + u) / levels - 1
 
 

@@ -76,11 +76,13 @@ def _check_weighting(weighting: str, process: GaussianProcess) -> None:
         log_snr_range(process)  # refuses discrete schedules and infinite ranges
 
 
-def _draw_times(process, x0, t, generator, weighting) -> tuple[Tensor | None, bool]:
-    """Likelihood weighting draws its own times (importance sampling) unless t is given."""
+def _draw_times(process, x0, t, generator, weighting, t_importance) -> tuple[Tensor | None, bool]:
+    """Likelihood weighting draws its own times (importance sampling) unless t is given;
+    given times count as uniform draws unless `t_importance` says they came from
+    `sample_likelihood_times` (the trainer draws a whole global batch at once)."""
     if t is None and weighting == "likelihood":
         return sample_likelihood_times(process, x0.shape[0], generator, x0.device), True
-    return t, False
+    return t, t_importance and weighting == "likelihood"
 
 
 def _weight(process, weighting: str, target: str, c, t: Tensor, importance: bool, gamma: float) -> Tensor | None:
@@ -95,14 +97,15 @@ def _weight(process, weighting: str, target: str, c, t: Tensor, importance: bool
 
 def regression_loss(model, process: GaussianProcess, x0: Tensor, *, target: str = "eps",
                     weighting: str = "none", min_snr_gamma: float = 5.0, cond: dict | None = None,
-                    generator=None, t: Tensor | None = None, noise: Tensor | None = None) -> Loss:
+                    generator=None, t: Tensor | None = None, noise: Tensor | None = None,
+                    t_importance: bool = False) -> Loss:
     """E_t,eps w(t) || model(x_t, t) - target(x0, eps, t) ||^2, the mean over dimensions.
     weighting (`hirune.weighting`): none | min_snr | likelihood (importance-sampled t,
     unless t is given: then t counts as uniform draws)."""
     if target not in REGRESSION_TARGETS:
         raise ValueError(f"unknown target {target!r}; valid: {list(REGRESSION_TARGETS)}")
     _check_weighting(weighting, process)
-    t, importance = _draw_times(process, x0, t, generator, weighting)
+    t, importance = _draw_times(process, x0, t, generator, weighting, t_importance)
     t, noise, x_t, c = _noisy(process, x0, t, noise, generator)
     pred = model(x_t, time_batch(t, x_t), **(cond or {}))
     if pred.shape != x0.shape:
@@ -115,7 +118,8 @@ def regression_loss(model, process: GaussianProcess, x0: Tensor, *, target: str 
 
 
 def score_matching_loss(model, process: GaussianProcess, x0: Tensor, *, prediction: str = "score",
-                        weighting: str = "none", cond=None, generator=None, t=None, noise=None) -> Loss:
+                        weighting: str = "none", cond=None, generator=None, t=None, noise=None,
+                        t_importance: bool = False) -> Loss:
     """Denoising score matching (Vincent 2011) of the score s implied by the network's
     `prediction`: lambda(t) || s(x_t, t) - grad log q(x_t | x_0) ||^2 with grad log q = -eps / sigma.
 
@@ -125,7 +129,7 @@ def score_matching_loss(model, process: GaussianProcess, x0: Tensor, *, predicti
     if weighting == "min_snr":
         raise ValueError("score_matching takes weighting 'none' (lambda = sigma^2) or 'likelihood' (lambda = g^2)")
     _check_weighting(weighting, process)
-    t, importance = _draw_times(process, x0, t, generator, weighting)
+    t, importance = _draw_times(process, x0, t, generator, weighting, t_importance)
     t, noise, x_t, c = _noisy(process, x0, t, noise, generator)
     out = model(x_t, time_batch(t, x_t), **(cond or {}))
     _, eps_hat = to_x0_eps(prediction, out, x_t, c)  # eps_hat = -sigma s
@@ -183,15 +187,15 @@ def classifier_loss(model, process: GaussianProcess, x0: Tensor, *, cond=None, g
 
 
 def nll_loss(model, process=None, x0: Tensor | None = None, *, cond=None, generator=None, t=None, noise=None,
-             levels: int | None = None) -> Loss:
+             levels: int | None = None, u: Tensor | None = None) -> Loss:
     """-log p(x) / D (nats per dimension) of a normalizing flow `model.log_prob`; images
     holding `levels` discrete values are uniformly dequantized first (fresh noise each
     call), so the loss is the continuous bound of `likelihood.discrete_nll` up to a constant.
     The process is unused (flows have none); the signature matches the other objectives."""
     from .likelihood import dequantize
 
-    y = dequantize(x0, levels, generator) if levels else x0
-    per_sample = -model.log_prob(y) / x0[0].numel()
+    y = dequantize(x0, levels, generator, u=u) if levels else x0
+    per_sample = -model(y) / x0[0].numel()  # Flow.forward is log_prob; wrappers (DDP, FSDP2) hook forward
     return Loss(per_sample.mean(), per_sample.detach(), torch.zeros(len(x0), device=x0.device))
 
 
@@ -244,16 +248,19 @@ def vlb_terms(process: DiscreteVP, x0: Tensor, x_t: Tensor, t: Tensor, pred_x0: 
 
 def hybrid_loss(model, process: DiscreteVP, x0: Tensor, *, prediction: str = "eps",
                 vlb_weight: float = 0.001, cond=None, generator=None, t=None, noise=None,
-                time_sampler: ImportanceTimeSampler | None = None) -> Loss:
+                time_sampler: ImportanceTimeSampler | None = None, t_weights: Tensor | None = None) -> Loss:
     """Improved DDPM's L_hybrid = L_simple + lambda L_vlb (sec. 3.1, lambda = 0.001) for a model
     whose output has 2C channels: the `prediction` and the variance interpolation v in [-1, 1].
     L_vlb sees the mean through a stop-gradient, so it trains only the variance.  With a
     `time_sampler`, t is importance-sampled by the running second moment of L_vlb and each
-    sample's loss is weighted by 1 / (T p_t) (sec. 3.3)."""
+    sample's loss is weighted by 1 / (T p_t) (sec. 3.3).  A caller that draws t from the
+    sampler itself passes the weights as `t_weights` and updates the sampler with the
+    per-sample `terms["vlb_per_sample"]` (the trainer does, over all ranks)."""
     if not isinstance(process, DiscreteVP):
         raise ValueError("hybrid_loss needs a DiscreteVP process (the bound is over discrete steps)")
-    weights = None
-    if time_sampler is not None and t is None:
+    weights = t_weights
+    own_draw = time_sampler is not None and t is None
+    if own_draw:
         t, weights = time_sampler.sample(x0.shape[0], generator, x0.device)
     t, noise, x_t, c = _noisy(process, x0, t, noise, generator)
     out = model(x_t, time_batch(t, x_t), **(cond or {}))
@@ -265,11 +272,11 @@ def hybrid_loss(model, process: DiscreteVP, x0: Tensor, *, prediction: str = "ep
     pred_x0, _ = to_x0_eps(prediction, pred.detach(), x_t, c)  # stop-gradient on the mean
     vlb = vlb_terms(process, x0, x_t, t, pred_x0, (v + 1) / 2)
     per_sample = simple + vlb_weight * process.T * vlb  # L_vlb = T * E_t[L_t] (sum over steps)
-    if time_sampler is not None:
+    if own_draw:
         time_sampler.update(t, vlb.detach())
     if weights is not None:
         per_sample = per_sample * weights
-    terms = {"simple": simple.mean().detach(), "vlb": vlb.mean().detach()}
+    terms = {"simple": simple.mean().detach(), "vlb": vlb.mean().detach(), "vlb_per_sample": vlb.detach()}
     return Loss(per_sample.mean(), per_sample.detach(), t, terms)
 
 

@@ -31,7 +31,7 @@ from .ema import EMA
 OBJECTIVE_PREDICTION = {"flow_matching": "velocity"}  # other objectives: cfg.prediction
 # keys that may differ between a run and its resumption
 RESUMABLE_CHANGES = ("steps", "log_every", "sample_every", "ckpt_every", "resume", "device",
-                     "eval_samples", "clip_x0", "sampler", "sample_steps", "num_samples")
+                     "eval_samples", "clip_x0", "sampler", "sample_steps", "num_samples", "strategy")
 
 
 @dataclass
@@ -62,6 +62,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     precision: str = "auto"            # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
     compile: bool = False
+    strategy: str = "ddp"              # with several processes (torchrun): ddp | zero1 | zero2 | zero3
     seed: int = 0
     log_every: int = 50
     sample_every: int = 1000
@@ -102,6 +103,10 @@ def check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"p_uncond must be in [0, 1), got {cfg.p_uncond}")
     if cfg.batch_size % cfg.grad_accum:
         raise ValueError(f"batch_size={cfg.batch_size} must be divisible by grad_accum={cfg.grad_accum}")
+    from .distributed.strategy import STRATEGIES
+
+    if cfg.strategy not in STRATEGIES:
+        raise ValueError(f"strategy={cfg.strategy!r} is not valid; valid: {list(STRATEGIES)}")
     for key in ("steps", "batch_size", "grad_accum", "sample_steps", "num_samples"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"{key} must be >= 1, got {getattr(cfg, key)}")
@@ -133,16 +138,27 @@ def micro_batch_indices(n: int, size: int, counter: int, seed: int) -> torch.Ten
 class Run:
     """Everything built from a config: data, process, model, denoiser, optimizer, EMA."""
 
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, distributed: bool = True):
         from . import make_process
         from .data import load_dataset
+        from .distributed import runtime
+        from .distributed.strategy import make_optimizer, wrap
         from .models import build_model
 
         check_config(cfg)
         torch.manual_seed(cfg.seed)  # model init and dropout; a resumed run restores its RNG state
         self.cfg = cfg
-        self.device = torch.device(cfg.device if cfg.device != "auto"
-                                   else "cuda" if torch.cuda.is_available() else "cpu")
+        if distributed:  # joins torchrun's process group when there is one
+            self.world, self.device = runtime.setup(cfg.device)
+        else:
+            self.world = runtime.World()
+            self.device = torch.device(cfg.device if cfg.device != "auto"
+                                       else "cuda" if torch.cuda.is_available() else "cpu")
+        per_rank = cfg.grad_accum * self.world.size
+        if cfg.batch_size % per_rank:
+            raise ValueError(f"batch_size={cfg.batch_size} (the global batch) must be divisible by grad_accum x "
+                             f"world size = {cfg.grad_accum} x {self.world.size}")
+        self.micro_batch = cfg.batch_size // per_rank  # per rank
         self.data = load_dataset(cfg.dataset, "train")
         self.process = make_process(cfg.process, **cfg.process_config)
         self.prediction = OBJECTIVE_PREDICTION.get(cfg.objective, cfg.prediction)
@@ -178,9 +194,6 @@ class Run:
             self._init_flow()
         self.denoiser = None if self.is_classifier or self.is_flow else Denoiser(
             self.model, self.process, self.prediction, learned_variance=learned, clip_x0=clip)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                           **({"fused": True} if self.device.type == "cuda" else {}))
-        self.ema = EMA(self.model, cfg.ema_decay)
         self.time_sampler = O.ImportanceTimeSampler(self.process.T) if learned else None
         self.step = 0
         self.dtype = {"auto": torch.bfloat16 if self.device.type == "cuda" else None, "fp32": None,
@@ -189,7 +202,12 @@ class Run:
         self.channels_last = self.device.type == "cuda" and self.data.kind == "image"
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        # the strategy wraps (DDP) or shards in place (FSDP2) before the EMA and the optimizer
+        # see the parameters, so under FSDP2 both hold shards
+        wrapped = wrap(self.model, cfg.strategy, self.world, self.device)
+        self.optimizer = make_optimizer(self.model, cfg.strategy, self.world, self.device, cfg.lr, cfg.weight_decay)
+        self.ema = EMA(self.model, cfg.ema_decay)
+        self.forward = torch.compile(wrapped) if cfg.compile else wrapped
 
     def _reflow_pairs(self) -> torch.Tensor:
         """Rectified flow's reflow (Liu et al. 2023, sec. 3.3): the teacher run maps seeded
@@ -232,27 +250,60 @@ class Run:
             self.model.train()
             self.model.log_prob(x)
 
-    def loss(self, x0: torch.Tensor, y: torch.Tensor | None, noise: torch.Tensor | None = None) -> O.Loss:
+    def draw(self, n: int, shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
+        """Every random input of the loss for a micro-batch of n examples, from the run's
+        noise generator: condition dropout, then times, then noise (flows: dequantization
+        noise).  Every rank draws for the whole global batch and keeps its slices, so the run
+        is the same computation whatever the world size and accumulation (and a resume may
+        change them)."""
+        cfg, g, dev = self.cfg, self.noise_rng, self.device
+        out: dict[str, torch.Tensor] = {}
+        if cfg.class_conditional and cfg.p_uncond > 0 and not self.is_classifier:
+            out["drop"] = torch.rand(n, generator=g, device=g.device).to(dev) < cfg.p_uncond
+        if self.is_flow:
+            if self.data.levels:
+                out["u"] = torch.rand((n, *shape), generator=g, dtype=self.data.data.dtype, device=dev)
+            return out
+        if cfg.objective == "flow_matching" and cfg.coupling == "ot":  # noise first, as ot pairing draws it
+            out["noise"] = torch.randn((n, *shape), generator=g, dtype=self.data.data.dtype, device=dev)
+        if self.time_sampler is not None:
+            out["t"], out["t_weights"] = self.time_sampler.sample(n, g, dev)
+        elif cfg.weighting == "likelihood":
+            out["t"] = O.sample_likelihood_times(self.process, n, g, dev)
+        else:
+            out["t"] = O.sample_times(self.process, n, g, dev)
+        if "noise" not in out and self.reflow_noise is None:
+            out["noise"] = torch.randn((n, *shape), generator=g, dtype=self.data.data.dtype, device=dev)
+        return out
+
+    def loss(self, x0: torch.Tensor, y: torch.Tensor | None, d: dict[str, torch.Tensor],
+             idx: torch.Tensor | None = None) -> O.Loss:
+        """The objective on this rank's examples x0 (labels y, positions idx in the data)
+        with this rank's slice `d` of `draw`."""
         cfg = self.cfg
         if self.is_flow:
-            return O.nll_loss(self.model, None, x0, generator=self.noise_rng, levels=self.data.levels)
-        if y is not None and cfg.p_uncond > 0 and not self.is_classifier:
+            return O.nll_loss(self.forward, None, x0, levels=self.data.levels, u=d.get("u"))
+        if y is not None and "drop" in d:
             # condition dropout: the null label num_classes, so one network learns both
-            drop = torch.rand(y.shape, generator=self.noise_rng, device=self.noise_rng.device) < cfg.p_uncond
-            y = torch.where(drop.to(y.device), torch.full_like(y, self.data.num_classes), y)
-        kw = {"cond": {"y": y} if cfg.class_conditional else None, "generator": self.noise_rng}
+            y = torch.where(d["drop"].to(y.device), torch.full_like(y, self.data.num_classes), y)
+        kw = {"cond": {"y": y} if cfg.class_conditional else None, "t": d["t"]}
         if cfg.objective == "regression":
-            return O.regression_loss(self.forward, self.process, x0, target=cfg.prediction,
-                                     weighting=cfg.weighting, min_snr_gamma=cfg.min_snr_gamma, **kw)
+            return O.regression_loss(self.forward, self.process, x0, target=cfg.prediction, weighting=cfg.weighting,
+                                     min_snr_gamma=cfg.min_snr_gamma, noise=d["noise"],
+                                     t_importance=cfg.weighting == "likelihood", **kw)
         if cfg.objective == "score_matching":
             return O.score_matching_loss(self.forward, self.process, x0, prediction=cfg.prediction,
-                                         weighting=cfg.weighting, **kw)
+                                         weighting=cfg.weighting, noise=d["noise"],
+                                         t_importance=cfg.weighting == "likelihood", **kw)
         if cfg.objective == "hybrid":
-            return O.hybrid_loss(self.forward, self.process, x0, prediction=cfg.prediction,
-                                 time_sampler=self.time_sampler, **kw)
+            return O.hybrid_loss(self.forward, self.process, x0, prediction=cfg.prediction, noise=d["noise"],
+                                 t_weights=d["t_weights"], **kw)
         if cfg.objective == "flow_matching":
-            return O.flow_matching_loss(self.forward, self.process, x0, coupling=cfg.coupling, noise=noise, **kw)
-        return O.OBJECTIVES[cfg.objective](self.forward, self.process, x0, **kw)
+            noise = self.reflow_noise[idx] if self.reflow_noise is not None else d["noise"]
+            if cfg.coupling == "ot":
+                noise = O.ot_pairing(x0, noise)  # exact OT within this rank's micro-batch
+            return O.flow_matching_loss(self.forward, self.process, x0, noise=noise, **kw)
+        return O.OBJECTIVES[cfg.objective](self.forward, self.process, x0, noise=d["noise"], **kw)
 
     def batch_source(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The training data (and labels) on the device; images channels-last on CUDA."""
@@ -262,25 +313,40 @@ class Run:
         return data, labels.to(self.device) if labels is not None else None
 
     def train_step(self, data: torch.Tensor, labels: torch.Tensor | None) -> tuple[float, float]:
-        """One optimizer step at `self.step`: `grad_accum` micro-batches (a pure function of
-        the seed and the micro-batch counter), clipping, AdamW at `lr_at(step)`, one EMA
-        update.  Returns (loss, grad norm) with a single device sync; raises
-        FloatingPointError, before touching the weights, on a non-finite loss."""
-        cfg = self.cfg
+        """One optimizer step at `self.step`: `grad_accum` micro-batches (the batch is a pure
+        function of the seed and the step; each rank takes its slice of every micro-batch),
+        clipping, AdamW at `lr_at(step)`, one EMA update.  Returns the global
+        (loss, grad norm) with a single device sync; raises FloatingPointError, on every
+        rank and before touching the weights, on a non-finite loss."""
+        from .distributed.strategy import grad_norm_value, sync_gradients
+
+        cfg, world = self.cfg, self.world
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(cfg, self.step)
         self.optimizer.zero_grad(set_to_none=True)
-        micro = cfg.batch_size // cfg.grad_accum
+        n, b = cfg.batch_size // cfg.grad_accum, self.micro_batch
+        # the whole global batch's examples and random draws, the same on every rank: micro-batch
+        # k of rank r is rows k n + r b ... k n + (r + 1) b, whatever the accumulation and world size
+        batch_idx = micro_batch_indices(len(data), cfg.batch_size, self.step, cfg.seed)
+        draws = self.draw(cfg.batch_size, tuple(data.shape[1:]))
         total = torch.zeros((), device=self.device)
         for k in range(cfg.grad_accum):
-            idx = micro_batch_indices(len(data), micro, self.step * cfg.grad_accum + k, cfg.seed).to(self.device)
+            mine = slice(k * n + world.rank * b, k * n + (world.rank + 1) * b)
+            idx = batch_idx[mine].to(self.device)
+            d = {key: v[mine] for key, v in draws.items()}
             y = labels[idx] if labels is not None and cfg.class_conditional else None
-            with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
-                noise = self.reflow_noise[idx] if self.reflow_noise is not None else None
-                loss = self.loss(data[idx], y, noise).loss / cfg.grad_accum
-            loss.backward()
-            total += loss.detach().float()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            with sync_gradients(self.forward, cfg.strategy, last=k == cfg.grad_accum - 1):
+                with torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
+                                    enabled=self.dtype is not None):
+                    out = self.loss(data[idx], y, d, idx)
+                (out.loss / cfg.grad_accum).backward()
+            total += out.loss.detach().float() / cfg.grad_accum
+            if self.time_sampler is not None:  # Improved DDPM's sampler learns from every rank's losses
+                self.time_sampler.update(*self._gather(d["t"], out.terms["vlb_per_sample"]))
+        grad_norm = grad_norm_value(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
+        if world.distributed:  # the mean over ranks (SUM then divide: AVG is unreliable on gloo)
+            torch.distributed.all_reduce(total)
+            total = total / world.size
         loss_value, norm_value = torch.stack([total, grad_norm.float()]).tolist()
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"non-finite loss at step {self.step}")
@@ -289,26 +355,49 @@ class Run:
         self.step += 1
         return loss_value, norm_value
 
+    def _gather(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Each tensor concatenated over the ranks in rank order (itself on one process)."""
+        if not self.world.distributed:
+            return tensors
+        out = []
+        for x in tensors:
+            parts = [torch.empty_like(x) for _ in range(self.world.size)]
+            torch.distributed.all_gather(parts, x.contiguous())
+            out.append(torch.cat(parts))
+        return out
+
     # --- checkpoints -----------------------------------------------------------------
     def config_dict(self) -> dict:
         return {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in RESUMABLE_CHANGES}
 
-    def save(self) -> Path:
-        opt_tensors, opt_meta = flatten_optimizer_state(self.optimizer.state_dict())
-        rng = {"noise": self.noise_rng.get_state(), "torch_cpu": torch.get_rng_state()}
-        tensors = {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
-                   "optimizer": opt_tensors, "rng": rng}
-        if self.time_sampler is not None:
-            tensors["time_sampler"] = self.time_sampler.state_dict()
-        state = {"config": self.config_dict(), "optimizer": opt_meta,
-                 "ema_updates": self.ema.num_updates, "model_config": dataclasses.asdict(self.model.config)}
-        return save_checkpoint(self.cfg.out, self.step, tensors, state)
+    def save(self) -> Path | None:
+        """Write a checkpoint of the whole state (every rank calls it; rank 0 writes, the
+        others wait), so any world size can resume it.  Returns the path on rank 0."""
+        from .distributed.state import full_state
+
+        whole = full_state(self)
+        path = None
+        if whole is not None:
+            model_sd, ema_sd, optim_sd = whole
+            opt_tensors, opt_meta = flatten_optimizer_state(optim_sd)
+            rng = {"noise": self.noise_rng.get_state(), "torch_cpu": torch.get_rng_state()}
+            tensors = {"model": model_sd, "ema": ema_sd, "optimizer": opt_tensors, "rng": rng}
+            if self.time_sampler is not None:
+                tensors["time_sampler"] = self.time_sampler.state_dict()
+            state = {"config": self.config_dict(), "optimizer": opt_meta, "world_size": self.world.size,
+                     "strategy": self.cfg.strategy, "ema_updates": self.ema.num_updates,
+                     "model_config": dataclasses.asdict(self.model.config)}
+            path = save_checkpoint(self.cfg.out, self.step, tensors, state)
+        if self.world.distributed:
+            torch.distributed.barrier()  # nobody reads or overwrites a checkpoint half written
+        return path
 
     def load(self, path) -> None:
+        from .distributed.state import load_full_state
+
         tensors, state = load_checkpoint(path, expect_config=self.config_dict())
-        self.model.load_state_dict(tensors["model"])
-        self.ema.load_state_dict(tensors["ema"], state["ema_updates"])
-        self.optimizer.load_state_dict(unflatten_optimizer_state(tensors["optimizer"], state["optimizer"]))
+        load_full_state(self, tensors["model"], tensors["ema"],
+                        unflatten_optimizer_state(tensors["optimizer"], state["optimizer"]), state["ema_updates"])
         self.noise_rng.set_state(tensors["rng"]["noise"])
         torch.set_rng_state(tensors["rng"]["torch_cpu"])
         if self.time_sampler is not None:
@@ -317,17 +406,23 @@ class Run:
 
     # --- previews --------------------------------------------------------------------
     @torch.no_grad()
-    def write_samples(self, path: Path) -> Path:
+    def write_samples(self, path: Path) -> Path | None:
+        """A grid of EMA samples, written by rank 0.  Sharded (FSDP2) models sample on every
+        rank with the weights gathered; otherwise rank 0 samples alone."""
+        from .distributed.strategy import FSDP_STRATEGIES, gathered
         from .samplers import sample
         from .viz import image_grid, scatter_grid
 
         cfg = self.cfg
-        path.parent.mkdir(parents=True, exist_ok=True)
+        sharded = self.world.distributed and cfg.strategy in FSDP_STRATEGIES
+        if not (self.world.main or sharded):
+            torch.distributed.barrier()
+            return None
         cond = {}
         if cfg.class_conditional:
             cond = {"y": torch.arange(cfg.num_samples, device=self.device) % self.data.num_classes}
         self.model.eval()
-        with self.ema.applied(self.model):
+        with self.ema.applied(self.model), gathered(self.model):
             if self.is_flow:
                 g = torch.Generator(device=self.device).manual_seed(cfg.seed)
                 x = self.model.sample(cfg.num_samples, generator=g)
@@ -335,9 +430,14 @@ class Run:
                 x = sample(self.denoiser, (cfg.num_samples, *self.data.shape), cfg.sampler, cfg.sample_steps,
                            seed=cfg.seed, device=self.device, cond=cond).x
         self.model.train()
-        if self.data.kind == "image":
-            return image_grid(x, path)
-        return scatter_grid([(f"step {self.step}", x)], path, truth=self.data.data[:2000])
+        written = None
+        if self.world.main:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            written = image_grid(x, path) if self.data.kind == "image" else \
+                scatter_grid([(f"step {self.step}", x)], path, truth=self.data.data[:2000])
+        if self.world.distributed:
+            torch.distributed.barrier()
+        return written
 
 
 def train(cfg: TrainConfig, stop_after: int | None = None, progress: bool = True) -> Run:
@@ -345,18 +445,26 @@ def train(cfg: TrainConfig, stop_after: int | None = None, progress: bool = True
     from tqdm.auto import tqdm
 
     run = Run(cfg)
+    main = run.world.main  # only rank 0 prints, logs and writes files
     out = Path(cfg.out)
     if cfg.resume and latest_checkpoint(out) is not None:
         run.load(out)
     elif latest_checkpoint(out) is not None:
         raise FileExistsError(f"{out} already holds a run; pass resume=true to continue it or "
                               "choose another out=")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+    if run.world.distributed:
+        print(f"[hirune] rank {run.world.rank}/{run.world.size} on {run.device} ({run.world.backend}, "
+              f"{cfg.strategy})", flush=True)
+        if main:
+            print(f"[hirune] global batch {cfg.batch_size} = micro-batch {run.micro_batch} x accumulation "
+                  f"{cfg.grad_accum} x world size {run.world.size}", flush=True)
     data, labels = run.batch_source()
     end = cfg.steps if stop_after is None else min(cfg.steps, run.step + stop_after)
-    bar = tqdm(total=cfg.steps, initial=run.step, desc="train", unit="step", disable=not progress)
-    log = open(out / "metrics.jsonl", "a")
+    bar = tqdm(total=cfg.steps, initial=run.step, desc="train", unit="step", disable=not (progress and main))
+    log = open(out / "metrics.jsonl", "a") if main else None
     run.model.train()
     t_last, seen = time.perf_counter(), 0
     while run.step < end:
@@ -364,7 +472,8 @@ def train(cfg: TrainConfig, stop_after: int | None = None, progress: bool = True
         try:
             total, grad_norm = run.train_step(data, labels)
         except FloatingPointError as e:
-            log.close()
+            if log:
+                log.close()
             raise FloatingPointError(f"{e}; the last good checkpoint is kept in {out / 'checkpoints'}") from None
         seen += cfg.batch_size
         bar.update(1)
@@ -373,8 +482,9 @@ def train(cfg: TrainConfig, stop_after: int | None = None, progress: bool = True
             record = {"step": run.step, "loss": total, "lr": lr, "grad_norm": grad_norm,
                       "images_per_s": seen / max(now - t_last, 1e-9)}
             t_last, seen = now, 0
-            log.write(json.dumps(record) + "\n")
-            log.flush()
+            if log:
+                log.write(json.dumps(record) + "\n")
+                log.flush()
             bar.set_postfix(loss=f"{total:.4f}", img_s=f"{record['images_per_s']:.0f}")
         if cfg.ckpt_every and (run.step % cfg.ckpt_every == 0 or run.step == cfg.steps):
             run.save()
@@ -382,7 +492,8 @@ def train(cfg: TrainConfig, stop_after: int | None = None, progress: bool = True
                                                            or run.step == cfg.steps):
             run.write_samples(out / "samples" / f"step_{run.step:08d}.png")
     bar.close()
-    log.close()
+    if log:
+        log.close()
     return run
 
 
@@ -393,7 +504,7 @@ def load_run(path: str | Path, use_ema: bool = True) -> Run:
     tensors, state = load_checkpoint(path)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     config = {k: v for k, v in state["config"].items() if k in fields}
-    run = Run(TrainConfig(**{**config, "device": "cpu"}))
+    run = Run(TrainConfig(**{**config, "device": "cpu"}), distributed=False)
     run.model.load_state_dict(tensors["model"])
     if use_ema:
         run.ema.load_state_dict(tensors["ema"], state["ema_updates"])

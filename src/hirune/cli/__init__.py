@@ -5,6 +5,7 @@
     runs.py      hirune train | sample | eval (guidance options)
     control.py   hirune invert | edit
     bench.py     hirune bench train
+    plan.py      hirune plan: memory and communication per GPU under ddp / zero1-3
 
 Each subcommand is one `_add_<name>(subparsers)` function that declares its arguments and
 one `cmd_<name>(args) -> int` function that runs it; adding a command means writing the
@@ -24,11 +25,12 @@ from .catalog import _add_datasets, _add_presets, _add_processes, _add_samplers,
 from .common import CLIError
 from .control import _add_edit, _add_invert
 from .demo import _add_demo
+from .plan import _add_plan
 from .runs import _add_eval, _add_sample, _add_train
 
 COMMANDS: tuple[Callable, ...] = (_add_demo, _add_samplers, _add_schedules, _add_processes,
                                   _add_datasets, _add_train, _add_presets, _add_sample, _add_eval,
-                                  _add_invert, _add_edit, _add_bench)
+                                  _add_invert, _add_edit, _add_bench, _add_plan)
 
 
 def build_parser() -> argparse.ArgumentParser:

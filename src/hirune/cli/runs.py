@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -13,10 +14,25 @@ def _add_train(sub) -> None:
                        description="hirune train [PRESET] [key=value ...]; `hirune presets` lists "
                                    "the presets, and every TrainConfig field can be overridden.")
     p.add_argument("items", nargs="*", metavar="PRESET | key=value")
+    p.add_argument("--nproc", type=int, default=0, metavar="N",
+                   help="train with N processes on this machine: runs `torchrun --standalone "
+                        "--nproc-per-node N -m hirune train ...` (one per GPU; gloo on CPUs); "
+                        "strategy=ddp|zero1|zero2|zero3 picks how they share the work")
     p.set_defaults(func=cmd_train)
 
 
+def _launch(nproc: int, items: list[str]) -> int:
+    """Re-run this command under torchrun (PyTorch's launcher) with nproc processes."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "hirune", "train", *items]
+    print("launching: " + " ".join(cmd[2:]), flush=True)
+    return subprocess.call(cmd)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    from ..distributed import runtime
     from ..presets import parse_preset_args, preset_config
     from ..trainer import train
 
@@ -26,8 +42,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"hirune train: {e}", file=sys.stderr)
         return 2
-    print(f"training {preset or 'the default preset'} -> {cfg.out}")
-    run = train(cfg)
+    if args.nproc:
+        if args.nproc < 1:
+            print(f"hirune train: --nproc must be >= 1, got {args.nproc}", file=sys.stderr)
+            return 2
+        if "WORLD_SIZE" not in os.environ:
+            return _launch(args.nproc, args.items)
+    rank, _, _ = runtime.from_env()
+    main = rank == 0
+    if main:
+        print(f"training {preset or 'the default preset'} -> {cfg.out}")
+    try:
+        run = train(cfg)
+    except ValueError as e:  # bad configuration, found before any training step
+        print(f"hirune train: rank {rank}: {e}", file=sys.stderr)
+        runtime.teardown()
+        return 2
+    if run.world.distributed:
+        runtime.teardown()
+    if not main:
+        return 0
     print(f"done at step {run.step}; checkpoints in {cfg.out}/checkpoints, samples in {cfg.out}/samples")
     if cfg.eval_samples:
         from ..evaluation import evaluate_run

@@ -1,0 +1,72 @@
+"""The process group, read from torchrun's environment.
+
+`torchrun --nproc-per-node N -m hirune train ...` starts N processes with RANK,
+WORLD_SIZE, LOCAL_RANK and the rendezvous in their environment; `setup` joins them into
+one process group (nccl on GPUs, gloo on CPUs) and pins each process to its GPU.  A plain
+`hirune train` (no WORLD_SIZE) is a world of one and touches nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+BACKENDS = ("nccl", "gloo")
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    backend: str | None = None   # None: no process group (a single process)
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the one process that prints, writes samples and metrics."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.backend is not None
+
+
+def from_env() -> tuple[int, int, int]:
+    """(rank, world size, local rank) as torchrun sets them; (0, 1, 0) outside torchrun."""
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def setup(device: str = "auto", timeout_s: float = 600.0) -> tuple[World, torch.device]:
+    """Join the process group torchrun prepared (if any) and choose this rank's device."""
+    rank, size, local_rank = from_env()
+    want_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if device not in ("auto", "cpu", "cuda"):
+        if size > 1:
+            raise ValueError(f"device={device!r} with {size} processes: use device=auto, cuda or cpu "
+                             "(each process takes the GPU of its LOCAL_RANK)")
+        return World(), torch.device(device)
+    if size == 1 and not dist.is_initialized():
+        return World(), torch.device("cuda" if want_cuda else "cpu")
+    if want_cuda:
+        if torch.cuda.device_count() <= local_rank:
+            raise RuntimeError(f"rank {rank}: LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPUs "
+                               "are visible on this node")
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device("cpu")
+    backend = "nccl" if want_cuda else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s),
+                                **({"device_id": dev} if want_cuda else {}))
+    return World(dist.get_rank(), dist.get_world_size(), local_rank, backend), dev
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,78 @@
+"""Whole (unsharded) training state under any strategy, so one checkpoint format serves
+every world size: a run saved by N processes resumes on M (elastic), and `hirune sample`
+reads it like a single-process run.
+
+`full_state(run)` gathers model, EMA and optimizer state on rank 0 (every rank must call
+it: FSDP2 gathers with collectives, ZeroRedundancyOptimizer consolidates its shards);
+`load_full_state(run, ...)` gives each rank what its strategy keeps (FSDP2 re-shards the
+full tensors, ZeroRedundancyOptimizer keeps its partition).  Optimizer state is stored in
+torch's standard form, keyed by the parameter's position in `model.parameters()`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .strategy import FSDP_STRATEGIES
+
+
+def _fsdp(run) -> bool:
+    return run.world.distributed and run.cfg.strategy in FSDP_STRATEGIES
+
+
+def _by_position(optim_sd: dict, names: list[str]) -> dict:
+    """FQN-keyed optimizer state (torch.distributed.checkpoint's full form) -> position-keyed."""
+    index = {n: i for i, n in enumerate(names)}
+    return {"state": {index[k]: v for k, v in optim_sd["state"].items()},
+            "param_groups": [{**g, "params": [index[p] for p in g["params"]]} for g in optim_sd["param_groups"]]}
+
+
+def _by_name(optim_sd: dict, names: list[str]) -> dict:
+    return {"state": {names[int(k)]: v for k, v in optim_sd["state"].items()},
+            "param_groups": [{**g, "params": [names[int(p)] for p in g["params"]]} for g in optim_sd["param_groups"]]}
+
+
+def full_state(run) -> tuple[dict, dict, dict] | None:
+    """(model, EMA, optimizer) state dicts, whole, on rank 0; None on the other ranks."""
+    main = run.world.main
+    if not run.world.distributed:
+        return run.model.state_dict(), run.ema.state_dict(), run.optimizer.state_dict()
+    if run.cfg.strategy == "zero1":
+        run.optimizer.consolidate_state_dict(to=0)
+    if not _fsdp(run):
+        return (run.model.state_dict(), run.ema.state_dict(), run.optimizer.state_dict()) if main else None
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_sd = get_model_state_dict(run.model, options=options)
+    optim_sd = get_optimizer_state_dict(run.model, run.optimizer, options=options)
+    ema_sd = {n: s.full_tensor().cpu() for n, s in run.ema.shadow.items()}  # a collective per tensor
+    if not main:
+        return None
+    names = [n for n, _ in run.model.named_parameters()]
+    return model_sd, ema_sd, _by_position(optim_sd, names)
+
+
+def load_full_state(run, model_sd: dict, ema_sd: dict, optim_sd: dict, ema_updates: int) -> None:
+    """Every rank passes the whole state (each reads the checkpoint)."""
+    if not _fsdp(run):
+        run.model.load_state_dict(model_sd)
+        run.ema.load_state_dict(ema_sd, ema_updates)
+        run.optimizer.load_state_dict(optim_sd)
+        return
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
+    from torch.distributed.tensor import distribute_tensor
+
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(run.model, model_sd, options=options)
+    names = [n for n, _ in run.model.named_parameters()]
+    set_optimizer_state_dict(run.model, run.optimizer, _by_name(optim_sd, names), options=options)
+    missing = set(run.ema.shadow) ^ set(ema_sd)
+    if missing:
+        raise ValueError(f"EMA state does not match the model; differing names: {sorted(missing)[:5]}")
+    with torch.no_grad():
+        for n, s in run.ema.shadow.items():
+            s.copy_(distribute_tensor(ema_sd[n].to(s.device, s.dtype), s.device_mesh, s.placements))
+    run.ema.num_updates = ema_updates

@@ -1,0 +1,117 @@
+"""Data-parallel strategies, one config key, all PyTorch's own:
+
+    ddp     DistributedDataParallel: gradients all-reduced in buckets that overlap the
+            backward pass; `no_sync` on all but the last micro-batch of an accumulation
+    zero1   ddp + ZeroRedundancyOptimizer: each rank keeps and updates 1/N of the AdamW
+            state, then the updated weights are broadcast
+    zero2   FSDP2 `fully_shard` per block with reshard_after_forward=False: weights stay
+            gathered from forward to backward; gradients and optimizer states sharded
+    zero3   FSDP2 with reshard_after_forward=True: weights are gathered per block for
+            forward and again for backward, so everything is sharded at rest
+
+On a single process every strategy is the plain module (nothing to shard or reduce).
+
+Gradient averaging: each rank's loss is the mean over its own micro-batch, so the
+gradient of the global mean is the *average* of the ranks' gradients.  FSDP2 asks the
+backend for ReduceOp.AVG, which gloo has been reported to treat as a sum (pytorch issue
+162338); on gloo hirune therefore makes FSDP2 reduce with SUM and divide by the world
+size itself (`set_force_sum_reduction_for_comms`), and the parity tests compare every
+strategy against one process with the whole batch.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+
+import torch
+from torch import nn
+
+from .runtime import World
+
+STRATEGIES = ("ddp", "zero1", "zero2", "zero3")
+FSDP_STRATEGIES = ("zero2", "zero3")
+
+
+def check_strategy(strategy: str, backend: str | None = None) -> None:
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; valid: {list(STRATEGIES)}")
+
+
+def shard_units(model: nn.Module) -> list[nn.Module]:
+    """The blocks FSDP2 shards one by one (and gathers one at a time): the elements of the
+    model's top-level ModuleLists (UNet steps, MLP blocks, flow levels) and any top-level
+    module of the same class (the UNet's middle step)."""
+    units: list[nn.Module] = []
+    for child in model.children():
+        if isinstance(child, nn.ModuleList):
+            units.extend(child)
+    kinds = {type(u) for u in units}
+    units += [c for c in model.children() if type(c) in kinds and c not in units]
+    return units
+
+
+def wrap(model: nn.Module, strategy: str, world: World, device: torch.device) -> nn.Module:
+    """The module to run forward and backward through.  DDP returns a wrapper (the model
+    itself stays the plain module for state dicts, EMA and sampling); FSDP2 shards the
+    model in place and returns it."""
+    check_strategy(strategy)
+    if not world.distributed:
+        return model
+    if strategy in ("ddp", "zero1"):
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (world.size,))
+    reshard = strategy == "zero3"
+    for unit in shard_units(model):
+        fully_shard(unit, mesh=mesh, reshard_after_forward=reshard)
+    fully_shard(model, mesh=mesh, reshard_after_forward=reshard)
+    if world.backend == "gloo":
+        model.set_force_sum_reduction_for_comms(True)  # SUM, then divide: gloo's AVG is not an average
+    return model
+
+
+def make_optimizer(model: nn.Module, strategy: str, world: World, device: torch.device, lr: float,
+                   weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW (fused on CUDA); under zero1 wrapped by ZeroRedundancyOptimizer."""
+    fused = {"fused": True} if device.type == "cuda" else {}
+    if strategy == "zero1" and world.distributed:
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+
+        return ZeroRedundancyOptimizer(model.parameters(), optimizer_class=torch.optim.AdamW, lr=lr,
+                                       weight_decay=weight_decay, **fused)
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, **fused)
+
+
+def sync_gradients(wrapped: nn.Module, strategy: str, last: bool):
+    """Context for one micro-batch's backward: DDP skips its all-reduce (`no_sync`) on all
+    but the last micro-batch; FSDP2 reduce-scatters every micro-batch (that is what keeps
+    its gradients sharded)."""
+    if not last and strategy in ("ddp", "zero1") and hasattr(wrapped, "no_sync"):
+        return wrapped.no_sync()
+    return nullcontext()
+
+
+def grad_norm_value(norm: torch.Tensor) -> torch.Tensor:
+    """clip_grad_norm_ returns a DTensor under FSDP2: its full value."""
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+
+@contextmanager
+def gathered(model: nn.Module):
+    """Every FSDP2-sharded part of `model` unsharded (whole weights on every rank) for the
+    duration, e.g. to sample through methods other than forward (a flow's inverse);
+    every rank must enter it.  A no-op for unsharded models."""
+    from torch.distributed.fsdp import FSDPModule
+
+    parts = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for m in parts:
+        m.unshard()
+    try:
+        yield model
+    finally:
+        for m in parts:
+            m.reshard()

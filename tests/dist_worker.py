@@ -1,0 +1,96 @@
+"""Run by torchrun in tests/test_distributed.py (not collected by pytest):
+
+    torchrun --standalone --nproc-per-node N tests/dist_worker.py SCENARIO [hirune train args...]
+
+SCENARIO: "train" (plain `hirune train`), "sum-grads" (FSDP2 left to sum the gradients
+instead of averaging them: the fault the parity test must catch), "fail" (rank 1 raises
+at step 2), "count-allreduce" (records how many gradient all-reduces DDP issues per
+optimizer step into OUT/allreduce_rank<R>.json; "count-allreduce-without-no-sync": the
+same with DDP's no_sync disabled, the variant the count must reject).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+from torch.distributed.elastic.multiprocessing.errors import record
+
+import hirune.distributed.strategy as S
+import hirune.trainer as T
+from hirune.cli import main
+
+
+def sum_grads() -> None:
+    wrap = S.wrap
+
+    def broken(model, strategy, world, device):
+        out = wrap(model, strategy, world, device)
+        if strategy in S.FSDP_STRATEGIES:
+            out.set_gradient_divide_factor(1.0)  # reduce with SUM and never divide
+        return out
+
+    S.wrap = broken
+
+
+def fail_on_rank_1() -> None:
+    step = T.Run.train_step
+
+    def failing(self, data, labels):
+        if self.world.rank == 1 and self.step == 2:
+            raise RuntimeError("injected fault on rank 1 at step 2")
+        return step(self, data, labels)
+
+    T.Run.train_step = failing
+
+
+def count_allreduce(out: Path) -> None:
+    wrap = S.wrap
+    counts: list[int] = []
+
+    def counting(model, strategy, world, device):
+        ddp = wrap(model, strategy, world, device)
+
+        def hook(state, bucket):
+            counts[-1] += 1
+            fut = torch.distributed.all_reduce(bucket.buffer(), async_op=True).get_future()
+            return fut.then(lambda f: f.value()[0] / world.size)
+
+        ddp.register_comm_hook(None, hook)
+        return ddp
+
+    step = T.Run.train_step
+
+    def counted(self, data, labels):
+        counts.append(0)
+        result = step(self, data, labels)
+        (out / f"allreduce_rank{self.world.rank}.json").write_text(json.dumps(counts))
+        return result
+
+    T.Run.train_step = counted
+    S.wrap = counting
+
+
+@record
+def run() -> int:
+    scenario, args = sys.argv[1], sys.argv[2:]
+    if scenario == "sum-grads":
+        sum_grads()
+    elif scenario == "fail":
+        fail_on_rank_1()
+    elif scenario.startswith("count-allreduce"):
+        if scenario.endswith("without-no-sync"):  # the harness's broken variant
+            S.sync_gradients = lambda wrapped, strategy, last: S.nullcontext()
+        out = Path(next(a.split("=", 1)[1] for a in args if a.startswith("out=")))
+        out.mkdir(parents=True, exist_ok=True)
+        count_allreduce(out)
+    return main(["train", *args])
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    sys.exit(run())

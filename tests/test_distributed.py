@@ -1,0 +1,145 @@
+"""Data parallelism on torch.distributed (gloo on this CPU), launched by torchrun:
+every strategy reproduces one process with the whole batch; accumulation all-reduces
+once per optimizer step; runs resume across world sizes; a failing rank stops the run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from hirune.checkpoint import load_checkpoint
+from hirune.presets import preset_config
+from hirune.trainer import train
+
+WORKER = Path(__file__).with_name("dist_worker.py")
+BASE = ["ddpm-two-moons", "model_config={\"hidden\": 32, \"depth\": 2}", "batch_size=32", "steps=6",
+        "log_every=1", "ckpt_every=3", "sample_every=0", "lr=0.01", "warmup=0", "lr_schedule=constant",
+        "ema_decay=0.9"]
+
+
+def torchrun(n: int, scenario: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
+           str(WORKER), scenario, *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def _overrides(items: list[str]) -> dict:
+    from hirune.presets import parse_preset_args
+
+    return parse_preset_args(items)[1]
+
+
+def single(out: Path, *extra: str):
+    """The reference: one process, the whole batch, in this interpreter."""
+    return train(preset_config(BASE[0], {**_overrides(BASE[1:] + list(extra)), "out": str(out)}), progress=False)
+
+
+def losses(out: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_run(a: Path, b: Path, tol: float = 1e-5) -> None:
+    la, lb = losses(a), losses(b)
+    assert len(la) == len(lb) and max(abs(x - y) for x, y in zip(la, lb)) < tol, (la, lb)
+    ta, _ = load_checkpoint(a)
+    tb, _ = load_checkpoint(b)
+    for part in ("model", "ema"):
+        for k, v in ta[part].items():
+            torch.testing.assert_close(tb[part][k], v, rtol=tol, atol=tol, msg=f"{part}.{k}")
+    for k, v in ta["optimizer"].items():
+        torch.testing.assert_close(tb["optimizer"][k], v, rtol=1e-4, atol=tol, msg=f"optimizer.{k}")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "run"
+    single(out)
+    return out
+
+
+def _ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "zero1", "zero2", "zero3"])
+def test_two_processes_equal_one_with_the_whole_batch(strategy, reference, tmp_path):
+    """2 processes x 16 = 1 process x 32: the same losses, weights, EMA and AdamW state."""
+    out = tmp_path / strategy
+    proc = torchrun(2, "train", *BASE, f"strategy={strategy}", f"out={out}")
+    _ok(proc)
+    assert "global batch 32 = micro-batch 16 x accumulation 1 x world size 2" in proc.stdout
+    assert_same_run(reference, out)
+
+
+def test_parity_catches_summed_gradients(reference, tmp_path):
+    """Harness: FSDP2 reducing with SUM and no division (the gloo AVG fault, pytorch
+    issue 162338) doubles every gradient, and the comparison fails."""
+    out = tmp_path / "sum"
+    _ok(torchrun(2, "sum-grads", *BASE, "strategy=zero2", "grad_clip=1e9", f"out={out}"))
+    with pytest.raises(AssertionError):
+        assert_same_run(reference, out)
+
+
+def test_accumulation_and_unet_under_zero3(tmp_path):
+    """Accumulation (2 ranks x 2 micro-batches x 8 = 32) and a UNet sharded per block."""
+    out1, out2 = tmp_path / "one", tmp_path / "two"
+    items = ["ddpm-digits", "model_config={\"channels\": 16, \"channel_mult\": [1, 2], \"attention_resolutions\": [2]}",
+             "batch_size=32", "steps=3", "log_every=1", "ckpt_every=3", "sample_every=3", "num_samples=4",
+             "sample_steps=2", "lr_schedule=constant", "warmup=0"]
+    train(preset_config(items[0], {**_overrides(items[1:]), "out": str(out1)}), progress=False)
+    proc = torchrun(2, "train", *items, "strategy=zero3", "grad_accum=2", f"out={out2}")
+    _ok(proc)
+    assert "micro-batch 8 x accumulation 2 x world size 2" in proc.stdout
+    assert_same_run(out1, out2, tol=1e-4)
+    assert (out2 / "samples" / "step_00000003.png").exists()
+
+
+def test_one_all_reduce_per_optimizer_step(reference, tmp_path):
+    """DDP with 4 micro-batches: `no_sync` leaves one gradient all-reduce per step (the
+    model fits one bucket; without it there would be 4), and the steps equal one batch
+    4 x 2 times larger."""
+    out = tmp_path / "count"
+    _ok(torchrun(2, "count-allreduce", *BASE, "grad_accum=4", "steps=2", f"out={out}"))
+    for rank in (0, 1):
+        assert json.loads((out / f"allreduce_rank{rank}.json").read_text()) == [1, 1]
+    assert max(abs(a - b) for a, b in zip(losses(out), losses(reference)[:2])) < 1e-5
+    broken = tmp_path / "broken"
+    _ok(torchrun(2, "count-allreduce-without-no-sync", *BASE, "grad_accum=4", "steps=2", f"out={broken}"))
+    assert json.loads((broken / "allreduce_rank0.json").read_text()) == [4, 4]
+
+
+@pytest.mark.parametrize("first, second", [(2, 1), (1, 2)])
+def test_resume_across_world_sizes(first, second, reference, tmp_path):
+    """Stop at step 3 with one world size, resume to 6 with the other: the same run as
+    uninterrupted (model, EMA, AdamW, step; the data order re-derived from seed and step)."""
+    out = tmp_path / "elastic"
+    stop = [*BASE[:3], "steps=3", *BASE[4:]]
+    for n, items in ((first, stop), (second, [*BASE, "resume=true"])):
+        if n == 1:
+            train(preset_config(items[0], {**_overrides(items[1:]), "out": str(out)}), progress=False)
+        else:
+            _ok(torchrun(n, "train", *items, "strategy=zero3", f"out={out}"))
+    assert_same_run(reference, out)
+
+
+def test_a_failing_rank_stops_the_run_naming_the_rank(tmp_path):
+    start = time.monotonic()
+    proc = torchrun(2, "fail", *BASE, "steps=50", f"out={tmp_path / 'f'}", timeout=120)
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    assert "injected fault on rank 1" in text and "rank" in text
+    assert time.monotonic() - start < 60
+
+
+def test_world_size_must_divide_the_batch(tmp_path):
+    proc = torchrun(2, "train", *BASE, "batch_size=33", f"out={tmp_path / 'b'}")
+    assert proc.returncode != 0
+    assert "divisible by grad_accum x world size = 1 x 2" in proc.stdout + proc.stderr
