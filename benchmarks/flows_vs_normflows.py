@@ -96,13 +96,41 @@ def test_nll(model: nn.Module, ema: EMA, test: torch.Tensor) -> float:
         return float(-torch.cat([model.log_prob(b) for b in test.split(2000)]).mean())
 
 
+def format_table(rows: list[dict]) -> str:
+    lines = ["| dataset | hirune RealNVP | normflows RealNVP | fitted Gaussian | true entropy | ms/step hirune / normflows |",
+             "|---|---|---|---|---|---|"]
+
+    def cell(r, label):
+        seeds = r[f"{label}_seeds"]
+        finite = [v for v in seeds if math.isfinite(v)]
+        text = f"{r[label]:.3f}"
+        if len(finite) > 1:
+            text += f" (seeds {min(finite):.3f} to {max(finite):.3f})"
+        if len(finite) < len(seeds):
+            text += f", {len(seeds) - len(finite)} of {len(seeds)} seeds diverged (NaN)"
+        return text
+
+    def ms(v):
+        return f"{v:.2f}" if math.isfinite(v) else "-"
+
+    for r in rows:
+        truth = f"{r['true_entropy']:.3f}" if "true_entropy" in r else "-"
+        lines.append(f"| {r['dataset']} | {cell(r, 'hirune')} | {cell(r, 'normflows')} | {r['gaussian']:.3f} | "
+                     f"{truth} | {ms(r['hirune_ms'])} / {ms(r['normflows_ms'])} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--datasets", nargs="+", default=["two_moons", "eight_gaussians"])
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--out", default="bench_out/flows")
+    p.add_argument("--table", action="store_true", help="reprint the table of OUT/flows_vs_normflows.json")
     args = p.parse_args(argv)
+    if args.table:
+        print(format_table(json.loads((Path(args.out) / "flows_vs_normflows.json").read_text())))
+        return 0
     try:
         import normflows
     except ImportError:
@@ -127,27 +155,16 @@ def main(argv=None) -> int:
                 ema, per_step = train_flow(model, train, args.steps, seed)
                 nlls.append(test_nll(model, ema, test))
                 ms.append(per_step)
-            row[label] = sum(nlls) / len(nlls)
+            finite = [i for i, v in enumerate(nlls) if math.isfinite(v)]  # a diverged seed is reported apart
+            row[label] = sum(nlls[i] for i in finite) / len(finite) if finite else float("nan")
             row[f"{label}_seeds"] = nlls
-            row[f"{label}_ms"] = sum(ms) / len(ms)
+            row[f"{label}_ms"] = sum(ms[i] for i in finite) / len(finite) if finite else float("nan")
             row[f"{label}_params"] = sum(q.numel() for q in model.parameters())
             print(f"{name:16s} {label:10s} test NLL {row[label]:.4f} nats, seeds {[round(v, 4) for v in nlls]}  "
                   f"({row[f'{label}_ms']:.2f} ms/step, "
                   f"{row[f'{label}_params']} parameters)", flush=True)
         rows.append(row)
-    lines = ["| dataset | hirune RealNVP | normflows RealNVP | fitted Gaussian | true entropy | ms/step hirune / normflows |",
-             "|---|---|---|---|---|---|"]
-
-    def cell(r, label):
-        seeds = r[f"{label}_seeds"]
-        spread = f" (seeds {min(seeds):.3f} to {max(seeds):.3f})" if len(seeds) > 1 else ""
-        return f"{r[label]:.3f}{spread}"
-
-    for r in rows:
-        truth = f"{r['true_entropy']:.3f}" if "true_entropy" in r else "-"
-        lines.append(f"| {r['dataset']} | {cell(r, 'hirune')} | {cell(r, 'normflows')} | {r['gaussian']:.3f} | "
-                     f"{truth} | {r['hirune_ms']:.2f} / {r['normflows_ms']:.2f} |")
-    table = "\n".join(lines)
+    table = format_table(rows)
     print(table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -12,10 +12,12 @@ sees them (`hirune.likelihood.dequantize`), the same way for every family.
 
 # hirune.models registers the flows as model kind "flow" and flows/models.py uses its
 # config helpers: importing it first keeps `import hirune.flows` free of an import cycle
-from .. import models as _models  # noqa: F401  isort: skip
+from .. import models as _models  # isort: skip
 from .layers import (MADE, ActNorm, AffineCoupling, InvertibleConv1x1, MAFLayer, Reverse, Squeeze, channel_mask,
                      checkerboard_mask, vector_mask)
 from .models import FLOW_KINDS, Flow, FlowConfig
 
 __all__ = ["FLOW_KINDS", "MADE", "ActNorm", "AffineCoupling", "Flow", "FlowConfig", "InvertibleConv1x1",
            "MAFLayer", "Reverse", "Squeeze", "channel_mask", "checkerboard_mask", "vector_mask"]
+
+del _models

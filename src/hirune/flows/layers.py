@@ -111,7 +111,7 @@ class AffineCoupling(nn.Module):
 
         y = b x + (1 - b) (x exp(s) + t),   (s, t) = net(b x),   logdet = sum((1 - b) s)
 
-    with s = scale * tanh(raw) for stability (RealNVP's learned-scale tanh).  `net` sees
+    with s = scale * tanh(raw) for stability (RealNVP's learned-scale tanh; scale starts at 2).  `net` sees
     only the kept part, so the inverse needs one pass too:  x = b y + (1 - b)(y - t) exp(-s).
     For images net is conv 3x3 - ReLU - conv 1x1 - ReLU - zero-initialised conv 3x3 (the
     layer starts as the identity); for vectors an MLP with a zero-initialised output."""
@@ -129,7 +129,9 @@ class AffineCoupling(nn.Module):
             self.net = nn.Sequential(nn.Linear(c, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), last)
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
-        self.scale = nn.Parameter(torch.ones(1, c, *([1] * (mask.ndim - 2))))
+        # the bound of the log-scale starts at 2 (slope 2 at zero): sharp modes need large
+        # per-layer scales early; starting at 1 cost 0.02 nats on eight Gaussians
+        self.scale = nn.Parameter(torch.full((1, c, *([1] * (mask.ndim - 2))), 2.0))
 
     def _s_t(self, kept: Tensor) -> tuple[Tensor, Tensor]:
         raw_s, t = self.net(kept).chunk(2, dim=1)
