@@ -143,3 +143,13 @@ def test_world_size_must_divide_the_batch(tmp_path):
     proc = torchrun(2, "train", *BASE, "batch_size=33", f"out={tmp_path / 'b'}")
     assert proc.returncode != 0
     assert "divisible by grad_accum x world size = 1 x 2" in proc.stdout + proc.stderr
+
+
+def test_hirune_train_nproc_launches_torchrun(tmp_path, capsys):
+    from hirune.checkpoint import latest_checkpoint
+    from hirune.cli import main
+
+    out = tmp_path / "n"
+    assert main(["train", *BASE, "steps=2", "ckpt_every=2", f"out={out}", "--nproc", "2"]) == 0
+    assert "torch.distributed.run --standalone --nproc-per-node=2 -m hirune train" in capsys.readouterr().out
+    assert latest_checkpoint(out) is not None and len(losses(out)) == 2
