@@ -196,3 +196,16 @@ def test_annealed_langevin_over_noise_levels_reproduces_the_mixture():
                    steps_per_level=50, step_size=5e-5)
     ok, errors = matches_mixture(out.x)
     assert ok, errors
+
+
+def test_a_trained_ncsn_run_samples_with_its_own_sampler(tmp_path, capsys):
+    """The checkpoint keeps the preview sampler: an NCSN run reloads with annealed Langevin
+    over its 10 levels (the default DDIM-50 would not even fit its 10 levels)."""
+    from hirune.cli import main
+    from hirune.trainer import load_run
+
+    out = tmp_path / "ncsn"
+    assert main(["train", "ncsn-eight-gaussians", "steps=2", "ckpt_every=2", "sample_every=0", f"out={out}"]) == 0
+    run = load_run(out)
+    assert (run.cfg.sampler, run.cfg.sample_steps, run.process.T) == ("annealed_langevin", 10, 10)
+    assert main(["sample", str(out), "--n", "16", "--out", str(tmp_path / "s.png")]) == 0

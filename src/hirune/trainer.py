@@ -384,7 +384,8 @@ class Run:
             tensors = {"model": model_sd, "ema": ema_sd, "optimizer": opt_tensors, "rng": rng}
             if self.time_sampler is not None:
                 tensors["time_sampler"] = self.time_sampler.state_dict()
-            state = {"config": self.config_dict(), "optimizer": opt_meta, "world_size": self.world.size,
+            state = {"config": self.config_dict(), "run_config": dataclasses.asdict(self.cfg),
+                     "optimizer": opt_meta, "world_size": self.world.size,
                      "strategy": self.cfg.strategy, "ema_updates": self.ema.num_updates,
                      "model_config": dataclasses.asdict(self.model.config)}
             path = save_checkpoint(self.cfg.out, self.step, tensors, state)
@@ -503,7 +504,9 @@ def load_run(path: str | Path, use_ema: bool = True) -> Run:
     path = Path(path)
     tensors, state = load_checkpoint(path)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    config = {k: v for k, v in state["config"].items() if k in fields}
+    # the whole config (preview sampler and steps included) where the checkpoint has it
+    config = {k: v for k, v in {**state["config"], **state.get("run_config", {})}.items() if k in fields}
+    config.update(resume=False, strategy="ddp")
     run = Run(TrainConfig(**{**config, "device": "cpu"}), distributed=False)
     run.model.load_state_dict(tensors["model"])
     if use_ema:
