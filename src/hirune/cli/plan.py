@@ -11,7 +11,8 @@ from .common import _positive_int
 
 
 def _add_plan(sub) -> None:
-    from ..distributed.plan import LINKS, PRECISION_BYTES, STRATEGIES
+    from ..distributed.plan import LINKS, PRECISION_BYTES
+    from ..distributed.strategy import STRATEGIES
 
     p = sub.add_parser("plan", help="memory and communication per GPU of a config under ddp / zero1-3",
                        description="hirune plan [PRESET] [key=value ...] --gpus N: the ZeRO memory "
@@ -36,7 +37,8 @@ def _add_plan(sub) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from ..distributed.plan import LINKS, STRATEGIES, measure, plan
+    from ..distributed.plan import LINKS, measure, plan
+    from ..distributed.strategy import STRATEGIES
     from ..presets import parse_preset_args, preset_config
 
     try:

@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-STRATEGIES = ("ddp", "zero1", "zero2", "zero3")
+from .strategy import check_strategy
 
 # (weights, gradients, optimizer states) bytes per parameter
 PRECISION_BYTES = {"mixed": (2, 2, 12), "fp32": (4, 4, 8)}
@@ -51,11 +51,6 @@ LINKS = {"nvlink": (150.0, 5.0), "pcie": (12.0, 10.0), "infiniband": (40.0, 10.0
          "ethernet": (1.2, 50.0), "loopback": (5.0, 30.0)}
 DDP_BUCKET_BYTES = 25 * 2**20
 BACKWARD_SHARE = 2 / 3   # of the compute time: the window in which gradients can be communicated
-
-
-def check_strategy(strategy: str) -> None:
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; valid: {list(STRATEGIES)}")
 
 
 @dataclass

@@ -32,7 +32,7 @@ STRATEGIES = ("ddp", "zero1", "zero2", "zero3")
 FSDP_STRATEGIES = ("zero2", "zero3")
 
 
-def check_strategy(strategy: str, backend: str | None = None) -> None:
+def check_strategy(strategy: str) -> None:
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; valid: {list(STRATEGIES)}")
 
