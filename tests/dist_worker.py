@@ -6,7 +6,9 @@ SCENARIO: "train" (plain `hirune train`), "sum-grads" (FSDP2 left to sum the gra
 instead of averaging them: the fault the parity test must catch), "fail" (rank 1 raises
 at step 2), "count-allreduce" (records how many gradient all-reduces DDP issues per
 optimizer step into OUT/allreduce_rank<R>.json; "count-allreduce-without-no-sync": the
-same with DDP's no_sync disabled, the variant the count must reject).
+same with DDP's no_sync disabled, the variant the count must reject), "stale-rank-1"
+(rank 1 resumes from the run's oldest checkpoint instead of its latest, as a node with a
+stale copy of the run directory would).
 """
 
 from __future__ import annotations
@@ -47,6 +49,18 @@ def fail_on_rank_1() -> None:
     T.Run.train_step = failing
 
 
+def stale_rank_1() -> None:
+    resolve = T.resolve_checkpoint
+
+    def stale(path):
+        found = resolve(path)
+        if int(os.environ["RANK"]) == 1:
+            return min(p for p in found.parent.iterdir() if p.name.startswith("step_"))
+        return found
+
+    T.resolve_checkpoint = stale
+
+
 def count_allreduce(out: Path) -> None:
     wrap = S.wrap
     counts: list[int] = []
@@ -81,6 +95,8 @@ def run() -> int:
         sum_grads()
     elif scenario == "fail":
         fail_on_rank_1()
+    elif scenario == "stale-rank-1":
+        stale_rank_1()
     elif scenario.startswith("count-allreduce"):
         if scenario.endswith("without-no-sync"):  # the harness's broken variant
             S.sync_gradients = lambda wrapped, strategy, last: S.nullcontext()

@@ -116,3 +116,41 @@ def test_image_training_writes_a_sample_grid(tmp_path):
     train(cfg, progress=False)
     from PIL import Image
     assert Image.open(tmp_path / "digits" / "samples" / "step_00000002.png").size[0] > 8
+
+
+def test_a_moved_run_directory_resumes(tmp_path):
+    """`out` is where the run lives, not part of what it computes: a run moved (or copied
+    to another file system) resumes there."""
+    import shutil
+
+    train(toy_config(tmp_path / "a", steps=6), progress=False)
+    shutil.move(tmp_path / "a" / "run", tmp_path / "moved")
+    run = train(toy_config(tmp_path, out=str(tmp_path / "moved"), resume=True), progress=False)
+    assert run.step == 12 and len(losses(tmp_path / "moved")) == 12
+
+
+def test_export_is_one_file_that_sample_and_eval_read(tmp_path):
+    from safetensors.torch import save_file
+
+    from hirune.cli import main
+    from hirune.export import export_weights, read_weights
+    from hirune.trainer import load_run
+
+    run = train(toy_config(tmp_path, steps=6), progress=False)
+    out = export_weights(run.cfg.out)
+    assert out.name == "weights.safetensors" and out.parent == tmp_path / "run"
+    weights, meta = read_weights(out)
+    assert meta["step"] == 6 and meta["model_config"]["hidden"] == 32
+    for k, v in run.ema.shadow.items():
+        assert torch.equal(weights[k], v), k
+    raw = export_weights(run.cfg.out, tmp_path / "raw.safetensors", use_ema=False)
+    for k, v in run.model.state_dict().items():
+        assert torch.equal(read_weights(raw)[0][k], v), k
+    reloaded = load_run(out)
+    for k, v in load_run(run.cfg.out).model.state_dict().items():
+        assert torch.equal(reloaded.model.state_dict()[k], v), k
+    assert main(["sample", str(out), "--n", "8", "--steps", "2", "--out", str(tmp_path / "s.png")]) == 0
+    save_file({"w": torch.ones(2)}, str(tmp_path / "foreign.safetensors"))
+    with pytest.raises(CheckpointError, match="not a hirune export"):
+        read_weights(tmp_path / "foreign.safetensors")
+    assert main(["export", str(tmp_path / "nothing")]) == 2

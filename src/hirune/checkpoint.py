@@ -8,6 +8,12 @@ complete one:
                                                   sha256 of every tensor file)
     run/checkpoints/latest          "step_00001000"
 
+A run sharded over several processes (FSDP2) may instead keep its model, EMA and
+optimizer as torch.distributed.checkpoint shards, one safetensors file per rank with the
+offsets of each piece in its JSON header (`step_.../shards/`, see
+`hirune.distributed.sharded`); state.json then says `"layout": "sharded"` and hashes
+those files too.
+
 A save writes into a temporary folder, fsyncs, renames it into place, and only then
 replaces `latest` (os.replace is atomic), so a crash or kill -9 at any point leaves the
 previous checkpoint as the latest.  A load verifies every file's sha256 and the config,
@@ -86,28 +92,38 @@ def set_rng_state(tensors: dict[str, Tensor]) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
+def staging_dir(run_dir: str | Path, step: int) -> Path:
+    """The temporary folder that checkpoint `step` is written into before it is renamed
+    into place; the same path on every rank, so that all of them can write shards there."""
+    return Path(run_dir) / "checkpoints" / f".tmp-step_{step:08d}"
+
+
 def save_checkpoint(run_dir: str | Path, step: int, tensors: dict[str, dict[str, Tensor]],
-                    state: dict, keep: int | None = 3) -> Path:
+                    state: dict, keep: int | None = 3, staged: Path | None = None) -> Path:
     """Write `tensors` (group name -> flat dict of tensors, one safetensors file per group)
     and the JSON-able `state` as checkpoint `step`; then point `latest` at it.  Keeps the
-    newest `keep` checkpoints (None: all)."""
+    newest `keep` checkpoints (None: all).  `staged`: a `staging_dir` other processes have
+    already written files into (sharded checkpoints); they are hashed and committed too."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:08d}"
-    final, tmp = root / name, root / f".tmp-{name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    hashes = {}
+    final = root / name
+    if staged is None:
+        tmp = root / f".tmp-{name}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    else:
+        tmp = staged
     for group, flat in tensors.items():
-        path = tmp / f"{group}.safetensors"
-        save_file({k: v.detach().contiguous().cpu() for k, v in flat.items()}, str(path))
-        hashes[path.name] = _sha256(path)
+        save_file({k: v.detach().contiguous().cpu() for k, v in flat.items()}, str(tmp / f"{group}.safetensors"))
+    files = sorted(p for p in tmp.rglob("*") if p.is_file())
+    hashes = {p.relative_to(tmp).as_posix(): _sha256(p) for p in files}
     meta = {"format": "hirune-checkpoint-1", "step": step, "files": hashes, **state}
     with open(tmp / "state.json", "w") as f:
         json.dump(meta, f, indent=1, sort_keys=True)
         f.flush()
         os.fsync(f.fileno())
-    for path in tmp.iterdir():
+    for path in files:
         with open(path, "rb") as f:
             os.fsync(f.fileno())
     if final.exists():
@@ -134,18 +150,26 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return path if path.is_dir() else None
 
 
-def load_checkpoint(path: str | Path, expect_config: dict | None = None
-                    ) -> tuple[dict[str, dict[str, Tensor]], dict]:
-    """Read a checkpoint folder (or a run directory: its latest).  Returns (tensors, state).
-
-    Raises CheckpointError naming the problem: missing files, a sha256 mismatch (truncated or
-    corrupt), or `expect_config` differing from the saved config (listing the keys)."""
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder, or the latest complete one of a run directory."""
     path = Path(path)
     if (path / "checkpoints").is_dir():
         found = latest_checkpoint(path)
         if found is None:
             raise CheckpointError(f"no complete checkpoint in {path}")
         path = found
+    return path
+
+
+def load_checkpoint(path: str | Path, expect_config: dict | None = None
+                    ) -> tuple[dict[str, dict[str, Tensor]], dict]:
+    """Read a checkpoint folder (or a run directory: its latest).  Returns (tensors, state):
+    the tensors of every top-level group file (a sharded checkpoint's shards are verified
+    but left on disk for `hirune.distributed.sharded` to read).
+
+    Raises CheckpointError naming the problem: missing files, a sha256 mismatch (truncated or
+    corrupt), or `expect_config` differing from the saved config (listing the keys)."""
+    path = resolve_checkpoint(path)
     state_file = path / "state.json"
     if not state_file.is_file():
         raise CheckpointError(f"{path} is not a hirune checkpoint (no state.json)")
@@ -162,7 +186,8 @@ def load_checkpoint(path: str | Path, expect_config: dict | None = None
             raise CheckpointError(f"checkpoint {path} is missing {filename}")
         if _sha256(file) != digest:
             raise CheckpointError(f"checkpoint file {file} is truncated or corrupt (sha256 mismatch)")
-        tensors[filename.removesuffix(".safetensors")] = load_file(str(file))
+        if "/" not in filename:
+            tensors[filename.removesuffix(".safetensors")] = load_file(str(file))
     if expect_config is not None and state.get("config") != expect_config:
         saved = state.get("config") or {}
         keys = sorted(k for k in set(saved) | set(expect_config) if saved.get(k) != expect_config.get(k))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,15 +24,16 @@ from pathlib import Path
 import torch
 
 from . import objectives as O
-from .checkpoint import (flatten_optimizer_state, latest_checkpoint, load_checkpoint,
-                         save_checkpoint, unflatten_optimizer_state)
+from .checkpoint import (flatten_optimizer_state, latest_checkpoint, load_checkpoint, resolve_checkpoint,
+                         save_checkpoint, staging_dir, unflatten_optimizer_state)
 from .denoiser import Denoiser
 from .ema import EMA
 
 OBJECTIVE_PREDICTION = {"flow_matching": "velocity"}  # other objectives: cfg.prediction
 # keys that may differ between a run and its resumption
 RESUMABLE_CHANGES = ("steps", "log_every", "sample_every", "ckpt_every", "resume", "device",
-                     "eval_samples", "clip_x0", "sampler", "sample_steps", "num_samples", "strategy")
+                     "eval_samples", "clip_x0", "sampler", "sample_steps", "num_samples", "strategy",
+                     "sharded_checkpoints", "out")
 
 
 @dataclass
@@ -63,6 +65,7 @@ class TrainConfig:
     precision: str = "auto"            # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
     compile: bool = False
     strategy: str = "ddp"              # with several processes (torchrun): ddp | zero1 | zero2 | zero3
+    sharded_checkpoints: bool = True   # zero2/zero3: each rank writes its shards (torch.distributed.checkpoint)
     seed: int = 0
     log_every: int = 50
     sample_every: int = 1000
@@ -370,35 +373,64 @@ class Run:
     def config_dict(self) -> dict:
         return {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in RESUMABLE_CHANGES}
 
+    @property
+    def sharded(self) -> bool:
+        """Whether this run keeps FSDP2 shards (zero2 / zero3 on several processes)."""
+        from .distributed.strategy import FSDP_STRATEGIES
+
+        return self.world.distributed and self.cfg.strategy in FSDP_STRATEGIES
+
     def save(self) -> Path | None:
-        """Write a checkpoint of the whole state (every rank calls it; rank 0 writes, the
-        others wait), so any world size can resume it.  Returns the path on rank 0."""
+        """Write a checkpoint (every rank calls it).  Sharded runs write their shards from
+        every rank (`distributed/sharded.py`, unless sharded_checkpoints=False); otherwise
+        the whole state is gathered and rank 0 writes it.  Either way any world size
+        resumes it.  Returns the path on rank 0."""
+        from .distributed import sharded
         from .distributed.state import full_state
 
-        whole = full_state(self)
-        path = None
-        if whole is not None:
-            model_sd, ema_sd, optim_sd = whole
-            opt_tensors, opt_meta = flatten_optimizer_state(optim_sd)
-            rng = {"noise": self.noise_rng.get_state(), "torch_cpu": torch.get_rng_state()}
-            tensors = {"model": model_sd, "ema": ema_sd, "optimizer": opt_tensors, "rng": rng}
-            if self.time_sampler is not None:
-                tensors["time_sampler"] = self.time_sampler.state_dict()
-            state = {"config": self.config_dict(), "run_config": dataclasses.asdict(self.cfg),
-                     "optimizer": opt_meta, "world_size": self.world.size,
-                     "strategy": self.cfg.strategy, "ema_updates": self.ema.num_updates,
-                     "model_config": dataclasses.asdict(self.model.config)}
-            path = save_checkpoint(self.cfg.out, self.step, tensors, state)
+        state = {"config": self.config_dict(), "run_config": dataclasses.asdict(self.cfg),
+                 "world_size": self.world.size, "strategy": self.cfg.strategy,
+                 "ema_updates": self.ema.num_updates, "model_config": dataclasses.asdict(self.model.config)}
+        tensors = {"rng": {"noise": self.noise_rng.get_state(), "torch_cpu": torch.get_rng_state()}}
+        if self.time_sampler is not None:
+            tensors["time_sampler"] = self.time_sampler.state_dict()
+        staged = None
+        if self.sharded and self.cfg.sharded_checkpoints:
+            staged = staging_dir(self.cfg.out, self.step)
+            if self.world.main:  # a folder left by a crash at this very step is stale
+                shutil.rmtree(staged, ignore_errors=True)
+                staged.mkdir(parents=True)
+            torch.distributed.barrier()
+            state.update(layout="sharded", optimizer=sharded.save(self, staged / sharded.SHARDS),
+                         parameters=[n for n, _ in self.model.named_parameters()])
+        else:
+            whole = full_state(self)
+            if whole is not None:
+                model_sd, ema_sd, optim_sd = whole
+                opt_tensors, state["optimizer"] = flatten_optimizer_state(optim_sd)
+                tensors.update(model=model_sd, ema=ema_sd, optimizer=opt_tensors)
+        path = save_checkpoint(self.cfg.out, self.step, tensors, state, staged=staged) if self.world.main else None
         if self.world.distributed:
             torch.distributed.barrier()  # nobody reads or overwrites a checkpoint half written
         return path
 
     def load(self, path) -> None:
-        from .distributed.state import load_full_state
+        from .distributed import sharded
+        from .distributed.state import check_same_checkpoint, load_full_state
 
+        path = resolve_checkpoint(path)
         tensors, state = load_checkpoint(path, expect_config=self.config_dict())
-        load_full_state(self, tensors["model"], tensors["ema"],
-                        unflatten_optimizer_state(tensors["optimizer"], state["optimizer"]), state["ema_updates"])
+        check_same_checkpoint(self.world, path, state)
+        if state.get("layout") == "sharded" and self.sharded:
+            sharded.load(self, path, state["optimizer"])
+            self.ema.num_updates = state["ema_updates"]
+        else:
+            if state.get("layout") == "sharded":
+                model_sd, ema_sd, optim_sd = sharded.read_whole(path, state)
+            else:
+                model_sd, ema_sd = tensors["model"], tensors["ema"]
+                optim_sd = unflatten_optimizer_state(tensors["optimizer"], state["optimizer"])
+            load_full_state(self, model_sd, ema_sd, optim_sd, state["ema_updates"])
         self.noise_rng.set_state(tensors["rng"]["noise"])
         torch.set_rng_state(tensors["rng"]["torch_cpu"])
         if self.time_sampler is not None:
@@ -410,13 +442,12 @@ class Run:
     def write_samples(self, path: Path) -> Path | None:
         """A grid of EMA samples, written by rank 0.  Sharded (FSDP2) models sample on every
         rank with the weights gathered; otherwise rank 0 samples alone."""
-        from .distributed.strategy import FSDP_STRATEGIES, gathered
+        from .distributed.strategy import gathered
         from .samplers import sample
         from .viz import image_grid, scatter_grid
 
         cfg = self.cfg
-        sharded = self.world.distributed and cfg.strategy in FSDP_STRATEGIES
-        if not (self.world.main or sharded):
+        if not (self.world.main or self.sharded):
             torch.distributed.barrier()
             return None
         cond = {}
@@ -499,19 +530,26 @@ def train(cfg: TrainConfig, stop_after: int | None = None, progress: bool = True
 
 
 def load_run(path: str | Path, use_ema: bool = True) -> Run:
-    """Rebuild a trained run from its directory (or a checkpoint folder inside it) for
-    sampling and evaluation; the EMA weights are loaded into the model by default."""
-    path = Path(path)
-    tensors, state = load_checkpoint(path)
+    """Rebuild a trained run for sampling and evaluation from its directory, a checkpoint
+    folder inside it (the EMA weights by default), or a file written by `hirune export`
+    (the weights it holds)."""
+    from .distributed import sharded
+    from .export import read_weights
+
+    if Path(path).suffix == ".safetensors":
+        weights, state = read_weights(path)
+    else:
+        path = resolve_checkpoint(path)
+        tensors, state = load_checkpoint(path)
+        if state.get("layout") == "sharded":
+            tensors["model"], tensors["ema"], _ = sharded.read_full(path, state["optimizer"]["shapes"])
+        weights = tensors["ema" if use_ema else "model"]
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     # the whole config (preview sampler and steps included) where the checkpoint has it
     config = {k: v for k, v in {**state["config"], **state.get("run_config", {})}.items() if k in fields}
     config.update(resume=False, strategy="ddp")
     run = Run(TrainConfig(**{**config, "device": "cpu"}), distributed=False)
-    run.model.load_state_dict(tensors["model"])
-    if use_ema:
-        run.ema.load_state_dict(tensors["ema"], state["ema_updates"])
-        run.ema.copy_to(run.model)
+    run.model.load_state_dict(weights)
     run.step = state["step"]
     run.model.eval()
     return run

@@ -2,7 +2,7 @@
 
     demo.py      hirune demo: an exact mixture model, several samplers
     catalog.py   hirune samplers | schedules | processes | datasets | presets
-    runs.py      hirune train | sample | eval (guidance options)
+    runs.py      hirune train | sample | eval | export (guidance options)
     control.py   hirune invert | edit
     bench.py     hirune bench train
     plan.py      hirune plan: memory and communication per GPU under ddp / zero1-3
@@ -26,10 +26,10 @@ from .common import CLIError
 from .control import _add_edit, _add_invert
 from .demo import _add_demo
 from .plan import _add_plan
-from .runs import _add_eval, _add_sample, _add_train
+from .runs import _add_eval, _add_export, _add_sample, _add_train
 
 COMMANDS: tuple[Callable, ...] = (_add_demo, _add_samplers, _add_schedules, _add_processes,
-                                  _add_datasets, _add_train, _add_presets, _add_sample, _add_eval,
+                                  _add_datasets, _add_train, _add_presets, _add_sample, _add_eval, _add_export,
                                   _add_invert, _add_edit, _add_bench, _add_plan)
 
 
@@ -53,6 +53,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except CLIError as e:
+        print(f"hirune {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        from ..checkpoint import CheckpointError
+
+        if not isinstance(e, CheckpointError):
+            raise
         print(f"hirune {args.command}: error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading

@@ -1,4 +1,4 @@
-"""Trained runs: `hirune train | sample | eval`, with guidance options."""
+"""Trained runs: `hirune train | sample | eval | export`, with guidance options."""
 
 from __future__ import annotations
 
@@ -190,3 +190,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(json.dumps(metrics))
     return 0
 
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="a run's weights as one safetensors file (hirune sample reads it)",
+                       description="Write the network of a run (whole-state or sharded checkpoint) to a "
+                                   "single safetensors file with its config in the header.")
+    p.add_argument("run", help="run directory (or checkpoint folder)")
+    p.add_argument("--out", default=None, help="default: RUN/weights.safetensors")
+    p.add_argument("--weights", choices=("ema", "model"), default="ema",
+                   help="the EMA weights (default) or the raw training weights")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ..export import export_weights
+
+    out = export_weights(args.run, args.out, use_ema=args.weights == "ema")
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, {args.weights} weights)")
+    return 0

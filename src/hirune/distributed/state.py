@@ -20,7 +20,7 @@ def _fsdp(run) -> bool:
     return run.world.distributed and run.cfg.strategy in FSDP_STRATEGIES
 
 
-def _by_position(optim_sd: dict, names: list[str]) -> dict:
+def by_position(optim_sd: dict, names: list[str]) -> dict:
     """FQN-keyed optimizer state (torch.distributed.checkpoint's full form) -> position-keyed."""
     index = {n: i for i, n in enumerate(names)}
     return {"state": {index[k]: v for k, v in optim_sd["state"].items()},
@@ -51,7 +51,7 @@ def full_state(run) -> tuple[dict, dict, dict] | None:
     if not main:
         return None
     names = [n for n, _ in run.model.named_parameters()]
-    return model_sd, ema_sd, _by_position(optim_sd, names)
+    return model_sd, ema_sd, by_position(optim_sd, names)
 
 
 def load_full_state(run, model_sd: dict, ema_sd: dict, optim_sd: dict, ema_updates: int) -> None:
@@ -76,3 +76,20 @@ def load_full_state(run, model_sd: dict, ema_sd: dict, optim_sd: dict, ema_updat
         for n, s in run.ema.shadow.items():
             s.copy_(distribute_tensor(ema_sd[n].to(s.device, s.dtype), s.device_mesh, s.placements))
     run.ema.num_updates = ema_updates
+
+
+def check_same_checkpoint(world, path, state: dict) -> None:
+    """Every rank must resume from the same checkpoint (a node that sees another file
+    system, or a `latest` replaced between two reads, would otherwise train on silently
+    different weights): compare (step, checkpoint name) across ranks before any step."""
+    if not world.distributed:
+        return
+    import torch.distributed as dist
+
+    mine = (int(state["step"]), str(path.name))
+    everyone: list = [None] * world.size
+    dist.all_gather_object(everyone, mine)
+    differ = {r: v for r, v in enumerate(everyone) if v != everyone[0]}
+    if differ:
+        raise RuntimeError(f"ranks resume from different checkpoints: rank 0 has {everyone[0]}, "
+                           + ", ".join(f"rank {r} has {v}" for r, v in differ.items()))

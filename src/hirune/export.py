@@ -1,0 +1,62 @@
+"""One-file weights: a trained run's network as a single safetensors file.
+
+    hirune export runs/big                       -> runs/big/weights.safetensors (EMA weights)
+    hirune sample runs/big/weights.safetensors   (and `hirune eval`) read it like a run
+
+The file holds the network's tensors (the EMA weights by default, the raw training
+weights with use_ema=False) and, in the safetensors header, one JSON string `hirune` with
+what is needed to rebuild and sample the model: the run config, the model config, the
+step and which weights these are.  Whatever layout the checkpoint has (whole state, or
+every rank's FSDP2 shards), the export is the same file; optimizer state is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+
+FORMAT = "hirune-weights-1"
+
+
+def export_weights(run: str | Path, out: str | Path | None = None, use_ema: bool = True) -> Path:
+    """Write the network weights of `run` (a run directory or checkpoint folder) to `out`
+    (default: RUN/weights.safetensors).  Returns the path written."""
+    from .distributed import sharded
+
+    path = resolve_checkpoint(run)
+    tensors, state = load_checkpoint(path)
+    if state.get("layout") == "sharded":
+        tensors["model"], tensors["ema"], _ = sharded.read_full(path, state["optimizer"]["shapes"])
+    weights = tensors["ema" if use_ema else "model"]
+    meta = {"format": FORMAT, "step": state["step"], "weights": "ema" if use_ema else "model",
+            "config": state["config"], "run_config": state.get("run_config", {}),
+            "model_config": state.get("model_config", {})}
+    out = Path(out) if out is not None else path.parent.parent / "weights.safetensors"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp), metadata={"hirune": json.dumps(meta)})
+    tmp.replace(out)  # never a half-written file under the final name
+    return out
+
+
+def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(weights, metadata) of an exported file; CheckpointError if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("hirune", "null"))
+            weights = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for foreign or truncated files
+        raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is a safetensors file but not a hirune export (no '{FORMAT}' header); "
+                              "export a run with `hirune export RUN`")
+    return weights, meta
