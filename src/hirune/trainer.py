@@ -188,6 +188,8 @@ class Run:
             model_cfg.setdefault("in_channels", self.data.shape[0])
             if learned:
                 model_cfg.setdefault("learned_sigma", True)
+            if cfg.model in ("dit", "uvit"):  # transformers: a position per patch of a fixed size
+                model_cfg.setdefault("image_size", self.data.shape[1])
         self.model = build_model(cfg.model, **model_cfg).to(self.device)
         clip = (-1.0, 1.0) if cfg.clip_x0 and self.data.kind == "image" else None
         self.is_classifier = cfg.objective == "classifier"

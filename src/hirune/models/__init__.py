@@ -7,6 +7,8 @@ y: (B,) int64 labels; `num_classes` is the null label, y=None means all-null.
     build_model("unet", size="tiny", in_channels=1, num_classes=10)
     build_model("mlp", dim=2, hidden=128)
     build_model("classifier", in_channels=1, num_classes=10)   # classifier(x_t, t) -> logits
+    build_model("dit", size="T/2", in_channels=1, image_size=8)   # transformers: DiT, U-ViT
+    build_model("uvit", size="tiny", in_channels=1, image_size=28, patch_size=4)
     model_config("unet", {"channels": 64, "channel_mult": [1, 2, 2]})   # e.g. from JSON
 
 `dataclasses.asdict(model.config)` gives back a dict `model_config` accepts.
@@ -22,13 +24,17 @@ from torch import nn
 from ..flows.models import Flow, FlowConfig
 from .classifier import ClassifierConfig, NoisyClassifier
 from .config import config_from_dict
+from .dit import DIT_SIZES, DiT, DiTConfig
 from .mlp import MLP, MLPConfig
 from .unet import UNET_SIZES, UNet, UNetConfig
+from .uvit import UVIT_SIZES, UViT, UViTConfig
 
 MODELS: dict[str, tuple[type[nn.Module], type, dict[str, dict]]] = {
     # kind: (network, config, named sizes)
     "mlp": (MLP, MLPConfig, {}),
     "unet": (UNet, UNetConfig, UNET_SIZES),
+    "dit": (DiT, DiTConfig, DIT_SIZES),                     # Peebles & Xie 2023
+    "uvit": (UViT, UViTConfig, UVIT_SIZES),                 # Bao et al. 2023
     "classifier": (NoisyClassifier, ClassifierConfig, {}),  # p(y | x_t, t) for classifier guidance
     "flow": (Flow, FlowConfig, {}),                         # normalizing flows (hirune.flows)
 }
@@ -36,7 +42,7 @@ MODELS: dict[str, tuple[type[nn.Module], type, dict[str, dict]]] = {
 
 def model_config(kind: str, config: Mapping[str, Any] | None = None, /, **overrides):
     """The config dataclass of `kind` from a dict and/or keywords.  The key `size` starts
-    from a named size (`UNET_SIZES`); the other keys override it."""
+    from a named size (`UNET_SIZES`, `DIT_SIZES`, `UVIT_SIZES`); the other keys override it."""
     if kind not in MODELS:
         raise ValueError(f"unknown model kind {kind!r}; valid: {sorted(MODELS)}")
     _, config_cls, sizes = MODELS[kind]
@@ -50,10 +56,10 @@ def model_config(kind: str, config: Mapping[str, Any] | None = None, /, **overri
 
 
 def build_model(kind: str, config: Mapping[str, Any] | None = None, /, **overrides) -> nn.Module:
-    """A network by kind ("mlp", "unet") from a config dict and/or keywords (see `model_config`)."""
+    """A network by kind ("mlp", "unet", "dit", "uvit", ...) from a config dict and/or keywords (see `model_config`)."""
     config = model_config(kind, config, **overrides)
     return MODELS[kind][0](config)
 
 
-__all__ = ["MLP", "MODELS", "ClassifierConfig", "NoisyClassifier", "UNET_SIZES", "MLPConfig", "UNet", "UNetConfig", "build_model",
-           "model_config"]
+__all__ = ["DIT_SIZES", "MLP", "MODELS", "UNET_SIZES", "UVIT_SIZES", "ClassifierConfig", "DiT", "DiTConfig",
+           "MLPConfig", "NoisyClassifier", "UNet", "UNetConfig", "UViT", "UViTConfig", "build_model", "model_config"]

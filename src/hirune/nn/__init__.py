@@ -1,7 +1,9 @@
 """Neural-network building blocks shared by hirune's models."""
 
-from .attention import SelfAttention2d
+from .attention import Attention, CrossAttention, SelfAttention2d
 from .embeddings import timestep_embedding
 from .layers import group_norm, norm_groups, zero_
+from .patches import PatchEmbed, check_patch_size, patchify, sincos_position_embedding, unpatchify
 
-__all__ = ["SelfAttention2d", "group_norm", "norm_groups", "timestep_embedding", "zero_"]
+__all__ = ["Attention", "CrossAttention", "PatchEmbed", "SelfAttention2d", "check_patch_size", "group_norm",
+           "norm_groups", "patchify", "sincos_position_embedding", "timestep_embedding", "unpatchify", "zero_"]

@@ -1,0 +1,180 @@
+"""U-ViT (Bao et al. 2023, "All are Worth Words: A ViT Backbone for Diffusion Models").
+
+    tokens = [time token, class token (when num_classes is set), patch tokens] + learned
+    positions -> in_blocks (depth // 2) -> mid_block -> out_blocks (depth // 2) ->
+    LayerNorm -> linear to p * p * out_channels per patch token -> unpatchify -> 3x3 conv
+
+Everything is a token (sec. 3): the time enters as one token, the sinusoids of
+t * time_scale at width D themselves (the paper's models use no time MLP,
+`mlp_time_embed=False`), and the class label as one more, an embedding with a null row.
+The blocks are plain pre-LN transformer blocks, x + Attention(LN(x)), x + MLP(LN(x)).
+Long skips (sec. 3.1): the output of in-block i is kept and, last in first out, the
+out-block that mirrors it starts with Linear(concat[h, skip]) from 2D back to D.  After the
+patches are put back in place, a 3x3 conv (sec. 3.1, "the extra convolutional block")
+smooths the image; `conv=False` leaves it out.
+
+`depth` counts every block, as the paper does: in = out = depth // 2 and one mid block, so
+depth is odd (U-ViT-S has 13 = 6 + 1 + 6).  The blocks live in the top-level ModuleLists
+`in_blocks` and `out_blocks`; the mid block is a plain module of the same class, which
+`hirune.distributed.strategy.shard_units` shards as one more unit.
+
+Init as in the paper's code: truncated normal(0.02) linears and positions, zero biases,
+PyTorch's defaults elsewhere.  hirune's choice on top, like ADM's zero output conv: the last
+layer (the 3x3 conv, or the patch linear when conv=False) starts at zero, so the initial
+output is exactly 0.  The protocol (`model(x, t, y=None)`, null label, learned_sigma) is
+the UNet's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..nn import Attention, PatchEmbed, check_patch_size, timestep_embedding, unpatchify, zero_
+from .config import check_fields
+
+
+@dataclass(frozen=True)
+class UViTConfig:
+    """Fields as in `DiTConfig`; depth: all blocks (odd: in, mid, out).  conv: the extra
+    3x3 conv on the output image.  U-ViT's attention has no qkv bias."""
+
+    in_channels: int = 3
+    out_channels: int | None = None
+    learned_sigma: bool = False
+    image_size: int = 32
+    patch_size: int = 2
+    hidden_size: int = 512
+    depth: int = 13
+    num_heads: int = 8
+    mlp_ratio: float = 4.0
+    num_classes: int | None = None
+    time_scale: float = 1.0
+    qk_norm: bool = False
+    conv: bool = True
+
+    def __post_init__(self):
+        check_fields(self)
+        for name in ("in_channels", "out_channels", "image_size", "patch_size", "hidden_size", "depth",
+                     "num_heads", "num_classes"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"UViTConfig.{name} must be positive, got {value}")
+        check_patch_size(self.image_size, self.patch_size)
+        if self.depth % 2 == 0:
+            raise ValueError(f"UViTConfig.depth counts in + mid + out blocks and must be odd, got {self.depth}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"UViTConfig.hidden_size={self.hidden_size} does not split into "
+                             f"num_heads={self.num_heads} heads")
+        if self.mlp_ratio <= 0:
+            raise ValueError(f"UViTConfig.mlp_ratio must be positive, got {self.mlp_ratio}")
+
+    @property
+    def output_channels(self) -> int:
+        out = self.out_channels or self.in_channels
+        return 2 * out if self.learned_sigma else out
+
+
+# Named sizes: the paper's Table 1 (U-ViT-S, -M, -L, -H) and hirune's "tiny" for a CPU;
+# the patch size is chosen per data set (default 2: 16 tokens on the 8 x 8 digits; use
+# patch_size=4 for 49 tokens on 28 x 28 MNIST).  Parameters in the paper's settings:
+# small on CIFAR-10 (32 x 32 x 3, patch 2, unconditional) 44,255,328 (paper: 44M); mid on
+# ImageNet 64 (patch 4, 1000 classes) 130,941,060 (131M); large and huge on ImageNet 256
+# latents (32 x 32 x 4, patch 2, 1000 classes) 286,763,172 (287M) and 500,832,164 (501M);
+# tiny on the digits (1 channel, patch 2, unconditional): 3,337,166.
+UVIT_SIZES: dict[str, dict] = {
+    "tiny": dict(hidden_size=192, depth=7, num_heads=3),
+    "small": dict(hidden_size=512, depth=13, num_heads=8),
+    "mid": dict(hidden_size=768, depth=17, num_heads=12),
+    "large": dict(hidden_size=1024, depth=21, num_heads=16),
+    "huge": dict(hidden_size=1152, depth=29, num_heads=16),
+}
+
+
+class UViTBlock(nn.Module):
+    """Pre-LN transformer block on x (B, L, D); with `skip`, it first maps
+    concat[x, skip] (B, L, 2D) back to D (U-ViT's long skip)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qk_norm: bool, skip: bool = False):
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.skip_linear = nn.Linear(2 * dim, dim) if skip else None
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads, qk_norm=qk_norm, qkv_bias=False)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: Tensor, skip: Tensor | None = None) -> Tensor:
+        if self.skip_linear is not None:
+            x = self.skip_linear(torch.cat([x, skip], dim=-1))
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class UViT(nn.Module):
+    """model(x, t, y=None) -> (B, config.output_channels, H, W) for x: (B, C, H, W) with
+    H = W = image_size, t: (B,) float32, y: (B,) int64 or None.  See the module docstring."""
+
+    def __init__(self, config: UViTConfig):
+        super().__init__()
+        self.config = c = config
+        D, p, out = c.hidden_size, c.patch_size, c.output_channels
+        self.patch_embed = PatchEmbed(c.in_channels, D, p)
+        # one row per class plus the null label (index num_classes) for classifier-free guidance
+        self.class_embed = nn.Embedding(c.num_classes + 1, D) if c.num_classes else None
+        self.extras = 2 if c.num_classes else 1                       # time (and class) tokens
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.extras + (c.image_size // p) ** 2, D))
+
+        def block(skip: bool = False) -> UViTBlock:
+            return UViTBlock(D, c.num_heads, c.mlp_ratio, c.qk_norm, skip)
+
+        self.in_blocks = nn.ModuleList(block() for _ in range(c.depth // 2))
+        self.mid_block = block()
+        self.out_blocks = nn.ModuleList(block(skip=True) for _ in range(c.depth // 2))
+        self.norm = nn.LayerNorm(D)
+        self.decoder_pred = nn.Linear(D, p * p * out)
+        self.final_conv = nn.Conv2d(out, out, 3, padding=1) if c.conv else None
+        self.initialize_weights()
+
+    @torch.no_grad()
+    def initialize_weights(self) -> None:
+        """The paper's init, then the last layer at zero (see the module docstring)."""
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        zero_(self.final_conv if self.final_conv is not None else self.decoder_pred)
+
+    def tokens(self, x: Tensor, t: Tensor, y: Tensor | None) -> Tensor:
+        """[time token, class token, patch tokens] + positions: (B, extras + N, D)."""
+        D = self.config.hidden_size
+        time = timestep_embedding(t * self.config.time_scale, D)                  # float32
+        tokens = [time.to(self.pos_embed.dtype)[:, None]]                         # no-op but for half weights
+        if self.class_embed is not None:
+            if y is None:
+                y = torch.full_like(t, self.config.num_classes, dtype=torch.long)
+            tokens.append(self.class_embed(y)[:, None])
+        elif y is not None:
+            raise ValueError("class labels given to an unconditional UViT (num_classes=None)")
+        tokens.append(self.patch_embed(x))
+        return torch.cat(tokens, dim=1) + self.pos_embed
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        size = self.config.image_size
+        if x.shape[-2:] != (size, size):
+            raise ValueError(f"this UViT was built for {size} x {size} images, got {tuple(x.shape[-2:])}")
+        h = self.tokens(x, t, y)
+        skips = []
+        for block in self.in_blocks:
+            h = block(h)
+            skips.append(h)
+        h = self.mid_block(h)
+        for block in self.out_blocks:
+            h = block(h, skips.pop())                                              # last in, first out
+        patches = self.decoder_pred(self.norm(h))[:, self.extras:]                # drop time/class tokens
+        out = unpatchify(patches, self.config.patch_size, size, size)
+        return self.final_conv(out) if self.final_conv is not None else out
