@@ -8,7 +8,8 @@ at step 2), "count-allreduce" (records how many gradient all-reduces DDP issues 
 optimizer step into OUT/allreduce_rank<R>.json; "count-allreduce-without-no-sync": the
 same with DDP's no_sync disabled, the variant the count must reject), "stale-rank-1"
 (rank 1 resumes from the run's oldest checkpoint instead of its latest, as a node with a
-stale copy of the run directory would).
+stale copy of the run directory would), "record-dtypes" (writes the dtype of the first
+block's weight as forward sees it and as it is stored, to OUT/dtypes_rank<R>.json).
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from hirune.cli import main
 def sum_grads() -> None:
     wrap = S.wrap
 
-    def broken(model, strategy, world, device):
-        out = wrap(model, strategy, world, device)
+    def broken(model, strategy, world, device, **options):
+        out = wrap(model, strategy, world, device, **options)
         if strategy in S.FSDP_STRATEGIES:
             out.set_gradient_divide_factor(1.0)  # reduce with SUM and never divide
         return out
@@ -61,12 +62,34 @@ def stale_rank_1() -> None:
     T.resolve_checkpoint = stale
 
 
+def record_dtypes(out: Path) -> None:
+    """Write the dtype of the first block's weight as its forward sees it (gathered) and
+    as the optimizer keeps it (the shard) to OUT/dtypes_rank<R>.json."""
+    wrap = S.wrap
+    seen: dict[str, str] = {}
+
+    def recording(model, strategy, world, device, **options):
+        wrapped = wrap(model, strategy, world, device, **options)
+        block = S.blocks(model)[0]
+        weight = next(block.parameters())
+        seen["stored"] = str(weight.dtype)
+
+        def hook(module, args):
+            seen["gathered"] = str(next(module.parameters()).dtype)
+            (out / f"dtypes_rank{world.rank}.json").write_text(json.dumps(seen))
+
+        block.register_forward_pre_hook(hook)
+        return wrapped
+
+    S.wrap = recording
+
+
 def count_allreduce(out: Path) -> None:
     wrap = S.wrap
     counts: list[int] = []
 
-    def counting(model, strategy, world, device):
-        ddp = wrap(model, strategy, world, device)
+    def counting(model, strategy, world, device, **options):
+        ddp = wrap(model, strategy, world, device, **options)
 
         def hook(state, bucket):
             counts[-1] += 1
@@ -97,6 +120,10 @@ def run() -> int:
         fail_on_rank_1()
     elif scenario == "stale-rank-1":
         stale_rank_1()
+    elif scenario == "record-dtypes":
+        out = Path(next(a.split("=", 1)[1] for a in args if a.startswith("out=")))
+        out.mkdir(parents=True, exist_ok=True)
+        record_dtypes(out)
     elif scenario.startswith("count-allreduce"):
         if scenario.endswith("without-no-sync"):  # the harness's broken variant
             S.sync_gradients = lambda wrapped, strategy, last: S.nullcontext()

@@ -89,6 +89,23 @@ def test_two_processes_equal_one_with_the_whole_batch(strategy, reference, tmp_p
     assert_same_run(reference, out)
 
 
+def test_zero2_bf16_gathers_bf16_weights_and_keeps_fp32_shards(tmp_path):
+    """FSDP2's mixed-precision policy under precision=bf16: blocks compute with bf16
+    weights gathered from float32 shards (the master weights AdamW updates), and the loss
+    curve follows one bf16-autocast process with the whole batch to bf16 accuracy (the
+    weights themselves differ by up to a few AdamW steps where gradients are tiny: Adam
+    normalises the bf16 rounding differences of near-zero gradients to full-size steps)."""
+    ref, out = tmp_path / "ref", tmp_path / "mp"
+    single(ref, "precision=bf16")
+    _ok(torchrun(2, "record-dtypes", *BASE, "strategy=zero2", "precision=bf16", f"out={out}"))
+    for rank in (0, 1):
+        seen = json.loads((out / f"dtypes_rank{rank}.json").read_text())
+        assert seen == {"stored": "torch.float32", "gathered": "torch.bfloat16"}, seen
+    la, lb = losses(ref), losses(out)
+    assert max(abs(a - b) / abs(a) for a, b in zip(la, lb)) < 2e-2, (la, lb)
+    assert all(v.dtype == torch.float32 for v in whole(out)["model"].values())
+
+
 def test_parity_catches_summed_gradients(reference, tmp_path):
     """Harness: FSDP2 reducing with SUM and no division (the gloo AVG fault, pytorch
     issue 162338) doubles every gradient, and the comparison fails."""
@@ -99,13 +116,14 @@ def test_parity_catches_summed_gradients(reference, tmp_path):
 
 
 def test_accumulation_and_unet_under_zero3(tmp_path):
-    """Accumulation (2 ranks x 2 micro-batches x 8 = 32) and a UNet sharded per block."""
+    """Accumulation (2 ranks x 2 micro-batches x 8 = 32) and a UNet sharded per block,
+    with each block recomputing its activations in the backward pass."""
     out1, out2 = tmp_path / "one", tmp_path / "two"
     items = ["ddpm-digits", "model_config={\"channels\": 16, \"channel_mult\": [1, 2], \"attention_resolutions\": [2]}",
              "batch_size=32", "steps=3", "log_every=1", "ckpt_every=3", "sample_every=3", "num_samples=4",
              "sample_steps=2", "lr_schedule=constant", "warmup=0"]
     train(preset_config(items[0], {**_overrides(items[1:]), "out": str(out1)}), progress=False)
-    proc = torchrun(2, "train", *items, "strategy=zero3", "grad_accum=2", f"out={out2}")
+    proc = torchrun(2, "train", *items, "strategy=zero3", "grad_accum=2", "recompute=true", f"out={out2}")
     _ok(proc)
     assert "micro-batch 8 x accumulation 2 x world size 2" in proc.stdout
     assert_same_run(out1, out2, tol=1e-4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from hirune.distributed.plan import collectives_per_step, memory_per_gpu, plan, ring_time
 
@@ -93,3 +94,22 @@ def test_measured_activations_grow_with_the_batch():
     run = Run(preset_config("ddpm-digits", {"out": "unused"}), distributed=False)
     small, large = activation_bytes(run, 8), activation_bytes(run, 32)
     assert small > 0 and abs(large / small - 4) < 0.4
+
+
+def test_measure_needs_a_gpu(capsys):
+    from hirune.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: test_estimate_within_15_percent_of_the_measured_peak runs instead")
+    assert main(["plan", "ddpm-digits", "--gpus", "1", "--measure"]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="compares against torch.cuda.max_memory_allocated")
+@pytest.mark.parametrize("preset", ["vpred-mnist5k", "ddpm-digits"])
+def test_estimate_within_15_percent_of_the_measured_peak(preset):
+    from hirune.distributed.plan import measure_peak_memory
+    from hirune.presets import preset_config
+
+    m = measure_peak_memory(preset_config(preset, {"out": "unused"}), 64)
+    assert m["within_15_percent"], m

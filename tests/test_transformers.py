@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hirune.distributed.strategy import shard_units
+from hirune.models import blocks
 from hirune.models import DIT_SIZES, UVIT_SIZES, build_model, model_config
 from hirune.nn import Attention, CrossAttention, patchify, sincos_position_embedding, unpatchify
 
@@ -239,8 +239,8 @@ def test_uvit_long_skips_are_last_in_first_out():
 
 def test_blocks_are_the_units_fsdp_shards():
     dit, uvit = small("dit", depth=3), small("uvit", depth=5)
-    assert shard_units(dit) == list(dit.blocks)
-    assert shard_units(uvit) == [*uvit.in_blocks, *uvit.out_blocks, uvit.mid_block]
+    assert blocks(dit) == list(dit.blocks)
+    assert blocks(uvit) == [*uvit.in_blocks, *uvit.out_blocks, uvit.mid_block]
 
 
 @pytest.mark.parametrize("kind, name, check", [

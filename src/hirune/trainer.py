@@ -28,12 +28,13 @@ from .checkpoint import (flatten_optimizer_state, latest_checkpoint, load_checkp
                          save_checkpoint, staging_dir, unflatten_optimizer_state)
 from .denoiser import Denoiser
 from .ema import EMA
+from .recompute import recompute_blocks
 
 OBJECTIVE_PREDICTION = {"flow_matching": "velocity"}  # other objectives: cfg.prediction
 # keys that may differ between a run and its resumption
 RESUMABLE_CHANGES = ("steps", "log_every", "sample_every", "ckpt_every", "resume", "device",
                      "eval_samples", "clip_x0", "sampler", "sample_steps", "num_samples", "strategy",
-                     "sharded_checkpoints", "out")
+                     "sharded_checkpoints", "out", "recompute")
 
 
 @dataclass
@@ -64,6 +65,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     precision: str = "auto"            # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
     compile: bool = False
+    recompute: bool = False            # recompute each block's activations in backward (hirune.recompute)
     strategy: str = "ddp"              # with several processes (torchrun): ddp | zero1 | zero2 | zero3
     sharded_checkpoints: bool = True   # zero2/zero3: each rank writes its shards (torch.distributed.checkpoint)
     seed: int = 0
@@ -191,6 +193,8 @@ class Run:
             if cfg.model in ("dit", "uvit"):  # transformers: a position per patch of a fixed size
                 model_cfg.setdefault("image_size", self.data.shape[1])
         self.model = build_model(cfg.model, **model_cfg).to(self.device)
+        if cfg.recompute and not recompute_blocks(self.model):
+            raise ValueError(f"recompute=true: model {cfg.model!r} has no repeated blocks to recompute")
         clip = (-1.0, 1.0) if cfg.clip_x0 and self.data.kind == "image" else None
         self.is_classifier = cfg.objective == "classifier"
         self.noise_rng = torch.Generator(device=self.device).manual_seed(cfg.seed)
@@ -209,7 +213,9 @@ class Run:
             self.model.to(memory_format=torch.channels_last)
         # the strategy wraps (DDP) or shards in place (FSDP2) before the EMA and the optimizer
         # see the parameters, so under FSDP2 both hold shards
-        wrapped = wrap(self.model, cfg.strategy, self.world, self.device)
+        # FSDP2 under bf16 gathers bf16 weights and reduces fp32 gradients (the 2/2/12 of ZeRO)
+        wrapped = wrap(self.model, cfg.strategy, self.world, self.device,
+                       param_dtype=torch.bfloat16 if self.dtype == torch.bfloat16 else None)
         self.optimizer = make_optimizer(self.model, cfg.strategy, self.world, self.device, cfg.lr, cfg.weight_decay)
         self.ema = EMA(self.model, cfg.ema_decay)
         self.forward = torch.compile(wrapped) if cfg.compile else wrapped

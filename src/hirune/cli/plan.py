@@ -32,12 +32,15 @@ def _add_plan(sub) -> None:
                    help="one-device step time at the per-GPU batch (default: measured here)")
     p.add_argument("--no-overlap", dest="overlap", action="store_false",
                    help="communication does not overlap the backward pass")
+    p.add_argument("--measure", action="store_true",
+                   help="on a CUDA GPU: train two steps and compare torch.cuda.max_memory_allocated with the "
+                        "one-GPU estimate")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plan)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from ..distributed.plan import LINKS, measure, plan
+    from ..distributed.plan import LINKS, measure, measure_peak_memory, plan
     from ..distributed.strategy import STRATEGIES
     from ..presets import parse_preset_args, preset_config
 
@@ -47,7 +50,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
         if cfg.batch_size % (cfg.grad_accum * args.gpus):
             raise ValueError(f"batch_size={cfg.batch_size} (the global batch) must be divisible by grad_accum x "
                              f"GPUs = {cfg.grad_accum} x {args.gpus}")
-        m = measure(cfg, cfg.batch_size // (cfg.grad_accum * args.gpus), time_step=args.step_ms is None)
+        micro = cfg.batch_size // (cfg.grad_accum * args.gpus)
+        if args.measure:
+            return _print_measured(measure_peak_memory(cfg, micro), args.json)
+        m = measure(cfg, micro, time_step=args.step_ms is None)
     except ValueError as e:
         print(f"hirune plan: {e}", file=sys.stderr)
         return 2
@@ -76,4 +82,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
               f"{mem.ema / gib:.3f} | {mem.activations / gib:.3f} | {mem.total / gib:.3f} | "
               f"{p.comm_bytes / 1e6:.1f} | {p.comm_seconds * 1000:.2f} | {p.step_seconds * 1000:.1f} | "
               f"{p.efficiency:.0%} |")
+    return 0
+
+
+def _print_measured(m: dict, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(m))
+    else:
+        gib = 2**30
+        print(f"one GPU, micro-batch {m['micro_batch']}: measured peak {m['measured_bytes'] / gib:.3f} GiB "
+              f"(torch.cuda.max_memory_allocated, dataset excluded), estimated {m['estimated_bytes'] / gib:.3f} GiB: "
+              f"ratio {m['ratio']:.2f} ({'within' if m['within_15_percent'] else 'outside'} 15%)")
     return 0

@@ -40,6 +40,20 @@ MODELS: dict[str, tuple[type[nn.Module], type, dict[str, dict]]] = {
 }
 
 
+def blocks(model: nn.Module) -> list[nn.Module]:
+    """The model's repeated blocks, the units that FSDP2 shards (and gathers) one at a time
+    and that activation recomputation wraps: the elements of the model's top-level
+    ModuleLists (UNet steps, MLP blocks, transformer blocks, flow levels) and any other
+    top-level module of the same class (the UNet's middle step, U-ViT's mid block)."""
+    units: list[nn.Module] = []
+    for child in model.children():
+        if isinstance(child, nn.ModuleList):
+            units.extend(child)
+    kinds = {type(u) for u in units}
+    units += [c for c in model.children() if type(c) in kinds and c not in units]
+    return units
+
+
 def model_config(kind: str, config: Mapping[str, Any] | None = None, /, **overrides):
     """The config dataclass of `kind` from a dict and/or keywords.  The key `size` starts
     from a named size (`UNET_SIZES`, `DIT_SIZES`, `UVIT_SIZES`); the other keys override it."""

@@ -16,7 +16,7 @@ smooths the image; `conv=False` leaves it out.
 `depth` counts every block, as the paper does: in = out = depth // 2 and one mid block, so
 depth is odd (U-ViT-S has 13 = 6 + 1 + 6).  The blocks live in the top-level ModuleLists
 `in_blocks` and `out_blocks`; the mid block is a plain module of the same class, which
-`hirune.distributed.strategy.shard_units` shards as one more unit.
+`hirune.models.blocks` shards as one more unit.
 
 Init as in the paper's code: truncated normal(0.02) linears and positions, zero biases,
 PyTorch's defaults elsewhere.  hirune's choice on top, like ADM's zero output conv: the last
