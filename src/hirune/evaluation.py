@@ -44,6 +44,35 @@ def evaluate_run(run, n: int, sampler: str | None = None, steps: int | None = No
     return metrics
 
 
+def text_accuracy(run, n: int = 200, sampler: str | None = None, steps: int | None = None, seed: int = 0,
+                  denoiser=None) -> dict:
+    """Text-to-image: for every caption phrasing of training and every held-out one
+    (`data.captions`), n samples from captions naming the digits in turn, and the share the
+    evaluator classifies as the digit named.  Held-out phrasings measure whether the model
+    follows the caption's meaning rather than the strings it was trained on."""
+    import torch
+
+    from .data.captions import HELD_OUT_TEMPLATES, TRAIN_TEMPLATES, caption
+    from .evaluator import features_and_logits, load_evaluator
+    from .generate import generate
+
+    if run.text is None:
+        raise ValueError("text accuracy needs a text-conditioned run (text_encoder=tiny|minilm)")
+    net = load_evaluator(run.cfg.dataset)
+    labels = torch.arange(n) % 10
+    out: dict = {}
+    for split, templates in (("train", TRAIN_TEMPLATES), ("held_out", HELD_OUT_TEMPLATES)):
+        scores = {}
+        for k, template in enumerate(templates):
+            prompts = [caption(int(y), template=template) for y in labels]
+            x = generate(run, n, sampler, steps, None, seed + k, denoiser=denoiser, prompts=prompts,
+                         progress=False)[0].x
+            scores[template] = float((features_and_logits(net, x)[1].argmax(1) == labels).double().mean())
+        out[f"{split}_phrasings"] = scores
+        out[f"{split}_phrasing_accuracy"] = sum(scores.values()) / len(scores)
+    return out
+
+
 def classifier_accuracy(run, fractions=(0.0, 0.25, 0.5, 0.75, 0.9)) -> dict:
     """Test-split accuracy of a noise-aware classifier at times t = fraction of the way
     from t_min to t_max (x_t drawn with a fixed seed)."""

@@ -33,13 +33,15 @@ def guide(run, method: str = "none", scale: float = 1.0, *, classifier=None, res
     if method == "none":
         return run.denoiser
     if method == "cfg":
-        if not run.cfg.class_conditional:
-            raise ValueError("cfg guidance needs a class-conditional run (class_conditional=true)")
+        if not (run.cfg.class_conditional or run.text is not None):
+            raise ValueError("cfg guidance needs a class- or text-conditional run (class_conditional=true or "
+                             "text_encoder=tiny|minilm)")
         if run.cfg.p_uncond <= 0:
             raise ValueError("cfg guidance needs a run trained with condition dropout (p_uncond > 0): "
-                             "its null label was never trained")
-        return ClassifierFreeGuidance(run.denoiser, scale, {"y": run.data.num_classes}, rescale=rescale,
-                                      interval=interval)
+                             "its null condition was never trained")
+        # the null condition: the null label, or the encoding of the empty caption
+        null = run.text.null(run.device) if run.text is not None else {"y": run.data.num_classes}
+        return ClassifierFreeGuidance(run.denoiser, scale, null, rescale=rescale, interval=interval)
     if classifier is None:
         raise ValueError("classifier guidance needs a trained classifier run (--classifier RUN)")
     if not classifier.is_classifier:
@@ -72,11 +74,23 @@ def class_labels(run, n: int, label: int | None = None, per_class: bool = False)
     return torch.arange(n) % k
 
 
+def text_prompts(run, n: int, prompt: str | None = None, label: int | None = None,
+                 per_class: bool = False) -> list[str]:
+    """Captions for n samples of a text-conditioned run: all `prompt`, or "a handwritten
+    <digit>" for `label`, the digits in turn, or (per_class) a block of each digit."""
+    from .data.captions import caption
+
+    if prompt is not None:
+        return [prompt] * n
+    return [caption(int(k)) for k in class_labels(run, n, label, per_class)]
+
+
 def generate(run, n: int, sampler: str | None = None, steps: int | None = None, spacing: str | None = None,
              seed: int = 0, *, denoiser=None, labels: torch.Tensor | None = None, trajectory: bool = False,
-             progress: bool = True, temperature: float = 1.0):
+             progress: bool = True, temperature: float = 1.0, prompts: list[str] | None = None):
     """n samples of a run (its EMA weights as loaded), with `denoiser` (default: the run's
-    own) and `labels` as the condition y where given; returns (SampleOutput, labels).
+    own) and `labels` as the condition y where given, or `prompts` (one caption per
+    sample) for a text-conditioned run; returns (SampleOutput, labels).
     A normalizing-flow run samples z ~ N(0, temperature^2 I) and inverts (one pass, no
     sampler; its trajectory is [z, x])."""
     from .samplers import SampleOutput, sample
@@ -95,6 +109,11 @@ def generate(run, n: int, sampler: str | None = None, steps: int | None = None, 
     cond = {"y": labels.to(run.device)} if labels is not None else {}
     if labels is not None:
         n = len(labels)
+    if (prompts is not None) != (run.text is not None):
+        raise ValueError("prompts go with a text-conditioned run (text_encoder=tiny|minilm), and such a run "
+                         "needs them")
+    if prompts is not None:
+        cond, n = run.text(prompts, run.device), len(prompts)
     with torch.no_grad():
         out = sample(denoiser, (n, *run.data.shape), sampler or run.cfg.sampler, steps or run.cfg.sample_steps,
                      spacing, seed=seed, cond=cond, device=run.device, return_trajectory=trajectory,
@@ -104,10 +123,20 @@ def generate(run, n: int, sampler: str | None = None, steps: int | None = None, 
 
 def sample_run(run, n: int, sampler: str | None = None, steps: int | None = None, spacing: str | None = None,
                seed: int = 0, label: int | None = None, trajectory: bool = False, denoiser=None,
-               per_class: bool = False, guided_labels: bool = False, temperature: float = 1.0):
+               per_class: bool = False, guided_labels: bool = False, temperature: float = 1.0,
+               prompt: str | None = None):
     """`generate` with the labels a run needs: class labels for conditional runs (or when a
-    classifier guides, `guided_labels`), all `label`, or a class grid (`per_class`)."""
+    classifier guides, `guided_labels`), all `label`, or a class grid (`per_class`); for
+    text-conditioned runs the captions of `text_prompts`."""
     labels = None
+    if run.text is not None:  # captions; the digit each names, where it comes from a label
+        labels = None if prompt is not None else class_labels(run, n, label, per_class)
+        prompts = text_prompts(run, n, prompt, label, per_class)
+        out, _ = generate(run, len(prompts), sampler, steps, spacing, seed, denoiser=denoiser,
+                          trajectory=trajectory, prompts=prompts)
+        return out, labels
+    if prompt is not None:
+        raise ValueError("--prompt needs a text-conditioned run (text_encoder=tiny|minilm)")
     if run.cfg.class_conditional or guided_labels:
         labels = class_labels(run, n, label, per_class)
     elif label is not None or per_class:

@@ -28,6 +28,7 @@ from .checkpoint import (flatten_optimizer_state, latest_checkpoint, load_checkp
                          save_checkpoint, staging_dir, unflatten_optimizer_state)
 from .denoiser import Denoiser
 from .ema import EMA
+from .data.captions import TRAIN_TEMPLATES, caption
 from .recompute import recompute_blocks
 
 OBJECTIVE_PREDICTION = {"flow_matching": "velocity"}  # other objectives: cfg.prediction
@@ -49,7 +50,8 @@ class TrainConfig:
     weighting: str = "none"            # none | min_snr | likelihood (hirune.weighting)
     min_snr_gamma: float = 5.0
     class_conditional: bool = False
-    p_uncond: float = 0.1              # condition dropout for classifier-free guidance (class_conditional)
+    p_uncond: float = 0.1              # condition dropout for classifier-free guidance (class or text)
+    text_encoder: str = ""             # text-to-image from captions: "" (off) | tiny | minilm (hirune.text)
     coupling: str = "independent"      # flow matching: independent | ot (minibatch optimal transport)
     reflow_from: str = ""              # rectified-flow reflow: a trained flow-matching run (the teacher)
     reflow_steps: int = 50             # ODE steps of the teacher when it draws the (noise, data) pairs
@@ -94,6 +96,15 @@ def check_config(cfg: TrainConfig) -> None:
     if (cfg.objective == "classifier") != (cfg.model == "classifier"):
         raise ValueError("objective='classifier' goes with model='classifier' (a noise-aware classifier) "
                          f"and only with it; got objective={cfg.objective!r}, model={cfg.model!r}")
+    if cfg.text_encoder:
+        from .text import TEXT_ENCODERS
+
+        if cfg.text_encoder not in TEXT_ENCODERS:
+            raise ValueError(f"text_encoder={cfg.text_encoder!r} is not valid; valid: {['', *TEXT_ENCODERS]}")
+        if cfg.model not in ("unet", "dit") or cfg.class_conditional:
+            raise ValueError("text conditioning (text_encoder) needs model='unet' or 'dit' and "
+                             f"class_conditional=false; got model={cfg.model!r}, "
+                             f"class_conditional={cfg.class_conditional}")
     if cfg.objective == "classifier" and not cfg.class_conditional:
         raise ValueError("objective='classifier' needs the labels: set class_conditional=true")
     if cfg.weighting not in O.WEIGHTINGS:
@@ -176,6 +187,15 @@ class Run:
             if not self.data.num_classes:
                 raise ValueError(f"class_conditional needs labels; {cfg.dataset} has none")
             model_cfg.setdefault("num_classes", self.data.num_classes)
+        self.text = self.captioner = None
+        if cfg.text_encoder:  # captions written from labels and measured attributes, encoded per batch
+            from .data.captions import Captioner
+            from .text import TextConditioner
+
+            self.captioner = Captioner(self.data.data, self.data.labels)
+            self.text = TextConditioner(cfg.text_encoder)
+            for key, value in self.text.model_config().items():
+                model_cfg.setdefault(key, value)
         learned = cfg.objective == "hybrid"
         if self.is_flow:
             model_cfg.setdefault("shape", tuple(self.data.shape))
@@ -269,8 +289,10 @@ class Run:
         change them)."""
         cfg, g, dev = self.cfg, self.noise_rng, self.device
         out: dict[str, torch.Tensor] = {}
-        if cfg.class_conditional and cfg.p_uncond > 0 and not self.is_classifier:
+        if (cfg.class_conditional or cfg.text_encoder) and cfg.p_uncond > 0 and not self.is_classifier:
             out["drop"] = torch.rand(n, generator=g, device=g.device).to(dev) < cfg.p_uncond
+        if cfg.text_encoder:  # which training phrasing each caption uses
+            out["template"] = torch.randint(len(TRAIN_TEMPLATES), (n,), generator=g, device=g.device).to(dev)
         if self.is_flow:
             if self.data.levels:
                 out["u"] = torch.rand((n, *shape), generator=g, dtype=self.data.data.dtype, device=dev)
@@ -298,6 +320,8 @@ class Run:
             # condition dropout: the null label num_classes, so one network learns both
             y = torch.where(d["drop"].to(y.device), torch.full_like(y, self.data.num_classes), y)
         kw = {"cond": {"y": y} if cfg.class_conditional else None, "t": d["t"]}
+        if self.text is not None:
+            kw["cond"] = self.text(self.captioner.captions(idx, d["template"], d.get("drop")), self.device)
         if cfg.objective == "regression":
             return O.regression_loss(self.forward, self.process, x0, target=cfg.prediction, weighting=cfg.weighting,
                                      min_snr_gamma=cfg.min_snr_gamma, noise=d["noise"],
@@ -461,6 +485,8 @@ class Run:
         cond = {}
         if cfg.class_conditional:
             cond = {"y": torch.arange(cfg.num_samples, device=self.device) % self.data.num_classes}
+        elif self.text is not None:  # "a handwritten zero", "a handwritten one", ...
+            cond = self.text([caption(i % 10) for i in range(cfg.num_samples)], self.device)
         self.model.eval()
         with self.ema.applied(self.model), gathered(self.model):
             if self.is_flow:

@@ -95,6 +95,7 @@ def _add_sample(sub) -> None:
     p.add_argument("--class", dest="label", type=int, default=None, help="class label (conditional or guided)")
     p.add_argument("--class-grid", action="store_true", help="one row per class, n // classes samples each")
     p.add_argument("--temperature", type=float, default=1.0, help="normalizing flows: z ~ N(0, T^2 I)")
+    p.add_argument("--prompt", default=None, help="text-conditioned runs: the caption, e.g. 'a thick seven'")
     p.add_argument("--out", default="samples.png", help=".png grid, .npz arrays or .gif trajectory")
     _add_guidance_options(p)
     p.set_defaults(func=cmd_sample)
@@ -128,7 +129,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         out, labels = sample_run(run, args.n, args.sampler, args.steps, args.spacing, args.seed,
                                  args.label, trajectory=out_path.suffix == ".gif", denoiser=_guided(run, args),
                                  per_class=args.class_grid, guided_labels=args.guidance == "classifier",
-                                 temperature=args.temperature)
+                                 temperature=args.temperature, prompt=args.prompt)
     except ValueError as e:
         print(f"hirune sample: {e}", file=sys.stderr)
         return 2
@@ -168,6 +169,9 @@ def _add_eval(sub) -> None:
                    help="also the negative log-likelihood of N test examples: exact for flows, through "
                         "the probability-flow ODE otherwise (exact divergence on toys, Hutchinson on "
                         "images); images dequantized, in nats and bits/dim")
+    p.add_argument("--text-accuracy", type=int, default=0, metavar="N",
+                   help="text-conditioned runs: N samples per caption phrasing (training and held-out), "
+                        "scored by whether the evaluator sees the digit the caption names")
     _add_guidance_options(p)
     p.set_defaults(func=cmd_eval)
 
@@ -182,6 +186,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         metrics = {"run": str(args.run), **evaluate_run(run, args.n, args.sampler, args.steps, args.seed, args.nll,
                                                         denoiser=None if run.is_classifier else _guided(run, args),
                                                         guided_labels=args.guidance == "classifier")}
+        if args.text_accuracy:
+            from ..evaluation import text_accuracy
+
+            metrics.update(text_accuracy(run, args.text_accuracy, args.sampler, args.steps, args.seed,
+                                         denoiser=_guided(run, args)))
     except ValueError as e:
         print(f"hirune eval: {e}", file=sys.stderr)
         return 2

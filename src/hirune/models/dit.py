@@ -32,7 +32,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..nn import Attention, PatchEmbed, check_patch_size, sincos_position_embedding, timestep_embedding
+from ..nn import (Attention, ContextEmbedding, CrossAttention, PatchEmbed, check_context, check_patch_size,
+                  sincos_position_embedding, timestep_embedding)
 from ..nn import unpatchify
 from .config import check_fields
 
@@ -48,6 +49,9 @@ class DiTConfig:
     num_heads: attention heads (must divide D).  mlp_ratio: MLP width / D.
     num_classes: None for an unconditional model.  time_scale: as in `UNetConfig`.
     qk_norm: LayerNorm on each head's q and k (`hirune.nn.Attention`); not in DiT.
+    context_dim, context_vocab, context_len: text conditioning as in `UNetConfig`: each
+        block gets a cross-attention to the context after its self-attention (PixArt-alpha's
+        placement; its output projection starts at zero), and the pooled context joins c.
     """
 
     in_channels: int = 4
@@ -62,11 +66,14 @@ class DiTConfig:
     num_classes: int | None = None
     time_scale: float = 1.0
     qk_norm: bool = False
+    context_dim: int | None = None
+    context_vocab: int | None = None
+    context_len: int = 32
 
     def __post_init__(self):
         check_fields(self)
         for name in ("in_channels", "out_channels", "image_size", "patch_size", "hidden_size", "depth",
-                     "num_heads", "num_classes"):
+                     "num_heads", "num_classes", "context_dim", "context_vocab"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"DiTConfig.{name} must be positive, got {value}")
@@ -106,18 +113,24 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
 class DiTBlock(nn.Module):
     """A transformer block with adaLN-Zero conditioning (DiT fig. 3): x (B, N, D), c (B, D)."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qk_norm: bool):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qk_norm: bool, context_dim: int | None = None):
         super().__init__()
         hidden = int(dim * mlp_ratio)
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(dim, num_heads, qk_norm=qk_norm)
+        if context_dim:  # text: x = x + CrossAttention(LayerNorm(x), context)
+            self.norm_cross = nn.LayerNorm(dim, eps=1e-6)
+            self.cross = CrossAttention(dim, context_dim, num_heads, qk_norm=qk_norm)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+    def forward(self, x: Tensor, c: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None
+                ) -> Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=1)
         x = x + gate1[:, None] * self.attn(modulate(self.norm1(x), shift1, scale1))
+        if context is not None:
+            x = x + self.cross(self.norm_cross(x), context, context_mask)
         return x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
 
 
@@ -151,7 +164,9 @@ class DiT(nn.Module):
         self.time_embed = nn.Sequential(nn.Linear(FREQUENCY_DIM, D), nn.SiLU(), nn.Linear(D, D))
         # one row per class plus the null label (index num_classes) for classifier-free guidance
         self.class_embed = nn.Embedding(c.num_classes + 1, D) if c.num_classes else None
-        self.blocks = nn.ModuleList(DiTBlock(D, c.num_heads, c.mlp_ratio, c.qk_norm) for _ in range(c.depth))
+        self.context = ContextEmbedding(c.context_dim, D, c.context_vocab, c.context_len) if c.context_dim else None
+        self.blocks = nn.ModuleList(DiTBlock(D, c.num_heads, c.mlp_ratio, c.qk_norm, c.context_dim)
+                                    for _ in range(c.depth))
         self.final_layer = FinalLayer(D, p * p * c.output_channels)
         self.initialize_weights()
 
@@ -168,13 +183,14 @@ class DiT(nn.Module):
         nn.init.normal_(self.time_embed[2].weight, std=0.02)
         if self.class_embed is not None:
             nn.init.normal_(self.class_embed.weight, std=0.02)
-        for layer in [block.adaLN_modulation[-1] for block in self.blocks] + [
+        crosses = [block.cross.proj for block in self.blocks if hasattr(block, "cross")]
+        for layer in [block.adaLN_modulation[-1] for block in self.blocks] + crosses + [
                 self.final_layer.adaLN_modulation[-1], self.final_layer.linear]:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def embed(self, t: Tensor, y: Tensor | None) -> Tensor:
-        """c = time MLP(sinusoids(t * time_scale)) + class embedding(y): (B, D)."""
+    def embed(self, t: Tensor, y: Tensor | None, pooled: Tensor | None = None) -> Tensor:
+        """c = time MLP(sinusoids(t * time_scale)) + class embedding(y) [+ pooled text]: (B, D)."""
         freqs = timestep_embedding(t * self.config.time_scale, FREQUENCY_DIM)  # float32
         c = self.time_embed(freqs.to(self.time_embed[0].weight.dtype))        # no-op but for half weights
         if self.class_embed is not None:
@@ -183,14 +199,21 @@ class DiT(nn.Module):
             c = c + self.class_embed(y)
         elif y is not None:
             raise ValueError("class labels given to an unconditional DiT (num_classes=None)")
-        return c
+        return c if pooled is None else c + pooled
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, context: Tensor | None = None,
+                context_mask: Tensor | None = None) -> Tensor:
+        """context (B, M, context_dim) float or (B, M) token ids, context_mask (B, M) bool:
+        the text condition of a text-conditioned DiT (see `DiTConfig.context_dim`)."""
         size = self.config.image_size
         if x.shape[-2:] != (size, size):
             raise ValueError(f"this DiT was built for {size} x {size} images, got {tuple(x.shape[-2:])}")
-        c = self.embed(t, y)
+        check_context(self.context is not None, context, "DiT")
+        pooled = None
+        if self.context is not None:
+            context, pooled = self.context(context, context_mask)
+        c = self.embed(t, y, pooled)
         h = self.patch_embed(x) + self.pos_embed                               # (B, N, D)
         for block in self.blocks:
-            h = block(h, c)
+            h = block(h, c, context, context_mask)
         return unpatchify(self.final_layer(h, c), self.config.patch_size, size, size)

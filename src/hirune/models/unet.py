@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..nn import SelfAttention2d, group_norm, timestep_embedding, zero_
+from ..nn import (ContextEmbedding, CrossAttention2d, SelfAttention2d, check_context, group_norm,
+                  timestep_embedding, zero_)
 from .config import check_fields
 
 
@@ -53,6 +54,11 @@ class UNetConfig:
     use_scale_shift_norm: FiLM conditioning, GroupNorm(h) * (1 + scale) + shift.
     time_scale: t is multiplied by it before the embedding (see the module docstring).
     use_checkpoint: recompute each block in the backward pass (torch.utils.checkpoint).
+    context_dim: text conditioning: width of the context tokens; a cross-attention block
+        follows every self-attention, and the pooled context joins the time embedding
+        (`hirune.nn.context`).  context_vocab: the network embeds token ids itself with a
+        small trainable text transformer of that vocabulary (else the context is a frozen
+        encoder's float embeddings).  context_len: the most tokens it embeds.
 
     Keep the lowest level at 2 x 2 pixels or more: over a 1 x 1 map, a GroupNorm with one
     channel per group outputs its bias alone (8 x 8 inputs: at most three levels).
@@ -72,10 +78,14 @@ class UNetConfig:
     use_scale_shift_norm: bool = True
     time_scale: float = 1.0
     use_checkpoint: bool = False
+    context_dim: int | None = None
+    context_vocab: int | None = None
+    context_len: int = 32
 
     def __post_init__(self):
         check_fields(self)
-        for name in ("in_channels", "out_channels", "channels", "head_channels", "num_classes"):
+        for name in ("in_channels", "out_channels", "channels", "head_channels", "num_classes", "context_dim",
+                     "context_vocab"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"UNetConfig.{name} must be positive, got {value}")
@@ -197,14 +207,18 @@ class ResBlock(nn.Module):
 
 class Step(nn.Sequential):
     """A run of layers called with what each needs: ResBlocks the embedding (and the size
-    to upsample to), Upsamples the size, everything else the features alone."""
+    to upsample to), Upsamples the size, cross-attention the context, everything else the
+    features alone."""
 
-    def forward(self, h: Tensor, emb: Tensor, size: torch.Size | None = None) -> Tensor:
+    def forward(self, h: Tensor, emb: Tensor, size: torch.Size | None = None, context: Tensor | None = None,
+                context_mask: Tensor | None = None) -> Tensor:
         for layer in self:
             if isinstance(layer, ResBlock):
                 h = layer(h, emb, size)
             elif isinstance(layer, Upsample):
                 h = layer(h, size)
+            elif isinstance(layer, CrossAttention2d):
+                h = layer(h, context, context_mask)
             else:
                 h = layer(h)
         return h
@@ -222,12 +236,16 @@ class UNet(nn.Module):
             nn.Linear(c.channels, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
         # one row per class plus the null label (index num_classes) for classifier-free guidance
         self.class_embed = nn.Embedding(c.num_classes + 1, emb_ch) if c.num_classes else None
+        self.context = ContextEmbedding(c.context_dim, emb_ch, c.context_vocab, c.context_len) if c.context_dim \
+            else None
 
         def res(cin: int, cout: int, resample: str | None = None) -> ResBlock:
             return ResBlock(cin, cout, emb_ch, c.dropout, c.use_scale_shift_norm, resample)
 
-        def attention(ch: int) -> SelfAttention2d:
-            return SelfAttention2d(ch, max(1, ch // c.head_channels))
+        def attention(ch: int) -> list[nn.Module]:
+            heads = max(1, ch // c.head_channels)
+            cross = [CrossAttention2d(ch, c.context_dim, heads)] if c.context_dim else []
+            return [SelfAttention2d(ch, heads), *cross]
 
         ch = c.channels
         self.input_conv = nn.Conv2d(c.in_channels, ch, 3, padding=1)
@@ -237,7 +255,7 @@ class UNet(nn.Module):
                 layers = [res(ch, c.channels * mult)]
                 ch = c.channels * mult
                 if factor in c.attention_resolutions:
-                    layers.append(attention(ch))
+                    layers += attention(ch)
                 self.down.append(Step(*layers))
                 skip_channels.append(ch)
             if level < len(c.channel_mult) - 1:
@@ -245,7 +263,7 @@ class UNet(nn.Module):
                 skip_channels.append(ch)
                 factor *= 2
 
-        self.middle = Step(res(ch, ch), attention(ch), res(ch, ch))
+        self.middle = Step(res(ch, ch), *attention(ch), res(ch, ch))
 
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(c.channel_mult))):
@@ -253,7 +271,7 @@ class UNet(nn.Module):
                 layers = [res(ch + skip_channels.pop(), c.channels * mult)]
                 ch = c.channels * mult
                 if factor in c.attention_resolutions:
-                    layers.append(attention(ch))
+                    layers += attention(ch)
                 if level > 0 and i == c.num_res_blocks:
                     layers.append(res(ch, ch, "up") if c.resblock_updown else Upsample(ch))
                     factor //= 2
@@ -262,8 +280,9 @@ class UNet(nn.Module):
         self.out = nn.Sequential(
             group_norm(ch), nn.SiLU(), zero_(nn.Conv2d(ch, c.output_channels, 3, padding=1)))
 
-    def embed(self, t: Tensor, y: Tensor | None) -> Tensor:
-        """SiLU(time MLP(sinusoids(t * time_scale)) + class embedding(y)): (B, 4 * channels)."""
+    def embed(self, t: Tensor, y: Tensor | None, pooled: Tensor | None = None) -> Tensor:
+        """SiLU(time MLP(sinusoids(t * time_scale)) + class embedding(y) [+ pooled text]):
+        (B, 4 * channels)."""
         freqs = timestep_embedding(t * self.config.time_scale, self.config.channels)  # float32
         emb = self.time_embed(freqs.to(self.input_conv.weight.dtype))  # no-op but for half weights
         if self.class_embed is not None:
@@ -272,22 +291,30 @@ class UNet(nn.Module):
             emb = emb + self.class_embed(y)
         elif y is not None:
             raise ValueError("class labels given to an unconditional UNet (num_classes=None)")
-        return F.silu(emb)
+        return F.silu(emb if pooled is None else emb + pooled)
 
-    def run(self, step: Step, h: Tensor, emb: Tensor, size: torch.Size | None = None) -> Tensor:
+    def run(self, step: Step, h: Tensor, emb: Tensor, size: torch.Size | None = None, *ctx) -> Tensor:
         if self.config.use_checkpoint and torch.is_grad_enabled():
-            return checkpoint(step, h, emb, size, use_reentrant=False)
-        return step(h, emb, size)
+            return checkpoint(step, h, emb, size, *ctx, use_reentrant=False)
+        return step(h, emb, size, *ctx)
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        emb = self.embed(t, y)
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, context: Tensor | None = None,
+                context_mask: Tensor | None = None) -> Tensor:
+        """context (B, M, context_dim) float or (B, M) token ids, context_mask (B, M) bool:
+        the text condition of a text-conditioned UNet (see `UNetConfig.context_dim`)."""
+        check_context(self.context is not None, context, "UNet")
+        pooled, ctx = None, ()
+        if self.context is not None:
+            context, pooled = self.context(context, context_mask)
+            ctx = (context, context_mask)
+        emb = self.embed(t, y, pooled)
         h = self.input_conv(x)
         skips = [h]
         for step in self.down:
-            h = self.run(step, h, emb)
+            h = self.run(step, h, emb, None, *ctx)
             skips.append(h)
-        h = self.run(self.middle, h, emb)
+        h = self.run(self.middle, h, emb, None, *ctx)
         for step in self.up:
             h = torch.cat([h, skips.pop()], dim=1)
-            h = self.run(step, h, emb, skips[-1].shape[-2:] if skips else None)
+            h = self.run(step, h, emb, skips[-1].shape[-2:] if skips else None, *ctx)
         return self.out(h)

@@ -1,0 +1,109 @@
+"""Sequence conditions (text) for the networks: a context of M tokens (B, M, D_c) with a
+key padding mask (B, M), True = a real token.
+
+Two ways a network reads the context, as in latent diffusion / Stable Diffusion and SDXL:
+- cross-attention: image tokens (UNet pixels at the attention levels, DiT patches) attend
+  to the context tokens (`CrossAttention2d` here, `CrossAttention` in DiT's blocks);
+- a pooled vector: the masked mean of the context, projected and added to the time
+  embedding, so every layer gets the gist of the caption (SDXL adds its pooled text
+  embedding the same way).
+
+`ContextEmbedding` is the part every text-conditioned network owns: it takes either float
+embeddings from a frozen encoder (`hirune.text.MiniLM`) or token ids, which it embeds
+with a small trainable transformer (`TextTransformer`, trained with the network).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .attention import CrossAttention
+from .layers import group_norm, zero_
+
+
+def masked_mean(context: Tensor, mask: Tensor) -> Tensor:
+    """Mean over the real tokens: context (B, M, D), mask (B, M) bool -> (B, D)."""
+    w = mask.to(context.dtype)[..., None]
+    return (context * w).sum(1) / w.sum(1).clamp_min(1.0)
+
+
+class TextTransformer(nn.Module):
+    """A small trainable text encoder: token and learned position embeddings, `depth`
+    pre-LN transformer layers whose attention skips padding, a final LayerNorm.
+    tokens (B, M) int64, mask (B, M) bool -> (B, M, dim)."""
+
+    def __init__(self, vocab_size: int, dim: int, depth: int = 2, num_heads: int = 4, max_len: int = 32):
+        super().__init__()
+        self.token = nn.Embedding(vocab_size, dim)
+        self.position = nn.Parameter(torch.randn(max_len, dim) * 0.02)
+        self.attn_norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(depth))
+        self.attns = nn.ModuleList(CrossAttention(dim, dim, num_heads) for _ in range(depth))
+        self.mlps = nn.ModuleList(nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 4 * dim), nn.GELU(),
+                                                nn.Linear(4 * dim, dim)) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        nn.init.normal_(self.token.weight, std=0.02)
+
+    def forward(self, tokens: Tensor, mask: Tensor) -> Tensor:
+        if tokens.shape[1] > self.position.shape[0]:
+            raise ValueError(f"{tokens.shape[1]} tokens; this text encoder takes at most {self.position.shape[0]}")
+        h = self.token(tokens) + self.position[: tokens.shape[1]]
+        for norm, attn, mlp in zip(self.attn_norms, self.attns, self.mlps):
+            n = norm(h)
+            h = h + attn(n, n, mask)       # self-attention with a key padding mask
+            h = h + mlp(h)
+        return self.norm(h)
+
+
+class ContextEmbedding(nn.Module):
+    """context -> (tokens for cross-attention (B, M, context_dim), pooled (B, emb_dim)).
+
+    vocab_size None: `context` is float (B, M, context_dim) from a frozen encoder.
+    vocab_size set: `context` is token ids (B, M), embedded by a `TextTransformer`.
+    """
+
+    def __init__(self, context_dim: int, emb_dim: int, vocab_size: int | None = None, max_len: int = 32):
+        super().__init__()
+        self.encoder = TextTransformer(vocab_size, context_dim, max_len=max_len) if vocab_size else None
+        self.pooled = nn.Sequential(nn.Linear(context_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+
+    def forward(self, context: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        if mask is None:
+            mask = torch.ones(context.shape[:2], dtype=torch.bool, device=context.device)
+        if self.encoder is not None:
+            if context.dtype != torch.long:
+                raise TypeError(f"this network embeds its own text: context must be token ids (int64), "
+                                f"got {context.dtype}")
+            context = self.encoder(context, mask)
+        elif not context.is_floating_point():
+            raise TypeError("this network reads a frozen encoder's embeddings: context must be float (B, M, D)")
+        return context, self.pooled(masked_mean(context, mask))
+
+
+class CrossAttention2d(nn.Module):
+    """x + proj(attention from the pixels of x (B, C, H, W) to the context), after a
+    GroupNorm; the output projection starts at zero, so the block starts as the identity
+    (the cross-attention of latent diffusion's SpatialTransformer, without its extras)."""
+
+    def __init__(self, channels: int, context_dim: int, num_heads: int):
+        super().__init__()
+        self.norm = group_norm(channels)
+        self.attn = CrossAttention(channels, context_dim, num_heads)
+        zero_(self.attn.proj)
+
+    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None = None) -> Tensor:
+        B, C, H, W = x.shape
+        tokens = self.norm(x).flatten(2).transpose(1, 2)                  # (B, HW, C)
+        out = self.attn(tokens, context, mask)                             # (B, HW, C)
+        return x + out.transpose(1, 2).reshape(B, C, H, W)
+
+
+def check_context(has_context: bool, context: Tensor | None, name: str) -> None:
+    if has_context and context is None:
+        raise ValueError(f"this {name} is text-conditioned: pass context (the null condition is the "
+                         "encoding of the empty caption)")
+    if not has_context and context is not None:
+        raise ValueError(f"context given to a {name} without text conditioning (context_dim=None)")
+
+
+__all__ = ["ContextEmbedding", "CrossAttention2d", "TextTransformer", "check_context", "masked_mean"]
