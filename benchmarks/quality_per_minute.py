@@ -27,6 +27,10 @@ Contestants
                  UNet needs a side divisible by 32, so digits are padded 28 -> 32 with
                  background (its default resolution, 64, would be 4x slower still) and
                  samples are cropped back.  Sampled with DDIMScheduler (default spacing).
+  dit, uvit      hirune's transformer backbones with the main job's recipe (v, cosine,
+                 min-SNR, AdamW 1e-3): DiT (adaLN-Zero) and U-ViT (long skips), 128 wide with
+                 4 x 4 patches (49 tokens), 1.57 M and 1.49 M parameters against the UNet's
+                 1.62 M; same budget, same sampler.
   ddp            denoising-diffusion-pytorch's GaussianDiffusion with its defaults
                  (v-objective, sigmoid betas, 1000 steps) on its README's Unet(dim=64) with
                  dim_mults (1, 2, 4) (its default (1, 2, 4, 8) cannot halve 7 x 7), trained
@@ -119,24 +123,25 @@ def _params(module: torch.nn.Module) -> int:
 
 # ---------------------------------------------------------------- hirune
 
-def run_hirune(args, out: Path) -> dict:
+def run_hirune(args, out: Path, preset: str | None = None) -> dict:
     import shutil
 
     from hirune.presets import DEFAULT_PRESET, preset_config
     from hirune.samplers import sample
     from hirune.trainer import load_run, train
 
-    calib = out / "hirune-calibration"
+    name = preset or "hirune"
+    calib = out / f"{name}-calibration"
     shutil.rmtree(calib, ignore_errors=True)
-    cfg = preset_config(None, {"out": str(calib), "sample_every": 0, "ckpt_every": 0, "log_every": 1})
+    cfg = preset_config(preset, {"out": str(calib), "sample_every": 0, "ckpt_every": 0, "log_every": 1})
     train(cfg, stop_after=12, progress=False)
     rates = [json.loads(line)["images_per_s"] for line in (calib / "metrics.jsonl").read_text().splitlines()]
     step_s = cfg.batch_size / statistics.median(rates[3:])
     shutil.rmtree(calib)
     steps = max(1, int(args.budget / step_s))
-    run_dir = out / "hirune-run"
+    run_dir = out / f"{name}-run"
     shutil.rmtree(run_dir, ignore_errors=True)
-    cfg = preset_config(None, {"out": str(run_dir), "steps": steps, "sample_every": 0, "eval_samples": 0})
+    cfg = preset_config(preset, {"out": str(run_dir), "steps": steps, "sample_every": 0, "eval_samples": 0})
     t0 = time.perf_counter()
     train(cfg)
     train_s = time.perf_counter() - t0
@@ -145,7 +150,7 @@ def run_hirune(args, out: Path) -> dict:
     with torch.no_grad():
         x = torch.cat([sample(run.denoiser, (n, 1, 28, 28), "ddim", args.steps, "trailing", seed=i).x
                        for i, n in enumerate(_chunks(args.samples))])
-    return {"recipe": f"hirune train ({DEFAULT_PRESET})", "params": _params(run.model), "batch": cfg.batch_size,
+    return {"recipe": f"hirune train {preset or DEFAULT_PRESET}", "params": _params(run.model), "batch": cfg.batch_size,
             "train_steps": steps, "train_s": train_s, "sampler": f"DDIM-{args.steps} trailing",
             "sample_s": time.perf_counter() - t0, "images": x}
 
@@ -315,7 +320,10 @@ def run_tuned_cosine(args, out: Path) -> dict:
 
 
 CONTESTANTS = {"hirune": run_hirune, "tuned": run_tuned, "tuned-cos": run_tuned_cosine,
-               "diffusers": run_diffusers_default, "ddp": run_ddp}
+               "diffusers": run_diffusers_default, "ddp": run_ddp,
+               # hirune's transformer backbones at the UNet's size (presets dit-mnist5k, uvit-mnist5k)
+               "dit": lambda args, out: run_hirune(args, out, "dit-mnist5k"),
+               "uvit": lambda args, out: run_hirune(args, out, "uvit-mnist5k")}
 
 
 def _available(name: str) -> str | None:
