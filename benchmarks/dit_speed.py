@@ -34,11 +34,15 @@ so their MFU ratio is their images/s ratio.
 
     python benchmarks/dit_speed.py                               # GPU: B/2, S/2, batch 256, bf16, eager + compile
     python benchmarks/dit_speed.py --device cpu --threads 2      # CPU: S/2 at 16 x 16 x 4, batch 16, fp32, eager
-    python benchmarks/dit_speed.py --sizes B/2 --modes compile --steps 30 --peak-tflops 989
+    python benchmarks/dit_speed.py --sizes B/2 --modes compile --compile-mode max-autotune-no-cudagraphs
 
-CPU defaults: S/2 on 16 x 16 x 4 latents (64 tokens, as B/2's 256 tokens are 4x more
-than a 2-core CPU can time in a minute), batch 16, float32, eager; about a minute per mode
-on one thread.  Results go to OUT/dit_speed.md and OUT/dit_speed.json.
+GPU defaults: B/2 and S/2 on 32 x 32 x 4 latents, batch 256, bf16 autocast, eager and
+compile, 20 timed steps; most of the few minutes it takes is compilation (4 compiled
+models).  CPU defaults: S/2 on 16 x 16 x 4 latents (64 tokens: 256 would take 4x longer
+than a loaded 2-core CPU allows), batch 16, float32, eager, 5 timed steps: about a
+minute on one thread; --modes compile adds about 2.5 minutes of compilation per model.
+Results go to OUT/dit_speed.md and OUT/dit_speed.json (one run per OUT: use another
+--out to keep an earlier run).
 """
 
 from __future__ import annotations
@@ -165,7 +169,7 @@ def weight_mapping():
 
 
 def same_function_check(model, twin, one: dict) -> float:
-    """max |hirune - diffusers| of one fp32 forward (eval mode: no label dropout) on copies
+    """max |hirune - diffusers| / max |hirune| of one fp32 forward (eval mode: no label dropout) on copies
     whose zero-initialised layers are made random, so that every branch counts."""
     ours, theirs = copy.deepcopy(model).eval(), copy.deepcopy(twin).eval()
     with torch.no_grad():
@@ -194,7 +198,7 @@ class TrainStep:
         self.net = net.train()
         self.device = inputs["x"].device
         cuda = self.device.type == "cuda"
-        module = torch.compile(net) if mode == "compile" else net
+        module = torch.compile(net, mode=args.compile_mode) if mode == "compile" else net
         self.forward = forward_fn(name, module)
         self.opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=True if cuda else None,
                                      foreach=None if cuda else True)
@@ -257,7 +261,7 @@ def bench_size(size: str, args, device: torch.device) -> dict:
               "tokens": (args.image_size // model.config.patch_size) ** 2, "note": note,
               "flops_forward_analytic": analytic, "params": {}, "flops_forward_counted": {}, "rows": []}
     if twin is not None and note is None:
-        result["max_abs_diff_fp32"] = same_function_check(model, twin, one)
+        result["max_rel_diff_fp32"] = same_function_check(model, twin, one)
     for name, net in nets.items():
         result["params"][name] = sum(p.numel() for p in net.parameters())
         result["flops_forward_counted"][name] = counted_flops(forward_fn(name, net), one["x"], one["t"], one["y"])
@@ -282,6 +286,7 @@ def bench_size(size: str, args, device: torch.device) -> dict:
             except Exception as e:  # noqa: BLE001 - a failing compile or OOM is a result, not a crash
                 result["rows"].append({"contestant": name, "mode": mode, "error": _error(e)})
                 print(f"  {size} {name} {mode}: {_error(e)}", flush=True)
+                step = None                                         # free its memory before the next
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                 continue
@@ -312,7 +317,8 @@ def bench_size(size: str, args, device: torch.device) -> dict:
         result["hirune_compile_vs_diffusers_compile"] = rates[("hirune", "compile")] / rates[("diffusers", "compile")]
     order = {name: i for i, name in enumerate(("hirune", "diffusers"))}
     result["rows"].sort(key=lambda r: (args.modes.index(r["mode"]), order[r["contestant"]]))
-    del steps
+    steps = step = None
+    torch._dynamo.reset()                                           # let go of the compiled models
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return result
@@ -368,7 +374,7 @@ def speed_table(results: list[dict]) -> str:
 def report(meta: dict, results: list[dict]) -> str:
     head = (f"{meta['device_name']}, torch {meta['torch']}, diffusers {meta['diffusers']}, "
             f"{meta['dtype']}, batch {meta['batch']} x {meta['channels']} x {meta['image_size']} x "
-            f"{meta['image_size']}, {meta['steps']} timed steps (median) after {meta['warmup']} warm-up, "
+            f"{meta['image_size']}, torch.compile mode {meta['compile_mode']}, {meta['steps']} timed steps (median) after {meta['warmup']} warm-up, "
             f"peak {meta['peak_tflops'] or 'n/a'} TFLOP/s ({meta['peak_source']})")
     if meta["device"] == "cpu":
         head += f", {meta['threads']} threads, load average {meta['load_before']:.2f} before the run"
@@ -377,9 +383,9 @@ def report(meta: dict, results: list[dict]) -> str:
         extra = []
         if "hirune_compile_vs_diffusers_compile" in r:
             extra.append(f"hirune compiled / diffusers compiled: {r['hirune_compile_vs_diffusers_compile']:.2f}x")
-        if "max_abs_diff_fp32" in r:
+        if "max_rel_diff_fp32" in r:
             extra.append(f"same function: max |hirune - diffusers| / max |hirune| of one fp32 forward "
-                         f"(random adaLN and output layers) {r['max_abs_diff_fp32']:.1e}")
+                         f"(random adaLN and output layers) {r['max_rel_diff_fp32']:.1e}")
         if r["note"]:
             extra.append(r["note"])
         if extra:
@@ -400,6 +406,9 @@ def main(argv=None) -> int:
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--modes", nargs="+", choices=("eager", "compile"), default=None,
                    help="GPU: eager compile; CPU: eager")
+    p.add_argument("--compile-mode", default=None,
+                   choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+                   help="torch.compile's mode (default: its default)")
     p.add_argument("--dtype", choices=("bf16", "fp32"), default=None,
                    help="bf16 = autocast bf16 (GPU default); fp32 (CPU default)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per contestant (GPU: 20; CPU: 5)")
@@ -434,6 +443,7 @@ def main(argv=None) -> int:
             "batch": args.batch, "channels": args.channels, "image_size": args.image_size,
             "steps": args.steps, "warmup": args.warmup, "threads": torch.get_num_threads(),
             "peak_tflops": args.peak, "peak_source": peak_source, "modes": args.modes,
+            "compile_mode": args.compile_mode or "default",
             "load_before": os.getloadavg()[0]}
     print(f"{meta['device_name']}, torch {meta['torch']}, diffusers {diffusers_version}, {args.dtype}, "
           f"batch {args.batch}, {args.image_size}x{args.image_size}x{args.channels}, modes {args.modes}, "
