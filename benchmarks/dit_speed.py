@@ -17,8 +17,9 @@ Contestants (per size, each in the modes asked for: eager and/or torch.compile)
              the mapping of tests/test_transformers.py and set to compute the same function
              (norm_eps=1e-6, downscale_freq_shift=0); the fp32 outputs are compared once.
              It keeps a copy of the time MLP and the class table in every block, so it has
-             depth x (256 D + D^2 + 1001 D) more parameters (+18.7 M at B/2) and recomputes
-             the time embedding depth + 1 times (0.04% more FLOPs: not counted).  In train
+             (depth - 1) x (256 D + D^2 + 1001 D + 2 D) more parameters (+17.1 M at B/2,
+             +6.9 M at S/2) and computes the time embedding depth + 1 times (0.04% more
+             FLOPs at B/2 on 256 tokens: not counted).  In train
              mode it also drops 10% of the labels itself.
 
 FLOPs.  Model FLOPs (PaLM's MFU, Chowdhery et al. 2022, app. B): 2 FLOPs per multiply-add
