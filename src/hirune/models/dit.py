@@ -106,8 +106,9 @@ DIT_SIZES: dict[str, dict] = {
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    """x (B, N, D) * (1 + scale) + shift, with shift and scale (B, D) shared by the tokens."""
-    return x * (1 + scale[:, None]) + shift[:, None]
+    """x (B, N, D) * (1 + scale) + shift, with shift and scale (B, D) shared by the tokens
+    (one fused multiply-add: in eager mode a full pass over x fewer)."""
+    return torch.addcmul(shift[:, None], x, 1 + scale[:, None])
 
 
 class DiTBlock(nn.Module):
@@ -128,10 +129,10 @@ class DiTBlock(nn.Module):
     def forward(self, x: Tensor, c: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None
                 ) -> Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=1)
-        x = x + gate1[:, None] * self.attn(modulate(self.norm1(x), shift1, scale1))
+        x = torch.addcmul(x, gate1[:, None], self.attn(modulate(self.norm1(x), shift1, scale1)))
         if context is not None:
             x = x + self.cross(self.norm_cross(x), context, context_mask)
-        return x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
+        return torch.addcmul(x, gate2[:, None], self.mlp(modulate(self.norm2(x), shift2, scale2)))
 
 
 class FinalLayer(nn.Module):
