@@ -545,7 +545,9 @@ def load_run(path: str | Path, use_ema: bool = True) -> Run:
         tensors, state = load_checkpoint(path)
         if state.get("layout") == "sharded":
             tensors["model"], tensors["ema"], _ = sharded.read_full(path, state["optimizer"]["shapes"])
-        weights = tensors["ema" if use_ema else "model"]
+        # the EMA holds the trained parameters; buffers (and frozen parameters such as an EMA
+        # codebook) come from the model's state
+        weights = {**tensors["model"], **tensors["ema"]} if use_ema else tensors["model"]
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     # the whole config (preview sampler and steps included) where the checkpoint has it
     config = {k: v for k, v in {**state["config"], **state.get("run_config", {})}.items() if k in fields}
