@@ -5,8 +5,9 @@ cores; image presets are sized for a CPU budget of minutes.  One per model famil
 each kind of data: ddpm (eps), vpred (v + min-SNR), iddpm (cosine, learned variance,
 hybrid loss), ncsn (geometric noise levels, annealed Langevin), vesde / vpsde / subvpsde
 (continuous-time score SDEs, predictor-corrector), flow (rectified flow matching); and noise-aware
-classifiers for classifier guidance on the digit sets (classifier-digits, -mnist5k), and
-normalizing flows (realnvp and maf on the toys, realnvp and glow on the digit sets).
+classifiers for classifier guidance on the digit sets (classifier-digits, -mnist5k),
+normalizing flows (realnvp and maf on the toys, realnvp and glow on the digit sets), and
+the autoencoders of latent diffusion (kl-ae-, vq-ae- on the digit sets).
 """
 
 from __future__ import annotations
@@ -98,6 +99,23 @@ for _kind in ("realnvp", "glow"):
                                   "model_config": {"kind": _kind, "levels": 2, "steps": 4, "hidden": 64}}
     PRESETS[f"{_kind}-mnist5k"] = {**_IMAGE, **_FLOW, "dataset": "mnist5k", "steps": 2000, "batch_size": 64,
                                    "model_config": {"kind": _kind, "levels": 2, "steps": 4, "hidden": 64}}
+
+# Autoencoders for latent diffusion (LDM's first stage): f = 2 on the 8 x 8 digits (4 x 4
+# latents), f = 4 on MNIST (7 x 7 latents).
+_AE = dict(objective="autoencoder", batch_size=64, lr=1e-3, warmup=100, ema_decay=0.995, log_every=50,
+           sample_every=500, ckpt_every=500, num_samples=64)
+_AE_DIGITS = {"size": "f2", "z_channels": 4}
+_AE_MNIST = {"size": "f4", "channels": 16, "channel_mult": [1, 2, 4], "z_channels": 4}
+_KL = {"kl_weight": 1e-4}
+_VQ = {"codebook_size": 256, "codebook_update": "ema"}
+PRESETS["kl-ae-digits"] = {**_AE, "model": "kl_autoencoder", "dataset": "digits", "steps": 1500,
+                           "model_config": {**_AE_DIGITS, **_KL}}
+PRESETS["vq-ae-digits"] = {**_AE, "model": "vq_autoencoder", "dataset": "digits", "steps": 1500,
+                           "model_config": {**_AE_DIGITS, **_VQ}}
+PRESETS["kl-ae-mnist5k"] = {**_AE, "model": "kl_autoencoder", "dataset": "mnist5k", "steps": 500,
+                            "batch_size": 32, "model_config": {**_AE_MNIST, **_KL}}
+PRESETS["vq-ae-mnist5k"] = {**_AE, "model": "vq_autoencoder", "dataset": "mnist5k", "steps": 500,
+                            "batch_size": 32, "model_config": {**_AE_MNIST, **_VQ}}
 
 DEFAULT_PRESET = "vpred-mnist5k"
 
