@@ -492,10 +492,11 @@ class Run:
             cond = {"y": torch.arange(cfg.num_samples, device=self.device) % self.data.num_classes}
         self.model.eval()
         with self.ema.applied(self.model), gathered(self.model):
-            if self.is_autoencoder:  # originals over reconstructions, eight per row
+            if self.is_autoencoder:  # originals over reconstructions, eight per row, spread over the data
                 from .autoencoding import originals_over_reconstructions
 
-                x0 = self.data.data[:8 * max(1, cfg.num_samples // 16)].to(self.device)
+                idx = torch.linspace(0, len(self.data.data) - 1, 8 * max(1, cfg.num_samples // 16)).long()
+                x0 = self.data.data[idx].to(self.device)
                 x = originals_over_reconstructions(x0, self.model(x0, sample=False).reconstruction)
             elif self.is_flow:
                 g = torch.Generator(device=self.device).manual_seed(cfg.seed)
