@@ -105,7 +105,7 @@ def test_ema_update_moves_codes_toward_the_mean_of_their_vectors():
     """One training forward, by hand: N_k = g + (1 - g) n_k, m_k = g e_k + (1 - g) sum_k,
     e_k = m_k / N~_k with Laplace smoothing; codes nobody picked stay where they were."""
     g, eps = 0.9, 1e-5
-    vq = VectorQuantizer(4, 2, update="ema", decay=g, eps=eps)
+    vq = VectorQuantizer(4, 2, update="ema", decay=g, eps=eps, init="uniform")
     codes = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [-50.0, -50.0]])
     with torch.no_grad():
         vq.embedding.copy_(codes)
@@ -132,6 +132,29 @@ def test_ema_update_moves_codes_toward_the_mean_of_their_vectors():
     before = vq.embedding.clone()
     vq(z)
     assert torch.equal(vq.embedding, before)                            # no update outside training
+
+
+def test_kmeans_init_puts_the_codes_on_the_first_batch_once():
+    """Two tight clusters and four codes: the first training forward moves every code
+    onto the data (k-means of the batch), a later batch does not re-initialise."""
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[5.0, 0.0], [-5.0, 3.0]])
+    flat = torch.cat([c + 0.1 * torch.randn(50, 2, generator=g) for c in centres])
+    z = flat.T.reshape(1, 2, 10, 10)
+    for update in ("loss", "ema"):
+        vq = VectorQuantizer(4, 2, update=update).train()
+        assert not vq.initialized
+        out = vq(z)
+        assert vq.initialized and out.usage == 1.0                      # every code won some vectors
+        nearest_centre = torch.cdist(vq.embedding.detach(), centres).min(1).values
+        assert (nearest_centre < 0.5).all(), vq.embedding              # and sits inside a cluster
+        assert set(out.indices.flatten()[:50].tolist()).isdisjoint(out.indices.flatten()[50:].tolist())
+        before = vq.embedding.detach().clone()
+        vq(z + 100.0)
+        if update == "loss":
+            assert torch.equal(vq.embedding, before)                     # initialised once only
+    uniform = VectorQuantizer(4, 2, init="uniform").train()
+    assert uniform(z).usage < 1.0                                       # the collapse it prevents
 
 
 def test_perplexity_of_uniform_and_collapsed_assignments():

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ..nn import SelfAttention2d, norm_groups
 from .config import check_fields
-from .quantize import CODEBOOK_UPDATES, Quantized, VectorQuantizer
+from .quantize import CODEBOOK_INITS, CODEBOOK_UPDATES, Quantized, VectorQuantizer
 from .unet import Upsample
 
 RECONSTRUCTION_LOSSES = ("l1", "l2")
@@ -105,13 +105,14 @@ class KLAutoencoderConfig(AutoencoderConfig):
 class VQAutoencoderConfig(AutoencoderConfig):
     """codebook_size K codes of z_channels dimensions; beta: the commitment weight (VQ-VAE
     eq. 3); codebook_update "loss" (codebook loss) or "ema" (moving averages, decay
-    codebook_decay)."""
+    codebook_decay); codebook_init "kmeans" (of the first training batch) or "uniform"."""
 
     z_channels: int = 3
     codebook_size: int = 512
     beta: float = 0.25
     codebook_update: str = "loss"
     codebook_decay: float = 0.99
+    codebook_init: str = "kmeans"
 
     def __post_init__(self):
         super().__post_init__()
@@ -121,6 +122,9 @@ class VQAutoencoderConfig(AutoencoderConfig):
         if self.codebook_update not in CODEBOOK_UPDATES:
             raise ValueError(f"VQAutoencoderConfig.codebook_update={self.codebook_update!r}; "
                              f"valid: {list(CODEBOOK_UPDATES)}")
+        if self.codebook_init not in CODEBOOK_INITS:
+            raise ValueError(f"VQAutoencoderConfig.codebook_init={self.codebook_init!r}; "
+                             f"valid: {list(CODEBOOK_INITS)}")
 
 
 # Named sizes, by downsampling factor as in LDM's model zoo (KL-f4, KL-f8, VQ-f4, ...).
@@ -311,7 +315,7 @@ class VQAutoencoder(_Autoencoder):
     def __init__(self, config: VQAutoencoderConfig):
         super().__init__(config, config.z_channels)
         self.quantizer = VectorQuantizer(config.codebook_size, config.z_channels, config.codebook_update,
-                                         config.codebook_decay)
+                                         config.codebook_decay, init=config.codebook_init)
 
     def quantize(self, x: Tensor) -> Quantized:
         """The encoder's map, quantised: codes, indices, VQ losses and codebook usage."""
