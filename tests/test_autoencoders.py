@@ -180,7 +180,8 @@ def test_shapes_and_downsample_factor(kind, size, side, latent_side):
 
 
 def test_non_divisible_size_names_both_and_the_valid_factors():
-    with pytest.raises(ValueError, match=r"image size 28 is not divisible by .* f=8 .* valid factors for 28: \[1, 2, 4\]"):
+    message = r"image size 28 is not divisible by .* f=8 .* valid factors for 28: \[1, 2, 4\]"
+    with pytest.raises(ValueError, match=message):
         build_model("kl_autoencoder", size="f8", in_channels=1, image_size=28)
     model = build_model("vq_autoencoder", size="f4", in_channels=1, channels=16)
     with pytest.raises(ValueError, match=r"image size 10 is not divisible by .* f=4 .* valid factors for 10: \[1, 2\]"):

@@ -279,10 +279,10 @@ class Run:
         out: dict[str, torch.Tensor] = {}
         if cfg.class_conditional and cfg.p_uncond > 0 and not self.is_classifier:
             out["drop"] = torch.rand(n, generator=g, device=g.device).to(dev) < cfg.p_uncond
-        if self.is_autoencoder:  # the KL posterior's sample noise
-            latent = self.model.latent_shape(shape)
-            return {"noise": torch.randn((n, *latent), generator=g, device=dev)} if cfg.model == "kl_autoencoder" \
-                else {}
+        if self.is_autoencoder:  # a KL autoencoder's posterior sample noise; VQ draws nothing
+            if cfg.model == "vq_autoencoder":
+                return out
+            return {"noise": torch.randn((n, *self.model.latent_shape(shape)), generator=g, device=dev)}
         if self.is_flow:
             if self.data.levels:
                 out["u"] = torch.rand((n, *shape), generator=g, dtype=self.data.data.dtype, device=dev)
