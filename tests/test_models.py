@@ -193,7 +193,7 @@ def test_config_from_json_style_dict():
 
 
 @pytest.mark.parametrize("kind, config, error, match", [
-    ("transformer", {}, ValueError, r"unknown model kind 'transformer'; valid: \['classifier', 'dit', 'flow', 'mlp', 'unet', 'uvit'\]"),
+    ("transformer", {}, ValueError, r"unknown model kind 'transformer'; valid: \['classifier', 'dit', 'flow', 'kl_autoencoder', 'mlp', 'unet', 'uvit', 'vq_autoencoder'\]"),
     ("unet", {"chanels": 64}, ValueError, r"unknown UNetConfig keys \['chanels'\]; valid: .*'channels'"),
     ("mlp", {"hidden_dim": 64}, ValueError, r"unknown MLPConfig keys.*valid: .*'hidden'"),
     ("unet", {"size": "huge"}, ValueError, r"unknown unet size 'huge'; valid: \['base', 'small', 'tiny'\]"),

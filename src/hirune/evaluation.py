@@ -1,8 +1,8 @@
 """Scoring trained runs: samples against held-out data (Frechet distance in the shipped
 evaluator's features and class accuracy for the digit sets; sliced Wasserstein and energy
 distance for the toys, each beside its real-vs-real value), held-out NLL for every family
-(nats and bits/dim, one dequantization), and the accuracy of noise-aware classifiers
-across noise levels."""
+(nats and bits/dim, one dequantization), the accuracy of noise-aware classifiers
+across noise levels, and the reconstructions of autoencoders."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ def evaluate_run(run, n: int, sampler: str | None = None, steps: int | None = No
     sets, sliced Wasserstein / energy distance for toys, each beside its real-vs-real value.
     nll > 0: the negative log-likelihood of that many test examples (`nll_report`).
     denoiser: a guided denoiser of the run (labels drawn in turn when guided_labels).
-    A classifier run reports its test accuracy at several noise levels instead."""
+    A classifier run reports its test accuracy at several noise levels instead, an
+    autoencoder run its reconstructions of n test images (`reconstruction_report`)."""
     from .data import load_dataset
     from .generate import sample_run
     from .metrics import energy_distance, sliced_wasserstein
@@ -23,6 +24,11 @@ def evaluate_run(run, n: int, sampler: str | None = None, steps: int | None = No
             raise ValueError("a noise-aware classifier has no density: --nll needs a flow, diffusion, score "
                              "or flow-matching run")
         return {"step": run.step, "dataset": run.cfg.dataset, **classifier_accuracy(run)}
+    if run.is_autoencoder:
+        if nll:
+            raise ValueError("an autoencoder has no density: --nll needs a flow, diffusion, score or "
+                             "flow-matching run")
+        return {"step": run.step, "dataset": run.cfg.dataset, **reconstruction_report(run, n)}
     out, labels = sample_run(run, n, sampler, steps, None, seed, denoiser=denoiser, guided_labels=guided_labels)
     metrics = {"step": run.step, "dataset": run.cfg.dataset,
                "sampler": "flow inverse" if run.is_flow else sampler or run.cfg.sampler, "nfe": out.nfe}
@@ -92,6 +98,51 @@ def classifier_accuracy(run, fractions=(0.0, 0.25, 0.5, 0.75, 0.9)) -> dict:
             logits = run.model(x_t, time_batch(t, x_t))
             out[f"accuracy_t{t:g}"] = float((logits.argmax(1) == test.labels).double().mean())
     return out
+
+
+def reconstruction_report(run, n: int = 1000) -> dict:
+    """How well an autoencoder run reconstructs the first n test images: MSE and PSNR (dB,
+    peak-to-peak 2 for images in [-1, 1]; the mean of per-image PSNRs, as LDM reports it)
+    through the posterior mean (KL) or the codes (VQ); the latent shape and scale factor;
+    the mean KL in nats per image (KL) or the codebook usage and perplexity over all test
+    positions (VQ); for the digit sets, the evaluator's Frechet distance of the
+    reconstructions to the test split (LDM's rFID with our evaluator) and its class
+    accuracy on them (is the digit kept?)."""
+    import torch
+
+    from .autoencoding import latent_statistics
+    from .data import load_dataset
+    from .editing import psnr
+    from .models.quantize import perplexity
+
+    test = load_dataset(run.cfg.dataset, "test")
+    x, labels = test.data[:n], test.labels[:n] if test.labels is not None else None
+    model = run.model.eval()
+    with torch.no_grad():
+        out = torch.cat([model(chunk, sample=False).reconstruction for chunk in x.split(256)]).float()
+        if run.cfg.model == "vq_autoencoder":
+            indices = torch.cat([model.quantize(chunk).indices for chunk in x.split(256)])
+        else:
+            kl = torch.cat([model.encode(chunk).kl() for chunk in x.split(256)])
+    mse = (out.double() - x.double()).flatten(1).pow(2).mean(1)
+    stats = run.latent_stats or latent_statistics(model, run.data.data)
+    report = {"examples": len(x), "mse": float(mse.mean()), "psnr_db": float(psnr(out, x).mean()),
+              "latent_shape": list(model.latent_shape(tuple(x.shape[1:]))),
+              "downsample_factor": model.config.downsample_factor, "scale_factor": stats["scale_factor"],
+              "latent_channel_mean": stats["channel_mean"], "latent_channel_std": stats["channel_std"]}
+    if run.cfg.model == "vq_autoencoder":
+        K = model.config.codebook_size
+        used = int((torch.bincount(indices.flatten(), minlength=K) > 0).sum())
+        report.update(codebook_size=K, codes_used=used, codebook_usage=used / K,
+                      codebook_perplexity=float(perplexity(indices, K)))
+    else:
+        report["kl_nats"] = float(kl.mean())
+    from .evaluator import EVALUATED, evaluate_images
+
+    if run.cfg.dataset in EVALUATED:
+        scores = evaluate_images(run.cfg.dataset, out, labels)
+        report.update({f"reconstruction_{k}": v for k, v in scores.items() if k != "num_images"})
+    return report
 
 
 def nll_report(run, n: int, seed: int = 0, rtol: float = 1e-5) -> dict:

@@ -45,7 +45,7 @@ class TrainConfig:
     model_config: dict = field(default_factory=dict)
     process: str = "ddpm"
     process_config: dict = field(default_factory=dict)
-    objective: str = "regression"      # regression | score_matching | flow_matching | hybrid
+    objective: str = "regression"      # regression | score_matching | flow_matching | hybrid | autoencoder
     prediction: str = "eps"            # what the network outputs (eps | x0 | v | score | velocity)
     weighting: str = "none"            # none | min_snr | likelihood (hirune.weighting)
     min_snr_gamma: float = 5.0
@@ -85,7 +85,9 @@ class TrainConfig:
 
 
 def check_config(cfg: TrainConfig) -> None:
-    choices = {"objective": tuple(O.OBJECTIVES), "lr_schedule": ("cosine", "constant"),
+    from .models import AUTOENCODERS
+
+    choices = {"objective": (*O.OBJECTIVES, "autoencoder"), "lr_schedule": ("cosine", "constant"),
                "precision": ("auto", "fp32", "bf16", "fp16")}
     for key, valid in choices.items():
         if getattr(cfg, key) not in valid:
@@ -107,6 +109,11 @@ def check_config(cfg: TrainConfig) -> None:
                              f"class_conditional={cfg.class_conditional}")
     if cfg.objective == "classifier" and not cfg.class_conditional:
         raise ValueError("objective='classifier' needs the labels: set class_conditional=true")
+    if (cfg.objective == "autoencoder") != (cfg.model in AUTOENCODERS):
+        raise ValueError(f"objective='autoencoder' goes with model in {list(AUTOENCODERS)} and only with them; "
+                         f"got objective={cfg.objective!r}, model={cfg.model!r}")
+    if cfg.objective == "autoencoder" and cfg.class_conditional:
+        raise ValueError("objective='autoencoder' is unconditional: set class_conditional=false")
     if cfg.weighting not in O.WEIGHTINGS:
         raise ValueError(f"weighting={cfg.weighting!r} is not valid; valid: {list(O.WEIGHTINGS)}")
     if cfg.weighting != "none" and cfg.objective not in ("regression", "score_matching"):
@@ -180,7 +187,10 @@ class Run:
         self.prediction = OBJECTIVE_PREDICTION.get(cfg.objective, cfg.prediction)
         model_cfg = dict(cfg.model_config)
         self.is_flow = cfg.model == "flow"
-        if not self.is_flow:
+        self.is_autoencoder = cfg.objective == "autoencoder"
+        if self.is_autoencoder and self.data.kind != "image":
+            raise ValueError(f"objective='autoencoder' needs images; {cfg.dataset} holds {self.data.kind} data")
+        if not (self.is_flow or self.is_autoencoder):
             # the embedding sees t in [0, 1000) whatever the units: T = 1000 steps, or t in [0, 1]
             model_cfg.setdefault("time_scale", 1000.0 / self.process.T if self.process.discrete else 1000.0)
         if cfg.class_conditional:
@@ -203,6 +213,9 @@ class Run:
             model_cfg.pop("num_classes", None)
             model_cfg.setdefault("num_classes", self.data.num_classes)
             model_cfg.setdefault("in_channels", self.data.shape[0])
+        elif self.is_autoencoder:
+            model_cfg.setdefault("in_channels", self.data.shape[0])
+            model_cfg.setdefault("image_size", self.data.shape[1])
         elif cfg.model == "mlp":
             model_cfg.setdefault("dim", self.data.data[0].numel())
             model_cfg.setdefault("out_mult", 2 if learned else 1)
@@ -221,7 +234,8 @@ class Run:
         self.reflow_noise = self._reflow_pairs() if cfg.reflow_from else None
         if self.is_flow:
             self._init_flow()
-        self.denoiser = None if self.is_classifier or self.is_flow else Denoiser(
+        self.latent_stats = None  # autoencoders: `autoencoding.latent_statistics`, saved with each checkpoint
+        self.denoiser = None if self.is_classifier or self.is_flow or self.is_autoencoder else Denoiser(
             self.model, self.process, self.prediction, learned_variance=learned, clip_x0=clip)
         self.time_sampler = O.ImportanceTimeSampler(self.process.T) if learned else None
         self.step = 0
@@ -291,6 +305,10 @@ class Run:
         out: dict[str, torch.Tensor] = {}
         if (cfg.class_conditional or cfg.text_encoder) and cfg.p_uncond > 0 and not self.is_classifier:
             out["drop"] = torch.rand(n, generator=g, device=g.device).to(dev) < cfg.p_uncond
+        if self.is_autoencoder:  # a KL autoencoder's posterior sample noise; VQ draws nothing
+            if cfg.model == "vq_autoencoder":
+                return out
+            return {"noise": torch.randn((n, *self.model.latent_shape(shape)), generator=g, device=dev)}
         if cfg.text_encoder:  # which training phrasing each caption uses
             out["template"] = torch.randint(len(TRAIN_TEMPLATES), (n,), generator=g, device=g.device).to(dev)
         if self.is_flow:
@@ -314,6 +332,10 @@ class Run:
         """The objective on this rank's examples x0 (labels y, positions idx in the data)
         with this rank's slice `d` of `draw`."""
         cfg = self.cfg
+        if self.is_autoencoder:
+            from .autoencoding import autoencoder_loss
+
+            return autoencoder_loss(self.forward, x0, self.model.config, noise=d.get("noise"), dataset=cfg.dataset)
         if self.is_flow:
             return O.nll_loss(self.forward, None, x0, levels=self.data.levels, u=d.get("u"))
         if y is not None and "drop" in d:
@@ -374,6 +396,7 @@ class Run:
                 with torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
                                     enabled=self.dtype is not None):
                     out = self.loss(data[idx], y, d, idx)
+                self.terms = out.terms  # the last micro-batch's named parts, for the log
                 (out.loss / cfg.grad_accum).backward()
             total += out.loss.detach().float() / cfg.grad_accum
             if self.time_sampler is not None:  # Improved DDPM's sampler learns from every rank's losses
@@ -426,6 +449,8 @@ class Run:
         tensors = {"rng": {"noise": self.noise_rng.get_state(), "torch_cpu": torch.get_rng_state()}}
         if self.time_sampler is not None:
             tensors["time_sampler"] = self.time_sampler.state_dict()
+        if self.is_autoencoder:  # the latent scale of these (EMA) weights, for latent diffusion
+            state["latent_stats"] = self.compute_latent_stats()
         staged = None
         if self.sharded and self.cfg.sharded_checkpoints:
             staged = staging_dir(self.cfg.out, self.step)
@@ -469,6 +494,16 @@ class Run:
             self.time_sampler.load_state_dict(tensors["time_sampler"])
         self.step = state["step"]
 
+    @torch.no_grad()
+    def compute_latent_stats(self) -> dict:
+        """`autoencoding.latent_statistics` of the EMA weights on the training images."""
+        from .autoencoding import latent_statistics
+        from .distributed.strategy import gathered
+
+        with self.ema.applied(self.model), gathered(self.model):
+            self.latent_stats = latent_statistics(self.model, self.data.data)
+        return self.latent_stats
+
     # --- previews --------------------------------------------------------------------
     @torch.no_grad()
     def write_samples(self, path: Path) -> Path | None:
@@ -489,7 +524,13 @@ class Run:
             cond = self.text([caption(i % 10) for i in range(cfg.num_samples)], self.device)
         self.model.eval()
         with self.ema.applied(self.model), gathered(self.model):
-            if self.is_flow:
+            if self.is_autoencoder:  # originals over reconstructions, eight per row, spread over the data
+                from .autoencoding import originals_over_reconstructions
+
+                idx = torch.linspace(0, len(self.data.data) - 1, 8 * max(1, cfg.num_samples // 16)).long()
+                x0 = self.data.data[idx].to(self.device)
+                x = originals_over_reconstructions(x0, self.model(x0, sample=False).reconstruction)
+            elif self.is_flow:
                 g = torch.Generator(device=self.device).manual_seed(cfg.seed)
                 x = self.model.sample(cfg.num_samples, generator=g)
             else:
@@ -499,7 +540,7 @@ class Run:
         written = None
         if self.world.main:
             path.parent.mkdir(parents=True, exist_ok=True)
-            written = image_grid(x, path) if self.data.kind == "image" else \
+            written = image_grid(x, path, nrow=8 if self.is_autoencoder else None) if self.data.kind == "image" else \
                 scatter_grid([(f"step {self.step}", x)], path, truth=self.data.data[:2000])
         if self.world.distributed:
             torch.distributed.barrier()
@@ -547,6 +588,8 @@ def train(cfg: TrainConfig, stop_after: int | None = None, progress: bool = True
             now = time.perf_counter()
             record = {"step": run.step, "loss": total, "lr": lr, "grad_norm": grad_norm,
                       "images_per_s": seen / max(now - t_last, 1e-9)}
+            if run.is_autoencoder:  # reconstruction, KL or codebook perplexity and usage
+                record.update({k: float(v) for k, v in run.terms.items()})
             t_last, seen = now, 0
             if log:
                 log.write(json.dumps(record) + "\n")
@@ -577,7 +620,9 @@ def load_run(path: str | Path, use_ema: bool = True) -> Run:
         tensors, state = load_checkpoint(path)
         if state.get("layout") == "sharded":
             tensors["model"], tensors["ema"], _ = sharded.read_full(path, state["optimizer"]["shapes"])
-        weights = tensors["ema" if use_ema else "model"]
+        # the EMA holds the trained parameters; buffers (and frozen parameters such as an EMA
+        # codebook) come from the model's state
+        weights = {**tensors["model"], **tensors["ema"]} if use_ema else tensors["model"]
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     # the whole config (preview sampler and steps included) where the checkpoint has it
     config = {k: v for k, v in {**state["config"], **state.get("run_config", {})}.items() if k in fields}
@@ -585,5 +630,6 @@ def load_run(path: str | Path, use_ema: bool = True) -> Run:
     run = Run(TrainConfig(**{**config, "device": "cpu"}), distributed=False)
     run.model.load_state_dict(weights)
     run.step = state["step"]
+    run.latent_stats = state.get("latent_stats")
     run.model.eval()
     return run

@@ -121,6 +121,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from ..viz import image_grid, scatter_grid, trajectory_gif
 
     run = load_run(args.run)
+    if run.is_autoencoder:
+        print("hirune sample: an autoencoder run does not sample; `hirune eval` reports its reconstructions "
+              "and its training run writes reconstruction grids", file=sys.stderr)
+        return 2
     out_path = Path(args.out)
     if out_path.suffix not in (".png", ".npz", ".gif"):
         print(f"hirune sample: --out must end in .png, .npz or .gif, got {args.out!r}", file=sys.stderr)
@@ -184,7 +188,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     run = load_run(args.run)
     try:
         metrics = {"run": str(args.run), **evaluate_run(run, args.n, args.sampler, args.steps, args.seed, args.nll,
-                                                        denoiser=None if run.is_classifier else _guided(run, args),
+                                                        denoiser=None if run.is_classifier or run.is_autoencoder
+                                                        else _guided(run, args),
                                                         guided_labels=args.guidance == "classifier")}
         if args.text_accuracy:
             from ..evaluation import text_accuracy

@@ -9,6 +9,8 @@ y: (B,) int64 labels; `num_classes` is the null label, y=None means all-null.
     build_model("classifier", in_channels=1, num_classes=10)   # classifier(x_t, t) -> logits
     build_model("dit", size="T/2", in_channels=1, image_size=8)   # transformers: DiT, U-ViT
     build_model("uvit", size="tiny", in_channels=1, image_size=28, patch_size=4)
+    build_model("kl_autoencoder", size="f4", in_channels=1)   # autoencoders: encode(x), decode(z)
+    build_model("vq_autoencoder", size="f2", in_channels=1, codebook_size=128)
     model_config("unet", {"channels": 64, "channel_mult": [1, 2, 2]})   # e.g. from JSON
 
 `dataclasses.asdict(model.config)` gives back a dict `model_config` accepts.
@@ -22,6 +24,8 @@ from typing import Any
 from torch import nn
 
 from ..flows.models import Flow, FlowConfig
+from .autoencoder import (AUTOENCODER_SIZES, KLAutoencoder, KLAutoencoderConfig, VQAutoencoder,
+                          VQAutoencoderConfig)
 from .classifier import ClassifierConfig, NoisyClassifier
 from .config import config_from_dict
 from .dit import DIT_SIZES, DiT, DiTConfig
@@ -37,7 +41,11 @@ MODELS: dict[str, tuple[type[nn.Module], type, dict[str, dict]]] = {
     "uvit": (UViT, UViTConfig, UVIT_SIZES),                 # Bao et al. 2023
     "classifier": (NoisyClassifier, ClassifierConfig, {}),  # p(y | x_t, t) for classifier guidance
     "flow": (Flow, FlowConfig, {}),                         # normalizing flows (hirune.flows)
+    # autoencoders for latent diffusion, model(x) -> AutoencoderOutput (Rombach et al. 2022)
+    "kl_autoencoder": (KLAutoencoder, KLAutoencoderConfig, AUTOENCODER_SIZES),
+    "vq_autoencoder": (VQAutoencoder, VQAutoencoderConfig, AUTOENCODER_SIZES),  # VQGAN
 }
+AUTOENCODERS = ("kl_autoencoder", "vq_autoencoder")
 
 
 def blocks(model: nn.Module) -> list[nn.Module]:
@@ -56,7 +64,7 @@ def blocks(model: nn.Module) -> list[nn.Module]:
 
 def model_config(kind: str, config: Mapping[str, Any] | None = None, /, **overrides):
     """The config dataclass of `kind` from a dict and/or keywords.  The key `size` starts
-    from a named size (`UNET_SIZES`, `DIT_SIZES`, `UVIT_SIZES`); the other keys override it."""
+    from a named size (`UNET_SIZES`, `DIT_SIZES`, `UVIT_SIZES`, `AUTOENCODER_SIZES`); the other keys override it."""
     if kind not in MODELS:
         raise ValueError(f"unknown model kind {kind!r}; valid: {sorted(MODELS)}")
     _, config_cls, sizes = MODELS[kind]
@@ -75,5 +83,7 @@ def build_model(kind: str, config: Mapping[str, Any] | None = None, /, **overrid
     return MODELS[kind][0](config)
 
 
-__all__ = ["DIT_SIZES", "MLP", "MODELS", "UNET_SIZES", "UVIT_SIZES", "ClassifierConfig", "DiT", "DiTConfig",
-           "MLPConfig", "NoisyClassifier", "UNet", "UNetConfig", "UViT", "UViTConfig", "build_model", "model_config"]
+__all__ = ["AUTOENCODERS", "AUTOENCODER_SIZES", "DIT_SIZES", "MLP", "MODELS", "UNET_SIZES", "UVIT_SIZES",
+           "ClassifierConfig", "DiT", "DiTConfig", "KLAutoencoder", "KLAutoencoderConfig", "MLPConfig",
+           "NoisyClassifier", "UNet", "UNetConfig", "UViT", "UViTConfig",
+           "VQAutoencoder", "VQAutoencoderConfig", "build_model", "model_config"]
