@@ -61,6 +61,9 @@ def load_image_for(run, source: str) -> tuple[Tensor, int | None]:
 
 
 def _grid(run, steps: int, strength: float) -> Tensor:
+    if getattr(run, "first_stage", None) is not None:
+        raise ValueError("inversion and editing run in pixel space; this is a latent diffusion run "
+                         f"(autoencoder={run.cfg.autoencoder})")
     if not 0 < strength <= 1:
         raise ValueError(f"strength must be in (0, 1], got {strength}")
     ts = time_grid(run.process, steps, default_spacing(run.process))

@@ -157,6 +157,10 @@ def nll_report(run, n: int, seed: int = 0, rtol: float = 1e-5) -> dict:
     error is over examples (and so includes Hutchinson's noise)."""
     import math
 
+    if getattr(run, "first_stage", None) is not None:
+        raise ValueError("--nll needs a density over pixels; a latent diffusion run models its autoencoder's "
+                         "latents (and the decoder is not invertible)")
+
     import torch
 
     from .data import load_dataset

@@ -4,9 +4,10 @@
     hirune sample runs/big/weights.safetensors   (and `hirune eval`) read it like a run
 
 The file holds the network's tensors (the EMA weights by default, the raw training
-weights with use_ema=False) and, in the safetensors header, one JSON string `hirune` with
-what is needed to rebuild and sample the model: the run config, the model config, the
-step and which weights these are.  Whatever layout the checkpoint has (whole state, or
+weights with use_ema=False; buffers from the model either way) and, in the safetensors
+header, one JSON string `hirune` with what is needed to rebuild and sample the model: the
+run config, the model config, the step, which weights these are, and an autoencoder's
+latent statistics.  Whatever layout the checkpoint has (whole state, or
 every rank's FSDP2 shards), the export is the same file; optimizer state is left behind.
 """
 
@@ -33,10 +34,12 @@ def export_weights(run: str | Path, out: str | Path | None = None, use_ema: bool
     tensors, state = load_checkpoint(path)
     if state.get("layout") == "sharded":
         tensors["model"], tensors["ema"], _ = sharded.read_full(path, state["optimizer"]["shapes"])
-    weights = tensors["ema" if use_ema else "model"]
+    # the EMA holds the trained parameters; buffers (normalizing flows' ActNorm state, a VQ
+    # codebook's EMA statistics) come from the model's state, as in `load_run`
+    weights = {**tensors["model"], **tensors["ema"]} if use_ema else tensors["model"]
     meta = {"format": FORMAT, "step": state["step"], "weights": "ema" if use_ema else "model",
             "config": state["config"], "run_config": state.get("run_config", {}),
-            "model_config": state.get("model_config", {})}
+            "model_config": state.get("model_config", {}), "latent_stats": state.get("latent_stats")}
     out = Path(out) if out is not None else path.parent.parent / "weights.safetensors"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")

@@ -115,9 +115,12 @@ def generate(run, n: int, sampler: str | None = None, steps: int | None = None, 
     if prompts is not None:
         cond, n = run.text(prompts, run.device), len(prompts)
     with torch.no_grad():
-        out = sample(denoiser, (n, *run.data.shape), sampler or run.cfg.sampler, steps or run.cfg.sample_steps,
+        out = sample(denoiser, (n, *run.sample_shape), sampler or run.cfg.sampler, steps or run.cfg.sample_steps,
                      spacing, seed=seed, cond=cond, device=run.device, return_trajectory=trajectory,
                      progress=progress)
+        if run.first_stage is not None:  # latent diffusion: decode the latents (and the trajectory)
+            frames = [run.decode(f) for f in out.trajectory] if out.trajectory is not None else None
+            out = SampleOutput(run.decode(out.x), out.nfe, frames)
     return out, labels
 
 

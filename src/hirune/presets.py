@@ -7,7 +7,8 @@ hybrid loss), ncsn (geometric noise levels, annealed Langevin), vesde / vpsde / 
 (continuous-time score SDEs, predictor-corrector), flow (rectified flow matching); and noise-aware
 classifiers for classifier guidance on the digit sets (classifier-digits, -mnist5k),
 normalizing flows (realnvp and maf on the toys, realnvp and glow on the digit sets),
-the autoencoders of latent diffusion (kl-ae-, vq-ae- on the digit sets), transformer
+the autoencoders of latent diffusion (kl-ae-, vq-ae- on the digit sets) and latent
+diffusion on them (ldm-mnist5k, ldm-dit-mnist5k), transformer
 backbones (dit-*, uvit-*) and text-to-image (text-*, text-minilm-*) on the digit sets.
 """
 
@@ -145,6 +146,15 @@ PRESETS["kl-ae-mnist5k"] = {**_AE, "model": "kl_autoencoder", "dataset": "mnist5
                             "batch_size": 32, "model_config": {**_AE_MNIST, **_KL}}
 PRESETS["vq-ae-mnist5k"] = {**_AE, "model": "vq_autoencoder", "dataset": "mnist5k", "steps": 500,
                             "batch_size": 32, "model_config": {**_AE_MNIST, **_VQ}}
+
+# Latent diffusion: the main job's recipe on the 4 x 7 x 7 latents of kl-ae-mnist5k (train
+# that first: `hirune train kl-ae-mnist5k`); a UNet of 40 channels with attention at both
+# levels (1.72 M parameters) or a DiT with 1 x 1 patches (49 tokens, 1.57 M).
+_LATENT = {**PRESETS["vpred-mnist5k"], "autoencoder": "runs/kl-ae-mnist5k"}
+PRESETS["ldm-mnist5k"] = {**_LATENT, "model_config": {"channels": 40, "channel_mult": [1, 2],
+                                                      "attention_resolutions": [1, 2], "head_channels": 40}}
+PRESETS["ldm-dit-mnist5k"] = {**_LATENT, "model": "dit", "lr": 1e-3,
+                              "model_config": {**_TRANSFORMERS["dit"], "patch_size": 1}}
 
 DEFAULT_PRESET = "vpred-mnist5k"
 

@@ -52,6 +52,7 @@ class TrainConfig:
     class_conditional: bool = False
     p_uncond: float = 0.1              # condition dropout for classifier-free guidance (class or text)
     text_encoder: str = ""             # text-to-image from captions: "" (off) | tiny | minilm (hirune.text)
+    autoencoder: str = ""              # latent diffusion: a trained autoencoder run's directory (hirune.latent)
     coupling: str = "independent"      # flow matching: independent | ot (minibatch optimal transport)
     reflow_from: str = ""              # rectified-flow reflow: a trained flow-matching run (the teacher)
     reflow_steps: int = 50             # ODE steps of the teacher when it draws the (noise, data) pairs
@@ -107,6 +108,9 @@ def check_config(cfg: TrainConfig) -> None:
             raise ValueError("text conditioning (text_encoder) needs model='unet' or 'dit' and "
                              f"class_conditional=false; got model={cfg.model!r}, "
                              f"class_conditional={cfg.class_conditional}")
+    if cfg.autoencoder and (cfg.objective in ("classifier", "nll", "autoencoder") or cfg.model == "mlp"):
+        raise ValueError("autoencoder= (latent diffusion) applies to diffusion, score and flow-matching runs of "
+                         f"image networks (unet, dit, uvit); got objective={cfg.objective!r}, model={cfg.model!r}")
     if cfg.objective == "classifier" and not cfg.class_conditional:
         raise ValueError("objective='classifier' needs the labels: set class_conditional=true")
     if (cfg.objective == "autoencoder") != (cfg.model in AUTOENCODERS):
@@ -206,6 +210,17 @@ class Run:
             self.text = TextConditioner(cfg.text_encoder)
             for key, value in self.text.model_config().items():
                 model_cfg.setdefault(key, value)
+        # latent diffusion: the diffusion's data are the scaled latents of a frozen autoencoder
+        self.first_stage, self.latents, self.sample_shape = None, None, tuple(self.data.shape)
+        if cfg.autoencoder:
+            from .latent import FirstStage
+
+            self.first_stage = FirstStage(cfg.autoencoder, self.device)
+            if self.first_stage.dataset != cfg.dataset:
+                raise ValueError(f"the autoencoder {cfg.autoencoder} was trained on {self.first_stage.dataset}, "
+                                 f"this run is on {cfg.dataset}")
+            self.latents = self.first_stage.moments(self.data.data).cpu()   # KL: (mean, std) on the channels
+            self.sample_shape = self.first_stage.latent_shape(tuple(self.data.shape))
         learned = cfg.objective == "hybrid"
         if self.is_flow:
             model_cfg.setdefault("shape", tuple(self.data.shape))
@@ -220,15 +235,15 @@ class Run:
             model_cfg.setdefault("dim", self.data.data[0].numel())
             model_cfg.setdefault("out_mult", 2 if learned else 1)
         else:
-            model_cfg.setdefault("in_channels", self.data.shape[0])
+            model_cfg.setdefault("in_channels", self.sample_shape[0])
             if learned:
                 model_cfg.setdefault("learned_sigma", True)
             if cfg.model in ("dit", "uvit"):  # transformers: a position per patch of a fixed size
-                model_cfg.setdefault("image_size", self.data.shape[1])
+                model_cfg.setdefault("image_size", self.sample_shape[1])
         self.model = build_model(cfg.model, **model_cfg).to(self.device)
         if cfg.recompute and not recompute_blocks(self.model):
             raise ValueError(f"recompute=true: model {cfg.model!r} has no repeated blocks to recompute")
-        clip = (-1.0, 1.0) if cfg.clip_x0 and self.data.kind == "image" else None
+        clip = (-1.0, 1.0) if cfg.clip_x0 and self.data.kind == "image" and not cfg.autoencoder else None
         self.is_classifier = cfg.objective == "classifier"
         self.noise_rng = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.reflow_noise = self._reflow_pairs() if cfg.reflow_from else None
@@ -309,6 +324,8 @@ class Run:
             if cfg.model == "vq_autoencoder":
                 return out
             return {"noise": torch.randn((n, *self.model.latent_shape(shape)), generator=g, device=dev)}
+        if self.first_stage is not None and self.first_stage.stochastic:  # the posterior sample of each example
+            out["latent_noise"] = torch.randn((n, *self.sample_shape), generator=g, device=dev)
         if cfg.text_encoder:  # which training phrasing each caption uses
             out["template"] = torch.randint(len(TRAIN_TEMPLATES), (n,), generator=g, device=g.device).to(dev)
         if self.is_flow:
@@ -332,6 +349,8 @@ class Run:
         """The objective on this rank's examples x0 (labels y, positions idx in the data)
         with this rank's slice `d` of `draw`."""
         cfg = self.cfg
+        if self.first_stage is not None:  # latent diffusion: x0 holds posterior moments; draw the latents
+            x0 = self.first_stage.sample(x0, d.get("latent_noise"))
         if self.is_autoencoder:
             from .autoencoding import autoencoder_loss
 
@@ -363,8 +382,10 @@ class Run:
         return O.OBJECTIVES[cfg.objective](self.forward, self.process, x0, noise=d["noise"], **kw)
 
     def batch_source(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The training data (and labels) on the device; images channels-last on CUDA."""
-        data, labels = self.data.data.to(self.device), self.data.labels
+        """The training data (latent diffusion: its latents) and labels on the device;
+        images channels-last on CUDA."""
+        data = self.latents if self.latents is not None else self.data.data
+        data, labels = data.to(self.device), self.data.labels
         if self.channels_last:
             data = data.contiguous(memory_format=torch.channels_last)
         return data, labels.to(self.device) if labels is not None else None
@@ -385,7 +406,7 @@ class Run:
         # the whole global batch's examples and random draws, the same on every rank: micro-batch
         # k of rank r is rows k n + r b ... k n + (r + 1) b, whatever the accumulation and world size
         batch_idx = micro_batch_indices(len(data), cfg.batch_size, self.step, cfg.seed)
-        draws = self.draw(cfg.batch_size, tuple(data.shape[1:]))
+        draws = self.draw(cfg.batch_size, self.sample_shape)
         total = torch.zeros((), device=self.device)
         for k in range(cfg.grad_accum):
             mine = slice(k * n + world.rank * b, k * n + (world.rank + 1) * b)
@@ -504,6 +525,10 @@ class Run:
             self.latent_stats = latent_statistics(self.model, self.data.data)
         return self.latent_stats
 
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Samples in data space: latent diffusion decodes its latents, others are unchanged."""
+        return self.first_stage.decode(x) if self.first_stage is not None else x
+
     # --- previews --------------------------------------------------------------------
     @torch.no_grad()
     def write_samples(self, path: Path) -> Path | None:
@@ -534,8 +559,9 @@ class Run:
                 g = torch.Generator(device=self.device).manual_seed(cfg.seed)
                 x = self.model.sample(cfg.num_samples, generator=g)
             else:
-                x = sample(self.denoiser, (cfg.num_samples, *self.data.shape), cfg.sampler, cfg.sample_steps,
+                x = sample(self.denoiser, (cfg.num_samples, *self.sample_shape), cfg.sampler, cfg.sample_steps,
                            seed=cfg.seed, device=self.device, cond=cond).x
+                x = self.decode(x)
         self.model.train()
         written = None
         if self.world.main:

@@ -204,7 +204,7 @@ def saved_bytes(run, micro_batch: int) -> tuple[int, list[int]]:
                 seen[key] = (storage.nbytes(), inside[-1] if inside else -1)
         return t
 
-    d = {k: v[:n] for k, v in run.draw(n, tuple(data.shape[1:])).items()}
+    d = {k: v[:n] for k, v in run.draw(n, run.sample_shape).items()}
     y = labels[idx] if labels is not None and run.cfg.class_conditional else None
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
