@@ -1,10 +1,10 @@
-"""Text to image on MNIST 5k: does the model draw the digit the caption names, also for
+"""Text to image on the digit sets: does the model draw the digit the caption names, also for
 phrasings it never saw in training?
 
-    python benchmarks/text_to_image.py [--steps 800] [--n 200] [--scales 1 3] [--only tiny,minilm]
+    python benchmarks/text_to_image.py [--dataset mnist5k] [--steps 800] [--n 200] [--scales 1 3]
 
-Contestants: the presets text-mnist5k (a small text transformer trained with the UNet)
-and text-minilm-mnist5k (the frozen all-MiniLM-L6-v2 sentence encoder), the same UNet
+Contestants: the presets text-DATASET (a small text transformer trained with the UNet)
+and text-minilm-DATASET (the frozen all-MiniLM-L6-v2 sentence encoder), the same UNet
 and recipe otherwise, `--steps` optimizer steps each.  Each is sampled (DDIM, `--sample-
 steps`) from `--n` captions per phrasing naming the digits in turn: the four training
 phrasings and three held-out ones (other words and word order, `hirune.data.captions`),
@@ -30,11 +30,12 @@ from hirune.presets import preset_config
 from hirune.trainer import latest_checkpoint, load_run, train
 from hirune.viz import image_grid
 
-CONTESTANTS = {"tiny": "text-mnist5k", "minilm": "text-minilm-mnist5k"}
+CONTESTANTS = {"tiny": "text-{}", "minilm": "text-minilm-{}"}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", choices=("digits", "mnist5k"), default="mnist5k")
     p.add_argument("--steps", type=int, default=800)
     p.add_argument("--n", type=int, default=200, help="samples per phrasing")
     p.add_argument("--sample-steps", type=int, default=25)
@@ -46,7 +47,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     results = {}
     for name in [n.strip() for n in args.only.split(",") if n.strip()]:
-        preset, run_dir = CONTESTANTS[name], out / name
+        preset, run_dir = CONTESTANTS[name].format(args.dataset), out / f"{name}-{args.dataset}"
         t0 = time.perf_counter()
         if latest_checkpoint(run_dir) is None:
             train(preset_config(preset, {"steps": args.steps, "out": str(run_dir), "sample_every": 0,

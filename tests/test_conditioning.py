@@ -86,7 +86,7 @@ def test_guided_sampling_from_the_command_line(runs, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--guidance", "cfg", "--scale", "3"], "class-conditional run"),                  # unconditional run
+    (["--guidance", "cfg", "--scale", "3"], "class- or text-conditional run"),                  # unconditional run
     (["--guidance", "classifier", "--scale", "2"], "needs a trained classifier"),
     (["--guidance", "classifier", "--classifier", "CLS", "--scale", "2"], "must match"),  # linear vs cosine
     (["--guidance", "classifier", "--classifier", "LIN", "--scale", "2"], "not a classifier"),
