@@ -223,3 +223,12 @@ def test_eval_nll_flag(tmp_path, capsys):
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert math.isfinite(metrics["nll_nats"]) and math.isfinite(metrics["nll_true_nats"])
     assert metrics["nll_examples"] == 50
+
+
+def test_presets_lists_every_preset(capsys):
+    from hirune.presets import PRESETS
+
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in PRESETS)
+    assert "kl_autoencoder" in out and "unet on runs/kl-ae-mnist5k" in out

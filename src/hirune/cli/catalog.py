@@ -80,7 +80,9 @@ def cmd_presets(args: argparse.Namespace) -> int:
     from ..presets import DEFAULT_PRESET, PRESETS
 
     print(f"training presets (hirune train NAME [key=value ...]; default {DEFAULT_PRESET}):")
-    _print_rows([(name, p["dataset"], "-" if p["model"] == "flow" else p["process"], p["objective"], p["model"])
+    # flows and autoencoders have no forward process; latent runs name their autoencoder
+    _print_rows([(name, p["dataset"], p.get("process", "-") if p["model"] != "flow" else "-", p["objective"],
+                  p["model"] + (f" on {p['autoencoder']}" if p.get("autoencoder") else ""))
                  for name, p in PRESETS.items()])
     return 0
 
