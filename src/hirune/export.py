@@ -25,18 +25,27 @@ from .checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 FORMAT = "hirune-weights-1"
 
 
-def export_weights(run: str | Path, out: str | Path | None = None, use_ema: bool = True) -> Path:
-    """Write the network weights of `run` (a run directory or checkpoint folder) to `out`
-    (default: RUN/weights.safetensors).  Returns the path written."""
+def checkpoint_weights(path: str | Path, use_ema: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
+    """(network weights, checkpoint state) of a run directory, a checkpoint folder (either
+    layout: whole state or every rank's shards) or an exported file.  The EMA holds the
+    trained parameters; buffers (normalizing flows' ActNorm state, a VQ codebook's EMA
+    statistics) come from the model's state.  use_ema=False: the raw training weights."""
     from .distributed import sharded
 
-    path = resolve_checkpoint(run)
+    if Path(path).suffix == ".safetensors":
+        return read_weights(path)
+    path = resolve_checkpoint(path)
     tensors, state = load_checkpoint(path)
     if state.get("layout") == "sharded":
         tensors["model"], tensors["ema"], _ = sharded.read_full(path, state["optimizer"]["shapes"])
-    # the EMA holds the trained parameters; buffers (normalizing flows' ActNorm state, a VQ
-    # codebook's EMA statistics) come from the model's state, as in `load_run`
-    weights = {**tensors["model"], **tensors["ema"]} if use_ema else tensors["model"]
+    return ({**tensors["model"], **tensors["ema"]} if use_ema else tensors["model"]), state
+
+
+def export_weights(run: str | Path, out: str | Path | None = None, use_ema: bool = True) -> Path:
+    """Write the network weights of `run` (a run directory or checkpoint folder) to `out`
+    (default: RUN/weights.safetensors).  Returns the path written."""
+    path = resolve_checkpoint(run)
+    weights, state = checkpoint_weights(path, use_ema)
     meta = {"format": FORMAT, "step": state["step"], "weights": "ema" if use_ema else "model",
             "config": state["config"], "run_config": state.get("run_config", {}),
             "model_config": state.get("model_config", {}), "latent_stats": state.get("latent_stats")}

@@ -74,17 +74,6 @@ def class_labels(run, n: int, label: int | None = None, per_class: bool = False)
     return torch.arange(n) % k
 
 
-def text_prompts(run, n: int, prompt: str | None = None, label: int | None = None,
-                 per_class: bool = False) -> list[str]:
-    """Captions for n samples of a text-conditioned run: all `prompt`, or "a handwritten
-    <digit>" for `label`, the digits in turn, or (per_class) a block of each digit."""
-    from .data.captions import caption
-
-    if prompt is not None:
-        return [prompt] * n
-    return [caption(int(k)) for k in class_labels(run, n, label, per_class)]
-
-
 def generate(run, n: int, sampler: str | None = None, steps: int | None = None, spacing: str | None = None,
              seed: int = 0, *, denoiser=None, labels: torch.Tensor | None = None, trajectory: bool = False,
              progress: bool = True, temperature: float = 1.0, prompts: list[str] | None = None):
@@ -130,11 +119,13 @@ def sample_run(run, n: int, sampler: str | None = None, steps: int | None = None
                prompt: str | None = None):
     """`generate` with the labels a run needs: class labels for conditional runs (or when a
     classifier guides, `guided_labels`), all `label`, or a class grid (`per_class`); for
-    text-conditioned runs the captions of `text_prompts`."""
+    text-conditioned runs all `prompt`, or "a handwritten <digit>" for those labels."""
     labels = None
     if run.text is not None:  # captions; the digit each names, where it comes from a label
+        from .data.captions import caption
+
         labels = None if prompt is not None else class_labels(run, n, label, per_class)
-        prompts = text_prompts(run, n, prompt, label, per_class)
+        prompts = [prompt] * n if prompt is not None else [caption(int(k)) for k in labels]
         out, _ = generate(run, len(prompts), sampler, steps, spacing, seed, denoiser=denoiser,
                           trajectory=trajectory, prompts=prompts)
         return out, labels

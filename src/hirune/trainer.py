@@ -636,19 +636,9 @@ def load_run(path: str | Path, use_ema: bool = True) -> Run:
     """Rebuild a trained run for sampling and evaluation from its directory, a checkpoint
     folder inside it (the EMA weights by default), or a file written by `hirune export`
     (the weights it holds)."""
-    from .distributed import sharded
-    from .export import read_weights
+    from .export import checkpoint_weights
 
-    if Path(path).suffix == ".safetensors":
-        weights, state = read_weights(path)
-    else:
-        path = resolve_checkpoint(path)
-        tensors, state = load_checkpoint(path)
-        if state.get("layout") == "sharded":
-            tensors["model"], tensors["ema"], _ = sharded.read_full(path, state["optimizer"]["shapes"])
-        # the EMA holds the trained parameters; buffers (and frozen parameters such as an EMA
-        # codebook) come from the model's state
-        weights = {**tensors["model"], **tensors["ema"]} if use_ema else tensors["model"]
+    weights, state = checkpoint_weights(path, use_ema)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     # the whole config (preview sampler and steps included) where the checkpoint has it
     config = {k: v for k, v in {**state["config"], **state.get("run_config", {})}.items() if k in fields}

@@ -13,12 +13,6 @@ from __future__ import annotations
 
 import torch
 
-from .strategy import FSDP_STRATEGIES
-
-
-def _fsdp(run) -> bool:
-    return run.world.distributed and run.cfg.strategy in FSDP_STRATEGIES
-
 
 def by_position(optim_sd: dict, names: list[str]) -> dict:
     """FQN-keyed optimizer state (torch.distributed.checkpoint's full form) -> position-keyed."""
@@ -39,7 +33,7 @@ def full_state(run) -> tuple[dict, dict, dict] | None:
         return run.model.state_dict(), run.ema.state_dict(), run.optimizer.state_dict()
     if run.cfg.strategy == "zero1":
         run.optimizer.consolidate_state_dict(to=0)
-    if not _fsdp(run):
+    if not run.sharded:
         return (run.model.state_dict(), run.ema.state_dict(), run.optimizer.state_dict()) if main else None
     from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                          get_optimizer_state_dict)
@@ -56,7 +50,7 @@ def full_state(run) -> tuple[dict, dict, dict] | None:
 
 def load_full_state(run, model_sd: dict, ema_sd: dict, optim_sd: dict, ema_updates: int) -> None:
     """Every rank passes the whole state (each reads the checkpoint)."""
-    if not _fsdp(run):
+    if not run.sharded:
         run.model.load_state_dict(model_sd)
         run.ema.load_state_dict(ema_sd, ema_updates)
         run.optimizer.load_state_dict(optim_sd)
