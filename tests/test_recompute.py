@@ -19,7 +19,7 @@ MODELS = [("mlp", dict(dim=2, hidden=32, depth=3, dropout=0.2), (16, 2)),
           ("uvit", dict(size="tiny", in_channels=1, image_size=8), (4, 1, 8, 8))]
 
 
-def _grads(kind, config, shape, recompute: bool, seed: int = 0) -> list[torch.Tensor]:
+def _grads(kind, config, shape, recompute: bool, seed: int = 0, cond=None) -> list[torch.Tensor]:
     torch.manual_seed(0)
     model = build_model(kind, **config)
     with torch.no_grad():  # leave the zero init, so that every block matters
@@ -31,13 +31,26 @@ def _grads(kind, config, shape, recompute: bool, seed: int = 0) -> list[torch.Te
     g = torch.Generator().manual_seed(1)
     x, t = torch.randn(shape, generator=g), torch.rand(shape[0], generator=g) * 999
     torch.manual_seed(seed)  # the dropout masks
-    model(x, t).square().mean().backward()
+    model(x, t, **(cond or {})).square().mean().backward()
     return [p.grad.clone() for p in model.parameters()]
 
 
 @pytest.mark.parametrize("kind, config, shape", MODELS, ids=[m[0] for m in MODELS])
 def test_recomputed_gradients_are_exactly_the_plain_ones(kind, config, shape):
     for a, b in zip(_grads(kind, config, shape, False), _grads(kind, config, shape, True)):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kind", ["dit", "uvit"])
+def test_recomputed_gradients_of_text_models_are_exactly_the_plain_ones(kind):
+    """The caption reaches the recomputed blocks (DiT: context, U-ViT: the key padding mask)."""
+    from hirune.text import TextConditioner
+
+    text = TextConditioner("tiny")
+    _, config, shape = next(m for m in MODELS if m[0] == kind)
+    config = {**config, **text.model_config()}
+    cond = text(["a thick seven", "a one", "", "a thin two, slanted left"])
+    for a, b in zip(_grads(kind, config, shape, False, cond=cond), _grads(kind, config, shape, True, cond=cond)):
         assert torch.equal(a, b)
 
 

@@ -66,7 +66,8 @@ def test_word_tokenizer_and_truncation_warning():
 
 
 NETWORKS = [("unet", dict(in_channels=1, channels=16, channel_mult=(1, 2), attention_resolutions=(2,))),
-            ("dit", dict(size="T/2", depth=2, in_channels=1, image_size=8))]
+            ("dit", dict(size="T/2", depth=2, in_channels=1, image_size=8)),
+            ("uvit", dict(hidden_size=64, depth=3, num_heads=4, in_channels=1, image_size=8))]
 
 
 @pytest.mark.parametrize("kind, config", NETWORKS, ids=[n[0] for n in NETWORKS])
@@ -142,10 +143,24 @@ def test_a_text_run_trains_samples_from_prompts_and_guides(tmp_path, capsys):
     assert 0 <= metrics["held_out_phrasing_accuracy"] <= 1 and "class_accuracy" in metrics
 
 
+def test_a_uvit_text_run_reads_captions_as_tokens_and_guides(tmp_path):
+    from hirune.generate import generate, guide
+    from hirune.trainer import load_run
+
+    _train(tmp_path, model="uvit", lr=1e-3, model_config={"hidden_size": 64, "depth": 3, "num_heads": 4})
+    run = load_run(tmp_path / "run")
+    assert run.model.extras == 1 + run.text.max_len                # time token + the caption's tokens
+    prompts = ["a thick handwritten seven", "the digit 1"]
+    cond = generate(run, 2, "ddim", 3, prompts=prompts, progress=False)[0].x
+    assert torch.allclose(generate(run, 2, "ddim", 3, prompts=prompts, denoiser=guide(run, "cfg", 1.0),
+                                   progress=False)[0].x, cond, atol=1e-5)
+    assert not torch.allclose(generate(run, 2, "ddim", 3, prompts=["", ""], progress=False)[0].x, cond)
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"text_encoder": "bert"}, "text_encoder='bert' is not valid; valid: ['', 'tiny', 'minilm']"),
     ({"text_encoder": "tiny", "class_conditional": True}, "class_conditional=false"),
-    ({"text_encoder": "tiny", "model": "mlp", "dataset": "two_moons"}, "needs model='unet' or 'dit'"),
+    ({"text_encoder": "tiny", "model": "mlp", "dataset": "two_moons"}, "needs model='unet', 'dit' or 'uvit'"),
 ])
 def test_bad_text_configs_are_refused(tmp_path, overrides, message):
     from hirune.presets import preset_config

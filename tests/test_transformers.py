@@ -122,6 +122,19 @@ def test_self_attention_equals_the_naive_softmax(qk_norm, qkv_bias):
     torch.testing.assert_close(attn(x), reference(attn, x), atol=1e-12, rtol=0)
 
 
+def test_self_attention_with_a_key_padding_mask_equals_the_naive_softmax():
+    """U-ViT's text tokens: padded tokens are no key for any query (their own rows are kept)."""
+    attn = Attention(24, num_heads=3).double()
+    x = torch.randn(2, 6, 24, dtype=torch.float64)
+    mask = torch.tensor([[True, True, False, True, False, True], [True, True, True, True, True, True]])
+    out = attn(x, mask)
+    torch.testing.assert_close(out, reference(attn, x, mask=mask), atol=1e-12, rtol=0)
+    torch.testing.assert_close(out[1], attn(x)[1], atol=1e-12, rtol=0)
+    assert not torch.allclose(out[0], attn(x)[0])
+    with pytest.raises(ValueError, match=r"mask must be bool of shape \(2, 6\)"):
+        attn(x, mask[:, :4])
+
+
 @pytest.mark.parametrize("qk_norm", [False, True])
 def test_cross_attention_equals_the_naive_softmax_with_a_key_padding_mask(qk_norm):
     attn = CrossAttention(24, context_dim=10, num_heads=3, qk_norm=qk_norm).double()

@@ -104,8 +104,8 @@ def check_config(cfg: TrainConfig) -> None:
 
         if cfg.text_encoder not in TEXT_ENCODERS:
             raise ValueError(f"text_encoder={cfg.text_encoder!r} is not valid; valid: {['', *TEXT_ENCODERS]}")
-        if cfg.model not in ("unet", "dit") or cfg.class_conditional:
-            raise ValueError("text conditioning (text_encoder) needs model='unet' or 'dit' and "
+        if cfg.model not in ("unet", "dit", "uvit") or cfg.class_conditional:
+            raise ValueError("text conditioning (text_encoder) needs model='unet', 'dit' or 'uvit' and "
                              f"class_conditional=false; got model={cfg.model!r}, "
                              f"class_conditional={cfg.class_conditional}")
     if cfg.autoencoder and (cfg.objective in ("classifier", "nll", "autoencoder") or cfg.model == "mlp"):

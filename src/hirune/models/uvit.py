@@ -23,6 +23,14 @@ PyTorch's defaults elsewhere.  hirune's choice on top, like ADM's zero output co
 layer (the 3x3 conv, or the patch linear when conv=False) starts at zero, so the initial
 output is exactly 0.  The protocol (`model(x, t, y=None)`, null label, learned_sigma) is
 the UNet's.
+
+Text (U-ViT's MS-COCO model, sec. 4.3): with `context_dim` set, the caption's M tokens
+(a frozen encoder's outputs, or token ids embedded by the small trainable text transformer
+of `hirune.nn.context`) go through a linear to D and join the sequence after the time
+token: [time, M text tokens, patch tokens].  Padded caption tokens are masked out as keys
+in every self-attention, so they change nothing; their own outputs are dropped with the
+time token's.  No pooled vector and no cross-attention: attention over the one sequence is
+how U-ViT reads the condition.
 """
 
 from __future__ import annotations
@@ -32,14 +40,17 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..nn import Attention, PatchEmbed, check_patch_size, timestep_embedding, unpatchify, zero_
+from ..nn import (Attention, ContextEmbedding, PatchEmbed, check_context, check_patch_size, timestep_embedding,
+                  unpatchify, zero_)
 from .config import check_fields
 
 
 @dataclass(frozen=True)
 class UViTConfig:
     """Fields as in `DiTConfig`; depth: all blocks (odd: in, mid, out).  conv: the extra
-    3x3 conv on the output image.  U-ViT's attention has no qkv bias."""
+    3x3 conv on the output image.  U-ViT's attention has no qkv bias.  context_dim,
+    context_vocab, context_len: text conditioning as in `UNetConfig`, read as context_len
+    extra tokens (see the module docstring)."""
 
     in_channels: int = 3
     out_channels: int | None = None
@@ -54,11 +65,14 @@ class UViTConfig:
     time_scale: float = 1.0
     qk_norm: bool = False
     conv: bool = True
+    context_dim: int | None = None
+    context_vocab: int | None = None
+    context_len: int = 32
 
     def __post_init__(self):
         check_fields(self)
         for name in ("in_channels", "out_channels", "image_size", "patch_size", "hidden_size", "depth",
-                     "num_heads", "num_classes"):
+                     "num_heads", "num_classes", "context_dim", "context_vocab", "context_len"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"UViTConfig.{name} must be positive, got {value}")
@@ -106,10 +120,11 @@ class UViTBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
-    def forward(self, x: Tensor, skip: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, skip: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        """mask: (B, L) bool key padding mask (text runs), True = a real token."""
         if self.skip_linear is not None:
             x = self.skip_linear(torch.cat([x, skip], dim=-1))
-        x = x + self.attn(self.norm1(x))
+        x = x + self.attn(self.norm1(x), mask)
         return x + self.mlp(self.norm2(x))
 
 
@@ -124,7 +139,10 @@ class UViT(nn.Module):
         self.patch_embed = PatchEmbed(c.in_channels, D, p)
         # one row per class plus the null label (index num_classes) for classifier-free guidance
         self.class_embed = nn.Embedding(c.num_classes + 1, D) if c.num_classes else None
-        self.extras = 2 if c.num_classes else 1                       # time (and class) tokens
+        self.context = ContextEmbedding(c.context_dim, None, c.context_vocab, c.context_len) if c.context_dim else None
+        self.context_embed = nn.Linear(c.context_dim, D) if c.context_dim else None
+        # tokens before the patches: time, the class (when num_classes), the caption's context_len tokens
+        self.extras = 1 + (1 if c.num_classes else 0) + (c.context_len if c.context_dim else 0)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.extras + (c.image_size // p) ** 2, D))
 
         def block(skip: bool = False) -> UViTBlock:
@@ -149,8 +167,9 @@ class UViT(nn.Module):
                     nn.init.zeros_(module.bias)
         zero_(self.final_conv if self.final_conv is not None else self.decoder_pred)
 
-    def tokens(self, x: Tensor, t: Tensor, y: Tensor | None) -> Tensor:
-        """[time token, class token, patch tokens] + positions: (B, extras + N, D)."""
+    def tokens(self, x: Tensor, t: Tensor, y: Tensor | None, context: Tensor | None = None) -> Tensor:
+        """[time token, class token, context tokens, patch tokens] (those that exist) + positions:
+        (B, extras + N, D); context (B, context_len, context_dim) already embedded."""
         D = self.config.hidden_size
         time = timestep_embedding(t * self.config.time_scale, D)                  # float32
         tokens = [time.to(self.pos_embed.dtype)[:, None]]                         # no-op but for half weights
@@ -160,21 +179,38 @@ class UViT(nn.Module):
             tokens.append(self.class_embed(y)[:, None])
         elif y is not None:
             raise ValueError("class labels given to an unconditional UViT (num_classes=None)")
+        if context is not None:
+            tokens.append(self.context_embed(context))
         tokens.append(self.patch_embed(x))
         return torch.cat(tokens, dim=1) + self.pos_embed
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        size = self.config.image_size
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, context: Tensor | None = None,
+                context_mask: Tensor | None = None) -> Tensor:
+        """context (B, context_len, context_dim) float or (B, context_len) token ids,
+        context_mask (B, context_len) bool: the caption of a text-conditioned UViT."""
+        c, size = self.config, self.config.image_size
         if x.shape[-2:] != (size, size):
             raise ValueError(f"this UViT was built for {size} x {size} images, got {tuple(x.shape[-2:])}")
-        h = self.tokens(x, t, y)
+        check_context(self.context is not None, context, "UViT")
+        mask = None
+        if self.context is not None:
+            if context.shape[1] != c.context_len:
+                raise ValueError(f"this UViT reads captions of exactly {c.context_len} tokens (its position "
+                                 f"table), got {context.shape[1]}")
+            context, _ = self.context(context, context_mask)
+            if context_mask is not None:       # every token but the padded caption tokens is a key
+                mask = torch.ones(x.shape[0], self.extras + (size // c.patch_size) ** 2, dtype=torch.bool,
+                                  device=x.device)
+                first = self.extras - c.context_len
+                mask[:, first:first + c.context_len] = context_mask
+        h = self.tokens(x, t, y, context)
         skips = []
         for block in self.in_blocks:
-            h = block(h)
+            h = block(h, mask=mask)
             skips.append(h)
-        h = self.mid_block(h)
+        h = self.mid_block(h, mask=mask)
         for block in self.out_blocks:
-            h = block(h, skips.pop())                                              # last in, first out
-        patches = self.decoder_pred(self.norm(h))[:, self.extras:]                # drop time/class tokens
+            h = block(h, skips.pop(), mask)                                        # last in, first out
+        patches = self.decoder_pred(self.norm(h))[:, self.extras:]                # drop time/class/text tokens
         out = unpatchify(patches, self.config.patch_size, size, size)
         return self.final_conv(out) if self.final_conv is not None else out

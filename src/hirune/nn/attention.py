@@ -70,6 +70,17 @@ def _qk_norm(head_dim: int, enabled: bool) -> nn.Module:
     return nn.LayerNorm(head_dim, eps=1e-6) if enabled else nn.Identity()
 
 
+def key_padding(mask: Tensor | None, keys: Tensor) -> Tensor | None:
+    """A (B, M) bool key padding mask for the keys (B, M, D) -> SDPA's (B, 1, 1, M) mask,
+    shared by every head and query (None stays None)."""
+    if mask is None:
+        return None
+    if mask.dtype != torch.bool or mask.shape != keys.shape[:2]:
+        raise ValueError(f"mask must be bool of shape {tuple(keys.shape[:2])} (B, M), "
+                         f"got {mask.dtype} {tuple(mask.shape)}")
+    return mask[:, None, None, :]
+
+
 class Attention(nn.Module):
     """Multi-head self-attention over tokens: x (B, N, dim) -> (B, N, dim).
 
@@ -91,9 +102,11 @@ class Attention(nn.Module):
         q, k, v = (split_heads(part, self.num_heads) for part in self.qkv(x).chunk(3, dim=-1))
         return self.q_norm(q), self.k_norm(k), v
 
-    def forward(self, x: Tensor) -> Tensor:
-        out = F.scaled_dot_product_attention(*self.heads(x))             # (B, heads, N, d)
-        return self.proj(merge_heads(out))
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """mask: optional (B, N) bool key padding mask, True = a token others may attend to
+        (U-ViT's padded caption tokens); as in `CrossAttention`."""
+        out = F.scaled_dot_product_attention(*self.heads(x), attn_mask=key_padding(mask, x))
+        return self.proj(merge_heads(out))                                # (B, N, dim)
 
 
 class CrossAttention(nn.Module):
@@ -121,10 +134,5 @@ class CrossAttention(nn.Module):
         return self.q_norm(q), self.k_norm(k), v
 
     def forward(self, x: Tensor, context: Tensor, mask: Tensor | None = None) -> Tensor:
-        if mask is not None:
-            if mask.dtype != torch.bool or mask.shape != context.shape[:2]:
-                raise ValueError(f"mask must be bool of shape {tuple(context.shape[:2])} (B, M), "
-                                 f"got {mask.dtype} {tuple(mask.shape)}")
-            mask = mask[:, None, None, :]                                 # (B, 1, 1, M): every head and query
-        out = F.scaled_dot_product_attention(*self.heads(x, context), attn_mask=mask)
+        out = F.scaled_dot_product_attention(*self.heads(x, context), attn_mask=key_padding(mask, context))
         return self.proj(merge_heads(out))

@@ -4,6 +4,9 @@ key padding mask (B, M), True = a real token.
 Two ways a network reads the context, as in latent diffusion / Stable Diffusion and SDXL:
 - cross-attention: image tokens (UNet pixels at the attention levels, DiT patches) attend
   to the context tokens (`CrossAttention2d` here, `CrossAttention` in DiT's blocks);
+- as input tokens: U-ViT (Bao et al. 2023, its MS-COCO model) projects the context tokens
+  to its width and puts them in its one token sequence beside time and patches, so its
+  self-attention is the cross-attention (padding masked out as keys);
 - a pooled vector: the masked mean of the context, projected and added to the time
   embedding, so every layer gets the gist of the caption (SDXL adds its pooled text
   embedding the same way).
@@ -60,14 +63,16 @@ class ContextEmbedding(nn.Module):
 
     vocab_size None: `context` is float (B, M, context_dim) from a frozen encoder.
     vocab_size set: `context` is token ids (B, M), embedded by a `TextTransformer`.
+    emb_dim None: no pooled vector (U-ViT reads the caption as tokens only); pooled is None.
     """
 
-    def __init__(self, context_dim: int, emb_dim: int, vocab_size: int | None = None, max_len: int = 32):
+    def __init__(self, context_dim: int, emb_dim: int | None, vocab_size: int | None = None, max_len: int = 32):
         super().__init__()
         self.encoder = TextTransformer(vocab_size, context_dim, max_len=max_len) if vocab_size else None
-        self.pooled = nn.Sequential(nn.Linear(context_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.pooled = nn.Sequential(nn.Linear(context_dim, emb_dim), nn.SiLU(),
+                                    nn.Linear(emb_dim, emb_dim)) if emb_dim else None
 
-    def forward(self, context: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    def forward(self, context: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
         if mask is None:
             mask = torch.ones(context.shape[:2], dtype=torch.bool, device=context.device)
         if self.encoder is not None:
@@ -77,7 +82,7 @@ class ContextEmbedding(nn.Module):
             context = self.encoder(context, mask)
         elif not context.is_floating_point():
             raise TypeError("this network reads a frozen encoder's embeddings: context must be float (B, M, D)")
-        return context, self.pooled(masked_mean(context, mask))
+        return context, None if self.pooled is None else self.pooled(masked_mean(context, mask))
 
 
 class CrossAttention2d(nn.Module):
