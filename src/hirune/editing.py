@@ -8,6 +8,11 @@ kept, the class changes.  `strength` < 1 inverts only the last fraction of the g
 an intermediate noise level, and resamples from there (SDEdit with a deterministic
 encoder): less change, more of the original kept.
 
+Latent diffusion runs do all of this in their latent space: the image is encoded to the
+scaled posterior mean (`Run.encode`), inverted and resampled there, and decoded at the
+end, so a reconstruction can be no better than the autoencoder's own (`hirune invert`
+prints that PSNR beside the inversion's).
+
     run = load_run("runs/cond-mnist5k")
     x = load_image_for(run, "test:17")                    # or a PNG / JPEG path
     noise = invert(run, x, labels=torch.tensor([3])).x
@@ -16,6 +21,7 @@ encoder): less change, more of the original kept.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -61,9 +67,6 @@ def load_image_for(run, source: str) -> tuple[Tensor, int | None]:
 
 
 def _grid(run, steps: int, strength: float) -> Tensor:
-    if getattr(run, "first_stage", None) is not None:
-        raise ValueError("inversion and editing run in pixel space; this is a latent diffusion run "
-                         f"(autoencoder={run.cfg.autoencoder})")
     if not 0 < strength <= 1:
         raise ValueError(f"strength must be in (0, 1], got {strength}")
     ts = time_grid(run.process, steps, default_spacing(run.process))
@@ -76,18 +79,21 @@ def _cond(labels: Tensor | None) -> dict:
 
 def invert(run, x0: Tensor, *, labels: Tensor | None = None, denoiser=None, steps: int = 50,
            strength: float = 1.0, exact: bool = True) -> SampleOutput:
-    """The noise (at the grid's first time) that DDIM maps to x0 under the condition."""
+    """The noise (at the grid's first time) that DDIM maps to x0 under the condition (latent
+    diffusion: to x0's latent; the noise has the latent shape)."""
     d = denoiser if denoiser is not None else run.denoiser
     with torch.no_grad():
-        return ddim_invert(d, x0, _grid(run, steps, strength), exact=exact, cond=_cond(labels))
+        return ddim_invert(d, run.encode(x0), _grid(run, steps, strength), exact=exact, cond=_cond(labels))
 
 
 def regenerate(run, noise: Tensor, *, labels: Tensor | None = None, denoiser=None, steps: int = 50,
                strength: float = 1.0) -> SampleOutput:
-    """DDIM from `noise` at the grid's first time down to the data."""
+    """DDIM from `noise` at the grid's first time down to the data; x is an image (latent
+    diffusion decodes it; its trajectory stays in the latent space)."""
     d = denoiser if denoiser is not None else run.denoiser
     with torch.no_grad():
-        return ddim(d, noise, _grid(run, steps, strength), cond=_cond(labels))
+        out = ddim(d, noise, _grid(run, steps, strength), cond=_cond(labels))
+        return dataclasses.replace(out, x=run.decode(out.x))
 
 
 def edit(run, x0: Tensor, source: int | Tensor, target: int | Tensor, *, scale: float = 1.0,

@@ -529,6 +529,11 @@ class Run:
         """Samples in data space: latent diffusion decodes its latents, others are unchanged."""
         return self.first_stage.decode(x) if self.first_stage is not None else x
 
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images -> the space the diffusion runs in (the inverse of `decode`): latent
+        diffusion encodes to the scaled posterior mean (VQ: the codes), others are unchanged."""
+        return self.first_stage.encode(images).to(images.device) if self.first_stage is not None else images
+
     # --- previews --------------------------------------------------------------------
     @torch.no_grad()
     def write_samples(self, path: Path) -> Path | None:

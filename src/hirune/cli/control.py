@@ -46,12 +46,26 @@ def cmd_invert(args: argparse.Namespace) -> int:
         print(f"hirune invert: {e}", file=sys.stderr)
         return 2
     out = Path(args.out)
-    image_grid(torch.cat([x, inv.x.clamp(-3, 3) / 3, back.x]), out, nrow=3)
+    image_grid(torch.cat([x, _noise_view(inv.x, x), back.x]), out, nrow=3)
     np.savez(out.with_suffix(".npz"), noise=inv.x.numpy(), image=x.numpy(), reconstruction=back.x.numpy())
-    print(json.dumps({"psnr_db": float(psnr(back.x, x)[0]),
-                      "relative_error": float((back.x - x).norm() / x.norm()), "nfe": inv.nfe + back.nfe,
-                      "exact": not args.plain, "steps": args.steps, "out": str(out)}))
+    result = {"psnr_db": float(psnr(back.x, x)[0]), "relative_error": float((back.x - x).norm() / x.norm()),
+              "nfe": inv.nfe + back.nfe, "exact": not args.plain, "steps": args.steps, "out": str(out)}
+    if run.first_stage is not None:  # the ceiling: the autoencoder's own reconstruction
+        result["autoencoder_psnr_db"] = float(psnr(run.decode(run.encode(x)), x)[0])
+    print(json.dumps(result))
     return 0
+
+
+def _noise_view(noise, image):
+    """The noise as a picture beside the image: clamped to 3 sigma; a latent's channels are
+    averaged and enlarged (nearest) to the image's size."""
+    import torch.nn.functional as F
+
+    view = noise.clamp(-3, 3) / 3
+    if view.shape[1:] != image.shape[1:]:
+        view = F.interpolate(view.mean(1, keepdim=True), size=image.shape[-2:], mode="nearest")
+        view = view.expand(-1, image.shape[1], -1, -1)
+    return view
 
 
 def _add_edit(sub) -> None:
