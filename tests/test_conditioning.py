@@ -119,6 +119,8 @@ def test_invert_reconstructs_and_edit_runs(runs, tmp_path, capsys):
     assert edit["to"] == 8 and 0 <= edit["evaluator_class"] < 10
     assert main(["edit", runs["cond"], "test:3", "--to", "12", "--out", str(tmp_path / "e.png")]) == 2
     assert "out of range" in capsys.readouterr().err
+    assert main(["edit", runs["cond"], "test:3", "--to", "a thin eight", "--out", str(tmp_path / "e.png")]) == 2
+    assert "give a class number" in capsys.readouterr().err
     assert main(["invert", runs["cond"], "test:99999", "--out", str(out)]) == 2
     assert main(["invert", runs["cond"], str(tmp_path / "missing.png"), "--class", "1", "--out", str(out)]) == 2
 

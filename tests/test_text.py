@@ -157,6 +157,40 @@ def test_a_uvit_text_run_reads_captions_as_tokens_and_guides(tmp_path):
     assert not torch.allclose(generate(run, 2, "ddim", 3, prompts=["", ""], progress=False)[0].x, cond)
 
 
+def test_text_runs_invert_under_a_caption_and_edit_by_prompt(tmp_path, capsys):
+    import json
+
+    from hirune.cli import main
+    from hirune.editing import caption_for, edit, invert, psnr, regenerate
+    from hirune.trainer import load_run
+
+    _train(tmp_path)
+    run = load_run(tmp_path / "run")
+    with torch.no_grad():  # 6 steps leave the caption nearly unread: perturb, so that it matters
+        for p in run.model.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    x = run.data.data[:2]
+    prompts = ["a thick handwritten seven", "a one"]
+    noise = invert(run, x, prompts=prompts, steps=10).x
+    back = regenerate(run, noise, prompts=prompts, steps=10).x
+    assert psnr(back, x).min() > 40                                       # exact inversion under the caption
+    other = regenerate(run, noise, prompts=["a thin two", "a thin two"], steps=10).x
+    assert (other - back).abs().amax(dim=(1, 2, 3)).min() > 1e-3             # another caption, another image
+    edited, _ = edit(run, x, prompts, "a thin two", steps=10)
+    torch.testing.assert_close(edited, other)
+    with pytest.raises(ValueError, match="edits by prompt"):
+        edit(run, x, 3, 7)
+    assert caption_for(run, "test:0").split()[-1] in ("zero", "one", "two", "three", "four", "five", "six",
+                                                        "seven", "eight", "nine", "left", "right")
+    assert main(["invert", str(tmp_path / "run"), "test:0", "--steps", "10", "--out", str(tmp_path / "i.png")]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["prompt"] == caption_for(run, "test:0") and result["psnr_db"] > 30
+    assert main(["edit", str(tmp_path / "run"), "test:0", "--to", "a thin handwritten two", "--steps", "4",
+                 "--out", str(tmp_path / "e.png")]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["to"] == "a thin handwritten two" and (tmp_path / "e.png").exists()
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"text_encoder": "bert"}, "text_encoder='bert' is not valid; valid: ['', 'tiny', 'minilm']"),
     ({"text_encoder": "tiny", "class_conditional": True}, "class_conditional=false"),

@@ -4,9 +4,9 @@ The deterministic sampler (DDIM; the Euler step of the flow ODE for flows) run b
 maps an image to the noise it would have come from; sampling from that noise under the
 same condition gives the image back (exactly so with the fixed-point inversion,
 `exact=True`), and sampling under another condition edits it: the layout of the noise is
-kept, the class changes.  `strength` < 1 inverts only the last fraction of the grid, to
-an intermediate noise level, and resamples from there (SDEdit with a deterministic
-encoder): less change, more of the original kept.
+kept, the class (text runs: what the caption says) changes.  `strength` < 1 inverts only
+the last fraction of the grid, to an intermediate noise level, and resamples from there
+(SDEdit with a deterministic encoder): less change, more of the original kept.
 
 Latent diffusion runs do all of this in their latent space: the image is encoded to the
 scaled posterior mean (`Run.encode`), inverted and resampled there, and decoded at the
@@ -14,9 +14,10 @@ end, so a reconstruction can be no better than the autoencoder's own (`hirune in
 prints that PSNR beside the inversion's).
 
     run = load_run("runs/cond-mnist5k")
-    x = load_image_for(run, "test:17")                    # or a PNG / JPEG path
+    x, label = load_image_for(run, "test:17")             # or a PNG / JPEG path
     noise = invert(run, x, labels=torch.tensor([3])).x
     edited = edit(run, x, source=3, target=8, scale=2.0)
+    edited = edit(text_run, x, "a thick handwritten seven", "a thin handwritten seven")
 """
 
 from __future__ import annotations
@@ -66,6 +67,19 @@ def load_image_for(run, source: str) -> tuple[Tensor, int | None]:
     return (x / 127.5 - 1)[None], None
 
 
+def caption_for(run, source: str) -> str | None:
+    """The training-style caption of image `source` for a text run ("test:N" / "train:N":
+    its label, thickness against its split, slant; template 0), or None where unknown."""
+    from .data import load_dataset
+    from .data.captions import Captioner
+
+    if getattr(run, "text", None) is None or source.split(":", 1)[0] not in ("test", "train"):
+        return None
+    split, index = source.split(":", 1)
+    data = load_dataset(run.cfg.dataset, split)
+    return Captioner(data.data, data.labels).captions(torch.tensor([int(index)]), torch.tensor([0]))[0]
+
+
 def _grid(run, steps: int, strength: float) -> Tensor:
     if not 0 < strength <= 1:
         raise ValueError(f"strength must be in (0, 1], got {strength}")
@@ -73,46 +87,66 @@ def _grid(run, steps: int, strength: float) -> Tensor:
     return ts[len(ts) - max(1, math.ceil(strength * len(ts))):]
 
 
-def _cond(labels: Tensor | None) -> dict:
+def _cond(run, labels: Tensor | None, prompts: list[str] | None) -> dict:
+    """The network's condition: class labels, or a text run's encoded prompts, or none."""
+    if prompts is not None:
+        if getattr(run, "text", None) is None:
+            raise ValueError("prompts go with a text-conditioned run (text_encoder=tiny|minilm)")
+        return run.text(list(prompts), run.device)
     return {"y": labels} if labels is not None else {}
 
 
-def invert(run, x0: Tensor, *, labels: Tensor | None = None, denoiser=None, steps: int = 50,
-           strength: float = 1.0, exact: bool = True) -> SampleOutput:
-    """The noise (at the grid's first time) that DDIM maps to x0 under the condition (latent
-    diffusion: to x0's latent; the noise has the latent shape)."""
+def invert(run, x0: Tensor, *, labels: Tensor | None = None, prompts: list[str] | None = None, denoiser=None,
+           steps: int = 50, strength: float = 1.0, exact: bool = True) -> SampleOutput:
+    """The noise (at the grid's first time) that DDIM maps to x0 under the condition (labels,
+    or one prompt per image for text runs); latent diffusion inverts x0's latent, and the
+    noise has the latent shape."""
     d = denoiser if denoiser is not None else run.denoiser
     with torch.no_grad():
-        return ddim_invert(d, run.encode(x0), _grid(run, steps, strength), exact=exact, cond=_cond(labels))
+        return ddim_invert(d, run.encode(x0), _grid(run, steps, strength), exact=exact,
+                           cond=_cond(run, labels, prompts))
 
 
-def regenerate(run, noise: Tensor, *, labels: Tensor | None = None, denoiser=None, steps: int = 50,
-               strength: float = 1.0) -> SampleOutput:
+def regenerate(run, noise: Tensor, *, labels: Tensor | None = None, prompts: list[str] | None = None,
+               denoiser=None, steps: int = 50, strength: float = 1.0) -> SampleOutput:
     """DDIM from `noise` at the grid's first time down to the data; x is an image (latent
     diffusion decodes it; its trajectory stays in the latent space)."""
     d = denoiser if denoiser is not None else run.denoiser
     with torch.no_grad():
-        out = ddim(d, noise, _grid(run, steps, strength), cond=_cond(labels))
+        out = ddim(d, noise, _grid(run, steps, strength), cond=_cond(run, labels, prompts))
         return dataclasses.replace(out, x=run.decode(out.x))
 
 
-def edit(run, x0: Tensor, source: int | Tensor, target: int | Tensor, *, scale: float = 1.0,
-         steps: int = 50, strength: float = 1.0, exact: bool = True) -> tuple[Tensor, Tensor]:
-    """Invert x0 under class `source` and resample under class `target` (ints, or (n,)
-    tensors: one class per image), both with classifier-free guidance at `scale` (1 = the
-    plain conditional model).  Returns (edited images, the noise)."""
+def edit(run, x0: Tensor, source, target, *, scale: float = 1.0, steps: int = 50, strength: float = 1.0,
+         exact: bool = True) -> tuple[Tensor, Tensor]:
+    """Invert x0 under `source` and resample under `target`, both with classifier-free
+    guidance at `scale` (1 = the plain conditional model).  Class-conditional runs: classes
+    (ints, or (n,) tensors: one per image); text runs: prompts (a string, or one per image),
+    e.g. "a thick handwritten seven" -> "a thin handwritten seven".  Returns (edited images,
+    the noise)."""
     from .generate import guide
 
-    if not run.cfg.class_conditional:
-        raise ValueError("editing by class needs a class-conditional run (class_conditional=true)")
+    n = len(x0)
+    if getattr(run, "text", None) is not None:
+        prompts = {}
+        for name, value in (("source", source), ("target", target)):
+            value = [value] * n if isinstance(value, str) else value
+            if not isinstance(value, (list, tuple)) or len(value) != n or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"a text run edits by prompt: {name} must be a string or {n} strings")
+            prompts[name] = value
+        cond = {"source": {"prompts": prompts["source"]}, "target": {"prompts": prompts["target"]}}
+    elif run.cfg.class_conditional:
+        k = run.data.num_classes
+        cond = {}
+        for name, value in (("source", source), ("target", target)):
+            value = torch.as_tensor(value).long().expand(n)
+            if ((value < 0) | (value >= k)).any():
+                raise ValueError(f"{name} class {value.tolist()} is out of range; valid: 0..{k - 1}")
+            cond[name] = {"labels": value}
+    else:
+        raise ValueError("editing needs a class-conditional run (class_conditional=true) or a text-conditioned "
+                         "one (text_encoder=tiny|minilm)")
     d = guide(run, "cfg", scale) if scale != 1 else run.denoiser
-    n, k = len(x0), run.data.num_classes
-    labels = {}
-    for name, value in (("source", source), ("target", target)):
-        value = torch.as_tensor(value).long().expand(n)
-        if ((value < 0) | (value >= k)).any():
-            raise ValueError(f"{name} class {value.tolist()} is out of range; valid: 0..{k - 1}")
-        labels[name] = value
-    noise = invert(run, x0, labels=labels["source"], denoiser=d, steps=steps, strength=strength, exact=exact).x
-    out = regenerate(run, noise, labels=labels["target"], denoiser=d, steps=steps, strength=strength)
+    noise = invert(run, x0, **cond["source"], denoiser=d, steps=steps, strength=strength, exact=exact).x
+    out = regenerate(run, noise, **cond["target"], denoiser=d, steps=steps, strength=strength)
     return out.x, noise

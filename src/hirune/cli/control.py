@@ -17,6 +17,8 @@ def _add_invert(sub) -> None:
     p.add_argument("image", help="an image file, or test:N / train:N from the run's dataset")
     p.add_argument("--class", dest="label", type=int, default=None,
                    help="condition (class-conditional runs; default: the image's own label where known)")
+    p.add_argument("--prompt", default=None,
+                   help="condition (text runs; default: test:N / train:N's caption, written as in training)")
     p.add_argument("--steps", type=_positive_int, default=50)
     p.add_argument("--plain", action="store_true", help="plain inversion instead of the exact fixed-point one")
     p.add_argument("--out", default="inversion.png", help="PNG: original | noise | reconstruction (+ .npz noise)")
@@ -28,7 +30,7 @@ def cmd_invert(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from ..editing import invert, load_image_for, psnr, regenerate
+    from ..editing import caption_for, invert, load_image_for, psnr, regenerate
     from ..trainer import load_run
     from ..viz import image_grid
 
@@ -39,9 +41,17 @@ def cmd_invert(args: argparse.Namespace) -> int:
         labels = torch.tensor([label]) if run.cfg.class_conditional and label is not None else None
         if run.cfg.class_conditional and labels is None:
             raise ValueError("a class-conditional run needs --class for an image without a known label")
+        prompts = None
+        if run.text is not None:
+            prompt = args.prompt if args.prompt is not None else caption_for(run, args.image)
+            if prompt is None:
+                raise ValueError("a text run needs --prompt for an image that is not test:N / train:N")
+            prompts = [prompt]
+        elif args.prompt is not None:
+            raise ValueError("--prompt needs a text-conditioned run (text_encoder=tiny|minilm)")
         d = _guided(run, args)
-        inv = invert(run, x, labels=labels, denoiser=d, steps=args.steps, exact=not args.plain)
-        back = regenerate(run, inv.x, labels=labels, denoiser=d, steps=args.steps)
+        inv = invert(run, x, labels=labels, prompts=prompts, denoiser=d, steps=args.steps, exact=not args.plain)
+        back = regenerate(run, inv.x, labels=labels, prompts=prompts, denoiser=d, steps=args.steps)
     except ValueError as e:
         print(f"hirune invert: {e}", file=sys.stderr)
         return 2
@@ -50,10 +60,21 @@ def cmd_invert(args: argparse.Namespace) -> int:
     np.savez(out.with_suffix(".npz"), noise=inv.x.numpy(), image=x.numpy(), reconstruction=back.x.numpy())
     result = {"psnr_db": float(psnr(back.x, x)[0]), "relative_error": float((back.x - x).norm() / x.norm()),
               "nfe": inv.nfe + back.nfe, "exact": not args.plain, "steps": args.steps, "out": str(out)}
+    if prompts is not None:
+        result["prompt"] = prompts[0]
     if run.first_stage is not None:  # the ceiling: the autoencoder's own reconstruction
         result["autoencoder_psnr_db"] = float(psnr(run.decode(run.encode(x)), x)[0])
     print(json.dumps(result))
     return 0
+
+
+def _class_number(value, flag: str) -> int | None:
+    if value is None or isinstance(value, int):
+        return value
+    if not str(value).lstrip("-").isdigit():
+        raise ValueError(f"{flag} {value!r}: this run edits by class, give a class number (prompts need a "
+                         "text-conditioned run)")
+    return int(value)
 
 
 def _noise_view(noise, image):
@@ -69,11 +90,12 @@ def _noise_view(noise, image):
 
 
 def _add_edit(sub) -> None:
-    p = sub.add_parser("edit", help="edit an image's class: invert under --from, resample under --to")
-    p.add_argument("run", help="a class-conditional run")
+    p = sub.add_parser("edit", help="edit an image's class or caption: invert under --from, resample under --to")
+    p.add_argument("run", help="a class-conditional or text-conditioned run")
     p.add_argument("image", help="an image file, or test:N / train:N from the run's dataset")
-    p.add_argument("--from", dest="source", type=int, default=None, help="its class (default: its label)")
-    p.add_argument("--to", dest="target", type=int, required=True)
+    p.add_argument("--from", dest="source", default=None,
+                   help="its class, or for text runs its caption (default: its label / its training-style caption)")
+    p.add_argument("--to", dest="target", required=True, help="the class, or for text runs the prompt, to edit to")
     p.add_argument("--scale", type=float, default=1.0, help="classifier-free guidance scale on both passes")
     p.add_argument("--strength", type=float, default=1.0,
                    help="fraction of the noise range to invert (SDEdit style; < 1 keeps more of the image)")
@@ -85,22 +107,27 @@ def _add_edit(sub) -> None:
 def cmd_edit(args: argparse.Namespace) -> int:
     import torch
 
-    from ..editing import edit, load_image_for, psnr
+    from ..editing import caption_for, edit, load_image_for, psnr
     from ..trainer import load_run
     from ..viz import image_grid
 
     run = load_run(args.run)
     try:
         x, known = load_image_for(run, args.image)
-        source = args.source if args.source is not None else known
+        if run.text is not None:   # prompts
+            source = args.source if args.source is not None else caption_for(run, args.image)
+            target = args.target
+        else:                      # class numbers
+            source = args.source if args.source is not None else known
+            source, target = (_class_number(v, name) for v, name in ((source, "--from"), (args.target, "--to")))
         if source is None:
             raise ValueError("--from is needed for an image without a known label")
-        edited, _ = edit(run, x, source, args.target, scale=args.scale, steps=args.steps, strength=args.strength)
+        edited, _ = edit(run, x, source, target, scale=args.scale, steps=args.steps, strength=args.strength)
     except ValueError as e:
         print(f"hirune edit: {e}", file=sys.stderr)
         return 2
     image_grid(torch.cat([x, edited]), args.out, nrow=2)
-    result = {"from": source, "to": args.target, "psnr_to_original_db": float(psnr(edited, x)[0]), "out": args.out}
+    result = {"from": source, "to": target, "psnr_to_original_db": float(psnr(edited, x)[0]), "out": args.out}
     from ..evaluator import EVALUATED, load_evaluator
 
     if run.cfg.dataset in EVALUATED:
