@@ -8,7 +8,7 @@ hybrid loss), ncsn (geometric noise levels, annealed Langevin), vesde / vpsde / 
 classifiers for classifier guidance on the digit sets (classifier-digits, -mnist5k),
 normalizing flows (realnvp and maf on the toys, realnvp and glow on the digit sets),
 the autoencoders of latent diffusion (kl-ae-, vq-ae- on the digit sets) and latent
-diffusion on them (ldm-mnist5k, ldm-dit-mnist5k), transformer
+diffusion on them (ldm-mnist5k, ldm-dit-mnist5k, text-[minilm-]ldm-mnist5k), transformer
 backbones (dit-*, uvit-*) and text-to-image (text-*, text-minilm-*) on the digit sets.
 """
 
@@ -155,6 +155,10 @@ PRESETS["ldm-mnist5k"] = {**_LATENT, "model_config": {"channels": 40, "channel_m
                                                       "attention_resolutions": [1, 2], "head_channels": 40}}
 PRESETS["ldm-dit-mnist5k"] = {**_LATENT, "model": "dit", "lr": 1e-3,
                               "model_config": {**_TRANSFORMERS["dit"], "patch_size": 1}}
+# Stable Diffusion in miniature: the latent UNet read captions through cross-attention, from
+# the tiny trainable encoder or the frozen MiniLM.
+PRESETS["text-ldm-mnist5k"] = {**PRESETS["ldm-mnist5k"], "text_encoder": "tiny"}
+PRESETS["text-minilm-ldm-mnist5k"] = {**PRESETS["ldm-mnist5k"], "text_encoder": "minilm"}
 
 DEFAULT_PRESET = "vpred-mnist5k"
 

@@ -268,6 +268,7 @@ class Run:
         self.optimizer = make_optimizer(self.model, cfg.strategy, self.world, self.device, cfg.lr, cfg.weight_decay)
         self.ema = EMA(self.model, cfg.ema_decay)
         self.forward = torch.compile(wrapped) if cfg.compile else wrapped
+        self.scaler = make_grad_scaler(self.device, self.dtype == torch.float16, self.world.distributed)
 
     def _reflow_pairs(self) -> torch.Tensor:
         """Rectified flow's reflow (Liu et al. 2023, sec. 3.3): the teacher run maps seeded
@@ -418,10 +419,11 @@ class Run:
                                     enabled=self.dtype is not None):
                     out = self.loss(data[idx], y, d, idx)
                 self.terms = out.terms  # the last micro-batch's named parts, for the log
-                (out.loss / cfg.grad_accum).backward()
+                self.scaler.scale(out.loss / cfg.grad_accum).backward()
             total += out.loss.detach().float() / cfg.grad_accum
             if self.time_sampler is not None:  # Improved DDPM's sampler learns from every rank's losses
                 self.time_sampler.update(*self._gather(d["t"], out.terms["vlb_per_sample"]))
+        self.scaler.unscale_(self.optimizer)  # fp16: true gradients before clipping (else a no-op)
         grad_norm = grad_norm_value(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
         if world.distributed:  # the mean over ranks (SUM then divide: AVG is unreliable on gloo)
             torch.distributed.all_reduce(total)
@@ -429,7 +431,8 @@ class Run:
         loss_value, norm_value = torch.stack([total, grad_norm.float()]).tolist()
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"non-finite loss at step {self.step}")
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)      # fp16: skipped when a gradient overflowed
+        self.scaler.update()
         self.ema.update(self.model)
         self.step += 1
         return loss_value, norm_value
@@ -470,6 +473,9 @@ class Run:
         tensors = {"rng": {"noise": self.noise_rng.get_state(), "torch_cpu": torch.get_rng_state()}}
         if self.time_sampler is not None:
             tensors["time_sampler"] = self.time_sampler.state_dict()
+        if self.scaler.is_enabled():  # fp16's loss scale and its growth counter
+            state["grad_scaler"] = {k: float(v) if isinstance(v, torch.Tensor) else v
+                                    for k, v in self.scaler.state_dict().items()}
         if self.is_autoencoder:  # the latent scale of these (EMA) weights, for latent diffusion
             state["latent_stats"] = self.compute_latent_stats()
         staged = None
@@ -513,6 +519,8 @@ class Run:
         torch.set_rng_state(tensors["rng"]["torch_cpu"])
         if self.time_sampler is not None:
             self.time_sampler.load_state_dict(tensors["time_sampler"])
+        if self.scaler.is_enabled() and "grad_scaler" in state:
+            self.scaler.load_state_dict(state["grad_scaler"])
         self.step = state["step"]
 
     @torch.no_grad()
@@ -576,6 +584,25 @@ class Run:
         if self.world.distributed:
             torch.distributed.barrier()
         return written
+
+
+def make_grad_scaler(device: torch.device, fp16: bool, distributed: bool) -> torch.amp.GradScaler:
+    """Dynamic loss scaling for fp16 (Micikevicius et al. 2018): fp16's smallest normal is
+    6e-5, so small gradients would flush to zero; the loss is multiplied by a scale before
+    backward, the gradients divided by it before clipping, and a step whose gradients
+    overflowed is skipped and the scale halved.  bf16 has fp32's exponent range and needs
+    none, so the scaler is disabled there (every call a no-op).  On several processes the
+    sharded scaler agrees on "overflowed" across ranks (ZeRO / FSDP2 ranks hold different
+    gradient shards)."""
+    if distributed:
+        import warnings
+
+        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+        # its (1,)-shaped overflow flag meets FSDP2's DTensor gradients, which warn about it on every step
+        warnings.filterwarnings("ignore", message="Found a non-scalar tensor with numel=1", category=UserWarning)
+        return ShardedGradScaler(device.type, enabled=fp16)
+    return torch.amp.GradScaler(device.type, enabled=fp16)
 
 
 def train(cfg: TrainConfig, stop_after: int | None = None, progress: bool = True) -> Run:
