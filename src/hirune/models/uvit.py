@@ -19,9 +19,12 @@ depth is odd (U-ViT-S has 13 = 6 + 1 + 6).  The blocks live in the top-level Mod
 `hirune.models.blocks` shards as one more unit.
 
 Init as in the paper's code: truncated normal(0.02) linears and positions, zero biases,
-PyTorch's defaults elsewhere.  hirune's choice on top, like ADM's zero output conv: the last
-layer (the 3x3 conv, or the patch linear when conv=False) starts at zero, so the initial
-output is exactly 0.  The protocol (`model(x, t, y=None)`, null label, learned_sigma) is
+PyTorch's defaults elsewhere.  hirune's choice on top, like DiT's zero final linear: the
+patch linear `decoder_pred` and the 3x3 conv's bias start at zero, so the initial output is
+exactly 0, while the conv keeps its random weights.  (Zeroing the conv instead, as ADM
+zeroes its output conv, starves the network: with one output channel every gradient then
+passes through nine zero weights, and on MNIST 5k the loss after 300 steps was twice the
+paper init's: 0.166 against 0.086.)  The protocol (`model(x, t, y=None)`, null label, learned_sigma) is
 the UNet's.
 
 Text (U-ViT's MS-COCO model, sec. 4.3): with `context_dim` set, the caption's M tokens
@@ -158,14 +161,16 @@ class UViT(nn.Module):
 
     @torch.no_grad()
     def initialize_weights(self) -> None:
-        """The paper's init, then the last layer at zero (see the module docstring)."""
+        """The paper's init, then a zero output (see the module docstring)."""
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-        zero_(self.final_conv if self.final_conv is not None else self.decoder_pred)
+        zero_(self.decoder_pred)
+        if self.final_conv is not None:
+            nn.init.zeros_(self.final_conv.bias)
 
     def tokens(self, x: Tensor, t: Tensor, y: Tensor | None, context: Tensor | None = None) -> Tensor:
         """[time token, class token, context tokens, patch tokens] (those that exist) + positions:
