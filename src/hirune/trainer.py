@@ -257,6 +257,7 @@ class Run:
             self.model, self.process, self.prediction, learned_variance=learned, clip_x0=clip)
         self.time_sampler = O.ImportanceTimeSampler(self.process.T) if learned else None
         self.step = 0
+        self.terms: dict = {}  # the named parts of the last micro-batch's loss, for the log
         self.dtype = {"auto": torch.bfloat16 if self.device.type == "cuda" else None, "fp32": None,
                       "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
         # channels-last activations: the fast convolution layout of tensor cores
