@@ -272,10 +272,15 @@ def _resume(tmp_path, corrupt=None):
     resumed = train(gan_config(tmp_path / "b", resume=True, **cfg), progress=False)
     assert [r["loss"] for r in records(straight.cfg.out)] == [r["loss"] for r in records(resumed.cfg.out)]
     for name in ("model", "discriminator"):
-        for (k, a), b in zip(getattr(straight, name).state_dict().items(), getattr(resumed, name).state_dict().values()):
-            assert torch.equal(a, b), (name, k)
+        ours, theirs = getattr(straight, name).state_dict(), getattr(resumed, name).state_dict()
+        for k, v in ours.items():
+            assert torch.equal(v, theirs[k]), (name, k)
     for k in straight.ema.shadow:
         assert torch.equal(straight.ema.shadow[k], resumed.ema.shadow[k]), k
+    a, b = straight.disc_optimizer.state_dict()["state"], resumed.disc_optimizer.state_dict()["state"]
+    for pid, entries in a.items():
+        for key, v in entries.items():
+            assert torch.equal(v, b[pid][key]), (pid, key)
 
 
 def test_resume_with_the_gan_is_exact(tmp_path):

@@ -450,8 +450,8 @@ class Run:
         from .distributed.strategy import grad_norm_value, sync_gradients
 
         cfg, world, gan = self.cfg, self.world, self.gan_active
-        for optimizer in (self.optimizer, self.disc_optimizer):  # one schedule for both
-            for group in optimizer.param_groups if optimizer is not None else ():
+        for optimizer in [o for o in (self.optimizer, self.disc_optimizer) if o is not None]:  # one schedule
+            for group in optimizer.param_groups:
                 group["lr"] = lr_at(cfg, self.step)
         self.optimizer.zero_grad(set_to_none=True)
         n, b = cfg.batch_size // cfg.grad_accum, self.micro_batch
