@@ -9,7 +9,9 @@ optimizer step into OUT/allreduce_rank<R>.json; "count-allreduce-without-no-sync
 same with DDP's no_sync disabled, the variant the count must reject), "stale-rank-1"
 (rank 1 resumes from the run's oldest checkpoint instead of its latest, as a node with a
 stale copy of the run directory would), "record-dtypes" (writes the dtype of the first
-block's weight as forward sees it and as it is stored, to OUT/dtypes_rank<R>.json).
+block's weight as forward sees it and as it is stored, to OUT/dtypes_rank<R>.json),
+"gan-local-weight" (each rank computes VQGAN's adaptive weight from its own examples'
+gradients, not averaged over the ranks: the fault the GAN parity test must catch).
 """
 
 from __future__ import annotations
@@ -118,6 +120,8 @@ def run() -> int:
         sum_grads()
     elif scenario == "fail":
         fail_on_rank_1()
+    elif scenario == "gan-local-weight":
+        T.Run._mean_over_ranks = lambda self, *tensors: tensors
     elif scenario == "stale-rank-1":
         stale_rank_1()
     elif scenario == "record-dtypes":

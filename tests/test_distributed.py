@@ -130,6 +130,56 @@ def test_accumulation_and_unet_under_zero3(tmp_path):
     assert (out2 / "samples" / "step_00000003.png").exists()
 
 
+# 48 channels: GroupNorm groups of 2 or more, so that no bias has a gradient that is pure
+# rounding noise (with one channel per group the biases before a norm have zero gradient,
+# and AdamW turns the ranks' different rounding of zero into full-size steps)
+GAN = ["kl-ae-digits", "model_config={\"size\": \"f2\", \"channels\": 48, \"z_channels\": 4, \"kl_weight\": 0.001, "
+       "\"disc_weight\": 0.5, \"disc_start\": 2, \"disc_channels\": 8}", "batch_size=16", "grad_accum=2", "steps=4",
+       "log_every=1", "ckpt_every=4", "sample_every=0", "warmup=0", "lr_schedule=constant"]
+
+
+@pytest.fixture(scope="module")
+def gan_reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gan") / "run"
+    train(preset_config(GAN[0], {**_overrides(GAN[1:]), "out": str(out)}), progress=False)
+    return out
+
+
+def assert_same_discriminator(a: Path, b: Path, tol: float = 1e-5) -> None:
+    ta, tb = load_checkpoint(a)[0], load_checkpoint(b)[0]
+    for part in ("discriminator", "disc_optimizer"):
+        assert ta[part].keys() == tb[part].keys()
+        for k, v in ta[part].items():
+            torch.testing.assert_close(tb[part][k], v, rtol=1e-4, atol=tol, msg=f"{part}.{k}")
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "zero1"])
+def test_gan_autoencoder_on_two_processes_equals_one(strategy, gan_reference, tmp_path):
+    """An autoencoder with the adversarial loss (on from step 2), 2 processes x 2
+    micro-batches x 4 = 1 process x 2 x 8: the same losses, autoencoder, EMA, AdamW, and
+    replicated discriminator with its AdamW (VQGAN's adaptive weight from gradients
+    averaged over the ranks; the discriminator under DDP with no_sync).  Weights agree to
+    about 1e-5; the per-rank weight of the next test moves them by 1e-3."""
+    out = tmp_path / strategy
+    _ok(torchrun(2, "train", *GAN, f"strategy={strategy}", f"out={out}"))
+    assert_same_run(gan_reference, out, tol=5e-5)
+    assert_same_discriminator(gan_reference, out, tol=5e-5)
+
+
+def test_gan_parity_catches_a_per_rank_adaptive_weight(gan_reference, tmp_path):
+    """Harness: each rank weighting the GAN term by its own half-batch gradients."""
+    out = tmp_path / "local"
+    _ok(torchrun(2, "gan-local-weight", *GAN, f"out={out}"))
+    with pytest.raises(AssertionError):
+        assert_same_run(gan_reference, out, tol=5e-5)
+
+
+def test_gan_refuses_fsdp_strategies(tmp_path):
+    proc = torchrun(2, "train", *GAN, "strategy=zero2", f"out={tmp_path / 'z'}")
+    assert proc.returncode != 0
+    assert "needs strategy in ['ddp', 'zero1'], not 'zero2'" in proc.stdout + proc.stderr
+
+
 def test_one_all_reduce_per_optimizer_step(reference, tmp_path):
     """DDP with 4 micro-batches: `no_sync` leaves one gradient all-reduce per step (the
     model fits one bucket; without it there would be 4), and the steps equal one batch

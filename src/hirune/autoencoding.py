@@ -19,9 +19,26 @@ difference of channel-normalised activations.  Off by default: the same network 
 the Frechet distance of every digit model, and a first stage trained on its features
 would flatter the latent diffusion models built on it.
 
-No adversarial loss.  LDM's patch discriminator switches on after `disc_start` = 50 001
-steps (KL-f8) and needs a second optimizer; our presets train a few thousand steps, so it
-would never act.
+Adversarial loss (optional, off by default: disc_weight = 0).  VQGAN (Esser et al. 2021,
+sec. 3.1) and LDM (appendix G) add a patch discriminator D (`models/discriminator.py`)
+from optimizer step `disc_start` on (50 001 for LDM's KL-f8):
+
+    generator:      loss += lambda * g_loss,     g_loss = -mean D(x_hat)
+                    lambda = disc_weight * ||grad_{G_L} L_rec|| / (||grad_{G_L} g_loss|| + 1e-4)   (eq. 7)
+    discriminator:  hinge:   1/2 (mean relu(1 - D(x)) + mean relu(1 + D(x_hat)))
+                    vanilla: 1/2 (mean softplus(-D(x)) + mean softplus(D(x_hat)))
+
+G_L is the decoder's last layer (`model.last_layer()`), L_rec taming's nll: the
+reconstruction (+ perceptual) loss; the KL and VQ terms do not reach G_L, so it is also
+the gradient of the whole non-adversarial loss there.  lambda balances the two gradients
+where they meet the image, is clamped to [0, 1e4] and is a constant for backpropagation.
+D is a fixed function inside the generator's loss (its parameters get no gradient), and
+its own step sees the reconstructions detached.  The trainer (`Run.discriminator_step`)
+runs one D step after each generator step, on the same micro-batches, with a second
+AdamW (betas (0.5, 0.9) as taming).  Unlike taming, which re-runs the autoencoder for the
+D step after the generator's update, D judges the reconstructions the generator step
+already made (one forward fewer; the D step draws no randomness).  Turn it on with, e.g.,
+`model_config={..., "disc_weight": 0.5, "disc_start": 300}`.
 
 Latent scale.  The diffusion model of LDM sees z * scale with scale = 1 / std of the
 first stage's latents over a training batch (LDM's `scale_by_std`; 0.18215 for Stable
@@ -32,10 +49,13 @@ standard deviations.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import contextmanager
 from functools import lru_cache
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from .objectives import Loss
 
@@ -83,22 +103,30 @@ def perceptual_distance(x: Tensor, x_hat: Tensor, dataset: str) -> Tensor:
     return total
 
 
-def autoencoder_loss(model, x: Tensor, config, *, noise: Tensor | None = None,
-                     dataset: str | None = None) -> Loss:
+def autoencoder_loss(model, x: Tensor, config, *, noise: Tensor | None = None, dataset: str | None = None,
+                     discriminator: nn.Module | None = None, last_layer: Tensor | None = None,
+                     average: Callable[..., tuple[Tensor, ...]] | None = None) -> Loss:
     """The training loss of a KL or VQ autoencoder `model(x, noise) -> AutoencoderOutput`
     (see the module docstring) with the weights in its `config`; noise: (B, z, h, w), the
     posterior sample's N(0, I) draw (KL).  dataset names the evaluator of the perceptual
     loss.  Terms: reconstruction, perceptual, kl (nats per image) or codebook, commitment,
-    perplexity and usage."""
+    perplexity and usage.  The returned Loss carries x_hat (`reconstruction`) for the
+    discriminator's step.
+
+    With a `discriminator` (from disc_start on), the generator's adversarial term
+    lambda * g_loss is added, lambda the adaptive weight of VQGAN eq. 7 at `last_layer`
+    (the decoder's output weight); `average` (several processes) averages its gradients
+    over the ranks.  Extra terms: g_loss, adaptive_weight."""
     out = model(x, noise=noise)
     rec = reconstruction_error(x, out.reconstruction, config.reconstruction)
-    per_sample, terms = rec, {"reconstruction": rec.mean().detach()}
+    nll, terms = rec, {"reconstruction": rec.mean().detach()}
     if config.perceptual_weight:
         if dataset is None:
             raise ValueError("the perceptual loss needs the dataset of its evaluator network")
         d = perceptual_distance(x, out.reconstruction, dataset)
-        per_sample = per_sample + config.perceptual_weight * d
+        nll = nll + config.perceptual_weight * d
         terms["perceptual"] = d.mean().detach()
+    per_sample = nll
     if out.posterior is not None:
         kl = out.posterior.kl().float()
         per_sample = per_sample + config.kl_weight * kl / x[0].numel()
@@ -108,7 +136,74 @@ def autoencoder_loss(model, x: Tensor, config, *, noise: Tensor | None = None,
         per_sample = per_sample + q.codebook_loss.float() + config.beta * q.commitment_loss.float()
         terms.update(codebook=q.codebook_loss.mean().detach(), commitment=q.commitment_loss.mean().detach(),
                      perplexity=q.perplexity.detach(), usage=q.usage.detach())
-    return Loss(per_sample.mean(), per_sample.detach(), torch.zeros(len(x), device=x.device), terms)
+    if discriminator is not None:
+        if last_layer is None:
+            raise ValueError("the adversarial loss needs the decoder's last layer (model.last_layer())")
+        with frozen(discriminator):  # a fixed function here: the generator's loss does not train D
+            g = -discriminator(out.reconstruction).float().flatten(1).mean(1)   # (B,): -mean D(x_hat) per image
+        weight = adaptive_weight(nll.mean(), g.mean(), last_layer, config.disc_weight, average)
+        per_sample = per_sample + weight * g
+        terms.update(g_loss=g.mean().detach(), adaptive_weight=weight)
+    return Loss(per_sample.mean(), per_sample.detach(), torch.zeros(len(x), device=x.device), terms,
+                reconstruction=out.reconstruction)
+
+
+# --- the adversarial loss (VQGAN sec. 3.1, LDM appendix G) -------------------------------------
+
+def hinge_d_loss(logits_real: Tensor, logits_fake: Tensor) -> Tensor:
+    """The discriminator's hinge loss (Lim & Ye 2017; taming's `hinge_d_loss`):
+    1/2 (mean relu(1 - D(x)) + mean relu(1 + D(x_hat))), means over examples and patches."""
+    return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
+
+
+def vanilla_d_loss(logits_real: Tensor, logits_fake: Tensor) -> Tensor:
+    """The original GAN's discriminator loss (Goodfellow et al. 2014) on logits, i.e. binary
+    cross-entropy with real = 1 and fake = 0: 1/2 (mean softplus(-D(x)) + mean softplus(D(x_hat)))."""
+    return 0.5 * (F.softplus(-logits_real).mean() + F.softplus(logits_fake).mean())
+
+
+D_LOSSES = {"hinge": hinge_d_loss, "vanilla": vanilla_d_loss}
+
+
+def adaptive_weight(rec_loss: Tensor, gan_loss: Tensor, last_layer: Tensor, disc_weight: float = 1.0,
+                    average: Callable[..., tuple[Tensor, ...]] | None = None) -> Tensor:
+    """VQGAN's adaptive weight of the adversarial term (Esser et al. 2021, eq. 7):
+
+        lambda = ||grad_{G_L} L_rec|| / (||grad_{G_L} L_GAN|| + 1e-4)
+
+    with G_L the decoder's last layer, clamped to [0, 1e4] and detached (a constant for
+    backpropagation, as in taming), times disc_weight.  Scalar losses in; the graphs are
+    kept for the backward pass that follows.  `average(grad_rec, grad_gan)`: on several
+    processes, the gradients averaged over the ranks, so that lambda is that of the global
+    micro-batch, as on one process."""
+    grad_rec, = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)
+    grad_gan, = torch.autograd.grad(gan_loss, last_layer, retain_graph=True)
+    if average is not None:
+        grad_rec, grad_gan = average(grad_rec, grad_gan)
+    ratio = grad_rec.float().norm() / (grad_gan.float().norm() + 1e-4)
+    return disc_weight * ratio.clamp(0.0, 1e4).detach()
+
+
+def discriminator_loss(discriminator: nn.Module, real: Tensor, fake: Tensor, kind: str = "hinge"
+                       ) -> tuple[Tensor, Tensor, Tensor]:
+    """The discriminator's loss (`D_LOSSES[kind]`) on real images and reconstructions, both
+    (B, C, H, W), in one forward; returns (loss, mean real logit, mean fake logit).  The
+    reconstructions are detached: the discriminator's step must not reach the autoencoder."""
+    logits = discriminator(torch.cat([real, fake.detach()])).float()
+    logits_real, logits_fake = logits.chunk(2)
+    return D_LOSSES[kind](logits_real, logits_fake), logits_real.mean().detach(), logits_fake.mean().detach()
+
+
+@contextmanager
+def frozen(module: nn.Module):
+    """`module`'s parameters need no gradient for the duration (their earlier flags are restored)."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p, flag in zip(module.parameters(), flags):
+            p.requires_grad_(flag)
 
 
 @torch.no_grad()

@@ -44,6 +44,7 @@ class Loss:
     per_sample: Tensor           # (B,) the (weighted) loss of each sample, detached
     t: Tensor                    # (B,) the times drawn
     terms: dict[str, Tensor] = field(default_factory=dict)  # named scalar parts, detached
+    reconstruction: Tensor | None = None  # autoencoders: x_hat, for the discriminator's step
 
 
 def sample_times(process: GaussianProcess, batch: int, generator: torch.Generator | None = None,

@@ -4,6 +4,8 @@
 
 The loop is written out below, not hidden behind callbacks: one optimizer step =
 `grad_accum` micro-batches -> clip -> AdamW step -> EMA update (once per optimizer step).
+Autoencoders with an adversarial loss (disc_weight > 0) add, from disc_start on, one
+step of their patch discriminator on the same micro-batches (`Run.discriminator_step`).
 Everything a resumed run needs is in the checkpoint (model, EMA, optimizer, step, the
 noise generator and the global RNG); the learning rate is a pure function of the step and
 the data order a pure function of (seed, micro-batch counter), so `resume=True` continues
@@ -32,6 +34,7 @@ from .data.captions import TRAIN_TEMPLATES, caption
 from .recompute import recompute_blocks
 
 OBJECTIVE_PREDICTION = {"flow_matching": "velocity"}  # other objectives: cfg.prediction
+GAN_STRATEGIES = ("ddp", "zero1")  # the discriminator's adaptive weight needs the decoder's whole last layer
 # keys that may differ between a run and its resumption
 RESUMABLE_CHANGES = ("steps", "log_every", "sample_every", "ckpt_every", "resume", "device",
                      "eval_samples", "clip_x0", "sampler", "sample_steps", "num_samples", "strategy",
@@ -254,6 +257,7 @@ class Run:
             self.model, self.process, self.prediction, learned_variance=learned, clip_x0=clip)
         self.time_sampler = O.ImportanceTimeSampler(self.process.T) if learned else None
         self.step = 0
+        self.terms: dict = {}  # the named parts of the last micro-batch's loss, for the log
         self.dtype = {"auto": torch.bfloat16 if self.device.type == "cuda" else None, "fp32": None,
                       "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
         # channels-last activations: the fast convolution layout of tensor cores
@@ -269,6 +273,46 @@ class Run:
         self.ema = EMA(self.model, cfg.ema_decay)
         self.forward = torch.compile(wrapped) if cfg.compile else wrapped
         self.scaler = make_grad_scaler(self.device, self.dtype == torch.float16, self.world.distributed)
+        # autoencoders' optional adversarial loss: the patch discriminator and its optimizer
+        self.discriminator = self.disc_forward = self.disc_optimizer = None
+        if self.is_autoencoder and self.model.config.disc_weight > 0:
+            self._init_discriminator()
+
+    def _init_discriminator(self) -> None:
+        """The patch discriminator of VQGAN / LDM (`models/discriminator.py`), replicated on
+        every rank (DDP on several processes, whatever the generator's strategy), with its
+        own AdamW at the generator's learning rate and taming's betas (0.5, 0.9).  It is
+        initialised from its own seed, so the global RNG, and with it the run up to
+        disc_start, is that of the same run without it."""
+        from .distributed.strategy import make_optimizer, wrap
+        from .models import PatchDiscriminator
+
+        cfg, c = self.cfg, self.model.config
+        if cfg.strategy not in GAN_STRATEGIES:
+            raise ValueError(f"the adversarial loss (disc_weight > 0) needs strategy in {list(GAN_STRATEGIES)}, "
+                             f"not {cfg.strategy!r}: its adaptive weight differentiates through the decoder's "
+                             "last layer, which FSDP2 keeps sharded")
+        if self.dtype == torch.float16:
+            raise ValueError("the adversarial loss (disc_weight > 0) does not support precision='fp16' (no loss "
+                             "scaling for the discriminator); use 'bf16' or 'fp32'")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed + 2)
+            self.discriminator = PatchDiscriminator(c.in_channels, c.disc_channels, c.disc_layers,
+                                                    self.data.shape[-1]).to(self.device)
+        if self.channels_last:
+            self.discriminator.to(memory_format=torch.channels_last)
+        self.disc_forward = wrap(self.discriminator, "ddp", self.world, self.device)
+        self.disc_optimizer = make_optimizer(self.discriminator, "ddp", self.world, self.device, cfg.lr,
+                                             cfg.weight_decay, betas=(0.5, 0.9))
+
+    @property
+    def gan_active(self) -> bool:
+        """Whether this step trains with the adversarial loss (taming's disc_factor: 0 before disc_start)."""
+        return self.discriminator is not None and self.step >= self.model.config.disc_start
+
+    def autocast(self):
+        """The training steps' autocast context (bf16 on CUDA by default; off in fp32)."""
+        return torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
 
     def _reflow_pairs(self) -> torch.Tensor:
         """Rectified flow's reflow (Liu et al. 2023, sec. 3.3): the teacher run maps seeded
@@ -355,7 +399,12 @@ class Run:
         if self.is_autoencoder:
             from .autoencoding import autoencoder_loss
 
-            return autoencoder_loss(self.forward, x0, self.model.config, noise=d.get("noise"), dataset=cfg.dataset)
+            gan = {}
+            if self.gan_active:  # VQGAN's adversarial term with its adaptive weight (eq. 7)
+                gan = dict(discriminator=self.discriminator, last_layer=self.model.last_layer(),
+                           average=self._mean_over_ranks if self.world.distributed else None)
+            return autoencoder_loss(self.forward, x0, self.model.config, noise=d.get("noise"), dataset=cfg.dataset,
+                                    **gan)
         if self.is_flow:
             return O.nll_loss(self.forward, None, x0, levels=self.data.levels, u=d.get("u"))
         if y is not None and "drop" in d:
@@ -394,14 +443,16 @@ class Run:
     def train_step(self, data: torch.Tensor, labels: torch.Tensor | None) -> tuple[float, float]:
         """One optimizer step at `self.step`: `grad_accum` micro-batches (the batch is a pure
         function of the seed and the step; each rank takes its slice of every micro-batch),
-        clipping, AdamW at `lr_at(step)`, one EMA update.  Returns the global
+        clipping, AdamW at `lr_at(step)`, one EMA update; with an active adversarial loss,
+        the discriminator's step on the same micro-batches.  Returns the global
         (loss, grad norm) with a single device sync; raises FloatingPointError, on every
         rank and before touching the weights, on a non-finite loss."""
         from .distributed.strategy import grad_norm_value, sync_gradients
 
-        cfg, world = self.cfg, self.world
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(cfg, self.step)
+        cfg, world, gan = self.cfg, self.world, self.gan_active
+        for optimizer in [o for o in (self.optimizer, self.disc_optimizer) if o is not None]:  # one schedule
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(cfg, self.step)
         self.optimizer.zero_grad(set_to_none=True)
         n, b = cfg.batch_size // cfg.grad_accum, self.micro_batch
         # the whole global batch's examples and random draws, the same on every rank: micro-batch
@@ -409,33 +460,72 @@ class Run:
         batch_idx = micro_batch_indices(len(data), cfg.batch_size, self.step, cfg.seed)
         draws = self.draw(cfg.batch_size, self.sample_shape)
         total = torch.zeros((), device=self.device)
+        pairs = []  # (images, reconstructions) of each micro-batch, for the discriminator
         for k in range(cfg.grad_accum):
             mine = slice(k * n + world.rank * b, k * n + (world.rank + 1) * b)
             idx = batch_idx[mine].to(self.device)
             d = {key: v[mine] for key, v in draws.items()}
             y = labels[idx] if labels is not None and cfg.class_conditional else None
             with sync_gradients(self.forward, cfg.strategy, last=k == cfg.grad_accum - 1):
-                with torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
-                                    enabled=self.dtype is not None):
+                with self.autocast():
                     out = self.loss(data[idx], y, d, idx)
                 self.terms = out.terms  # the last micro-batch's named parts, for the log
                 self.scaler.scale(out.loss / cfg.grad_accum).backward()
             total += out.loss.detach().float() / cfg.grad_accum
+            if gan:
+                pairs.append((data[idx], out.reconstruction))
             if self.time_sampler is not None:  # Improved DDPM's sampler learns from every rank's losses
                 self.time_sampler.update(*self._gather(d["t"], out.terms["vlb_per_sample"]))
         self.scaler.unscale_(self.optimizer)  # fp16: true gradients before clipping (else a no-op)
         grad_norm = grad_norm_value(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
+        d_total = d_norm = torch.zeros((), device=self.device)
+        if gan:  # then the discriminator (taming's second optimizer) on the same micro-batches
+            d_total, d_norm = self.discriminator_step(pairs)
+        losses = torch.stack([total, d_total])
         if world.distributed:  # the mean over ranks (SUM then divide: AVG is unreliable on gloo)
-            torch.distributed.all_reduce(total)
-            total = total / world.size
-        loss_value, norm_value = torch.stack([total, grad_norm.float()]).tolist()
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"non-finite loss at step {self.step}")
+            torch.distributed.all_reduce(losses)
+            losses = losses / world.size
+        loss_value, d_value, norm_value, d_norm_value = torch.cat(
+            [losses, torch.stack([grad_norm.float(), d_norm.float()])]).tolist()
+        if not math.isfinite(loss_value) or not math.isfinite(d_value):
+            which = "loss" if not math.isfinite(loss_value) else "discriminator loss"
+            raise FloatingPointError(f"non-finite {which} at step {self.step}")
         self.scaler.step(self.optimizer)      # fp16: skipped when a gradient overflowed
         self.scaler.update()
+        if gan:
+            self.disc_optimizer.step()
+            self.terms.update(d_loss=d_value, d_grad_norm=d_norm_value)
         self.ema.update(self.model)
         self.step += 1
         return loss_value, norm_value
+
+    def discriminator_step(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The discriminator's gradients for one optimizer step: its loss (`disc_loss`) on each
+        micro-batch's images and (detached) reconstructions from the generator step,
+        accumulated like the generator's (DDP all-reduces on the last micro-batch), then
+        clipped.  Returns this rank's mean loss and the gradient norm on the device (no
+        sync); `train_step` steps `disc_optimizer` once every loss is known to be finite."""
+        from .autoencoding import discriminator_loss
+        from .distributed.strategy import sync_gradients
+
+        self.disc_optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.device)
+        for k, (real, fake) in enumerate(pairs):
+            with sync_gradients(self.disc_forward, "ddp", last=k == len(pairs) - 1):
+                with self.autocast():
+                    loss, logits_real, logits_fake = discriminator_loss(self.disc_forward, real, fake,
+                                                                        self.model.config.disc_loss)
+                (loss / len(pairs)).backward()
+            total += loss.detach() / len(pairs)
+        self.terms.update(logits_real=logits_real, logits_fake=logits_fake)  # the last micro-batch's means
+        return total, torch.nn.utils.clip_grad_norm_(self.discriminator.parameters(), self.cfg.grad_clip)
+
+    def _mean_over_ranks(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The tensors averaged over the ranks, in one all-reduce (SUM, then divide)."""
+        flat = torch.cat([x.detach().float().flatten() for x in tensors])
+        torch.distributed.all_reduce(flat)
+        parts = (flat / self.world.size).split([x.numel() for x in tensors])
+        return tuple(p.view(x.shape).to(x.dtype) for p, x in zip(parts, tensors))
 
     def _gather(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Each tensor concatenated over the ranks in rank order (itself on one process)."""
@@ -478,6 +568,9 @@ class Run:
                                     for k, v in self.scaler.state_dict().items()}
         if self.is_autoencoder:  # the latent scale of these (EMA) weights, for latent diffusion
             state["latent_stats"] = self.compute_latent_stats()
+        if self.discriminator is not None:  # replicated: rank 0's copy is everyone's
+            disc_optim, state["disc_optimizer"] = flatten_optimizer_state(self.disc_optimizer.state_dict())
+            tensors.update(discriminator=self.discriminator.state_dict(), disc_optimizer=disc_optim)
         staged = None
         if self.sharded and self.cfg.sharded_checkpoints:
             staged = staging_dir(self.cfg.out, self.step)
@@ -521,6 +614,10 @@ class Run:
             self.time_sampler.load_state_dict(tensors["time_sampler"])
         if self.scaler.is_enabled() and "grad_scaler" in state:
             self.scaler.load_state_dict(state["grad_scaler"])
+        if self.discriminator is not None:
+            self.discriminator.load_state_dict(tensors["discriminator"])
+            self.disc_optimizer.load_state_dict(unflatten_optimizer_state(tensors["disc_optimizer"],
+                                                                          state["disc_optimizer"]))
         self.step = state["step"]
 
     @torch.no_grad()

@@ -73,15 +73,15 @@ def wrap(model: nn.Module, strategy: str, world: World, device: torch.device,
 
 
 def make_optimizer(model: nn.Module, strategy: str, world: World, device: torch.device, lr: float,
-                   weight_decay: float) -> torch.optim.Optimizer:
+                   weight_decay: float, betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Optimizer:
     """AdamW (fused on CUDA); under zero1 wrapped by ZeroRedundancyOptimizer."""
     fused = {"fused": True} if device.type == "cuda" else {}
     if strategy == "zero1" and world.distributed:
         from torch.distributed.optim import ZeroRedundancyOptimizer
 
         return ZeroRedundancyOptimizer(model.parameters(), optimizer_class=torch.optim.AdamW, lr=lr,
-                                       weight_decay=weight_decay, **fused)
-    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, **fused)
+                                       weight_decay=weight_decay, betas=betas, **fused)
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=betas, **fused)
 
 
 def sync_gradients(wrapped: nn.Module, strategy: str, last: bool):

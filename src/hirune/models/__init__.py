@@ -11,6 +11,7 @@ y: (B,) int64 labels; `num_classes` is the null label, y=None means all-null.
     build_model("uvit", size="tiny", in_channels=1, image_size=28, patch_size=4)
     build_model("kl_autoencoder", size="f4", in_channels=1)   # autoencoders: encode(x), decode(z)
     build_model("vq_autoencoder", size="f2", in_channels=1, codebook_size=128)
+    PatchDiscriminator(in_channels=1, channels=32, n_layers=1)   # their optional GAN loss: patch logits
     model_config("unet", {"channels": 64, "channel_mult": [1, 2, 2]})   # e.g. from JSON
 
 `dataclasses.asdict(model.config)` gives back a dict `model_config` accepts.
@@ -28,6 +29,7 @@ from .autoencoder import (AUTOENCODER_SIZES, KLAutoencoder, KLAutoencoderConfig,
                           VQAutoencoderConfig)
 from .classifier import ClassifierConfig, NoisyClassifier
 from .config import config_from_dict
+from .discriminator import PatchDiscriminator
 from .dit import DIT_SIZES, DiT, DiTConfig
 from .mlp import MLP, MLPConfig
 from .unet import UNET_SIZES, UNet, UNetConfig
@@ -85,5 +87,5 @@ def build_model(kind: str, config: Mapping[str, Any] | None = None, /, **overrid
 
 __all__ = ["AUTOENCODERS", "AUTOENCODER_SIZES", "DIT_SIZES", "MLP", "MODELS", "UNET_SIZES", "UVIT_SIZES",
            "ClassifierConfig", "DiT", "DiTConfig", "KLAutoencoder", "KLAutoencoderConfig", "MLPConfig",
-           "NoisyClassifier", "UNet", "UNetConfig", "UViT", "UViTConfig",
+           "NoisyClassifier", "PatchDiscriminator", "UNet", "UNetConfig", "UViT", "UViTConfig",
            "VQAutoencoder", "VQAutoencoderConfig", "build_model", "model_config"]

@@ -31,10 +31,12 @@ from torch import Tensor, nn
 
 from ..nn import SelfAttention2d, norm_groups
 from .config import check_fields
+from .discriminator import check_layers
 from .quantize import CODEBOOK_INITS, CODEBOOK_UPDATES, Quantized, VectorQuantizer
 from .unet import Upsample
 
 RECONSTRUCTION_LOSSES = ("l1", "l2")
+DISC_LOSSES = ("hinge", "vanilla")
 
 
 def check_divisible(size: int, factor: int, levels: int) -> None:
@@ -53,7 +55,13 @@ class AutoencoderConfig:
     z_channels: latent channels; mid_attention: self-attention in the middle blocks;
     image_size: when given, checked against the factor f at construction.
     Training loss (`hirune.autoencoding`): reconstruction "l1" (LDM) or "l2";
-    perceptual_weight: the evaluator-feature distance (0: off)."""
+    perceptual_weight: the evaluator-feature distance (0: off).
+    Adversarial loss (VQGAN eq. 7; off while disc_weight = 0): disc_weight scales the
+    adaptive weight of the generator's term; it and the discriminator's own step act from
+    optimizer step disc_start on (taming's disc_factor is 0 before); disc_loss "hinge"
+    (taming's default) or "vanilla" (the non-saturating BCE form); the patch
+    discriminator (`models/discriminator.py`) has disc_channels at its first conv and
+    disc_layers stride-2 convs (taming's ndf and n_layers)."""
 
     in_channels: int = 3
     out_channels: int | None = None
@@ -66,6 +74,11 @@ class AutoencoderConfig:
     image_size: int | None = None
     reconstruction: str = "l1"
     perceptual_weight: float = 0.0
+    disc_weight: float = 0.0
+    disc_start: int = 0
+    disc_loss: str = "hinge"
+    disc_channels: int = 32
+    disc_layers: int = 1
 
     def __post_init__(self):
         check_fields(self)
@@ -82,6 +95,20 @@ class AutoencoderConfig:
             raise ValueError(f"{name}: dropout must be in [0, 1) and perceptual_weight >= 0")
         if self.image_size is not None:
             check_divisible(self.image_size, self.downsample_factor, len(self.channel_mult))
+        self._check_discriminator()
+
+    def _check_discriminator(self) -> None:
+        name = type(self).__name__
+        if self.disc_weight < 0 or self.disc_start < 0:
+            raise ValueError(f"{name}: disc_weight and disc_start must be >= 0 (disc_weight 0: no adversarial "
+                             f"loss); got {self.disc_weight}, {self.disc_start}")
+        if self.disc_loss not in DISC_LOSSES:
+            raise ValueError(f"{name}.disc_loss={self.disc_loss!r}; valid: {list(DISC_LOSSES)}")
+        if self.disc_channels < 1 or self.disc_layers < 1:
+            raise ValueError(f"{name}: disc_channels and disc_layers must be >= 1; "
+                             f"got {self.disc_channels}, {self.disc_layers}")
+        if self.disc_weight and self.image_size is not None:
+            check_layers(self.image_size, self.disc_layers)
 
     @property
     def downsample_factor(self) -> int:
@@ -289,6 +316,10 @@ class _Autoencoder(nn.Module):
     def decode(self, z: Tensor) -> Tensor:
         """z (B, z_channels, h, w) -> x_hat (B, C, f h, f w)."""
         return self.decoder(self.post_quant_conv(z))
+
+    def last_layer(self) -> nn.Parameter:
+        """The weight of the decoder's output conv: G_L of VQGAN's adaptive weight (eq. 7)."""
+        return self.decoder.out[-1].weight
 
 
 class KLAutoencoder(_Autoencoder):
