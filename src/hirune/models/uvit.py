@@ -23,9 +23,10 @@ PyTorch's defaults elsewhere.  hirune's choice on top, like DiT's zero final lin
 patch linear `decoder_pred` and the 3x3 conv's bias start at zero, so the initial output is
 exactly 0, while the conv keeps its random weights.  (Zeroing the conv instead, as ADM
 zeroes its output conv, starves the network: with one output channel every gradient then
-passes through nine zero weights, and on MNIST 5k the loss after 300 steps was twice the
-paper init's: 0.166 against 0.086.)  The protocol (`model(x, t, y=None)`, null label, learned_sigma) is
-the UNet's.
+passes through nine zero weights.  uvit-mnist5k, 700 steps: loss 0.100 with the conv
+zeroed, 0.063 with this init, 0.055 with the paper's (no zero output at all); Frechet
+distance of 500 samples 165.8, 158.9, 157.8.)  The protocol (`model(x, t, y=None)`, null
+label, learned_sigma) is the UNet's.
 
 Text (U-ViT's MS-COCO model, sec. 4.3): with `context_dim` set, the caption's M tokens
 (a frozen encoder's outputs, or token ids embedded by the small trainable text transformer
