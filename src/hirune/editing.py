@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .generate import condition, guide
 from .samplers import SampleOutput, ddim, ddim_invert
 from .timesteps import default_spacing, time_grid
 
@@ -87,15 +88,6 @@ def _grid(run, steps: int, strength: float) -> Tensor:
     return ts[len(ts) - max(1, math.ceil(strength * len(ts))):]
 
 
-def _cond(run, labels: Tensor | None, prompts: list[str] | None) -> dict:
-    """The network's condition: class labels, or a text run's encoded prompts, or none."""
-    if prompts is not None:
-        if getattr(run, "text", None) is None:
-            raise ValueError("prompts go with a text-conditioned run (text_encoder=tiny|minilm)")
-        return run.text(list(prompts), run.device)
-    return {"y": labels} if labels is not None else {}
-
-
 def invert(run, x0: Tensor, *, labels: Tensor | None = None, prompts: list[str] | None = None, denoiser=None,
            steps: int = 50, strength: float = 1.0, exact: bool = True) -> SampleOutput:
     """The noise (at the grid's first time) that DDIM maps to x0 under the condition (labels,
@@ -104,7 +96,7 @@ def invert(run, x0: Tensor, *, labels: Tensor | None = None, prompts: list[str] 
     d = denoiser if denoiser is not None else run.denoiser
     with torch.no_grad():
         return ddim_invert(d, run.encode(x0), _grid(run, steps, strength), exact=exact,
-                           cond=_cond(run, labels, prompts))
+                           cond=condition(run, labels, prompts))
 
 
 def regenerate(run, noise: Tensor, *, labels: Tensor | None = None, prompts: list[str] | None = None,
@@ -113,7 +105,7 @@ def regenerate(run, noise: Tensor, *, labels: Tensor | None = None, prompts: lis
     diffusion decodes it; its trajectory stays in the latent space)."""
     d = denoiser if denoiser is not None else run.denoiser
     with torch.no_grad():
-        out = ddim(d, noise, _grid(run, steps, strength), cond=_cond(run, labels, prompts))
+        out = ddim(d, noise, _grid(run, steps, strength), cond=condition(run, labels, prompts))
         return dataclasses.replace(out, x=run.decode(out.x))
 
 
@@ -124,20 +116,15 @@ def edit(run, x0: Tensor, source, target, *, scale: float = 1.0, steps: int = 50
     (ints, or (n,) tensors: one per image); text runs: prompts (a string, or one per image),
     e.g. "a thick handwritten seven" -> "a thin handwritten seven".  Returns (edited images,
     the noise)."""
-    from .generate import guide
-
-    n = len(x0)
+    n, cond = len(x0), {}
     if getattr(run, "text", None) is not None:
-        prompts = {}
         for name, value in (("source", source), ("target", target)):
             value = [value] * n if isinstance(value, str) else value
             if not isinstance(value, (list, tuple)) or len(value) != n or not all(isinstance(v, str) for v in value):
                 raise ValueError(f"a text run edits by prompt: {name} must be a string or {n} strings")
-            prompts[name] = value
-        cond = {"source": {"prompts": prompts["source"]}, "target": {"prompts": prompts["target"]}}
+            cond[name] = {"prompts": value}
     elif run.cfg.class_conditional:
         k = run.data.num_classes
-        cond = {}
         for name, value in (("source", source), ("target", target)):
             value = torch.as_tensor(value).long().expand(n)
             if ((value < 0) | (value >= k)).any():

@@ -74,6 +74,17 @@ def class_labels(run, n: int, label: int | None = None, per_class: bool = False)
     return torch.arange(n) % k
 
 
+def condition(run, labels: torch.Tensor | None = None, prompts: list[str] | None = None) -> dict:
+    """The network's condition keywords: class labels `y`, or a text run's encoded `prompts`
+    (which such a run needs, and no other run takes), or none."""
+    if (prompts is not None) != (run.text is not None):
+        raise ValueError("prompts go with a text-conditioned run (text_encoder=tiny|minilm), and such a run "
+                         "needs them")
+    if prompts is not None:
+        return run.text(list(prompts), run.device)
+    return {"y": labels.to(run.device)} if labels is not None else {}
+
+
 def generate(run, n: int, sampler: str | None = None, steps: int | None = None, spacing: str | None = None,
              seed: int = 0, *, denoiser=None, labels: torch.Tensor | None = None, trajectory: bool = False,
              progress: bool = True, temperature: float = 1.0, prompts: list[str] | None = None):
@@ -95,14 +106,11 @@ def generate(run, n: int, sampler: str | None = None, steps: int | None = None, 
     if temperature != 1.0:
         raise ValueError("temperature applies to normalizing flows")
     denoiser = denoiser if denoiser is not None else run.denoiser
-    cond = {"y": labels.to(run.device)} if labels is not None else {}
+    cond = condition(run, labels, prompts)
     if labels is not None:
         n = len(labels)
-    if (prompts is not None) != (run.text is not None):
-        raise ValueError("prompts go with a text-conditioned run (text_encoder=tiny|minilm), and such a run "
-                         "needs them")
     if prompts is not None:
-        cond, n = run.text(prompts, run.device), len(prompts)
+        n = len(prompts)
     with torch.no_grad():
         out = sample(denoiser, (n, *run.sample_shape), sampler or run.cfg.sampler, steps or run.cfg.sample_steps,
                      spacing, seed=seed, cond=cond, device=run.device, return_trajectory=trajectory,

@@ -163,7 +163,7 @@ PRESETS["ldm-mnist5k"] = {**_LATENT, "model_config": {"channels": 40, "channel_m
                                                       "attention_resolutions": [1, 2], "head_channels": 40}}
 PRESETS["ldm-dit-mnist5k"] = {**_LATENT, "model": "dit", "lr": 1e-3,
                               "model_config": {**_TRANSFORMERS["dit"], "patch_size": 1}}
-# Stable Diffusion in miniature: the latent UNet read captions through cross-attention, from
+# Stable Diffusion in miniature: the latent UNet reads captions through cross-attention, from
 # the tiny trainable encoder or the frozen MiniLM.
 PRESETS["text-ldm-mnist5k"] = {**PRESETS["ldm-mnist5k"], "text_encoder": "tiny"}
 PRESETS["text-minilm-ldm-mnist5k"] = {**PRESETS["ldm-mnist5k"], "text_encoder": "minilm"}

@@ -208,7 +208,7 @@ def saved_bytes(run, micro_batch: int) -> tuple[int, list[int]]:
     y = labels[idx] if labels is not None and run.cfg.class_conditional else None
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            with torch.autocast(run.device.type, dtype=run.dtype or torch.float32, enabled=run.dtype is not None):
+            with run.autocast():  # the training step's autocast
                 loss = run.loss(data[idx], y, d, idx).loss
     finally:
         for h in hooks:
