@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch.distributed.elastic.multiprocessing.errors import record
 
+import hirune.adversary as AD
 import hirune.distributed.strategy as S
 import hirune.trainer as T
 from hirune.cli import main
@@ -121,7 +122,7 @@ def run() -> int:
     elif scenario == "fail":
         fail_on_rank_1()
     elif scenario == "gan-local-weight":
-        T.Run._mean_over_ranks = lambda self, *tensors: tensors
+        AD.Adversary.mean_over_ranks = lambda self, *tensors: tensors  # each rank's own gradients
     elif scenario == "stale-rank-1":
         stale_rank_1()
     elif scenario == "record-dtypes":

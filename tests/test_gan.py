@@ -189,7 +189,7 @@ def _gan_free_until_disc_start(tmp_path) -> None:
     for k, v in init.state_dict().items():
         assert torch.equal(b["discriminator"][k], v), k                # untouched before disc_start
         if k.endswith("weight"):  # (the output bias has zero hinge gradient while all |logits| < 1)
-            assert not torch.equal(on.discriminator.state_dict()[k], v), k  # trained after it
+            assert not torch.equal(on.adversary.discriminator.state_dict()[k], v), k  # trained after it
     assert "g_loss" not in rec_on[1] and {"g_loss", "d_loss", "adaptive_weight", "logits_real",
                                           "logits_fake"} <= set(rec_on[2])
     for r in rec_on[2:]:  # one process, one micro-batch: the logged loss is the sum of its terms
@@ -204,9 +204,9 @@ def test_before_disc_start_the_run_is_the_gan_free_run(tmp_path):
 
 
 def test_gan_free_check_catches_a_gan_that_ignores_disc_start(tmp_path, monkeypatch):
-    import hirune.trainer as T
+    from hirune.adversary import Adversary
 
-    monkeypatch.setattr(T.Run, "gan_active", property(lambda self: self.discriminator is not None))
+    monkeypatch.setattr(Adversary, "active", lambda self, step: True)
     with pytest.raises(AssertionError):
         _gan_free_until_disc_start(tmp_path)
 
@@ -225,8 +225,8 @@ def test_discriminator_step_does_not_reach_the_autoencoder(tmp_path, monkeypatch
         run = Run(gan_config(tmp_path, gan={"disc_start": 0}), distributed=False)
         x, d = _one_batch(run)
         out = run.loss(x, None, d)                   # the generator's loss, graph kept
-        run.discriminator_step([(x, out.reconstruction)])
-        return [p.grad for p in run.model.parameters()], [p.grad for p in run.discriminator.parameters()]
+        run.adversary.step([(x, out.reconstruction)])
+        return [p.grad for p in run.model.parameters()], [p.grad for p in run.adversary.discriminator.parameters()]
 
     model_grads, disc_grads = grads_after_discriminator_step()
     assert all(g is None for g in model_grads) and all(g is not None for g in disc_grads)
@@ -252,15 +252,15 @@ def test_the_discriminator_step_leaves_the_generator_update_unchanged(tmp_path, 
         run = Run(gan_config(tmp_path, gan={"disc_start": 0}, grad_accum=2), distributed=False)
         if skip_discriminator:
             zero = torch.zeros(())
-            run.discriminator_step = lambda pairs: (zero, zero)
+            run.adversary.step = lambda pairs: (zero, zero)
         run.train_step(*run.batch_source())
         return run
 
     a, b = step(False), step(True)
     for (k, v), w in zip(a.model.state_dict().items(), b.model.state_dict().values()):
         assert torch.equal(v, w), k
-    assert any(not torch.equal(v, w) for v, w in zip(a.discriminator.state_dict().values(),
-                                                      b.discriminator.state_dict().values()))
+    assert any(not torch.equal(v, w) for v, w in zip(a.adversary.discriminator.state_dict().values(),
+                                                      b.adversary.discriminator.state_dict().values()))
 
 
 def _resume(tmp_path, corrupt=None):
@@ -271,13 +271,14 @@ def _resume(tmp_path, corrupt=None):
         corrupt(latest_checkpoint(tmp_path / "b" / "run"))
     resumed = train(gan_config(tmp_path / "b", resume=True, **cfg), progress=False)
     assert [r["loss"] for r in records(straight.cfg.out)] == [r["loss"] for r in records(resumed.cfg.out)]
-    for name in ("model", "discriminator"):
-        ours, theirs = getattr(straight, name).state_dict(), getattr(resumed, name).state_dict()
+    for name, ours, theirs in (("model", straight.model.state_dict(), resumed.model.state_dict()),
+                               ("discriminator", straight.adversary.discriminator.state_dict(),
+                                resumed.adversary.discriminator.state_dict())):
         for k, v in ours.items():
             assert torch.equal(v, theirs[k]), (name, k)
     for k in straight.ema.shadow:
         assert torch.equal(straight.ema.shadow[k], resumed.ema.shadow[k]), k
-    a, b = straight.disc_optimizer.state_dict()["state"], resumed.disc_optimizer.state_dict()["state"]
+    a, b = straight.adversary.optimizer.state_dict()["state"], resumed.adversary.optimizer.state_dict()["state"]
     for pid, entries in a.items():
         for key, v in entries.items():
             assert torch.equal(v, b[pid][key]), (pid, key)
@@ -313,10 +314,10 @@ def test_checkpoint_holds_the_discriminator_and_load_run_export_leave_it_out(tmp
 
     run = train(gan_config(tmp_path), progress=False)
     tensors, state = load_checkpoint(run.cfg.out)
-    for k, v in run.discriminator.state_dict().items():
+    for k, v in run.adversary.discriminator.state_dict().items():
         assert torch.equal(tensors["discriminator"][k], v), k
-    optim = run.disc_optimizer.state_dict()
-    assert len(optim["state"]) == len(list(run.discriminator.parameters()))
+    optim = run.adversary.optimizer.state_dict()
+    assert len(optim["state"]) == len(list(run.adversary.discriminator.parameters()))
     for pid, entries in optim["state"].items():
         assert torch.equal(tensors["disc_optimizer"][f"{pid}.exp_avg_sq"], entries["exp_avg_sq"])
     assert state["disc_optimizer"]["param_groups"][0]["betas"] == [0.5, 0.9]

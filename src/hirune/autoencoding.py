@@ -33,9 +33,9 @@ reconstruction (+ perceptual) loss; the KL and VQ terms do not reach G_L, so it 
 the gradient of the whole non-adversarial loss there.  lambda balances the two gradients
 where they meet the image, is clamped to [0, 1e4] and is a constant for backpropagation.
 D is a fixed function inside the generator's loss (its parameters get no gradient), and
-its own step sees the reconstructions detached.  The trainer (`Run.discriminator_step`)
-runs one D step after each generator step, on the same micro-batches, with a second
-AdamW (betas (0.5, 0.9) as taming).  Unlike taming, which re-runs the autoencoder for the
+its own step sees the reconstructions detached.  The trainer runs one D step
+(`adversary.Adversary.step`) after each generator step, on the same micro-batches, with
+a second AdamW (betas (0.5, 0.9) as taming).  Unlike taming, which re-runs the autoencoder for the
 D step after the generator's update, D judges the reconstructions the generator step
 already made (one forward fewer; the D step draws no randomness).  Turn it on with, e.g.,
 `model_config={..., "disc_weight": 0.5, "disc_start": 300}`.

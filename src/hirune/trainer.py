@@ -5,7 +5,8 @@
 The loop is written out below, not hidden behind callbacks: one optimizer step =
 `grad_accum` micro-batches -> clip -> AdamW step -> EMA update (once per optimizer step).
 Autoencoders with an adversarial loss (disc_weight > 0) add, from disc_start on, one
-step of their patch discriminator on the same micro-batches (`Run.discriminator_step`).
+step of their patch discriminator on the same micro-batches (`Run.adversary`, an
+`adversary.Adversary`).
 Everything a resumed run needs is in the checkpoint (model, EMA, optimizer, step, the
 noise generator and the global RNG); the learning rate is a pure function of the step and
 the data order a pure function of (seed, micro-batch counter), so `resume=True` continues
@@ -22,6 +23,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -33,8 +35,10 @@ from .ema import EMA
 from .data.captions import TRAIN_TEMPLATES, caption
 from .recompute import recompute_blocks
 
+if TYPE_CHECKING:
+    from .adversary import Adversary
+
 OBJECTIVE_PREDICTION = {"flow_matching": "velocity"}  # other objectives: cfg.prediction
-GAN_STRATEGIES = ("ddp", "zero1")  # the discriminator's adaptive weight needs the decoder's whole last layer
 # keys that may differ between a run and its resumption
 RESUMABLE_CHANGES = ("steps", "log_every", "sample_every", "ckpt_every", "resume", "device",
                      "eval_samples", "clip_x0", "sampler", "sample_steps", "num_samples", "strategy",
@@ -274,41 +278,16 @@ class Run:
         self.forward = torch.compile(wrapped) if cfg.compile else wrapped
         self.scaler = make_grad_scaler(self.device, self.dtype == torch.float16, self.world.distributed)
         # autoencoders' optional adversarial loss: the patch discriminator and its optimizer
-        self.discriminator = self.disc_forward = self.disc_optimizer = None
+        self.adversary = None
         if self.is_autoencoder and self.model.config.disc_weight > 0:
-            self._init_discriminator()
+            from .adversary import Adversary
 
-    def _init_discriminator(self) -> None:
-        """The patch discriminator of VQGAN / LDM (`models/discriminator.py`), replicated on
-        every rank (DDP on several processes, whatever the generator's strategy), with its
-        own AdamW at the generator's learning rate and taming's betas (0.5, 0.9).  It is
-        initialised from its own seed, so the global RNG, and with it the run up to
-        disc_start, is that of the same run without it."""
-        from .distributed.strategy import make_optimizer, wrap
-        from .models import PatchDiscriminator
+            self.adversary = Adversary(self.model.config, cfg, self.world, self.device, self.data.shape[-1],
+                                       dtype=self.dtype, autocast=self.autocast, channels_last=self.channels_last)
 
-        cfg, c = self.cfg, self.model.config
-        if cfg.strategy not in GAN_STRATEGIES:
-            raise ValueError(f"the adversarial loss (disc_weight > 0) needs strategy in {list(GAN_STRATEGIES)}, "
-                             f"not {cfg.strategy!r}: its adaptive weight differentiates through the decoder's "
-                             "last layer, which FSDP2 keeps sharded")
-        if self.dtype == torch.float16:
-            raise ValueError("the adversarial loss (disc_weight > 0) does not support precision='fp16' (no loss "
-                             "scaling for the discriminator); use 'bf16' or 'fp32'")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed + 2)
-            self.discriminator = PatchDiscriminator(c.in_channels, c.disc_channels, c.disc_layers,
-                                                    self.data.shape[-1]).to(self.device)
-        if self.channels_last:
-            self.discriminator.to(memory_format=torch.channels_last)
-        self.disc_forward = wrap(self.discriminator, "ddp", self.world, self.device)
-        self.disc_optimizer = make_optimizer(self.discriminator, "ddp", self.world, self.device, cfg.lr,
-                                             cfg.weight_decay, betas=(0.5, 0.9))
-
-    @property
-    def gan_active(self) -> bool:
-        """Whether this step trains with the adversarial loss (taming's disc_factor: 0 before disc_start)."""
-        return self.discriminator is not None and self.step >= self.model.config.disc_start
+    def active_adversary(self) -> Adversary | None:
+        """`adversary` where this step trains with it (from disc_start on), else None."""
+        return self.adversary if self.adversary is not None and self.adversary.active(self.step) else None
 
     def autocast(self):
         """The training steps' autocast context (bf16 on CUDA by default; off in fp32)."""
@@ -399,10 +378,8 @@ class Run:
         if self.is_autoencoder:
             from .autoencoding import autoencoder_loss
 
-            gan = {}
-            if self.gan_active:  # VQGAN's adversarial term with its adaptive weight (eq. 7)
-                gan = dict(discriminator=self.discriminator, last_layer=self.model.last_layer(),
-                           average=self._mean_over_ranks if self.world.distributed else None)
+            adversary = self.active_adversary()  # VQGAN's adversarial term with its adaptive weight (eq. 7)
+            gan = adversary.generator_kwargs(self.model) if adversary is not None else {}
             return autoencoder_loss(self.forward, x0, self.model.config, noise=d.get("noise"), dataset=cfg.dataset,
                                     **gan)
         if self.is_flow:
@@ -449,8 +426,9 @@ class Run:
         rank and before touching the weights, on a non-finite loss."""
         from .distributed.strategy import grad_norm_value, sync_gradients
 
-        cfg, world, gan = self.cfg, self.world, self.gan_active
-        for optimizer in [o for o in (self.optimizer, self.disc_optimizer) if o is not None]:  # one schedule
+        cfg, world, adversary = self.cfg, self.world, self.active_adversary()
+        optimizers = [self.optimizer] + ([self.adversary.optimizer] if self.adversary is not None else [])
+        for optimizer in optimizers:  # one schedule
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(cfg, self.step)
         self.optimizer.zero_grad(set_to_none=True)
@@ -472,15 +450,15 @@ class Run:
                 self.terms = out.terms  # the last micro-batch's named parts, for the log
                 self.scaler.scale(out.loss / cfg.grad_accum).backward()
             total += out.loss.detach().float() / cfg.grad_accum
-            if gan:
+            if adversary is not None:
                 pairs.append((data[idx], out.reconstruction))
             if self.time_sampler is not None:  # Improved DDPM's sampler learns from every rank's losses
                 self.time_sampler.update(*self._gather(d["t"], out.terms["vlb_per_sample"]))
         self.scaler.unscale_(self.optimizer)  # fp16: true gradients before clipping (else a no-op)
         grad_norm = grad_norm_value(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
         d_total = d_norm = torch.zeros((), device=self.device)
-        if gan:  # then the discriminator (taming's second optimizer) on the same micro-batches
-            d_total, d_norm = self.discriminator_step(pairs)
+        if adversary is not None:  # then the discriminator (taming's second optimizer) on the same micro-batches
+            d_total, d_norm = adversary.step(pairs)
         losses = torch.stack([total, d_total])
         if world.distributed:  # the mean over ranks (SUM then divide: AVG is unreliable on gloo)
             torch.distributed.all_reduce(losses)
@@ -492,40 +470,12 @@ class Run:
             raise FloatingPointError(f"non-finite {which} at step {self.step}")
         self.scaler.step(self.optimizer)      # fp16: skipped when a gradient overflowed
         self.scaler.update()
-        if gan:
-            self.disc_optimizer.step()
-            self.terms.update(d_loss=d_value, d_grad_norm=d_norm_value)
+        if adversary is not None:
+            adversary.optimizer.step()
+            self.terms.update(adversary.terms, d_loss=d_value, d_grad_norm=d_norm_value)
         self.ema.update(self.model)
         self.step += 1
         return loss_value, norm_value
-
-    def discriminator_step(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The discriminator's gradients for one optimizer step: its loss (`disc_loss`) on each
-        micro-batch's images and (detached) reconstructions from the generator step,
-        accumulated like the generator's (DDP all-reduces on the last micro-batch), then
-        clipped.  Returns this rank's mean loss and the gradient norm on the device (no
-        sync); `train_step` steps `disc_optimizer` once every loss is known to be finite."""
-        from .autoencoding import discriminator_loss
-        from .distributed.strategy import sync_gradients
-
-        self.disc_optimizer.zero_grad(set_to_none=True)
-        total = torch.zeros((), device=self.device)
-        for k, (real, fake) in enumerate(pairs):
-            with sync_gradients(self.disc_forward, "ddp", last=k == len(pairs) - 1):
-                with self.autocast():
-                    loss, logits_real, logits_fake = discriminator_loss(self.disc_forward, real, fake,
-                                                                        self.model.config.disc_loss)
-                (loss / len(pairs)).backward()
-            total += loss.detach() / len(pairs)
-        self.terms.update(logits_real=logits_real, logits_fake=logits_fake)  # the last micro-batch's means
-        return total, torch.nn.utils.clip_grad_norm_(self.discriminator.parameters(), self.cfg.grad_clip)
-
-    def _mean_over_ranks(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The tensors averaged over the ranks, in one all-reduce (SUM, then divide)."""
-        flat = torch.cat([x.detach().float().flatten() for x in tensors])
-        torch.distributed.all_reduce(flat)
-        parts = (flat / self.world.size).split([x.numel() for x in tensors])
-        return tuple(p.view(x.shape).to(x.dtype) for p, x in zip(parts, tensors))
 
     def _gather(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Each tensor concatenated over the ranks in rank order (itself on one process)."""
@@ -568,9 +518,10 @@ class Run:
                                     for k, v in self.scaler.state_dict().items()}
         if self.is_autoencoder:  # the latent scale of these (EMA) weights, for latent diffusion
             state["latent_stats"] = self.compute_latent_stats()
-        if self.discriminator is not None:  # replicated: rank 0's copy is everyone's
-            disc_optim, state["disc_optimizer"] = flatten_optimizer_state(self.disc_optimizer.state_dict())
-            tensors.update(discriminator=self.discriminator.state_dict(), disc_optimizer=disc_optim)
+        if self.adversary is not None:  # the discriminator and its AdamW, replicated: rank 0's copy
+            disc_tensors, disc_state = self.adversary.checkpoint()
+            tensors.update(disc_tensors)
+            state.update(disc_state)
         staged = None
         if self.sharded and self.cfg.sharded_checkpoints:
             staged = staging_dir(self.cfg.out, self.step)
@@ -614,10 +565,8 @@ class Run:
             self.time_sampler.load_state_dict(tensors["time_sampler"])
         if self.scaler.is_enabled() and "grad_scaler" in state:
             self.scaler.load_state_dict(state["grad_scaler"])
-        if self.discriminator is not None:
-            self.discriminator.load_state_dict(tensors["discriminator"])
-            self.disc_optimizer.load_state_dict(unflatten_optimizer_state(tensors["disc_optimizer"],
-                                                                          state["disc_optimizer"]))
+        if self.adversary is not None:
+            self.adversary.load(tensors, state)
         self.step = state["step"]
 
     @torch.no_grad()
