@@ -250,6 +250,20 @@ def test_uvit_long_skips_are_last_in_first_out():
         assert torch.equal(skip, out)
 
 
+@pytest.mark.parametrize("num_classes, extras", [(None, 1), (10, 2)])
+def test_uvit_patch_positions_start_as_the_sin_cos_table(num_classes, extras):
+    """The patch tokens' rows of the learned table start as the 2-D sin-cos table (after the
+    time and class rows, which keep the paper's truncated normal); pos_init='trunc_normal'
+    is the paper's init for every row.  Both stay learned."""
+    model = small("uvit", num_classes=num_classes)
+    assert model.extras == extras and model.pos_embed.requires_grad
+    table = model.pos_embed[0].detach()
+    assert torch.equal(table[extras:], sincos_position_embedding(64, 4, 4))
+    assert table[:extras].abs().max() < 0.12                                       # std 0.02
+    paper = small("uvit", num_classes=num_classes, pos_init="trunc_normal").pos_embed[0].detach()
+    assert paper.abs().max() < 0.12 and 0.015 < paper.std() < 0.025
+
+
 def test_blocks_are_the_units_fsdp_shards():
     dit, uvit = small("dit", depth=3), small("uvit", depth=5)
     assert blocks(dit) == list(dit.blocks)
@@ -305,6 +319,9 @@ def test_parameter_counts_match_the_papers():
     ("dit", {"size": "XXL/2"}, r"unknown dit size 'XXL/2'; valid: \['B/2', 'B/4', 'B/8', 'L/2', .*'XL/8'\]"),
     ("uvit", {"size": "base"}, r"unknown uvit size 'base'; valid: \['huge', 'large', 'mid', 'small', 'tiny'\]"),
     ("uvit", {"size": "tiny", "depth": 6}, r"depth .* must be odd, got 6"),
+    ("uvit", {"size": "tiny", "pos_init": "zeros"},
+     r"pos_init must be one of \['sincos', 'trunc_normal'\], got 'zeros'"),
+    ("uvit", {"hidden_size": 66, "num_heads": 3}, r"pos_init='sincos' needs hidden_size divisible by 4, got 66"),
     ("dit", {"hidden_size": 66, "num_heads": 3}, r"divisible by 4"),
     ("dit", {"patch_size": 2.0}, r"DiTConfig.patch_size must be int"),
 ])

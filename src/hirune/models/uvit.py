@@ -18,8 +18,15 @@ depth is odd (U-ViT-S has 13 = 6 + 1 + 6).  The blocks live in the top-level Mod
 `in_blocks` and `out_blocks`; the mid block is a plain module of the same class, which
 `hirune.models.blocks` shards as one more unit.
 
-Init as in the paper's code: truncated normal(0.02) linears and positions, zero biases,
-PyTorch's defaults elsewhere.  hirune's choice on top, like DiT's zero final linear: the
+Init as in the paper's code: truncated normal(0.02) linears, zero biases, PyTorch's
+defaults elsewhere.  The learned position table is where hirune departs from it by
+default (`pos_init`): the patch tokens' rows start as DiT's fixed 2-D sin-cos table (the
+time, class and caption rows keep the truncated normal), and all of it is still learned.
+Started at std 0.02, the rows of an all-background image's patches differ by 2% of the
+patch embedding, so for hundreds of steps the network barely knows where a token lies;
+uvit-mnist5k after 1500 steps: Frechet distance of 500 samples 152.8 with the paper's
+init, 90.6 with sin-cos (DiT: 60.4); `pos_init="trunc_normal"` is the paper's.  hirune's
+other choice, like DiT's zero final linear: the
 patch linear `decoder_pred` and the 3x3 conv's bias start at zero, so the initial output is
 exactly 0, while the conv keeps its random weights.  (Zeroing the conv instead, as ADM
 zeroes its output conv, starves the network: with one output channel every gradient then
@@ -44,9 +51,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..nn import (Attention, ContextEmbedding, PatchEmbed, check_context, check_patch_size, timestep_embedding,
-                  unpatchify, zero_)
+from ..nn import (Attention, ContextEmbedding, PatchEmbed, check_context, check_patch_size,
+                  sincos_position_embedding, timestep_embedding, unpatchify, zero_)
 from .config import check_fields
+
+
+# the learned position table's start: the patch rows as the 2-D sin-cos table (hirune), or
+# all rows truncated normal(0.02) (the paper's code)
+POS_INITS = ("sincos", "trunc_normal")
 
 
 @dataclass(frozen=True)
@@ -54,7 +66,8 @@ class UViTConfig:
     """Fields as in `DiTConfig`; depth: all blocks (odd: in, mid, out).  conv: the extra
     3x3 conv on the output image.  U-ViT's attention has no qkv bias.  context_dim,
     context_vocab, context_len: text conditioning as in `UNetConfig`, read as context_len
-    extra tokens (see the module docstring)."""
+    extra tokens (see the module docstring).  pos_init: the start of the learned position
+    table, one of `POS_INITS`."""
 
     in_channels: int = 3
     out_channels: int | None = None
@@ -72,9 +85,15 @@ class UViTConfig:
     context_dim: int | None = None
     context_vocab: int | None = None
     context_len: int = 32
+    pos_init: str = "sincos"
 
     def __post_init__(self):
         check_fields(self)
+        if self.pos_init not in POS_INITS:
+            raise ValueError(f"UViTConfig.pos_init must be one of {list(POS_INITS)}, got {self.pos_init!r}")
+        if self.pos_init == "sincos" and self.hidden_size % 4:
+            raise ValueError(f"UViTConfig.pos_init='sincos' needs hidden_size divisible by 4, got "
+                             f"{self.hidden_size}; use pos_init='trunc_normal'")
         for name in ("in_channels", "out_channels", "image_size", "patch_size", "hidden_size", "depth",
                      "num_heads", "num_classes", "context_dim", "context_vocab", "context_len"):
             value = getattr(self, name)
@@ -162,8 +181,13 @@ class UViT(nn.Module):
 
     @torch.no_grad()
     def initialize_weights(self) -> None:
-        """The paper's init, then a zero output (see the module docstring)."""
+        """The paper's init, the patch positions as sin-cos (`pos_init`), then a zero
+        output (see the module docstring)."""
+        c = self.config
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if c.pos_init == "sincos":
+            side = c.image_size // c.patch_size
+            self.pos_embed[0, self.extras:] = sincos_position_embedding(c.hidden_size, side, side)
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)
