@@ -1,10 +1,14 @@
 """Scoring trained runs: samples against held-out data (Frechet distance in the shipped
 evaluator's features and class accuracy for the digit sets; sliced Wasserstein and energy
 distance for the toys, each beside its real-vs-real value), held-out NLL for every family
-(nats and bits/dim, one dequantization), the accuracy of noise-aware classifiers
-across noise levels, and the reconstructions of autoencoders."""
+(nats and bits/dim, one dequantization), the denoiser's x0 error across noise levels (where
+a model loses), the accuracy of noise-aware classifiers across noise levels, and the
+reconstructions of autoencoders."""
 
 from __future__ import annotations
+
+# the noise levels of `denoising_error`: fractions of the way from t_min to t_max
+NOISE_FRACTIONS = (0.01, 0.1, 0.25, 0.4, 0.55, 0.7, 0.85, 0.95, 1.0)
 
 
 def evaluate_run(run, n: int, sampler: str | None = None, steps: int | None = None, seed: int = 0,
@@ -79,6 +83,53 @@ def text_accuracy(run, n: int = 200, sampler: str | None = None, steps: int | No
     return out
 
 
+def fraction_time(process, fraction: float) -> float:
+    """The time a fraction of the way from t_min to t_max (discrete processes: the nearest step)."""
+    p = process
+    return float(round(fraction * (p.T - 1))) if p.discrete else p.t_min + fraction * (p.t_max - p.t_min)
+
+
+def denoising_error(denoiser, x0, fractions=NOISE_FRACTIONS, seed: int = 0, **cond) -> dict[str, float]:
+    """Where a denoiser loses: the mean squared error of its x0 estimate per element,
+    E |x0_hat(x_t, t) - x0|^2 / D, at each time `fraction_time(fraction)`, with x_t drawn
+    from q(x_t | x0) with one seeded noise for all times.  The minimum at each t is the
+    posterior variance Var(x0 | x_t) per element (for data N(0, I) on a variance-preserving
+    process: sigma(t)^2, reached by x0_hat = alpha x_t).  cond: the network's condition
+    keywords.  Returns {"x0_mse_t<t>": error} in the order of `fractions`."""
+    import torch
+
+    from .denoiser import time_batch
+
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(x0.shape, generator=g, dtype=x0.dtype).to(x0.device)
+    out = {}
+    with torch.no_grad():
+        for f in fractions:
+            t = fraction_time(denoiser.process, f)
+            x_t = denoiser.process.q_sample(x0, torch.tensor(t, dtype=torch.float64), noise)
+            x0_hat = denoiser(x_t, time_batch(t, x_t), **cond).x0
+            out[f"x0_mse_t{t:g}"] = float((x0_hat.double() - x0.double()).square().mean())
+    return out
+
+
+def denoising_report(run, n: int = 256, seed: int = 0) -> dict[str, float]:
+    """`denoising_error` of a run's denoiser on its first n test examples (latent runs: their
+    scaled latents, `Run.encode`), unconditionally (the null label; a text run's empty
+    caption).  For comparing networks at the same step: the error at middle noise levels
+    is where a digit's layout is decided."""
+    from .data import load_dataset
+    from .generate import condition
+
+    if run.denoiser is None:
+        raise ValueError("the denoising error needs a diffusion, score or flow-matching run, not a flow, "
+                         "classifier or autoencoder")
+    x0 = load_dataset(run.cfg.dataset, "test").data[:n].to(run.device)
+    if run.first_stage is not None:
+        x0 = run.encode(x0)
+    cond = condition(run, prompts=[""] * len(x0) if run.text is not None else None)
+    return denoising_error(run.denoiser, x0, seed=seed, **cond)
+
+
 def classifier_accuracy(run, fractions=(0.0, 0.25, 0.5, 0.75, 0.9)) -> dict:
     """Test-split accuracy of a noise-aware classifier at times t = fraction of the way
     from t_min to t_max (x_t drawn with a fixed seed)."""
@@ -93,7 +144,7 @@ def classifier_accuracy(run, fractions=(0.0, 0.25, 0.5, 0.75, 0.9)) -> dict:
     with torch.no_grad():
         for f in fractions:
             p = run.process
-            t = round(f * (p.T - 1)) if p.discrete else p.t_min + f * (p.t_max - p.t_min)
+            t = fraction_time(p, f)
             x_t = p.q_sample(test.data, torch.tensor(float(t)), torch.randn(test.data.shape, generator=g))
             logits = run.model(x_t, time_batch(t, x_t))
             out[f"accuracy_t{t:g}"] = float((logits.argmax(1) == test.labels).double().mean())

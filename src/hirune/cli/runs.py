@@ -176,6 +176,9 @@ def _add_eval(sub) -> None:
     p.add_argument("--text-accuracy", type=int, default=0, metavar="N",
                    help="text-conditioned runs: N samples per caption phrasing (training and held-out), "
                         "scored by whether the evaluator sees the digit the caption names")
+    p.add_argument("--denoising-error", type=int, default=0, metavar="N",
+                   help="also the unguided denoiser's x0 error (MSE per element) on N test examples at "
+                        "nine noise levels, x0_mse_t<t>: where a model loses")
     _add_guidance_options(p)
     p.set_defaults(func=cmd_eval)
 
@@ -196,6 +199,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
             metrics.update(text_accuracy(run, args.text_accuracy, args.sampler, args.steps, args.seed,
                                          denoiser=_guided(run, args)))
+        if args.denoising_error:
+            from ..evaluation import denoising_report
+
+            metrics.update(denoising_report(run, args.denoising_error, args.seed))
     except ValueError as e:
         print(f"hirune eval: {e}", file=sys.stderr)
         return 2
