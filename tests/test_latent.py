@@ -71,6 +71,11 @@ def test_a_latent_run_trains_on_latents_and_samples_images(autoencoders, tmp_pat
     capsys.readouterr()
     assert main(["eval", str(tmp_path / "ldm"), "--n", "20", "--steps", "2", "--nll", "5"]) == 2
     assert "latent diffusion" in capsys.readouterr().err
+    from hirune.evaluation import denoising_report   # measured on the scaled latents of the test images
+
+    errors = denoising_report(reloaded, 8)
+    latents = reloaded.encode(reloaded.data.data[:1])
+    assert latents.shape == (1, 4, 4, 4) and errors["x0_mse_t999"] > errors["x0_mse_t10"] >= 0
 
 
 @pytest.mark.parametrize("kind", ["kl", "vq"])

@@ -137,9 +137,11 @@ def test_a_text_run_trains_samples_from_prompts_and_guides(tmp_path, capsys):
     assert main(["sample", str(tmp_path / "run"), "--prompt", "a thick seven", "--n", "4", "--steps", "2",
                  "--guidance", "cfg", "--scale", "2", "--out", str(out)]) == 0 and out.exists()
     capsys.readouterr()
-    assert main(["eval", str(tmp_path / "run"), "--n", "20", "--steps", "2", "--text-accuracy", "10"]) == 0
+    assert main(["eval", str(tmp_path / "run"), "--n", "20", "--steps", "2", "--text-accuracy", "10",
+                 "--denoising-error", "8"]) == 0
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(metrics["held_out_phrasings"]) == set(HELD_OUT_TEMPLATES)
+    assert metrics["x0_mse_t999"] > metrics["x0_mse_t10"] >= 0   # under the empty caption
     assert 0 <= metrics["held_out_phrasing_accuracy"] <= 1 and "class_accuracy" in metrics
 
 
