@@ -74,7 +74,7 @@ def caption_for(run, source: str) -> str | None:
     from .data import load_dataset
     from .data.captions import Captioner
 
-    if getattr(run, "text", None) is None or source.split(":", 1)[0] not in ("test", "train"):
+    if run.text is None or source.split(":", 1)[0] not in ("test", "train"):
         return None
     split, index = source.split(":", 1)
     data = load_dataset(run.cfg.dataset, split)
@@ -117,7 +117,7 @@ def edit(run, x0: Tensor, source, target, *, scale: float = 1.0, steps: int = 50
     e.g. "a thick handwritten seven" -> "a thin handwritten seven".  Returns (edited images,
     the noise)."""
     n, cond = len(x0), {}
-    if getattr(run, "text", None) is not None:
+    if run.text is not None:
         for name, value in (("source", source), ("target", target)):
             value = [value] * n if isinstance(value, str) else value
             if not isinstance(value, (list, tuple)) or len(value) != n or not all(isinstance(v, str) for v in value):
