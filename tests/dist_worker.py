@@ -1,4 +1,4 @@
-"""Run by torchrun in tests/test_distributed.py (not collected by pytest):
+"""Run by torchrun in tests/distributed/test_distributed.py (not collected by pytest):
 
     torchrun --standalone --nproc-per-node N tests/dist_worker.py SCENARIO [hirune train args...]
 
@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 from torch.distributed.elastic.multiprocessing.errors import record
 
-import hirune.adversary as AD
+import hirune.families.adversary as AD
 import hirune.distributed.strategy as S
-import hirune.trainer as T
+import hirune.training.trainer as T
 from hirune.cli import main
 
 
@@ -43,14 +43,14 @@ def sum_grads() -> None:
 
 
 def fail_on_rank_1() -> None:
-    step = T.Run.train_step
+    step = T.Trainer.train_step
 
     def failing(self, data, labels):
         if self.world.rank == 1 and self.step == 2:
             raise RuntimeError("injected fault on rank 1 at step 2")
         return step(self, data, labels)
 
-    T.Run.train_step = failing
+    T.Trainer.train_step = failing
 
 
 def stale_rank_1() -> None:
@@ -102,7 +102,7 @@ def count_allreduce(out: Path) -> None:
         ddp.register_comm_hook(None, hook)
         return ddp
 
-    step = T.Run.train_step
+    step = T.Trainer.train_step
 
     def counted(self, data, labels):
         counts.append(0)
@@ -110,7 +110,7 @@ def count_allreduce(out: Path) -> None:
         (out / f"allreduce_rank{self.world.rank}.json").write_text(json.dumps(counts))
         return result
 
-    T.Run.train_step = counted
+    T.Trainer.train_step = counted
     S.wrap = counting
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from hirune.metrics import sliced_wasserstein
-from hirune.mixture import demo_mixture
+from hirune.metrics.distances import sliced_wasserstein
+from hirune.process.mixture import demo_mixture
 
 N = 20_000
 GM = demo_mixture()

@@ -88,6 +88,9 @@ def test_every_family_trains_as_it_did(workdir):
         run, old = workdir / "runs" / name, V0 / "runs" / name
         same(metrics(run), metrics(old), f"{name} metrics")
         same(tensors(latest(run)), tensors(latest(old)), f"{name} checkpoint")
+        if (old / "eval.json").exists():  # presets that score their run after training (eval_samples)
+            same(json.loads((run / "eval.json").read_text()), json.loads((old / "eval.json").read_text()),
+                 f"{name} eval.json")
         if EXACT:
             for png in sorted(run.glob("samples/*.png")):
                 assert pixels_sha(png) == RECORDED["previews"][png.relative_to(workdir).as_posix()], png

@@ -161,11 +161,11 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path, expect_config: dict | None = None
+def load_checkpoint(path: str | Path, expect_config: dict | None = None, groups: tuple[str, ...] | None = None
                     ) -> tuple[dict[str, dict[str, Tensor]], dict]:
     """Read a checkpoint folder (or a run directory: its latest).  Returns (tensors, state):
-    the tensors of every top-level group file (a sharded checkpoint's shards are verified
-    but left on disk for `hirune.distributed.sharded` to read).
+    the tensors of every top-level group file, or of `groups` only (every file is verified;
+    a sharded checkpoint's shards are left on disk for `hirune.distributed.sharded` to read).
 
     Raises CheckpointError naming the problem: missing files, a sha256 mismatch (truncated or
     corrupt), or `expect_config` differing from the saved config (listing the keys)."""
@@ -186,8 +186,9 @@ def load_checkpoint(path: str | Path, expect_config: dict | None = None
             raise CheckpointError(f"checkpoint {path} is missing {filename}")
         if _sha256(file) != digest:
             raise CheckpointError(f"checkpoint file {file} is truncated or corrupt (sha256 mismatch)")
-        if "/" not in filename:
-            tensors[filename.removesuffix(".safetensors")] = load_file(str(file))
+        group = filename.removesuffix(".safetensors")
+        if "/" not in filename and (groups is None or group in groups):
+            tensors[group] = load_file(str(file))
     if expect_config is not None and state.get("config") != expect_config:
         saved = state.get("config") or {}
         keys = sorted(k for k in set(saved) | set(expect_config) if saved.get(k) != expect_config.get(k))

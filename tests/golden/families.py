@@ -27,7 +27,10 @@ UNET = {"channels": 4, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_r
         "head_channels": 4}
 AE = {"size": "f2", "channels": 4, "z_channels": 2}
 COMMON = {"steps": 3, "batch_size": 8, "log_every": 1, "ckpt_every": 3, "sample_every": 3, "num_samples": 4,
-          "warmup": 2, "sample_steps": 2}
+          "warmup": 2}
+# the preview sampler's steps, a setting of the diffusion family; the recording gave it to every
+# run, and the other families never read it (they refuse it since the family interface)
+DIFFUSION = {"sample_steps": 2}
 
 # name: (preset, overrides); the order is the order of training (teachers and first stages first)
 RUNS: dict[str, tuple[str, dict]] = {
@@ -57,6 +60,7 @@ RUNS: dict[str, tuple[str, dict]] = {
 # the two-process runs: the same, some under the other strategies (zero2 / zero3 write shards)
 STRATEGIES = {"vpred": "zero1", "dit": "zero2", "uvit": "zero3", "iddpm": "zero2"}
 
+DIFFUSION_RUNS = ("ddpm", "vpred", "iddpm", "ncsn", "vpsde", "flow-ot", "reflow", "ldm", "dit", "uvit", "text")
 GENERATORS = ("ddpm", "vpred", "iddpm", "ncsn", "vpsde", "flow-ot", "reflow", "realnvp", "glow", "maf", "ldm",
               "dit", "uvit", "text")
 EVALUATED = ("kl-ae", "kl-ae-gan", "vq-ae", "classifier")
@@ -65,7 +69,7 @@ EVALUATED = ("kl-ae", "kl-ae-gan", "vq-ae", "classifier")
 def train_words(name: str, root: str = "runs", processes: int = 1) -> list[str]:
     """`hirune train` arguments of run `name` written to ROOT/name."""
     preset, overrides = RUNS[name]
-    values = {**COMMON, **overrides, "out": f"{root}/{name}"}
+    values = {**COMMON, **(DIFFUSION if name in DIFFUSION_RUNS else {}), **overrides, "out": f"{root}/{name}"}
     if processes > 1:
         values["strategy"] = STRATEGIES.get(name, "ddp")
         for key in ("autoencoder", "reflow_from"):

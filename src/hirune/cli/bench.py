@@ -28,8 +28,8 @@ def _add_bench(sub) -> None:
 
 
 def cmd_bench_train(args: argparse.Namespace) -> int:
-    from ..bench import bench_train, format_result
-    from ..presets import parse_preset_args
+    from ..training.speed import bench_train, format_result
+    from ..training.presets import parse_preset_args
 
     try:
         preset, overrides = parse_preset_args(args.items)

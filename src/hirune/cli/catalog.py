@@ -28,7 +28,7 @@ def _add_schedules(sub) -> None:
 
 def cmd_schedules(args: argparse.Namespace) -> int:
     from .. import BETA_SCHEDULES, SPACINGS
-    from ..timesteps import DISCRETE_SPACINGS
+    from ..sampling.timesteps import DISCRETE_SPACINGS
 
     print("beta schedules (DiscreteVP(NAME), make_betas(NAME)):")
     _print_rows([(name, _first_line(fn)) for name, fn in BETA_SCHEDULES.items()])
@@ -77,11 +77,11 @@ def _add_presets(sub) -> None:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    from ..presets import DEFAULT_PRESET, PRESETS
+    from ..training.presets import DEFAULT_PRESET, PRESETS
 
     print(f"training presets (hirune train NAME [key=value ...]; default {DEFAULT_PRESET}):")
     # flows and autoencoders have no forward process; latent runs name their autoencoder
-    _print_rows([(name, p["dataset"], p.get("process", "-") if p["model"] != "flow" else "-", p["objective"],
+    _print_rows([(name, p["dataset"], p.get("family", "diffusion"), p.get("process", "-"), p.get("objective", "-"),
                   p["model"] + (f" on {p['autoencoder']}" if p.get("autoencoder") else ""))
                  for name, p in PRESETS.items()])
     return 0

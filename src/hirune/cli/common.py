@@ -31,7 +31,7 @@ def _first_line(obj, width: int = 100) -> str:
 
 def _is_stochastic(fn) -> bool:
     """Whether a sampler draws fresh noise with its default options (DDIM: only for eta > 0)."""
-    from ..samplers import STOCHASTIC
+    from ..sampling import STOCHASTIC
 
     eta = inspect.signature(fn).parameters.get("eta")
     return fn in STOCHASTIC and not (eta is not None and eta.default == 0)

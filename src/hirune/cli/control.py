@@ -30,16 +30,18 @@ def cmd_invert(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from ..editing import caption_for, invert, load_image_for, psnr, regenerate
-    from ..trainer import load_run
+    from ..inference.editing import caption_for, invert, load_image_for, regenerate
+    from ..metrics import psnr
+    from ..training.loading import load
     from ..viz import image_grid
 
-    run = load_run(args.run)
+    run = load(args.run)
     try:
         x, known = load_image_for(run, args.image)
         label = args.label if args.label is not None else known
-        labels = torch.tensor([label]) if run.cfg.class_conditional and label is not None else None
-        if run.cfg.class_conditional and labels is None:
+        conditional = run.config.class_conditional
+        labels = torch.tensor([label]) if conditional and label is not None else None
+        if conditional and labels is None:
             raise ValueError("a class-conditional run needs --class for an image without a known label")
         prompts = None
         if run.text is not None:
@@ -107,11 +109,12 @@ def _add_edit(sub) -> None:
 def cmd_edit(args: argparse.Namespace) -> int:
     import torch
 
-    from ..editing import caption_for, edit, load_image_for, psnr
-    from ..trainer import load_run
+    from ..inference.editing import caption_for, edit, load_image_for
+    from ..metrics import psnr
+    from ..training.loading import load
     from ..viz import image_grid
 
-    run = load_run(args.run)
+    run = load(args.run)
     try:
         x, known = load_image_for(run, args.image)
         if run.text is not None:   # prompts
@@ -128,11 +131,11 @@ def cmd_edit(args: argparse.Namespace) -> int:
         return 2
     image_grid(torch.cat([x, edited]), args.out, nrow=2)
     result = {"from": source, "to": target, "psnr_to_original_db": float(psnr(edited, x)[0]), "out": args.out}
-    from ..evaluator import EVALUATED, load_evaluator
+    from ..metrics.evaluator import EVALUATED, load_evaluator
 
-    if run.cfg.dataset in EVALUATED:
+    if run.data.name in EVALUATED:
         with torch.no_grad():
-            result["evaluator_class"] = int(load_evaluator(run.cfg.dataset)(edited).argmax(1)[0])
+            result["evaluator_class"] = int(load_evaluator(run.data.name)(edited).argmax(1)[0])
     print(json.dumps(result))
     return 0
 

@@ -69,7 +69,7 @@ def _weights(mixture, x) -> list[float]:
 
 def _state_labels(process, steps: int, spacing: str, n_states: int) -> list[str]:
     """Labels of the states of a trajectory: the grid times, then the final x0 jump."""
-    from ..timesteps import time_grid
+    from ..sampling.timesteps import time_grid
 
     ts = time_grid(process, steps, spacing).tolist()
     return ([f"t = {t:.4g}" for t in ts] + ["x0 estimate"])[:n_states]
@@ -93,10 +93,10 @@ def _demo(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .. import make_process, sample
-    from ..metrics import energy_distance, sliced_wasserstein
-    from ..mixture import demo_mixture
-    from ..samplers import get_sampler
-    from ..timesteps import default_spacing, time_grid
+    from ..metrics.distances import energy_distance, sliced_wasserstein
+    from ..process.mixture import demo_mixture
+    from ..sampling import get_sampler
+    from ..sampling.timesteps import default_spacing, time_grid
     from ..viz import scatter_grid, trajectory_gif
 
     if args.n < 2:

@@ -11,7 +11,7 @@ from .common import _positive_int
 
 
 def _add_plan(sub) -> None:
-    from ..distributed.plan import LINKS, PRECISION_BYTES
+    from ..distributed.planner import LINKS, PRECISION_BYTES
     from ..distributed.strategy import STRATEGIES
 
     p = sub.add_parser("plan", help="memory and communication per GPU of a config under ddp / zero1-3",
@@ -40,9 +40,10 @@ def _add_plan(sub) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from ..distributed.plan import LINKS, measure, measure_peak_memory, plan
+    from ..distributed.planner import LINKS, plan
+    from ..training.measure import measure, measure_peak_memory
     from ..distributed.strategy import STRATEGIES
-    from ..presets import parse_preset_args, preset_config
+    from ..training.presets import parse_preset_args, preset_config
 
     try:
         preset, overrides = parse_preset_args(args.items)

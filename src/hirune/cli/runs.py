@@ -12,7 +12,8 @@ from pathlib import Path
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a model from a preset (default: the main job)",
                        description="hirune train [PRESET] [key=value ...]; `hirune presets` lists "
-                                   "the presets, and every TrainConfig field can be overridden.")
+                                   "the presets; every shared TrainConfig field and every setting of the "
+                                   "preset's family (family=... to change it) can be overridden.")
     p.add_argument("items", nargs="*", metavar="PRESET | key=value")
     p.add_argument("--nproc", type=int, default=0, metavar="N",
                    help="train with N processes on this machine: runs `torchrun --standalone "
@@ -33,8 +34,8 @@ def _launch(nproc: int, items: list[str]) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from ..distributed import runtime
-    from ..presets import parse_preset_args, preset_config
-    from ..trainer import train
+    from ..training.loop import train
+    from ..training.presets import parse_preset_args, preset_config
 
     try:
         preset, overrides = parse_preset_args(args.items)
@@ -64,10 +65,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     print(f"done at step {run.step}; checkpoints in {cfg.out}/checkpoints, samples in {cfg.out}/samples")
     if cfg.eval_samples:
-        from ..evaluation import evaluate_run
-        from ..trainer import load_run
+        from ..training.loading import load
 
-        metrics = evaluate_run(load_run(cfg.out), cfg.eval_samples)
+        metrics = load(cfg.out).evaluate(cfg.eval_samples)
         (Path(cfg.out) / "eval.json").write_text(json.dumps(metrics, indent=1))
         print(json.dumps(metrics))
     return 0
@@ -102,12 +102,11 @@ def _add_sample(sub) -> None:
 
 
 def _guided(run, args):
-    """The run's denoiser under the guidance named by the arguments."""
-    from ..generate import guide
-    from ..trainer import load_run
+    """The run's denoiser under the guidance named by the arguments (None: the run's own)."""
+    from ..inference.generate import guide
 
-    classifier = load_run(args.classifier) if getattr(args, "classifier", None) else None
-    return guide(run, getattr(args, "guidance", "none"), getattr(args, "scale", 1.0), classifier=classifier,
+    return guide(run, getattr(args, "guidance", "none"), getattr(args, "scale", 1.0),
+                 classifier=getattr(args, "classifier", None),
                  rescale=getattr(args, "rescale", 0.0),
                  interval=tuple(args.interval) if getattr(args, "interval", None) else None)
 
@@ -115,25 +114,20 @@ def _guided(run, args):
 def cmd_sample(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..generate import sample_run
-
-    from ..trainer import load_run
+    from ..inference.generate import generate
+    from ..training.loading import load
     from ..viz import image_grid, scatter_grid, trajectory_gif
 
-    run = load_run(args.run)
-    if run.is_autoencoder:
-        print("hirune sample: an autoencoder run does not sample; `hirune eval` reports its reconstructions "
-              "and its training run writes reconstruction grids", file=sys.stderr)
-        return 2
+    run = load(args.run)
     out_path = Path(args.out)
     if out_path.suffix not in (".png", ".npz", ".gif"):
         print(f"hirune sample: --out must end in .png, .npz or .gif, got {args.out!r}", file=sys.stderr)
         return 2
     try:
-        out, labels = sample_run(run, args.n, args.sampler, args.steps, args.spacing, args.seed,
-                                 args.label, trajectory=out_path.suffix == ".gif", denoiser=_guided(run, args),
-                                 per_class=args.class_grid, guided_labels=args.guidance == "classifier",
-                                 temperature=args.temperature, prompt=args.prompt)
+        out, labels = generate(run, args.n, args.sampler, args.steps, args.spacing, args.seed, label=args.label,
+                               trajectory=out_path.suffix == ".gif", denoiser=_guided(run, args),
+                               per_class=args.class_grid, guided_labels=args.guidance == "classifier",
+                               temperature=args.temperature, prompt=args.prompt)
     except ValueError as e:
         print(f"hirune sample: {e}", file=sys.stderr)
         return 2
@@ -156,8 +150,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     elif run.data.kind == "image":
         image_grid(out.x, out_path, nrow=max(1, args.n // run.data.num_classes) if args.class_grid else None)
     else:
-        scatter_grid([(f"{args.sampler or run.cfg.sampler}, {out.nfe} NFE", out.x)], out_path,
-                     truth=run.data.data[:2000])
+        from ..data import load_dataset
+
+        name = args.sampler or getattr(run.config, "sampler", "flow inverse")
+        scatter_grid([(f"{name}, {out.nfe} NFE", out.x)], out_path, truth=load_dataset(run.data.name).data[:2000])
     print(f"wrote {out_path} ({out.nfe} network evaluations)")
     return 0
 
@@ -185,24 +181,14 @@ def _add_eval(sub) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..evaluation import evaluate_run
-    from ..trainer import load_run
+    from ..training.loading import load
 
-    run = load_run(args.run)
+    run = load(args.run)
     try:
-        metrics = {"run": str(args.run), **evaluate_run(run, args.n, args.sampler, args.steps, args.seed, args.nll,
-                                                        denoiser=None if run.is_classifier or run.is_autoencoder
-                                                        else _guided(run, args),
-                                                        guided_labels=args.guidance == "classifier")}
-        if args.text_accuracy:
-            from ..evaluation import text_accuracy
-
-            metrics.update(text_accuracy(run, args.text_accuracy, args.sampler, args.steps, args.seed,
-                                         denoiser=_guided(run, args)))
-        if args.denoising_error:
-            from ..evaluation import denoising_report
-
-            metrics.update(denoising_report(run, args.denoising_error, args.seed))
+        metrics = {"run": str(args.run), **run.evaluate(
+            args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, nll=args.nll, denoiser=_guided(run, args),
+            guided_labels=args.guidance == "classifier", text_accuracy=args.text_accuracy,
+            denoising_error=args.denoising_error)}
     except ValueError as e:
         print(f"hirune eval: {e}", file=sys.stderr)
         return 2
@@ -225,7 +211,7 @@ def _add_export(sub) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..export import export_weights
+    from ..training.export import export_weights
 
     out = export_weights(args.run, args.out, use_ema=args.weights == "ema")
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, {args.weights} weights)")

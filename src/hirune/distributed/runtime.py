@@ -70,3 +70,23 @@ def setup(device: str = "auto", timeout_s: float = 600.0) -> tuple[World, torch.
 def teardown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def gather(world: World, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Each tensor concatenated over the ranks in rank order (itself on one process)."""
+    if not world.distributed:
+        return tensors
+    out = []
+    for x in tensors:
+        parts = [torch.empty_like(x) for _ in range(world.size)]
+        dist.all_gather(parts, x.contiguous())
+        out.append(torch.cat(parts))
+    return tuple(out)
+
+
+def mean(world: World, tensors: torch.Tensor) -> torch.Tensor:
+    """The mean over the ranks (SUM, then divide: gloo's AVG is unreliable); itself on one process."""
+    if not world.distributed:
+        return tensors
+    dist.all_reduce(tensors)
+    return tensors / world.size

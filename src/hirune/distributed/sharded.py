@@ -33,14 +33,14 @@ from torch import Tensor
 SHARDS = "shards"
 
 
-def _flat(run) -> tuple[dict[str, Tensor], dict]:
+def _flat(model, optimizer, ema) -> tuple[dict[str, Tensor], dict]:
     """The sharded training state of this rank as one flat dict of (D)Tensors, and the
     optimizer's param groups (JSON-able, parameters named by FQN)."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
-    flat = {f"model.{k}": v for k, v in get_model_state_dict(run.model).items()}
-    flat.update({f"ema.{k}": v for k, v in run.ema.shadow.items()})
-    optim = get_optimizer_state_dict(run.model, run.optimizer)  # creates AdamW state if none yet
+    flat = {f"model.{k}": v for k, v in get_model_state_dict(model).items()}
+    flat.update({f"ema.{k}": v for k, v in ema.shadow.items()})
+    optim = get_optimizer_state_dict(model, optimizer)  # creates AdamW state if none yet
     for fqn, entries in optim["state"].items():
         for name, value in entries.items():
             if not torch.is_tensor(value):
@@ -50,33 +50,34 @@ def _flat(run) -> tuple[dict[str, Tensor], dict]:
     return flat, {"param_groups": groups}
 
 
-def save(run, folder: Path) -> dict:
-    """Every rank writes its shards of model, EMA and optimizer into `folder` (a collective).
+def save(model, optimizer, ema, folder: Path) -> dict:
+    """Every rank writes its shards of the FSDP2-sharded `model`, its `optimizer` and its
+    `ema` (`training.ema.EMA`) into `folder` (a collective).
     Returns the JSON-able optimizer metadata for state.json."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import HuggingFaceStorageWriter
 
-    flat, meta = _flat(run)
+    flat, meta = _flat(model, optimizer, ema)
     dcp.save(flat, storage_writer=HuggingFaceStorageWriter(str(folder), save_distributed=True))
     # the whole shape of every tensor: the pieces alone cannot tell a missing last shard
     return {**meta, "shapes": {k: list(v.shape) for k, v in flat.items()}}
 
 
-def load(run, checkpoint: Path, optimizer_meta: dict) -> None:
+def load(model, optimizer, ema, checkpoint: Path, optimizer_meta: dict) -> None:
     """Every rank reads the pieces of `checkpoint`'s shards that its own shards cover (a
     collective); the writer's world size does not matter."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import HuggingFaceStorageReader
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
-    flat, _ = _flat(run)
+    flat, _ = _flat(model, optimizer, ema)
     saved = set(saved_keys(checkpoint))
     if saved != set(flat):
         diff = sorted(saved ^ set(flat))
         raise ValueError(f"sharded checkpoint {checkpoint} does not match this model; differing keys: {diff[:5]}")
     dcp.load(flat, storage_reader=HuggingFaceStorageReader(str(checkpoint / SHARDS)))
-    set_model_state_dict(run.model, _group(flat, "model"))
-    set_optimizer_state_dict(run.model, run.optimizer, _optimizer(flat, optimizer_meta))
+    set_model_state_dict(model, _group(flat, "model"))
+    set_optimizer_state_dict(model, optimizer, _optimizer(flat, optimizer_meta))
     # the EMA shadows were loaded in place
 
 

@@ -2,16 +2,19 @@
 every world size: a run saved by N processes resumes on M (elastic), and `hirune sample`
 reads it like a single-process run.
 
-`full_state(run)` gathers model, EMA and optimizer state on rank 0 (every rank must call
-it: FSDP2 gathers with collectives, ZeroRedundancyOptimizer consolidates its shards);
-`load_full_state(run, ...)` gives each rank what its strategy keeps (FSDP2 re-shards the
-full tensors, ZeroRedundancyOptimizer keeps its partition).  Optimizer state is stored in
+`full_state(model, optimizer, ema, world, strategy)` gathers model, EMA and optimizer state
+on rank 0 (every rank must call it: FSDP2 gathers with collectives, ZeroRedundancyOptimizer
+consolidates its shards); `load_full_state(model, optimizer, ema, world, strategy, ...)`
+gives each rank what its strategy keeps (FSDP2 re-shards the full tensors,
+ZeroRedundancyOptimizer keeps its partition).  Optimizer state is stored in
 torch's standard form, keyed by the parameter's position in `model.parameters()`.
 """
 
 from __future__ import annotations
 
 import torch
+
+from .strategy import is_sharded
 
 
 def by_position(optim_sd: dict, names: list[str]) -> dict:
@@ -26,50 +29,51 @@ def _by_name(optim_sd: dict, names: list[str]) -> dict:
             "param_groups": [{**g, "params": [names[int(p)] for p in g["params"]]} for g in optim_sd["param_groups"]]}
 
 
-def full_state(run) -> tuple[dict, dict, dict] | None:
+def full_state(model, optimizer, ema, world, strategy: str) -> tuple[dict, dict, dict] | None:
     """(model, EMA, optimizer) state dicts, whole, on rank 0; None on the other ranks."""
-    main = run.world.main
-    if not run.world.distributed:
-        return run.model.state_dict(), run.ema.state_dict(), run.optimizer.state_dict()
-    if run.cfg.strategy == "zero1":
-        run.optimizer.consolidate_state_dict(to=0)
-    if not run.sharded:
-        return (run.model.state_dict(), run.ema.state_dict(), run.optimizer.state_dict()) if main else None
+    main = world.main
+    if not world.distributed:
+        return model.state_dict(), ema.state_dict(), optimizer.state_dict()
+    if strategy == "zero1":
+        optimizer.consolidate_state_dict(to=0)
+    if not is_sharded(world, strategy):
+        return (model.state_dict(), ema.state_dict(), optimizer.state_dict()) if main else None
     from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                          get_optimizer_state_dict)
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    model_sd = get_model_state_dict(run.model, options=options)
-    optim_sd = get_optimizer_state_dict(run.model, run.optimizer, options=options)
-    ema_sd = {n: s.full_tensor().cpu() for n, s in run.ema.shadow.items()}  # a collective per tensor
+    model_sd = get_model_state_dict(model, options=options)
+    optim_sd = get_optimizer_state_dict(model, optimizer, options=options)
+    ema_sd = {n: s.full_tensor().cpu() for n, s in ema.shadow.items()}  # a collective per tensor
     if not main:
         return None
-    names = [n for n, _ in run.model.named_parameters()]
+    names = [n for n, _ in model.named_parameters()]
     return model_sd, ema_sd, by_position(optim_sd, names)
 
 
-def load_full_state(run, model_sd: dict, ema_sd: dict, optim_sd: dict, ema_updates: int) -> None:
+def load_full_state(model, optimizer, ema, world, strategy: str, model_sd: dict, ema_sd: dict, optim_sd: dict,
+                    ema_updates: int) -> None:
     """Every rank passes the whole state (each reads the checkpoint)."""
-    if not run.sharded:
-        run.model.load_state_dict(model_sd)
-        run.ema.load_state_dict(ema_sd, ema_updates)
-        run.optimizer.load_state_dict(optim_sd)
+    if not is_sharded(world, strategy):
+        model.load_state_dict(model_sd)
+        ema.load_state_dict(ema_sd, ema_updates)
+        optimizer.load_state_dict(optim_sd)
         return
     from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
                                                          set_optimizer_state_dict)
     from torch.distributed.tensor import distribute_tensor
 
     options = StateDictOptions(full_state_dict=True)
-    set_model_state_dict(run.model, model_sd, options=options)
-    names = [n for n, _ in run.model.named_parameters()]
-    set_optimizer_state_dict(run.model, run.optimizer, _by_name(optim_sd, names), options=options)
-    missing = set(run.ema.shadow) ^ set(ema_sd)
+    set_model_state_dict(model, model_sd, options=options)
+    names = [n for n, _ in model.named_parameters()]
+    set_optimizer_state_dict(model, optimizer, _by_name(optim_sd, names), options=options)
+    missing = set(ema.shadow) ^ set(ema_sd)
     if missing:
         raise ValueError(f"EMA state does not match the model; differing names: {sorted(missing)[:5]}")
     with torch.no_grad():
-        for n, s in run.ema.shadow.items():
+        for n, s in ema.shadow.items():
             s.copy_(distribute_tensor(ema_sd[n].to(s.device, s.dtype), s.device_mesh, s.placements))
-    run.ema.num_updates = ema_updates
+    ema.num_updates = ema_updates
 
 
 def check_same_checkpoint(world, path, state: dict) -> None:

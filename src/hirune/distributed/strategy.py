@@ -33,6 +33,11 @@ STRATEGIES = ("ddp", "zero1", "zero2", "zero3")
 FSDP_STRATEGIES = ("zero2", "zero3")
 
 
+def is_sharded(world: World, strategy: str) -> bool:
+    """Whether a run keeps FSDP2 shards (zero2 / zero3 on several processes)."""
+    return world.distributed and strategy in FSDP_STRATEGIES
+
+
 def check_strategy(strategy: str) -> None:
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; valid: {list(STRATEGIES)}")

@@ -24,7 +24,7 @@ from typing import Any
 
 from torch import nn
 
-from ..flows.models import Flow, FlowConfig
+from .normalizing_flow import Flow, FlowConfig
 from .autoencoder import (AUTOENCODER_SIZES, KLAutoencoder, KLAutoencoderConfig, VQAutoencoder,
                           VQAutoencoderConfig)
 from .classifier import ClassifierConfig, NoisyClassifier
@@ -42,7 +42,7 @@ MODELS: dict[str, tuple[type[nn.Module], type, dict[str, dict]]] = {
     "dit": (DiT, DiTConfig, DIT_SIZES),                     # Peebles & Xie 2023
     "uvit": (UViT, UViTConfig, UVIT_SIZES),                 # Bao et al. 2023
     "classifier": (NoisyClassifier, ClassifierConfig, {}),  # p(y | x_t, t) for classifier guidance
-    "flow": (Flow, FlowConfig, {}),                         # normalizing flows (hirune.flows)
+    "normalizing_flow": (Flow, FlowConfig, {}),             # RealNVP, Glow, MAF (normalizing_flow.py)
     # autoencoders for latent diffusion, model(x) -> AutoencoderOutput (Rombach et al. 2022)
     "kl_autoencoder": (KLAutoencoder, KLAutoencoderConfig, AUTOENCODER_SIZES),
     "vq_autoencoder": (VQAutoencoder, VQAutoencoderConfig, AUTOENCODER_SIZES),  # VQGAN

@@ -1,0 +1,24 @@
+"""Model families: one object per kind of model, which the training loop, the checkpoints
+and the loader call through one interface (`base.Family`) without asking which it is.
+
+    base.py              the interface, `Draw` / `Batch` / `Context`, and the registry
+    diffusion.py         DDPM, DDIM, IDDPM, v-prediction, score models and SDEs, flow matching
+                         and reflow, on pixels or latents, unconditional, class or text
+                         (+ diffusion_sampling.py, diffusion_eval.py; latent.py: the first
+                         stage; reflow.py: the teacher's pairs)
+    normalizing_flow.py  RealNVP, Glow, MAF: exact likelihood
+    autoencoder.py       the first stage of latent diffusion (+ adversary.py: its optional
+                         patch discriminator)
+    classifier.py        noise-aware classifiers for classifier guidance
+
+Adding a family is one new module with a registered `Family` subclass, imported here.
+"""
+
+from .autoencoder import Autoencoder
+from .base import FAMILIES, Batch, Context, Draw, Family, get_family, register
+from .classifier import Classifier
+from .diffusion import Diffusion, DiffusionConfig
+from .normalizing_flow import NormalizingFlow
+
+__all__ = ["FAMILIES", "Autoencoder", "Batch", "Classifier", "Context", "Diffusion", "DiffusionConfig", "Draw",
+           "Family", "NormalizingFlow", "get_family", "register"]

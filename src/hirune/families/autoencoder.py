@@ -1,0 +1,104 @@
+"""The autoencoder family: the first stage of latent diffusion (LDM's KL autoencoder, VQGAN's
+VQ autoencoder), trained to reconstruct with the losses of `objectives.autoencoder` and,
+optionally, a patch discriminator (`adversary.py`).  Its checkpoints carry the latent
+statistics of their EMA weights (the scale factor latent diffusion multiplies by); its
+previews are originals over reconstructions; its evaluation is the reconstruction report.
+The loss weights live in the network's config (`models.autoencoder`), so the family has no
+section of its own."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..objectives import Loss
+from .base import Batch, Context, Draw, Family, refuse_extras, register
+
+
+@dataclass
+class AutoencoderDraw(Draw):
+    """noise: a KL autoencoder's posterior sample noise (B, z, h, w); VQ draws nothing."""
+
+    noise: Tensor | None = None
+
+
+@register
+class Autoencoder(Family):
+    name = "autoencoder"
+    networks = ("kl_autoencoder", "vq_autoencoder")
+
+    def __init__(self, cfg, config, data, device, references=None, network_config=None):
+        super().__init__(cfg, config, data, device, references)
+        if data.kind != "image":
+            raise ValueError(f"an autoencoder needs images; {data.name} holds {data.kind} data")
+        self.model = self._build(cfg.model, network_config or {"in_channels": data.shape[0],
+                                                               "image_size": data.shape[1], **cfg.model_config})
+        self.latent_stats = None  # `objectives.autoencoder.latent_statistics`, saved with each checkpoint
+
+    def prepare(self, data, context: Context) -> None:
+        super().prepare(data, context)
+        if self.model.config.disc_weight > 0:  # the adversarial loss: the patch discriminator and its optimizer
+            from .adversary import Adversary
+
+            self.adversary = Adversary(self.model.config, self.cfg, context.world, self.device, data.shape[-1],
+                                       dtype=context.dtype, autocast=context.autocast,
+                                       channels_last=context.channels_last)
+
+    def draw(self, n: int, generator: torch.Generator) -> AutoencoderDraw:
+        if self.cfg.model == "vq_autoencoder":
+            return AutoencoderDraw()
+        return AutoencoderDraw(torch.randn((n, *self.model.latent_shape(tuple(self.data.shape))),
+                                           generator=generator, device=self.device))
+
+    def loss(self, forward: nn.Module, batch: Batch, draw: AutoencoderDraw, step: int) -> Loss:
+        from ..objectives.autoencoder import autoencoder_loss
+
+        adversary = self.active_adversary(step)  # VQGAN's adversarial term with its adaptive weight (eq. 7)
+        gan = adversary.generator_kwargs(self.model) if adversary is not None else {}
+        return autoencoder_loss(forward, batch.x, self.model.config, noise=draw.noise, dataset=self.data.name, **gan)
+
+    def logged_terms(self, terms: dict) -> dict[str, float]:
+        """Reconstruction, KL or codebook perplexity and usage (and the discriminator's)."""
+        return {k: float(v) for k, v in terms.items()}
+
+    def checkpoint(self, ema):
+        """The latent scale of these (EMA) weights, for latent diffusion; the adversary's parts."""
+        from ..distributed.strategy import gathered
+        from ..objectives.autoencoder import latent_statistics
+
+        with torch.no_grad(), ema.applied(self.model), gathered(self.model):
+            self.latent_stats = latent_statistics(self.model, self.train_data.data)
+        tensors, state = super().checkpoint(ema)
+        return tensors, {"latent_stats": self.latent_stats, **state}
+
+    def restore_loaded(self, state: dict) -> None:
+        self.latent_stats = state.get("latent_stats")
+
+    def preview(self, n: int) -> Tensor:
+        """Originals over reconstructions, eight per row, spread over the data."""
+        from ..objectives.autoencoder import originals_over_reconstructions
+
+        data = self.train_data.data
+        idx = torch.linspace(0, len(data) - 1, 8 * max(1, n // 16)).long()
+        x0 = data[idx].to(self.device)
+        return originals_over_reconstructions(x0, self.model(x0, sample=False).reconstruction)
+
+    def write_preview(self, x: Tensor, path, step: int):
+        from ..viz import image_grid
+
+        return image_grid(x, path, nrow=8)
+
+    # --- inference ------------------------------------------------------------------
+    def generate(self, n: int, *args, **options):
+        raise ValueError("an autoencoder run does not sample; `hirune eval` reports its reconstructions and its "
+                         "training run writes reconstruction grids")
+
+    def evaluate(self, n: int, *, nll: int = 0, text_accuracy: int = 0, denoising_error: int = 0, **unused) -> dict:
+        """The reconstructions of n test images (`evaluation.reconstruction`)."""
+        from ..evaluation.reconstruction import reconstruction_report
+
+        refuse_extras(self, nll, text_accuracy, denoising_error)
+        report = reconstruction_report(self.model, self.data.name, n, self.latent_stats)
+        return {"step": self.step, "dataset": self.data.name, **report}

@@ -1,0 +1,221 @@
+"""The family interface: what the training loop, the checkpoints and the loader need from one
+kind of model, and nothing else.
+
+A family is one class in one module, registered by name (`register`); `TrainConfig.family`
+names it and `TrainConfig.family_config` holds its own settings (its `Config` dataclass).
+The same object serves training and inference:
+
+    family = Family(cfg, config, data_format, device, references)   network, process, denoiser, ...
+    family.prepare(train_data, context)           training only: what the data and the loop add
+    draw = family.draw(n, generator)              every random input of a batch (a `Draw`)
+    out = family.loss(forward, batch, draw, step) -> objectives.Loss
+    family.after_micro_batch(draw, out)           learning from the losses (IDDPM's time sampler)
+    tensors, state = family.checkpoint(ema)       what a checkpoint holds beyond the weights
+    x = family.preview(n)                         a preview's samples (EMA weights applied)
+    family.generate(n, ...), family.evaluate(n, ...)   a loaded run (`training.loading.load`)
+
+A family may build on other runs (`references`: latent diffusion's autoencoder, reflow's
+teacher, later a LoRA's base run); the trainer and the loader load them light and pass
+them in, so no family loads a run itself.  A family may bring a second player with its
+own optimizer trained on the same micro-batches (`adversary`, an autoencoder's patch
+discriminator), which the loop steps generically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ..data import ArrayDataset, DataFormat
+from ..distributed.runtime import World
+from ..objectives import Loss
+
+
+@dataclass(frozen=True)
+class NoConfig:
+    """The section of a family without settings of its own."""
+
+
+@dataclass
+class Draw:
+    """Every random input of one batch's loss, drawn from the run's noise generator for the
+    whole global batch; `slice` gives the rows of one rank's micro-batch.  Families subclass
+    it with their own fields (None where a run draws nothing of that kind)."""
+
+    def slice(self, rows: slice) -> Draw:
+        return dataclasses.replace(self, **{f.name: getattr(self, f.name)[rows] for f in dataclasses.fields(self)
+                                            if getattr(self, f.name) is not None})
+
+
+@dataclass
+class Batch:
+    """One rank's micro-batch: examples x (N, ...), their labels y (N,) where the family uses
+    labels, and their positions idx (N,) in the training data."""
+
+    x: Tensor
+    y: Tensor | None
+    idx: Tensor
+
+
+@dataclass
+class Context:
+    """What training gives a family beyond its data: the process group, the run directory,
+    the autocast dtype and context, the image layout, and a loader for other runs."""
+
+    world: World
+    run_dir: Path
+    dtype: torch.dtype | None = None
+    autocast: Callable[[], AbstractContextManager] | None = None
+    channels_last: bool = False
+    load_reference: Callable[[str], Family] | None = None
+
+
+class Family:
+    """Base class of the families: defaults for the optional parts of the interface."""
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type] = NoConfig
+    networks: ClassVar[tuple[str, ...]] = ()      # network kinds (hirune.models.MODELS) it trains
+    resumable: ClassVar[tuple[str, ...]] = ()     # Config keys a resumed run may change
+    has_previews: ClassVar[bool] = True
+
+    def __init__(self, cfg, config, data: DataFormat, device: torch.device,
+                 references: Mapping[str, Family] | None = None, network_config: dict | None = None):
+        """cfg: the run's TrainConfig; config: its family section (a `Config`); data: the
+        format of its dataset; references: the runs it builds on, loaded; network_config:
+        the network's whole config (a saved run's), else derived from cfg and the data."""
+        self.cfg, self.config, self.data, self.device = cfg, config, data, torch.device(device)
+        self.references = dict(references or {})
+        self.step = 0                         # a loaded run: the step of its checkpoint
+        self.adversary = None                 # a second player (see the module docstring)
+        self.train_data: ArrayDataset | None = None
+
+    # --- the settings ---------------------------------------------------------------
+    @classmethod
+    def check(cls, cfg, config) -> None:
+        """Raise ValueError naming what is wrong with this family's part of a config."""
+        if cls.networks and cfg.model not in cls.networks:
+            raise ValueError(f"family {cls.name!r} trains model in {list(cls.networks)}, not {cfg.model!r}")
+
+    @classmethod
+    def reference_paths(cls, config, training: bool) -> dict[str, str]:
+        """The other runs this one builds on, by role: {role: run directory}.  `training`:
+        also those needed only to start training (reflow's teacher)."""
+        return {}
+
+    @classmethod
+    def missing_reference(cls, role: str, path: str) -> str:
+        """What to say when the run of `role` does not exist at `path`."""
+        return f"the {role} run {path} does not exist"
+
+    def _build(self, kind: str, network_config: dict) -> nn.Module:
+        from ..models import build_model
+
+        return build_model(kind, **network_config).to(self.device)
+
+    # --- training -------------------------------------------------------------------
+    def prepare(self, data: ArrayDataset, context: Context) -> None:
+        """What training adds to the built family: the training data and anything derived
+        from it (encoded latents, captions, data-dependent initialisation, ...)."""
+        self.train_data, self.context = data, context
+
+    @property
+    def uses_labels(self) -> bool:
+        """Whether a batch carries the examples' labels."""
+        return False
+
+    def training_data(self) -> tuple[Tensor, Tensor | None]:
+        """The training examples (N, ...) and labels (N,) or None, on the CPU; the loop
+        moves them to the device once."""
+        data = self.train_data
+        return data.data, data.labels if self.uses_labels else None
+
+    def draw(self, n: int, generator: torch.Generator) -> Draw:
+        raise NotImplementedError
+
+    def loss(self, forward: nn.Module, batch: Batch, draw: Draw, step: int) -> Loss:
+        raise NotImplementedError
+
+    def after_micro_batch(self, draw: Draw, out: Loss) -> None:
+        """Called after each micro-batch's backward pass."""
+
+    def logged_terms(self, terms: dict) -> dict[str, float]:
+        """The named parts of the loss that go into metrics.jsonl."""
+        return {}
+
+    def active_adversary(self, step: int):
+        """`adversary` where optimizer step `step` trains it, else None."""
+        return self.adversary if self.adversary is not None and self.adversary.active(step) else None
+
+    def checkpoint(self, ema) -> tuple[dict[str, dict[str, Tensor]], dict[str, Any]]:
+        """(tensor groups, JSON state) a checkpoint holds beyond weights, EMA and optimizer."""
+        tensors, state = {}, {}
+        if self.adversary is not None:
+            tensors, state = self.adversary.checkpoint()
+        return tensors, state
+
+    def restore(self, tensors: dict, state: dict) -> None:
+        """Read back what `checkpoint` wrote (training resumes)."""
+        if self.adversary is not None:
+            self.adversary.load(tensors, state)
+
+    def restore_loaded(self, state: dict) -> None:
+        """What a loaded (inference) run reads from its checkpoint's state beyond weights."""
+
+    # --- previews -------------------------------------------------------------------
+    def preview(self, n: int) -> Tensor:
+        """n samples (or reconstructions) in data space, for the training run's previews;
+        called with the EMA weights applied and the network in eval mode."""
+        raise NotImplementedError
+
+    def write_preview(self, x: Tensor, path: Path, step: int) -> Path:
+        from ..viz import image_grid, scatter_grid
+
+        if self.data.kind == "image":
+            return image_grid(x, path)
+        return scatter_grid([(f"step {step}", x)], path, truth=self.train_data.data[:2000])
+
+    # --- inference ------------------------------------------------------------------
+    def generate(self, n: int, *args, **options):
+        raise ValueError(f"a {self.name} run does not sample")
+
+    def evaluate(self, n: int, **options) -> dict:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.cfg.model} on {self.data.name}, step {self.step})"
+
+
+FAMILIES: dict[str, type[Family]] = {}
+
+
+def register(family: type[Family]) -> type[Family]:
+    """Make `family` available by its name (a class decorator)."""
+    if not family.name or family.name in FAMILIES:
+        raise ValueError(f"family name {family.name!r} is empty or taken")
+    FAMILIES[family.name] = family
+    return family
+
+
+def get_family(name: str) -> type[Family]:
+    if name not in FAMILIES:
+        raise ValueError(f"unknown family {name!r}; valid: {sorted(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def refuse_extras(run, nll: int = 0, text_accuracy: int = 0, denoising_error: int = 0) -> None:
+    """Evaluation options that need a density or a denoiser, refused by name."""
+    if nll:
+        raise ValueError(f"a {run.name} run has no density: --nll needs a normalizing flow, diffusion, score or "
+                         "flow-matching run")
+    if text_accuracy:
+        raise ValueError("text accuracy needs a text-conditioned run (text_encoder=tiny|minilm)")
+    if denoising_error:
+        raise ValueError(f"the denoising error needs a diffusion, score or flow-matching run, not a {run.name} run")

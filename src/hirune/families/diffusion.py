@@ -1,0 +1,316 @@
+"""The diffusion family: every model that denoises along a Gaussian path x_t = alpha(t) x_0 +
+sigma(t) eps and samples through the denoiser protocol -- DDPM, DDIM, Improved DDPM,
+v-prediction, score models and score SDEs, flow matching and reflow -- on pixels or on the
+latents of a frozen autoencoder (latent diffusion), unconditional, class-conditional or
+text-conditional.
+
+Its section of the config (`DiffusionConfig`) names the process, the objective and what the
+network predicts; the conditioning (labels with dropout for classifier-free guidance, or
+captions through a text encoder); the first stage (`autoencoder`); the flow-matching
+coupling and reflow; and the preview sampler.  Sampling a trained run, its guidance, its
+evaluation and its likelihood are here too (`generate`, `guide`, `evaluate`, `nll`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .. import objectives as O
+from ..process import Denoiser, make_process
+from . import diffusion_eval, diffusion_sampling
+from .base import Batch, Context, Draw, Family, register
+from .latent import FirstStage
+
+OBJECTIVES = tuple(O.OBJECTIVES)   # regression | score_matching | flow_matching | hybrid
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    process: str = "ddpm"
+    process_config: dict = field(default_factory=dict)
+    objective: str = "regression"      # regression | score_matching | flow_matching | hybrid
+    prediction: str = "eps"            # what the network outputs (eps | x0 | v | score | velocity)
+    weighting: str = "none"            # none | min_snr | likelihood (objectives.weighting)
+    min_snr_gamma: float = 5.0
+    class_conditional: bool = False
+    p_uncond: float = 0.1              # condition dropout for classifier-free guidance (class or text)
+    text_encoder: str = ""             # text-to-image from captions: "" (off) | tiny | minilm (models.text)
+    autoencoder: str = ""              # latent diffusion: a trained autoencoder run's directory (families.latent)
+    coupling: str = "independent"      # flow matching: independent | ot (minibatch optimal transport)
+    reflow_from: str = ""              # rectified-flow reflow: a trained flow-matching run (the teacher)
+    reflow_steps: int = 50             # ODE steps of the teacher when it draws the (noise, data) pairs
+    sampler: str = "ddim"              # previews and the default of `hirune sample`
+    sample_steps: int = 50
+    clip_x0: bool = True               # clamp the x0 estimate to [-1, 1] when sampling images
+
+
+@dataclass
+class DiffusionDraw(Draw):
+    """drop: condition dropped (B,) bool; latent_noise: the first stage's posterior sample
+    noise; template: the caption phrasing of each example; t (B,) and its importance
+    weights; noise: eps (None with reflow's fixed pairs)."""
+
+    drop: Tensor | None = None
+    latent_noise: Tensor | None = None
+    template: Tensor | None = None
+    t: Tensor | None = None
+    t_weights: Tensor | None = None
+    noise: Tensor | None = None
+
+
+@register
+class Diffusion(Family):
+    name = "diffusion"
+    Config = DiffusionConfig
+    networks = ("mlp", "unet", "dit", "uvit")
+    resumable = ("sampler", "sample_steps", "clip_x0")
+
+    def __init__(self, cfg, config, data, device, references=None, network_config=None):
+        super().__init__(cfg, config, data, device, references)
+        self.process = make_process(config.process, **config.process_config)
+        self.prediction = "velocity" if config.objective == "flow_matching" else config.prediction
+        if config.class_conditional and not data.num_classes:
+            raise ValueError(f"class_conditional needs labels; {data.name} has none")
+        self.text = None
+        if config.text_encoder:  # captions written from labels and measured attributes, encoded per batch
+            from ..models.text import TextConditioner
+
+            self.text = TextConditioner(config.text_encoder)
+        # latent diffusion: the diffusion's data are the scaled latents of a frozen autoencoder
+        self.first_stage, self.sample_shape = None, tuple(data.shape)
+        if config.autoencoder:
+            self.first_stage = FirstStage(self.references["first_stage"], self.device)
+            if self.first_stage.dataset != data.name:
+                raise ValueError(f"the autoencoder {config.autoencoder} was trained on {self.first_stage.dataset}, "
+                                 f"this run is on {data.name}")
+            self.sample_shape = self.first_stage.latent_shape(tuple(data.shape))
+        self.model = self._build(cfg.model, network_config or self._network_config())
+        learned = config.objective == "hybrid"
+        clip = (-1.0, 1.0) if config.clip_x0 and data.kind == "image" and not config.autoencoder else None
+        self.denoiser = Denoiser(self.model, self.process, self.prediction, learned_variance=learned, clip_x0=clip)
+        self.loss_aware_times = O.LossAwareTimes(self.process.T) if learned else None
+        self.captioner = self.latents = self.reflow_noise = None
+
+    def _network_config(self) -> dict:
+        config, out = self.config, dict(self.cfg.model_config)
+        # the embedding sees t in [0, 1000) whatever the units: T = 1000 steps, or t in [0, 1]
+        out.setdefault("time_scale", 1000.0 / self.process.T if self.process.discrete else 1000.0)
+        if config.class_conditional:
+            out.setdefault("num_classes", self.data.num_classes)
+        if self.text is not None:
+            for key, value in self.text.model_config().items():
+                out.setdefault(key, value)
+        learned = config.objective == "hybrid"
+        if self.cfg.model == "mlp":
+            out.setdefault("dim", int(torch.Size(self.sample_shape).numel()))
+            out.setdefault("out_mult", 2 if learned else 1)
+        else:
+            out.setdefault("in_channels", self.sample_shape[0])
+            if learned:
+                out.setdefault("learned_sigma", True)
+            if self.cfg.model in ("dit", "uvit"):  # transformers: a position per patch of a fixed size
+                out.setdefault("image_size", self.sample_shape[1])
+        return out
+
+    @classmethod
+    def check(cls, cfg, config) -> None:
+        from ..sampling import SAMPLERS
+
+        super().check(cfg, config)
+        choices = {"objective": OBJECTIVES, "weighting": O.WEIGHTINGS, "coupling": O.COUPLINGS,
+                   "sampler": tuple(SAMPLERS)}
+        for key, valid in choices.items():
+            if getattr(config, key) not in valid:
+                raise ValueError(f"{key}={getattr(config, key)!r} is not valid; valid: {list(valid)}")
+        if config.text_encoder:
+            from ..models.text import TEXT_ENCODERS
+
+            if config.text_encoder not in TEXT_ENCODERS:
+                raise ValueError(f"text_encoder={config.text_encoder!r} is not valid; valid: {['', *TEXT_ENCODERS]}")
+            if cfg.model == "mlp" or config.class_conditional:
+                raise ValueError("text conditioning (text_encoder) needs model='unet', 'dit' or 'uvit' and "
+                                 f"class_conditional=false; got model={cfg.model!r}, "
+                                 f"class_conditional={config.class_conditional}")
+        if config.autoencoder and cfg.model == "mlp":
+            raise ValueError("autoencoder= (latent diffusion) needs an image network (unet, dit, uvit), not 'mlp'")
+        if config.weighting != "none" and config.objective not in ("regression", "score_matching"):
+            raise ValueError(f"weighting applies to objective 'regression' or 'score_matching', "
+                             f"not {config.objective!r}")
+        if (config.coupling != "independent" or config.reflow_from) and config.objective != "flow_matching":
+            raise ValueError("coupling and reflow_from apply to objective='flow_matching'")
+        if not 0.0 <= config.p_uncond < 1.0:
+            raise ValueError(f"p_uncond must be in [0, 1), got {config.p_uncond}")
+        if config.sample_steps < 1:
+            raise ValueError(f"sample_steps must be >= 1, got {config.sample_steps}")
+
+    @classmethod
+    def reference_paths(cls, config, training: bool) -> dict[str, str]:
+        refs = {"first_stage": config.autoencoder} if config.autoencoder else {}
+        return refs  # reflow's teacher is loaded by `prepare` only when its pairs are not stored yet
+
+    @classmethod
+    def missing_reference(cls, role: str, path: str) -> str:
+        if role == "first_stage":
+            return (f"autoencoder run {path} does not exist; train one first, e.g. `hirune train kl-ae-mnist5k`, "
+                    "then pass autoencoder=runs/kl-ae-mnist5k")
+        return (f"reflow_from run {path} does not exist (and this run has no reflow pairs of its own); train the "
+                "teacher first, e.g. `hirune train flow-two-moons`")
+
+    # --- training -------------------------------------------------------------------
+    def prepare(self, data, context: Context) -> None:
+        super().prepare(data, context)
+        if self.text is not None:
+            from ..data.captions import Captioner
+
+            self.captioner = Captioner(data.data, data.labels)
+        if self.first_stage is not None:  # KL: (mean, std) on the channels, scaled
+            self.latents = self.first_stage.moments(data.data).cpu()
+        if self.config.reflow_from:
+            self._reflow(data, context)
+
+    def _reflow(self, data, context: Context) -> None:
+        """The (noise, data) pairs of reflow: stored in the run directory, else drawn from the
+        teacher and stored.  The data become the teacher's samples."""
+        import dataclasses
+
+        from . import reflow
+
+        origin = {"teacher": self.config.reflow_from, "steps": self.config.reflow_steps, "seed": self.cfg.seed,
+                  "shape": list(data.data.shape)}
+        pairs = reflow.read_pairs(context.run_dir, origin)
+        if context.world.distributed:  # every rank has looked before rank 0 may write them
+            torch.distributed.barrier()
+        if pairs is None:
+            if not Path(self.config.reflow_from).exists():
+                raise FileNotFoundError(self.missing_reference("teacher", self.config.reflow_from))
+            teacher = context.load_reference(self.config.reflow_from)
+            reflow.check_teacher(teacher, self.config, data.name)
+            pairs = reflow.draw_pairs(teacher, tuple(data.data.shape), self.cfg.seed, self.config.reflow_steps)
+            if context.world.main:
+                reflow.write_pairs(context.run_dir, *pairs, origin)
+        z, x = pairs
+        self.train_data = dataclasses.replace(data, data=x, labels=None, num_classes=0)
+        self.reflow_noise = z.to(self.device)
+
+    @property
+    def uses_labels(self) -> bool:
+        return self.config.class_conditional
+
+    def training_data(self) -> tuple[Tensor, Tensor | None]:
+        data, labels = super().training_data()
+        return (self.latents if self.latents is not None else data), labels
+
+    def draw(self, n: int, generator: torch.Generator) -> DiffusionDraw:
+        """Condition dropout, the first stage's posterior noise, the caption phrasings, then
+        times, then noise (noise before the times for OT coupling)."""
+        config, g, dev = self.config, generator, self.device
+        d = DiffusionDraw()
+        if (config.class_conditional or config.text_encoder) and config.p_uncond > 0:
+            d.drop = torch.rand(n, generator=g, device=g.device).to(dev) < config.p_uncond
+        if self.first_stage is not None and self.first_stage.stochastic:
+            d.latent_noise = torch.randn((n, *self.sample_shape), generator=g, device=dev)
+        if self.text is not None:
+            from ..data.captions import TRAIN_TEMPLATES
+
+            d.template = torch.randint(len(TRAIN_TEMPLATES), (n,), generator=g, device=g.device).to(dev)
+        shape, dtype = (n, *self.sample_shape), torch.float32
+        if config.objective == "flow_matching" and config.coupling == "ot":  # noise first, as ot pairing draws it
+            d.noise = torch.randn(shape, generator=g, dtype=dtype, device=dev)
+        if self.loss_aware_times is not None:
+            d.t, d.t_weights = self.loss_aware_times.draw(n, g, dev)
+        elif config.weighting == "likelihood":
+            d.t = O.sample_likelihood_times(self.process, n, g, dev)
+        else:
+            d.t = O.sample_times(self.process, n, g, dev)
+        if d.noise is None and self.reflow_noise is None:
+            d.noise = torch.randn(shape, generator=g, dtype=dtype, device=dev)
+        return d
+
+    def loss(self, forward: nn.Module, batch: Batch, draw: DiffusionDraw, step: int) -> O.Loss:
+        config, x0, y = self.config, batch.x, batch.y
+        if self.first_stage is not None:  # latent diffusion: x0 holds posterior moments; draw the latents
+            x0 = self.first_stage.sample(x0, draw.latent_noise)
+        if y is not None and draw.drop is not None:
+            # condition dropout: the null label num_classes, so one network learns both
+            y = torch.where(draw.drop.to(y.device), torch.full_like(y, self.data.num_classes), y)
+        kw = {"cond": {"y": y} if config.class_conditional else None, "t": draw.t}
+        if self.text is not None:
+            kw["cond"] = self.text(self.captioner.captions(batch.idx, draw.template, draw.drop), self.device)
+        if config.objective == "regression":
+            return O.regression_loss(forward, self.process, x0, target=config.prediction, weighting=config.weighting,
+                                     min_snr_gamma=config.min_snr_gamma, noise=draw.noise,
+                                     t_importance=config.weighting == "likelihood", **kw)
+        if config.objective == "score_matching":
+            return O.score_matching_loss(forward, self.process, x0, prediction=config.prediction,
+                                         weighting=config.weighting, noise=draw.noise,
+                                         t_importance=config.weighting == "likelihood", **kw)
+        if config.objective == "hybrid":
+            return O.hybrid_loss(forward, self.process, x0, prediction=config.prediction, noise=draw.noise,
+                                 t_weights=draw.t_weights, **kw)
+        noise = self.reflow_noise[batch.idx] if self.reflow_noise is not None else draw.noise
+        if config.coupling == "ot":
+            noise = O.ot_pairing(x0, noise)  # exact OT within this rank's micro-batch
+        return O.flow_matching_loss(forward, self.process, x0, noise=noise, **kw)
+
+    def after_micro_batch(self, draw: DiffusionDraw, out: O.Loss) -> None:
+        if self.loss_aware_times is not None:  # Improved DDPM's time distribution learns from every rank's losses
+            from ..distributed.runtime import gather
+
+            self.loss_aware_times.update(*gather(self.context.world, draw.t, out.terms["vlb_per_sample"]))
+
+    def checkpoint(self, ema):
+        tensors, state = super().checkpoint(ema)
+        if self.loss_aware_times is not None:
+            tensors["time_sampler"] = self.loss_aware_times.state_dict()
+        return tensors, state
+
+    def restore(self, tensors: dict, state: dict) -> None:
+        super().restore(tensors, state)
+        if self.loss_aware_times is not None:
+            self.loss_aware_times.load_state_dict(tensors["time_sampler"])
+
+    def preview(self, n: int) -> Tensor:
+        from ..data.captions import caption
+        from ..sampling import sample
+
+        cond = {}
+        if self.config.class_conditional:
+            cond = {"y": torch.arange(n, device=self.device) % self.data.num_classes}
+        elif self.text is not None:  # "a handwritten zero", "a handwritten one", ...
+            cond = self.text([caption(i % 10) for i in range(n)], self.device)
+        x = sample(self.denoiser, (n, *self.sample_shape), self.config.sampler, self.config.sample_steps,
+                   seed=self.cfg.seed, device=self.device, cond=cond).x
+        return self.decode(x)
+
+    # --- the data space and the diffusion's space -------------------------------------
+    def decode(self, x: Tensor) -> Tensor:
+        """Samples in data space: latent diffusion decodes its latents, others are unchanged."""
+        return self.first_stage.decode(x) if self.first_stage is not None else x
+
+    def encode(self, images: Tensor) -> Tensor:
+        """Images -> the space the diffusion runs in (the inverse of `decode`): latent
+        diffusion encodes to the scaled posterior mean (VQ: the codes), others are unchanged."""
+        return self.first_stage.encode(images).to(images.device) if self.first_stage is not None else images
+
+    # --- inference: diffusion_sampling.py and diffusion_eval.py ----------------------
+    def condition(self, labels: Tensor | None = None, prompts: list[str] | None = None) -> dict:
+        return diffusion_sampling.condition(self, labels, prompts)
+
+    def class_labels(self, n: int, label: int | None = None, per_class: bool = False) -> Tensor:
+        return diffusion_sampling.class_labels(self, n, label, per_class)
+
+    def guide(self, method: str = "none", scale: float = 1.0, **options):
+        return diffusion_sampling.guide(self, method, scale, **options)
+
+    def generate(self, n: int, *args, **options):
+        return diffusion_sampling.generate(self, n, *args, **options)
+
+    def evaluate(self, n: int, **options) -> dict:
+        return diffusion_eval.evaluate(self, n, **options)
+
+    def nll(self, n: int, seed: int = 0) -> dict:
+        return diffusion_eval.nll_report(self, n, seed)

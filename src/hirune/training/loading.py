@@ -1,0 +1,77 @@
+"""The light loader: a trained run for inference, with nothing training needs.
+
+    run = load("runs/ldm-mnist5k")           # a run directory, a checkpoint folder, or an export
+    run.model, run.process, run.denoiser, run.text, run.first_stage
+    out, labels = run.generate(16)
+
+`load` reads the EMA weights (or the raw ones), the config and the data's format from the
+checkpoint, builds the family object (network, process, denoiser, text encoder, first
+stage) on the device and puts the weights in: no optimizer, no dataset, no encoding of
+training data, no teacher.  The runs a run samples through (latent diffusion's first stage)
+come from the copies in its directory (`references/`) where it has them, else from the
+paths in its config.  Checkpoints of every version load (`config.upgrade`).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from ..families import Family, get_family
+from .config import TrainConfig, upgrade
+
+REFERENCES = "references"
+
+
+def run_directory(path: str | Path) -> Path:
+    """The run directory of a run directory, a checkpoint folder, or a file exported into one."""
+    path = Path(path)
+    if (path / "checkpoints").is_dir():
+        return path
+    if (path / "state.json").is_file():
+        return path.parent.parent
+    return path.parent
+
+
+def reference_source(run_dir: str | Path, role: str, path: str) -> str:
+    """Where to load a run's reference `role` from: its copy in the run directory, else `path`."""
+    copy = Path(run_dir) / REFERENCES / f"{role}.safetensors"
+    return str(copy) if copy.is_file() else path
+
+
+def saved_config(state: dict) -> TrainConfig:
+    """The whole config of a checkpoint or export (of any version), for inference."""
+    values = upgrade({**state.get("config", {}), **state.get("run_config", {})})
+    return TrainConfig.from_dict({**values, "resume": False, "strategy": "ddp"})
+
+
+def load(path: str | Path, *, use_ema: bool = True, device: str | torch.device = "cpu",
+         isolate_rng: bool = True) -> Family:
+    """The run at `path` (a run directory: its latest checkpoint; a checkpoint folder; a file
+    written by `hirune export`), as its family object in eval mode on `device`, with the
+    EMA weights (use_ema=False: the raw training weights) and `.step`, `.cfg`, `.run_dir`.
+
+    Building the network draws its (discarded) initialisation from the global RNG seeded
+    with the run's seed; `isolate_rng` (default) restores the caller's RNG state after."""
+    from ..data import DataFormat, data_format
+    from .export import checkpoint_weights
+
+    weights, state = checkpoint_weights(path, use_ema)
+    cfg = saved_config(state)
+    cfg.device = str(device)
+    config = cfg.section()
+    family = get_family(cfg.family)
+    run_dir = run_directory(path)
+    references = {role: load(reference_source(run_dir, role, ref), device=device, isolate_rng=isolate_rng)
+                  for role, ref in family.reference_paths(config, training=False).items()}
+    data = DataFormat.from_dict(state["data"]) if state.get("data") else data_format(cfg.dataset)
+    with torch.random.fork_rng(devices=[]) if isolate_rng else nullcontext():
+        torch.manual_seed(cfg.seed)
+        run = family(cfg, config, data, torch.device(device), references, network_config=state.get("model_config"))
+    run.model.load_state_dict(weights)
+    run.model.eval()
+    run.step, run.run_dir = state["step"], run_dir
+    run.restore_loaded(state)
+    return run

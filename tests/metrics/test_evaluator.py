@@ -1,0 +1,51 @@
+"""The shipped evaluator: accurate on held-out digits, and its Frechet distance ranks real
+data above degraded data above noise."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hirune.data import load_dataset
+from hirune.metrics.evaluator import evaluate_images, features_and_logits, frechet_distance, load_evaluator
+
+
+@pytest.mark.parametrize("dataset,min_accuracy", [("digits", 0.95), ("mnist5k", 0.97)])
+def test_shipped_evaluator_is_accurate(dataset, min_accuracy):
+    test = load_dataset(dataset, "test")
+    _, logits = features_and_logits(load_evaluator(dataset), test.images)
+    assert float((logits.argmax(1) == test.labels).double().mean()) >= min_accuracy
+
+
+def test_frechet_ranks_real_above_degraded_above_noise():
+    train = load_dataset("mnist5k", "train")
+    g = torch.Generator().manual_seed(0)
+    real = train.images[torch.randperm(len(train), generator=g)[:500]]
+    blurred = F.avg_pool2d(real, 3, stride=1, padding=1)  # a deliberately degraded "model"
+    noise = torch.rand(500, 1, 28, 28, generator=g) * 2 - 1
+    scores = {name: evaluate_images("mnist5k", x)["frechet_distance"]
+              for name, x in (("real", real), ("blurred", blurred), ("noise", noise))}
+    ref = evaluate_images("mnist5k", real)["frechet_real_vs_real"]
+    assert scores["real"] < 2 * ref
+    assert scores["real"] < scores["blurred"] < scores["noise"]
+
+
+def test_class_accuracy_of_labelled_images():
+    test = load_dataset("digits", "test")
+    good = evaluate_images("digits", test.images, test.labels)
+    wrong = evaluate_images("digits", test.images, (test.labels + 1) % 10)
+    assert good["class_accuracy"] > 0.95 and wrong["class_accuracy"] < 0.05
+
+
+def test_frechet_distance_closed_form():
+    a = torch.randn(4000, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    b = a * 2 + 1  # N(1, 4I) vs N(0, I): |mu|^2 + tr(I + 4I - 2*2I) = 3 + 3
+    assert frechet_distance(a, b) == pytest.approx(6.0, rel=0.05)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="evaluators exist"):
+        load_evaluator("cifar10")
+    with pytest.raises(ValueError, match="expects"):
+        features_and_logits(load_evaluator("digits"), torch.zeros(2, 1, 28, 28))
