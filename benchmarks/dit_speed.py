@@ -14,7 +14,7 @@ Contestants (per size, each in the modes asked for: eager and/or torch.compile)
              learned_sigma=True)`: fused qkv, SDPA, tanh GELU.
   diffusers  `DiTTransformer2DModel` with the same hidden size, depth, heads, patch and
              classes, out_channels = 8 (learned sigma), loaded with hirune's weights through
-             the mapping of tests/test_transformers.py and set to compute the same function
+             the mapping of tests/models/test_dit.py and set to compute the same function
              (norm_eps=1e-6, downscale_freq_shift=0); the fp32 outputs are compared once.
              It keeps a copy of the time MLP and the class table in every block, so it has
              (depth - 1) x (256 D + D^2 + 1001 D + 2 D) more parameters (+17.1 M at B/2,
@@ -158,12 +158,13 @@ def diffusers_twin(model) -> tuple[torch.nn.Module | None, str | None]:
 
 
 def weight_mapping():
-    """tests/test_transformers.diffusers_state_dict (hirune DiT -> diffusers names), or None."""
-    tests = str(Path(__file__).resolve().parents[1] / "tests")
-    if tests not in sys.path:
-        sys.path.insert(0, tests)
+    """tests/models/test_dit.diffusers_state_dict (hirune DiT -> diffusers names), or None."""
+    tests = Path(__file__).resolve().parents[1] / "tests"
+    for folder in (str(tests), str(tests / "models")):  # test_dit imports tests/networks.py
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
     try:
-        from test_transformers import diffusers_state_dict
+        from test_dit import diffusers_state_dict
     except ImportError:
         return None
     return diffusers_state_dict

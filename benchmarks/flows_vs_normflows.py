@@ -33,9 +33,9 @@ from torch import nn
 
 from hirune.data import load_dataset
 from hirune.data.toys import toy_mixture
-from hirune.ema import EMA
-from hirune.flows import Flow, FlowConfig
-from hirune.trainer import TrainConfig, lr_at, micro_batch_indices
+from hirune.training.ema import EMA
+from hirune.models.normalizing_flow import Flow, FlowConfig
+from hirune.training import TrainConfig, lr_at, micro_batch_indices
 
 STEPS_PER_FLOW, HIDDEN = 8, 128
 

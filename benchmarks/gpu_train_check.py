@@ -15,8 +15,7 @@ from pathlib import Path
 
 import torch
 
-from hirune.presets import preset_config
-from hirune.trainer import load_run, train
+from hirune.training import load, preset_config, train
 
 
 def main(out: Path) -> None:
@@ -30,7 +29,7 @@ def main(out: Path) -> None:
         b = train(preset_config(preset, {**b_over, "resume": True}), progress=False)
         same = all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()))
         loss = json.loads(Path(over["out"], "metrics.jsonl").read_text().splitlines()[-1])["loss"]
-        run = load_run(over["out"])
+        run = load(over["out"])
         print(f"  {preset:16s} loss {loss:.4f}  resume bit-identical: {same}  reloaded step {run.step}")
     cfg = preset_config("ddpm-mnist5k", {"steps": 60, "batch_size": 256, "log_every": 20, "ckpt_every": 0,
                                          "sample_every": 0, "device": "cuda", "out": str(out / "speed")})
@@ -40,7 +39,7 @@ def main(out: Path) -> None:
     rows = [json.loads(line) for line in Path(cfg.out, "metrics.jsonl").read_text().splitlines()]
     print(f"  ddpm-mnist5k tiny UNet, batch 256, bf16: {rows[-1]['images_per_s']:.0f} images/s "
           f"(last 20 steps; {time.perf_counter() - t0:.1f}s for 60 steps incl. start-up)")
-    from hirune.bench import bench_train, format_result
+    from hirune.training.speed import bench_train, format_result
 
     print(format_result(bench_train(None, {"device": "cuda"}, batch=256, steps=30, warmup=5)))
 

@@ -25,10 +25,10 @@ import json
 import time
 from pathlib import Path
 
-from hirune.evaluator import evaluate_images
-from hirune.generate import class_labels, generate, guide
-from hirune.presets import preset_config
-from hirune.trainer import latest_checkpoint, load_run, train
+from hirune.checkpoint import latest_checkpoint
+from hirune.inference.generate import generate, guide
+from hirune.metrics.evaluator import evaluate_images
+from hirune.training import load, preset_config, train
 from hirune.viz import image_grid, tradeoff_plot
 
 
@@ -54,17 +54,17 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     ensure("vpred-mnist5k", args.cond, {"class_conditional": True}, args.train)
     ensure("classifier-mnist5k", args.classifier, {}, args.train)
-    run, classifier = load_run(args.cond), load_run(args.classifier)
+    run, classifier = load(args.cond), load(args.classifier)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    labels = class_labels(run, args.n, per_class=True)
+    labels = run.class_labels(args.n, per_class=True)
     results: dict[str, list[dict]] = {"classifier-free": [], "classifier": []}
     for method, key in (("cfg", "classifier-free"), ("classifier", "classifier")):
         for s in args.scales:
             t0 = time.perf_counter()
             d = guide(run, method, s, classifier=classifier if method == "classifier" else None)
             x, _ = generate(run, args.n, "ddim", args.steps, "trailing", seed=0, denoiser=d, labels=labels)
-            m = evaluate_images(run.cfg.dataset, x.x, labels)
+            m = evaluate_images(run.data.name, x.x, labels)
             m.update({"scale": s, "seconds": time.perf_counter() - t0})
             results[key].append(m)
             print(json.dumps({"method": key, **m}))
@@ -98,10 +98,11 @@ def edit_report(run, args, out: Path) -> dict:
     import torch
 
     from hirune.data import load_dataset
-    from hirune.editing import edit, invert, psnr, regenerate
-    from hirune.evaluator import load_evaluator
+    from hirune.inference.editing import edit, invert, regenerate
+    from hirune.metrics import psnr
+    from hirune.metrics.evaluator import load_evaluator
 
-    test = load_dataset(run.cfg.dataset, "test")
+    test = load_dataset(run.data.name, "test")
     x, y = test.data[:args.edits], test.labels[:args.edits]
     t0 = time.perf_counter()
     noise = invert(run, x, labels=y, steps=args.steps).x
@@ -110,7 +111,7 @@ def edit_report(run, args, out: Path) -> dict:
     target = (y + 1) % 10
     edited, _ = edit(run, x, y, target, scale=args.edit_scale, steps=args.steps)
     with torch.no_grad():
-        read = load_evaluator(run.cfg.dataset)(edited).argmax(1)
+        read = load_evaluator(run.data.name)(edited).argmax(1)
     k = min(10, len(x))
     image_grid(torch.cat([x[:k], back[:k], edited[:k]]), out / "edits.png", nrow=k)
     return {"images": len(x), "steps": args.steps, "reconstruction_psnr_db_mean": float(p.mean()),

@@ -4,12 +4,12 @@ same way.
     python benchmarks/nll_table.py [--steps 3000] [--n 0]
 
 Trains each contestant with its `hirune train` preset on the digits' training split (the
-same steps x batch 64 for all), then reports `evaluation.nll_report` on the test split:
+same steps x batch 64 for all), then reports the run's `nll` on the test split:
 the same uniform dequantization (17 levels) and the same discrete bound for every family;
 flows exactly, the others through the probability-flow ODE of the EMA model (RK45,
 rtol 1e-5, Hutchinson divergence with one Rademacher probe per image).
 
-    realnvp / glow     normalizing flows, exact log-likelihood (objective nll)
+    realnvp / glow     normalizing flows, exact log-likelihood (family normalizing_flow)
     ddpm               eps-prediction, linear betas, 1000 discrete steps
     vpsde              VP SDE in continuous time, denoising score matching, lambda = sigma^2
     vpsde-likelihood   the same with Song et al.'s likelihood weighting lambda = g^2
@@ -29,10 +29,9 @@ from pathlib import Path
 
 import torch
 
+from hirune.checkpoint import latest_checkpoint
 from hirune.data import load_dataset
-from hirune.evaluation import nll_report
-from hirune.presets import preset_config
-from hirune.trainer import latest_checkpoint, load_run, train
+from hirune.training import load, preset_config, train
 
 CONTESTANTS = {
     "realnvp": ("realnvp-digits", {}),
@@ -69,9 +68,9 @@ def main(argv=None) -> int:
             train(preset_config(preset, {"steps": args.steps, "sample_every": 0, "ckpt_every": args.steps,
                                          "out": str(run_dir), **extra}))
             row["train_minutes"] = (time.perf_counter() - start) / 60
-        run = load_run(run_dir)
+        run = load(run_dir)
         start = time.perf_counter()
-        report = nll_report(run, n)
+        report = run.nll(n)
         row.update({"preset": preset, **extra, "steps": run.step, **report,
                     "params": sum(q.numel() for q in run.model.parameters()),
                     "eval_minutes": (time.perf_counter() - start) / 60})

@@ -3,7 +3,7 @@
 Every contestant gets the same wall-clock training budget on this machine (default 10
 minutes, all cores torch uses by default), then draws 1000 samples, and all are scored by
 the same metric: the Frechet distance in hirune's shipped evaluator features against the
-500 held-out test digits (`hirune.evaluator.evaluate_images`), printed beside the
+500 held-out test digits (`hirune.metrics.evaluator.evaluate_images`), printed beside the
 real-vs-real reference, with the entropy of the predicted classes (3.32 bits = all ten
 digits equally often).
 
@@ -71,7 +71,7 @@ import torch
 import torch.nn.functional as F
 
 from hirune.data import load_dataset
-from hirune.evaluator import evaluate_images
+from hirune.metrics.evaluator import evaluate_images
 from hirune.viz import image_grid
 
 
@@ -129,9 +129,9 @@ def _params(module: torch.nn.Module) -> int:
 def run_hirune(args, out: Path, preset: str | None = None, overrides: dict | None = None) -> dict:
     import shutil
 
-    from hirune.presets import DEFAULT_PRESET, preset_config
-    from hirune.samplers import sample
-    from hirune.trainer import load_run, train
+    from hirune.sampling import sample
+    from hirune.training import load, preset_config, train
+    from hirune.training.presets import DEFAULT_PRESET
 
     name = preset or "hirune"
     calib = out / f"{name}-calibration"
@@ -150,7 +150,7 @@ def run_hirune(args, out: Path, preset: str | None = None, overrides: dict | Non
     t0 = time.perf_counter()
     train(cfg)
     train_s = time.perf_counter() - t0
-    run = load_run(run_dir)
+    run = load(run_dir)
     t0 = time.perf_counter()
     with torch.no_grad():
         x = torch.cat([run.decode(sample(run.denoiser, (n, *run.sample_shape), "ddim", args.steps, "trailing",
@@ -364,8 +364,8 @@ def table(results: dict) -> str:
 
 
 def run_latent(args, out: Path, preset: str) -> dict:
-    from hirune.presets import preset_config
-    from hirune.trainer import latest_checkpoint, train
+    from hirune.checkpoint import latest_checkpoint
+    from hirune.training import preset_config, train
 
     ae = out / "kl-ae-mnist5k"
     t0 = time.perf_counter()

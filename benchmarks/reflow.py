@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 from hirune import sample, time_grid
+from hirune.checkpoint import latest_checkpoint
 from hirune.data import load_dataset
-from hirune.metrics import sliced_wasserstein, straightness
-from hirune.presets import preset_config
-from hirune.trainer import latest_checkpoint, load_run, train
+from hirune.metrics.distances import sliced_wasserstein, straightness
+from hirune.training import load, preset_config, train
 
 EULER_STEPS = (1, 2, 4, 8, 16, 64)
 
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     results = {}
     curves = []
     for name in runs:
-        run = load_run(out / dirs[name])
+        run = load(out / dirs[name])
         row = {}
         for k in EULER_STEPS:
             # a uniform grid of k + 1 times from 1 to 0: k Euler steps, k network evaluations

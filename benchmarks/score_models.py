@@ -7,7 +7,7 @@ Each contestant trains with its preset (the same MLP, optimizer and steps).  Sam
 10 000 points with the preset's sampler (annealed Langevin over NCSN's levels,
 predictor-corrector for the SDEs) and, for the SDEs, the probability-flow ODE (RK45);
 sliced Wasserstein distance to the held-out split beside its real-vs-real value.  NLL:
-`evaluation.nll_report` on 2000 held-out points (probability-flow ODE, exact divergence)
+the run's `nll` on 2000 held-out points (probability-flow ODE, exact divergence)
 beside the true density's NLL of the same points.  Writes OUT/score_models.md and .json.
 """
 
@@ -20,11 +20,10 @@ from pathlib import Path
 import torch
 
 from hirune import sample
+from hirune.checkpoint import latest_checkpoint
 from hirune.data import load_dataset
-from hirune.evaluation import nll_report
-from hirune.metrics import sliced_wasserstein
-from hirune.presets import preset_config
-from hirune.trainer import latest_checkpoint, load_run, train
+from hirune.metrics.distances import sliced_wasserstein
+from hirune.training import load, preset_config, train
 
 CONTESTANTS = {
     "ncsn": ("ncsn", {}),
@@ -55,15 +54,15 @@ def main(argv=None) -> int:
         if latest_checkpoint(run_dir) is None:
             train(preset_config(preset, {"steps": args.steps, "sample_every": 0, "ckpt_every": args.steps,
                                          "out": str(run_dir), **extra}))
-        run = load_run(run_dir)
+        run = load(run_dir)
         row = {"preset": preset, **extra}
         with torch.no_grad():
-            x = sample(run.denoiser, (args.n, 2), run.cfg.sampler, run.cfg.sample_steps, seed=1).x
-            row[f"sw_{run.cfg.sampler}"] = sliced_wasserstein(x.double(), test)
+            x = sample(run.denoiser, (args.n, 2), run.config.sampler, run.config.sample_steps, seed=1).x
+            row[f"sw_{run.config.sampler}"] = sliced_wasserstein(x.double(), test)
             if family != "ncsn":
                 x = sample(run.denoiser, (args.n, 2), "rk45", 2, seed=1).x
                 row["sw_ode"] = sliced_wasserstein(x.double(), test)
-        row.update(nll_report(run, args.nll))
+        row.update(run.nll(args.nll))
         rows[label] = row
         print(label, json.dumps({k: v for k, v in row.items() if k.startswith(("sw", "nll"))}), flush=True)
     lines = ["| model | preset | SW, preset sampler | SW, probability-flow ODE | test NLL (nats) |",

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 
-from hirune.evaluation import text_accuracy
-from hirune.generate import generate, guide
-from hirune.presets import preset_config
-from hirune.trainer import latest_checkpoint, load_run, train
+from hirune.checkpoint import latest_checkpoint
+from hirune.families.diffusion_eval import text_report
+from hirune.inference.generate import generate, guide
+from hirune.training import load, preset_config, train
 from hirune.viz import image_grid
 
 CONTESTANTS = {"tiny": "text-{}", "minilm": "text-minilm-{}"}
@@ -66,12 +66,12 @@ def main(argv=None) -> int:
             train(preset_config(preset, {"steps": args.steps, "out": str(run_dir), "sample_every": 0,
                                          "eval_samples": 0, **extra}))
         train_s = time.perf_counter() - t0
-        run = load_run(run_dir)
+        run = load(run_dir)
         row = {"preset": preset, "params": sum(p.numel() for p in run.model.parameters()), "steps": args.steps,
                "train_minutes": train_s / 60}
         for scale in args.scales:
             d = guide(run, "cfg", scale) if scale != 1.0 else None
-            acc = text_accuracy(run, args.n, "ddim", args.sample_steps, denoiser=d)
+            acc = text_report(run, args.n, "ddim", args.sample_steps, denoiser=d)
             row[f"s={scale:g}"] = acc
         prompts = [f"an image of a {w}" for w in ("zero one two three four five six seven eight nine".split())
                    for _ in range(8)]
