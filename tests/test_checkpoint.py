@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -76,7 +77,7 @@ def test_config_mismatch_lists_keys(tmp_path):
 def test_no_pickle_anywhere(tmp_path):
     save_checkpoint(tmp_path, 1, {"model": {"w": torch.ones(1)}}, {"config": {}})
     files = {p.suffix for p in latest_checkpoint(tmp_path).iterdir()}
-    assert files == {".safetensors", ".json"}
+    assert files == {".safetensors", ".json", ".sha256"}  # tensors, state.json and its hash
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
@@ -101,3 +102,50 @@ def test_kill_during_save_keeps_previous_latest(tmp_path):
     proc.wait()
     tensors, state = load_checkpoint(tmp_path)  # verifies the sha256 of every file
     assert state["step"] >= 1
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s.pop("files"), "needs 'files'"),
+    (lambda s: s.update(files=["model.safetensors"]), "needs 'files'"),
+    (lambda s: s.update(step="3"), "'step' \\(an int\\)"),
+    (lambda s: s.update(step=-1), "'step' \\(an int\\)"),
+    (lambda s: s.update(format="hirune-checkpoint-9"), "unknown checkpoint format"),
+    (lambda s: s["files"].update({"../../evil.safetensors": "0" * 64}), "outside its checkpoint folder"),
+    (lambda s: s["files"].update({"extra.safetensors": "0" * 64}), "missing extra.safetensors"),
+    (lambda s: s["files"].update({"model.safetensors": "0" * 64}), "sha256 mismatch"),
+    (lambda s: s.clear(), "unknown checkpoint format"),
+])
+def test_a_wrong_but_valid_state_json_is_named_not_a_traceback(tmp_path, edit, message):
+    """Issue 16, finding 4: nine kinds of edited state.json raised KeyError, AttributeError or
+    size mismatches.  state.sha256 catches every edit; without it (checkpoints written before
+    it existed) the structure is checked and named."""
+    path = save_checkpoint(tmp_path, 3, {"model": {"w": torch.ones(2)}}, {"config": {}})
+    state = json.loads((path / "state.json").read_text())
+    edit(state)
+    (path / "state.json").write_text(json.dumps(state))
+    with pytest.raises(CheckpointError, match="edited"):
+        load_checkpoint(path)
+    (path / "state.sha256").unlink()
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(path)
+
+
+def test_a_failed_save_leaves_no_debris_and_names_the_latest(tmp_path, monkeypatch):
+    """Issue 16, finding 4: a full disk raised SafetensorError and each retry left another
+    temporary folder."""
+    import errno
+
+    import hirune.checkpoint as C
+
+    save_checkpoint(tmp_path, 1, {"model": {"w": torch.ones(2)}}, {})
+
+    def disk_full(tensors, filename, metadata=None):
+        open(filename, "wb").write(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(C, "save_file", disk_full)
+    for _ in range(2):
+        with pytest.raises(CheckpointError, match="No space left.*the latest stays step_00000001"):
+            save_checkpoint(tmp_path, 2, {"model": {"w": torch.zeros(2)}}, {})
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step_00000001"]
+    assert latest_checkpoint(tmp_path).name == "step_00000001"

@@ -6,6 +6,7 @@ complete one:
     run/checkpoints/step_00001000/  model.safetensors  ema.safetensors  optimizer.safetensors
                                     state.json   (config, step, RNG, optimizer hyper-parameters,
                                                   sha256 of every tensor file)
+                                    state.sha256 (sha256 of state.json itself)
     run/checkpoints/latest          "step_00001000"
 
 A run sharded over several processes (FSDP2) may instead keep its model, EMA and
@@ -16,8 +17,11 @@ those files too.
 
 A save writes into a temporary folder, fsyncs, renames it into place, and only then
 replaces `latest` (os.replace is atomic), so a crash or kill -9 at any point leaves the
-previous checkpoint as the latest.  A load verifies every file's sha256 and the config,
-and names what is wrong.
+previous checkpoint as the latest; a save that fails (a full disk) removes its temporary
+folder and says which checkpoint stays the latest.  `latest` may only name a step folder
+beside it.  A load verifies every file's sha256 (state.json's too, where the checkpoint
+has its state.sha256) and the config, and names what is wrong.  `find_checkpoint` is what
+a resume uses: the latest, or where that is missing or broken, the newest complete one.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +40,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 LATEST = "latest"
+STATE_HASH = "state.sha256"
+STEP_NAME = re.compile(r"step_\d{8}")
 
 
 class CheckpointError(RuntimeError):
@@ -114,18 +122,14 @@ def save_checkpoint(run_dir: str | Path, step: int, tensors: dict[str, dict[str,
         tmp.mkdir()
     else:
         tmp = staged
-    for group, flat in tensors.items():
-        save_file({k: v.detach().contiguous().cpu() for k, v in flat.items()}, str(tmp / f"{group}.safetensors"))
-    files = sorted(p for p in tmp.rglob("*") if p.is_file())
-    hashes = {p.relative_to(tmp).as_posix(): _sha256(p) for p in files}
-    meta = {"format": "hirune-checkpoint-1", "step": step, "files": hashes, **state}
-    with open(tmp / "state.json", "w") as f:
-        json.dump(meta, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    for path in files:
-        with open(path, "rb") as f:
-            os.fsync(f.fileno())
+    try:
+        _write(tmp, step, tensors, state)
+    except Exception as e:  # a full disk, a vanished folder: nothing half-written stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = latest_checkpoint(run_dir)
+        raise CheckpointError(f"could not write checkpoint {name} into {root}: {e}; "
+                              f"{'the latest stays ' + kept.name if kept else 'no checkpoint was written before'}"
+                              ) from e
     if final.exists():
         shutil.rmtree(final)
     os.rename(tmp, final)
@@ -135,30 +139,120 @@ def save_checkpoint(run_dir: str | Path, step: int, tensors: dict[str, dict[str,
     os.replace(pointer, root / LATEST)  # the commit point
     _fsync_dir(root)
     if keep is not None:
-        done = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_"))
+        done = sorted(p for p in root.iterdir() if p.is_dir() and STEP_NAME.fullmatch(p.name))
         for old in done[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     return final
 
 
+def _write(folder: Path, step: int, tensors: dict[str, dict[str, Tensor]], state: dict) -> None:
+    """The files of a checkpoint, fsynced: one safetensors file per group, state.json with
+    every file's sha256, and state.sha256 with state.json's."""
+    for group, flat in tensors.items():
+        save_file({k: v.detach().contiguous().cpu() for k, v in flat.items()}, str(folder / f"{group}.safetensors"))
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    hashes = {p.relative_to(folder).as_posix(): _sha256(p) for p in files}
+    meta = {"format": "hirune-checkpoint-1", "step": step, "files": hashes, **state}
+    with open(folder / "state.json", "w") as f:
+        json.dump(meta, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    with open(folder / STATE_HASH, "w") as f:
+        f.write(_sha256(folder / "state.json") + "  state.json\n")
+        f.flush()
+        os.fsync(f.fileno())
+    for path in files:
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint `latest` names, where it names a step folder beside it that exists;
+    else None.  Its files are not verified here (`find_checkpoint`, `load_checkpoint` do)."""
     root = Path(run_dir) / "checkpoints"
     pointer = root / LATEST
-    if not pointer.exists():
+    if not pointer.is_file():
         return None
-    path = root / pointer.read_text().strip()
-    return path if path.is_dir() else None
+    name = pointer.read_text().strip()
+    if not STEP_NAME.fullmatch(name):  # never a path: ../../x, /etc, a symlink's target
+        return None
+    path = root / name
+    return path if path.is_dir() and not path.is_symlink() else None
+
+
+def checkpoints(run_dir: str | Path) -> list[Path]:
+    """The run's step folders, oldest first (complete or not)."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if STEP_NAME.fullmatch(p.name) and p.is_dir() and not p.is_symlink())
+
+
+def find_checkpoint(run_dir: str | Path, thorough: bool = True) -> tuple[Path | None, str | None]:
+    """(the checkpoint to read, what was wrong on the way or None): the one `latest` names
+    where it is complete and intact, else the newest step folder that is, else None.
+    `thorough` hash-checks every file (a resume); else state.json and the files' presence
+    (a load for inference, which then verifies what it reads)."""
+    latest, problem = latest_checkpoint(run_dir), None
+    pointer = Path(run_dir) / "checkpoints" / LATEST
+    if latest is None and pointer.is_file():
+        problem = f"{pointer} names {pointer.read_text().strip()!r}, which is not a step folder there"
+    for candidate in ([latest] if latest is not None else []) + list(reversed(checkpoints(run_dir))):
+        try:
+            _check(candidate, thorough)
+        except CheckpointError as e:
+            problem = problem or str(e)
+            continue
+        return candidate, problem
+    return None, problem
+
+
+def _check(path: Path, thorough: bool) -> None:
+    if thorough:
+        load_checkpoint(path, groups=())
+        return
+    state = _read_state(path)
+    missing = [f for f in state["files"] if not (path / f).is_file()]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is missing {missing[0]}")
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder, or the latest complete one of a run directory."""
+    """A checkpoint folder, or the checkpoint a run directory holds (`find_checkpoint`:
+    the latest, or with a warning naming the problem, the newest complete one)."""
     path = Path(path)
     if (path / "checkpoints").is_dir():
-        found = latest_checkpoint(path)
+        found, problem = find_checkpoint(path, thorough=False)
         if found is None:
-            raise CheckpointError(f"no complete checkpoint in {path}")
+            raise CheckpointError(f"no complete checkpoint in {path}" + (f": {problem}" if problem else ""))
+        if problem:
+            warnings.warn(f"{problem}; reading {found} instead", stacklevel=2)
         path = found
     return path
+
+
+def _read_state(path: Path) -> dict:
+    """A checkpoint's state.json, checked: its own hash (where state.sha256 exists), its
+    format, its step and its file list (names inside the folder)."""
+    state_file = path / "state.json"
+    if not state_file.is_file():
+        raise CheckpointError(f"{path} is not a hirune checkpoint (no state.json)")
+    state_hash = path / STATE_HASH
+    if state_hash.is_file() and state_hash.read_text().split()[:1] != [_sha256(state_file)]:
+        raise CheckpointError(f"{state_file} is corrupt or was edited (sha256 mismatch with {STATE_HASH})")
+    try:
+        state = json.loads(state_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{state_file} is corrupt: {e}") from None
+    if not isinstance(state, dict) or state.get("format") != "hirune-checkpoint-1":
+        raise CheckpointError(f"{state_file}: unknown checkpoint format "
+                              f"{state.get('format') if isinstance(state, dict) else type(state).__name__!r}")
+    files, step = state.get("files"), state.get("step")
+    if not isinstance(files, dict) or not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise CheckpointError(f"{state_file} is incomplete: it needs 'files' (file -> sha256) and 'step' (an int)")
+    if any(not isinstance(f, str) or f.startswith("/") or ".." in f.split("/") for f in files):
+        raise CheckpointError(f"{state_file} names files outside its checkpoint folder")
+    return state
 
 
 def load_checkpoint(path: str | Path, expect_config: dict | None = None, groups: tuple[str, ...] | None = None
@@ -170,15 +264,7 @@ def load_checkpoint(path: str | Path, expect_config: dict | None = None, groups:
     Raises CheckpointError naming the problem: missing files, a sha256 mismatch (truncated or
     corrupt), or `expect_config` differing from the saved config (listing the keys)."""
     path = resolve_checkpoint(path)
-    state_file = path / "state.json"
-    if not state_file.is_file():
-        raise CheckpointError(f"{path} is not a hirune checkpoint (no state.json)")
-    try:
-        state = json.loads(state_file.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{state_file} is corrupt: {e}") from None
-    if state.get("format") != "hirune-checkpoint-1":
-        raise CheckpointError(f"{state_file}: unknown checkpoint format {state.get('format')!r}")
+    state = _read_state(path)
     tensors = {}
     for filename, digest in state["files"].items():
         file = path / filename

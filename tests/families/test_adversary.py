@@ -307,6 +307,7 @@ def test_resume_check_catches_a_lost_discriminator_optimizer(tmp_path):
         save_file({k: torch.zeros_like(v) for k, v in tensors["disc_optimizer"].items()}, str(file))
         state["files"]["disc_optimizer.safetensors"] = _sha256(file)
         (ckpt / "state.json").write_text(json.dumps(state))
+        (ckpt / "state.sha256").write_text(_sha256(ckpt / "state.json"))  # a forgery every check accepts
 
     with pytest.raises(AssertionError):
         _resume(tmp_path, zero_disc_optimizer)

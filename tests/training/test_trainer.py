@@ -47,6 +47,7 @@ def test_resume_from_an_older_state_is_caught_by_the_test(tmp_path):
     save_file({k: torch.zeros_like(v) for k, v in tensors["optimizer"].items()}, str(optimizer_file))
     state["files"]["optimizer.safetensors"] = _sha256(optimizer_file)
     (ckpt / "state.json").write_text(json.dumps(state))
+    (ckpt / "state.sha256").write_text(_sha256(ckpt / "state.json"))  # a forgery that passes every check
     train(toy_config(tmp_path / "b", resume=True), progress=False)
     assert losses(tmp_path / "a" / "run") != losses(tmp_path / "b" / "run")
 
@@ -79,7 +80,8 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Diffusion, "loss", loss_nan_at_step_3)
     cfg = toy_config(tmp_path, steps=6, ckpt_every=2)
-    with pytest.raises(FloatingPointError, match="non-finite loss at step 3"):
+    with pytest.raises(FloatingPointError, match=r"non-finite loss \(nan\) at step 3; the last good checkpoint, "
+                                                 r".*step_00000002, stays the latest"):
         train(cfg, progress=False)
     ckpt = latest_checkpoint(cfg.out)
     assert ckpt is not None and ckpt.name == "step_00000002"

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint import CheckpointError
 from ..families import Family, get_family
 from .config import TrainConfig, upgrade
 
@@ -70,7 +71,11 @@ def load(path: str | Path, *, use_ema: bool = True, device: str | torch.device =
     with torch.random.fork_rng(devices=[]) if isolate_rng else nullcontext():
         torch.manual_seed(cfg.seed)
         run = family(cfg, config, data, torch.device(device), references, network_config=state.get("model_config"))
-    run.model.load_state_dict(weights)
+    try:
+        run.model.load_state_dict(weights)
+    except RuntimeError as e:  # weights of another shape or name
+        raise CheckpointError(f"{path} does not fit the network its config describes: "
+                              f"{str(e).splitlines()[0]}") from e
     run.model.eval()
     run.step, run.run_dir = state["step"], run_dir
     run.restore_loaded(state)

@@ -5,9 +5,11 @@
 
 A run directory holds config.json, metrics.jsonl (one line per logged step), checkpoints/
 (safetensors + JSON, `checkpoint.py`), samples/ (preview grids) and, for runs that build on
-other runs, references/ (their weights, so the run outlives them).  `resume=True` continues
-the run exactly from its latest checkpoint; a non-finite loss stops it with its step
-number and leaves the last good checkpoint as the latest.
+other runs, references/ (their weights, so the run outlives them).  While it trains, the
+loop owns the folder (`run_folder.own`: a lock, a check that the folder is a run,
+debris removed).  `resume=True` continues the run exactly from its latest checkpoint (or
+the newest complete one, saying so); a non-finite loss or gradient norm stops it with its
+step number and names the last good checkpoint, which stays the latest.
 """
 
 from __future__ import annotations
@@ -17,26 +19,33 @@ import time
 from pathlib import Path
 
 from ..checkpoint import latest_checkpoint
-from .config import TrainConfig
+from ..distributed import runtime
+from .config import TrainConfig, check_config
 from .loading import REFERENCES
+from .run_folder import own, truncate_metrics
 from .trainer import Trainer, lr_at
 
 
 def train(cfg: TrainConfig, stop_after: int | None = None, progress: bool = True) -> Trainer:
     """Train to cfg.steps (or stop after `stop_after` optimizer steps of this call)."""
+    out = Path(cfg.out)
+    check_config(cfg)  # a bad config touches no folder
+    with own(out, cfg.resume, main=runtime.from_env()[0] == 0) as claim:
+        trainer = Trainer(cfg)
+        if claim.resume_from is not None:
+            trainer.load(claim.resume_from)
+        if trainer.world.main:
+            truncate_metrics(out, trainer.step)
+            write_config(out, cfg)
+            keep_references(trainer.family, out)
+        _loop(trainer, out, stop_after, progress)
+    return trainer
+
+
+def _loop(trainer: Trainer, out: Path, stop_after: int | None, progress: bool) -> None:
     from tqdm.auto import tqdm
 
-    out = Path(cfg.out)
-    if latest_checkpoint(out) is not None and not cfg.resume:
-        raise FileExistsError(f"{out} already holds a run; pass resume=true to continue it or choose another out=")
-    trainer = Trainer(cfg)
-    main = trainer.world.main  # only rank 0 prints, logs and writes files
-    if latest_checkpoint(out) is not None:
-        trainer.load(out)
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-        keep_references(trainer.family, out)
+    cfg, main = trainer.cfg, trainer.world.main  # only rank 0 prints, logs and writes files
     if trainer.world.distributed:
         print(f"[hirune] rank {trainer.world.rank}/{trainer.world.size} on {trainer.device} "
               f"({trainer.world.backend}, {cfg.strategy})", flush=True)
@@ -56,7 +65,9 @@ def train(cfg: TrainConfig, stop_after: int | None = None, progress: bool = True
         except FloatingPointError as e:
             if log:
                 log.close()
-            raise FloatingPointError(f"{e}; the last good checkpoint is kept in {out / 'checkpoints'}") from None
+            kept = latest_checkpoint(out)
+            raise FloatingPointError(f"{e}; " + (f"the last good checkpoint, {kept}, stays the latest" if kept else
+                                                 "no checkpoint was written before it")) from None
         seen += cfg.batch_size
         bar.update(1)
         step = trainer.step
@@ -76,7 +87,13 @@ def train(cfg: TrainConfig, stop_after: int | None = None, progress: bool = True
     bar.close()
     if log:
         log.close()
-    return trainer
+
+
+def write_config(out: Path, cfg: TrainConfig) -> None:
+    """config.json, written atomically (a temporary file renamed over it)."""
+    tmp = out / ".config.json.tmp"
+    tmp.write_text(json.dumps(cfg.to_dict(), indent=1))
+    tmp.replace(out / "config.json")
 
 
 def keep_references(family, run_dir: Path) -> None:

@@ -147,7 +147,7 @@ class Trainer:
         clipping, AdamW at `lr_at(step)`, one EMA update; with an active adversary, its step
         on the same micro-batches.  Returns the global (loss, grad norm) with a single device
         sync; raises FloatingPointError, on every rank and before touching the weights, on a
-        non-finite loss."""
+        non-finite loss or gradient norm."""
         from ..distributed.runtime import mean
         from ..distributed.strategy import grad_norm_value, sync_gradients
 
@@ -186,9 +186,13 @@ class Trainer:
         losses = mean(world, torch.stack([total, d_total]))
         loss_value, d_value, norm_value, d_norm_value = torch.cat(
             [losses, torch.stack([grad_norm.float(), d_norm.float()])]).tolist()
-        if not math.isfinite(loss_value) or not math.isfinite(d_value):
-            which = "loss" if not math.isfinite(loss_value) else "discriminator loss"
-            raise FloatingPointError(f"non-finite {which} at step {self.step}")
+        # fp16's loss scaler skips a step whose gradients overflowed; elsewhere an infinite norm stops the run
+        checks = {"loss": loss_value, "discriminator loss": d_value}
+        if not self.scaler.is_enabled():
+            checks.update({"gradient norm": norm_value, "discriminator gradient norm": d_norm_value})
+        for which, value in checks.items():
+            if not math.isfinite(value):
+                raise FloatingPointError(f"non-finite {which} ({value}) at step {self.step}")
         self.scaler.step(self.optimizer)      # fp16: skipped when a gradient overflowed
         self.scaler.update()
         if adversary is not None:
@@ -261,8 +265,12 @@ class Trainer:
             else:
                 model_sd, ema_sd = tensors["model"], tensors["ema"]
                 optim_sd = unflatten_optimizer_state(tensors["optimizer"], state["optimizer"])
-            load_full_state(self.model, self.optimizer, self.ema, self.world, self.cfg.strategy, model_sd, ema_sd,
-                            optim_sd, state["ema_updates"])
+            try:
+                load_full_state(self.model, self.optimizer, self.ema, self.world, self.cfg.strategy, model_sd,
+                                ema_sd, optim_sd, state["ema_updates"])
+            except (RuntimeError, ValueError, KeyError) as e:  # tensors of another shape or name
+                raise CheckpointError(f"checkpoint {path} does not fit this run's network: "
+                                      f"{str(e).splitlines()[0]}") from e
         self.noise_rng.set_state(tensors["rng"]["noise"])
         torch.set_rng_state(tensors["rng"]["torch_cpu"])
         if self.scaler.is_enabled() and "grad_scaler" in state:
