@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..objectives import Loss
-from .base import Batch, Context, Draw, Family, refuse_extras, register
+from .base import Batch, Context, Draw, Family, check_eval_counts, refuse_extras, register
 
 
 @dataclass
@@ -28,6 +28,7 @@ class AutoencoderDraw(Draw):
 class Autoencoder(Family):
     name = "autoencoder"
     networks = ("kl_autoencoder", "vq_autoencoder")
+    evaluates_test_examples = True  # the reconstructions of n test images
 
     def __init__(self, cfg, config, data, device, references=None, network_config=None):
         super().__init__(cfg, config, data, device, references)
@@ -99,6 +100,7 @@ class Autoencoder(Family):
         """The reconstructions of n test images (`evaluation.reconstruction`)."""
         from ..evaluation.reconstruction import reconstruction_report
 
+        check_eval_counts(self, self.data, n, nll, text_accuracy, denoising_error)
         refuse_extras(self, nll, text_accuracy, denoising_error)
         report = reconstruction_report(self.model, self.data.name, n, self.latent_stats)
         return {"step": self.step, "dataset": self.data.name, **report}
