@@ -284,6 +284,7 @@ def test_train_with_cuda_where_no_gpu_is_visible(tmp_path, capsys, monkeypatch):
     NotADirectoryError("not a folder"), PermissionError("read-only"), FloatingPointError("loss is nan at step 3"),
     ImportError("text_encoder='minilm' needs the frozen sentence encoder: pip install ..."),
     ModuleNotFoundError("the data extra is missing", name="mlxtend"),
+    OSError(28, "No space left on device"), IsADirectoryError(21, "Is a directory"),
 ])
 def test_every_expected_error_is_one_line_and_exit_2(error, monkeypatch, capsys):
     from hirune.checkpoint import CheckpointError
@@ -301,6 +302,7 @@ def test_every_expected_error_is_one_line_and_exit_2(error, monkeypatch, capsys)
 
 
 @pytest.mark.parametrize("bug", [TypeError("x"), KeyError("files"), AttributeError("y"), IndexError("z"),
+                                 RuntimeError("shape mismatch"), OSError(5, "Input/output error"),
                                  ImportError("cannot import name 'q'", name="hirune.sampling")])
 def test_a_real_bug_keeps_its_traceback(bug, monkeypatch):
     from hirune.cli import runs
@@ -321,16 +323,11 @@ def test_hirune_debug_shows_the_traceback_of_an_expected_error(monkeypatch, caps
 
 
 def test_a_missing_run_is_one_line_for_every_command(tmp_path, capsys):
-    for argv in (["sample"], ["eval"], ["export"], ["invert", "--", "test:0"], ["edit", "--to", "1", "--"]):
-        command = argv[0]
-        args = [*argv[1:], str(tmp_path / "nope")] if argv[-1] == "--" else [*argv[1:], str(tmp_path / "nope")]
-        args = [a for a in args if a != "--"]
-        if command == "invert":
-            args = [str(tmp_path / "nope"), "test:0"]
-        elif command == "edit":
-            args = [str(tmp_path / "nope"), "test:0", "--to", "1"]
-        assert main([command, *args]) == 2, command
-        _one_error_line(capsys, command)
+    nope = str(tmp_path / "nope")
+    for argv in (["sample", nope], ["eval", nope], ["export", nope], ["invert", nope, "test:0"],
+                 ["edit", nope, "test:0", "--to", "1"]):
+        assert main(argv) == 2, argv
+        _one_error_line(capsys, argv[0])
 
 
 @pytest.mark.parametrize("argv, message", [

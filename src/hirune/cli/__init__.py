@@ -21,6 +21,7 @@ and keeps its traceback; HIRUNE_DEBUG=1 shows the traceback of every error.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import traceback
@@ -52,17 +53,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# file-system errors of the user's environment (a full disk, a quota, a read-only mount)
+_ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
 def expected(error: BaseException) -> bool:
     """Whether `error` is one hirune expects (a user's input or environment, said in its
-    message) rather than a bug: bad values, missing / existing / unreadable files, a broken
-    checkpoint, a stopped run (FloatingPointError), a missing package (an ImportError not of
-    hirune's own modules)."""
+    message) rather than a bug: bad values, missing / existing / unwritable files, a full
+    disk, a broken checkpoint, a stopped run (FloatingPointError), a missing package (an
+    ImportError not of hirune's own modules)."""
     from ..checkpoint import CheckpointError
 
     if isinstance(error, ImportError):
         return not (error.name or "").startswith("hirune")
+    if isinstance(error, OSError) and error.errno in _ENVIRONMENT_ERRNOS:
+        return True
     return isinstance(error, (CLIError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
-                              PermissionError, CheckpointError, FloatingPointError))
+                              IsADirectoryError, PermissionError, CheckpointError, FloatingPointError))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
