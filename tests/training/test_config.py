@@ -205,3 +205,4 @@ def test_sizes_of_image_datasets_count_every_pixel(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="batch_size=32768: .* 3 x 64 x 64"):
         check_config(TrainConfig.from_dict({**ok, "dataset": str(tmp_path / "big.npz")}))
     check_config(TrainConfig.from_dict({**ok, "dataset": "digits"}))  # 8 x 8 pixels: 8 MiB
+

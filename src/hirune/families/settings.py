@@ -74,15 +74,16 @@ def check_types(settings) -> None:
     """Every field of the dataclass `settings` holds a value of its annotated type (int, float,
     bool, str, dict; a bool is not a number, an int is a float)."""
     for f in dataclasses.fields(settings):
-        value, expected = getattr(settings, f.name), _TYPES.get(str(f.type))
-        if expected is None:
-            continue
-        types, words = expected
-        if not isinstance(value, types) or (isinstance(value, bool) and f.type != "bool"):
+        name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")  # "int" or int
+        if name not in _TYPES:
+            continue  # other annotations (unions, lists, ...) are not checked here
+        value, (types, words) = getattr(settings, f.name), _TYPES[name]
+        if not isinstance(value, types) or (isinstance(value, bool) and name != "bool"):
             raise refuse(f.name, value, words)
 
 
 def check_ranges(settings, ranges: Mapping[str, Range]) -> None:
+    """Every number named in `ranges` inside its range."""
     for key, valid in ranges.items():
         value = getattr(settings, key)
         if value not in valid:
@@ -90,6 +91,7 @@ def check_ranges(settings, ranges: Mapping[str, Range]) -> None:
 
 
 def check_choices(settings, choices: Mapping[str, Iterable]) -> None:
+    """Every setting named in `choices` one of its valid values."""
     for key, valid in choices.items():
         value = getattr(settings, key)
         if value not in tuple(valid):
