@@ -149,9 +149,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="metrics of a trained run, as one JSON line")
     p.add_argument("run")
-    p.add_argument("--n", type=_positive_int, default=1000,
-                   help="number of samples (toys: at most the test split, whose first n points they are "
-                        "compared with; autoencoders: test images reconstructed)")
+    p.add_argument("--n", type=_positive_int, default=None,
+                   help="number of samples, default 1000 (toys: at most the test split, whose first n points "
+                        "they are compared with); autoencoders: test images reconstructed, default all")
     p.add_argument("--sampler", default=None)
     p.add_argument("--steps", type=_positive_int, default=None, help="default: the run's sample_steps")
     p.add_argument("--seed", type=int, default=0)

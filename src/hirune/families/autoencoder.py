@@ -96,11 +96,11 @@ class Autoencoder(Family):
         raise ValueError("an autoencoder run does not sample; `hirune eval` reports its reconstructions and its "
                          "training run writes reconstruction grids")
 
-    def evaluate(self, n: int, *, nll: int = 0, text_accuracy: int = 0, denoising_error: int = 0, **unused) -> dict:
-        """The reconstructions of n test images (`evaluation.reconstruction`)."""
+    def evaluate(self, n: int | None = None, *, nll: int = 0, text_accuracy: int = 0, denoising_error: int = 0, **unused) -> dict:
+        """The reconstructions of n test images (None: all of them; `evaluation.reconstruction`)."""
         from ..evaluation.reconstruction import reconstruction_report
 
-        check_eval_counts(self, self.data, n, nll, text_accuracy, denoising_error)
+        n = check_eval_counts(self, self.data, n, nll, text_accuracy, denoising_error)
         refuse_extras(self, nll, text_accuracy, denoising_error)
         report = reconstruction_report(self.model, self.data.name, n, self.latent_stats)
         return {"step": self.step, "dataset": self.data.name, **report}

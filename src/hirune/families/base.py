@@ -193,7 +193,8 @@ class Family:
     def generate(self, n: int, *args, **options):
         raise ValueError(f"a {self.name} run does not sample")
 
-    def evaluate(self, n: int, **options) -> dict:
+    def evaluate(self, n: int | None = None, **options) -> dict:
+        """Scores of the run as a dict; n: samples or test examples (None: the family's default)."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -275,12 +276,20 @@ def check_test_count(data: DataFormat, key: str, n, minimum: int = 1) -> int:
     return check_count(key, n, minimum, held_out_count(data), " (0: off)" if minimum == 0 else "")
 
 
-def check_eval_counts(family, data: DataFormat, n, nll=0, text_accuracy=0, denoising_error=0, key: str = "n") -> None:
+EVAL_SAMPLES = 1000  # evaluate's default n (a family that scores test examples: all of them)
+
+
+def check_eval_counts(family, data: DataFormat, n, nll=0, text_accuracy=0, denoising_error=0,
+                      key: str = "n") -> int:
     """The counts of `family.evaluate` on `data`, checked before anything is sampled: n >= 1
     -- test examples where the family scores those (`evaluates_test_examples`) and on toys,
     whose sample quality compares n samples with n test points; else samples --, nll and
     denoising_error (test examples) and text_accuracy (samples per phrasing) >= 0, 0: off.
-    `key`: the name of n in the messages."""
+    Returns n; None is the default, EVAL_SAMPLES or the whole test split.  `key`: the name
+    of n in the messages."""
+    held_out = held_out_count(data)
+    if n is None:
+        n = held_out[0] if family.evaluates_test_examples and held_out is not None else EVAL_SAMPLES
     if family.evaluates_test_examples or data.kind == "toy":
         check_test_count(data, key, n)
     else:
@@ -289,3 +298,4 @@ def check_eval_counts(family, data: DataFormat, n, nll=0, text_accuracy=0, denoi
     check_test_count(data, "denoising_error", denoising_error, minimum=0)
     check_count("text_accuracy", text_accuracy, 0, note=" (0: off)")
     check_fits("text_accuracy", text_accuracy, tuple(data.shape), "samples per phrasing")
+    return n

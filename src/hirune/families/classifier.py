@@ -67,8 +67,9 @@ class Classifier(Family):
     def generate(self, n: int, *args, **options):
         raise ValueError("this run is a classifier; sample from a diffusion run and pass it as the classifier")
 
-    def evaluate(self, n: int, *, nll: int = 0, text_accuracy: int = 0, denoising_error: int = 0, **unused) -> dict:
-        """Test accuracy at several noise levels (`evaluation.classifier`)."""
+    def evaluate(self, n: int | None = None, *, nll: int = 0, text_accuracy: int = 0, denoising_error: int = 0, **unused) -> dict:
+        """Test accuracy at several noise levels on the whole test split (`evaluation.classifier`;
+        n is not used)."""
         from ..evaluation.classifier import classifier_accuracy
 
         check_eval_counts(self, self.data, n, nll, text_accuracy, denoising_error)

@@ -308,7 +308,7 @@ class Diffusion(Family):
     def generate(self, n: int, *args, **options):
         return diffusion_sampling.generate(self, n, *args, **options)
 
-    def evaluate(self, n: int, **options) -> dict:
+    def evaluate(self, n: int | None = None, **options) -> dict:
         return diffusion_eval.evaluate(self, n, **options)
 
     def nll(self, n: int, seed: int = 0) -> dict:

@@ -85,12 +85,12 @@ class NormalizingFlow(Family):
         x = xs[0] if len(xs) == 1 else torch.cat(xs)
         return SampleOutput(x, 1, [z.reshape(x.shape), x] if trajectory else None), None
 
-    def evaluate(self, n: int, *, seed: int = 0, nll: int = 0, denoiser=None, guided_labels: bool = False,
+    def evaluate(self, n: int | None = None, *, seed: int = 0, nll: int = 0, denoiser=None, guided_labels: bool = False,
                  text_accuracy: int = 0, denoising_error: int = 0, **unused) -> dict:
-        """n samples scored against the test split; nll > 0: the exact NLL of that many test examples."""
+        """n samples (None: EVAL_SAMPLES) scored against the test split; nll > 0: the exact NLL of that many test examples."""
         from ..evaluation.quality import sample_quality
 
-        check_eval_counts(self, self.data, n, nll, text_accuracy, denoising_error)
+        n = check_eval_counts(self, self.data, n, nll, text_accuracy, denoising_error)
         refuse_extras(self, text_accuracy=text_accuracy, denoising_error=denoising_error)
         out, _ = self.generate(n, seed=seed, denoiser=denoiser, guided_labels=guided_labels)
         metrics = {"step": self.step, "dataset": self.data.name, "sampler": "flow inverse", "nfe": out.nfe}
