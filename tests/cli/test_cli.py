@@ -236,3 +236,137 @@ def test_presets_lists_every_preset(capsys):
     out = capsys.readouterr().out
     assert all(name in out for name in PRESETS)
     assert "kl_autoencoder" in out and "unet on runs/kl-ae-mnist5k" in out
+
+
+# --- hostile input: one line on stderr and exit status 2 -----------------------------------
+TINY_TOY = ["steps=2", "ckpt_every=2", "sample_every=0", "log_every=1", 'model_config={"hidden":32,"depth":2}']
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("toy") / "run"
+    assert main(["train", "ddpm-two-moons", *TINY_TOY, f"out={out}"]) == 0
+    return str(out)
+
+
+def _one_error_line(capsys, command: str) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"hirune {command}: error: "), err
+    return err[0]
+
+
+@pytest.mark.parametrize("item, message", [
+    ("device=banana", "device='banana' is not valid; valid: auto, cpu, cuda, cuda:N"),
+    ("dataset=/nope", "no such folder or .npz file: '/nope'"),
+    ("log_every=0", "log_every=0 is not valid"),
+    ("grad_accum=0", "grad_accum=0 is not valid"),
+    ("grad_clip=-1", "grad_clip=-1.0 is not valid"),
+    ("sampler=banana", "sampler='banana' is not valid"),
+    ("batch_size=1000000000000", "more than this machine's memory"),
+])
+def test_train_refuses_bad_settings_before_writing_anything(item, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "ddpm-two-moons", *TINY_TOY, item, f"out={out}"]) == 2
+    assert message in _one_error_line(capsys, "train")
+    assert not out.exists()
+
+
+def test_train_with_cuda_where_no_gpu_is_visible(tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["train", "ddpm-two-moons", *TINY_TOY, "device=cuda", f"out={tmp_path / 'run'}"]) == 2
+    assert "no GPU is visible" in _one_error_line(capsys, "train")
+
+
+@pytest.mark.parametrize("error", [
+    ValueError("bad value"), FileNotFoundError("no such run"), FileExistsError("already holds a run"),
+    NotADirectoryError("not a folder"), PermissionError("read-only"), FloatingPointError("loss is nan at step 3"),
+    ImportError("text_encoder='minilm' needs the frozen sentence encoder: pip install ..."),
+    ModuleNotFoundError("the data extra is missing", name="mlxtend"),
+    OSError(28, "No space left on device"), IsADirectoryError(21, "Is a directory"),
+])
+def test_every_expected_error_is_one_line_and_exit_2(error, monkeypatch, capsys):
+    from hirune.checkpoint import CheckpointError
+    from hirune.cli import runs
+
+    def fail(args):
+        raise error
+
+    monkeypatch.setattr(runs, "cmd_export", fail)
+    assert main(["export", "somewhere"]) == 2
+    assert _one_error_line(capsys, "export") == f"hirune export: error: {error}"
+    monkeypatch.setattr(runs, "cmd_export", lambda args: (_ for _ in ()).throw(CheckpointError("truncated")))
+    assert main(["export", "somewhere"]) == 2
+    assert _one_error_line(capsys, "export") == "hirune export: error: truncated"
+
+
+@pytest.mark.parametrize("bug", [TypeError("x"), KeyError("files"), AttributeError("y"), IndexError("z"),
+                                 RuntimeError("shape mismatch"), OSError(5, "Input/output error"),
+                                 ImportError("cannot import name 'q'", name="hirune.sampling")])
+def test_a_real_bug_keeps_its_traceback(bug, monkeypatch):
+    from hirune.cli import runs
+
+    monkeypatch.setattr(runs, "cmd_export", lambda args: (_ for _ in ()).throw(bug))
+    with pytest.raises(type(bug)):
+        main(["export", "somewhere"])
+
+
+def test_hirune_debug_shows_the_traceback_of_an_expected_error(monkeypatch, capsys):
+    from hirune.cli import runs
+
+    monkeypatch.setattr(runs, "cmd_export", lambda args: (_ for _ in ()).throw(ValueError("bad value")))
+    monkeypatch.setenv("HIRUNE_DEBUG", "1")
+    assert main(["export", "somewhere"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and err.strip().endswith("hirune export: error: bad value")
+
+
+def test_a_missing_run_is_one_line_for_every_command(tmp_path, capsys):
+    nope = str(tmp_path / "nope")
+    for argv in (["sample", nope], ["eval", nope], ["export", nope], ["invert", nope, "test:0"],
+                 ["edit", nope, "test:0", "--to", "1"]):
+        assert main(argv) == 2, argv
+        _one_error_line(capsys, argv[0])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["sample", "--n", "0"], "--n: expected a positive integer, got 0"),
+    (["sample", "--n", "-5"], "--n: expected a positive integer, got -5"),
+    (["sample", "--steps", "0"], "--steps: expected a positive integer, got 0"),
+    (["sample", "--steps", "-3"], "--steps: expected a positive integer, got -3"),
+    (["eval", "--n", "0"], "--n: expected a positive integer, got 0"),
+    (["eval", "--n", "-10"], "--n: expected a positive integer, got -10"),
+    (["eval", "--steps", "0"], "--steps: expected a positive integer, got 0"),
+    (["eval", "--nll", "-5"], "--nll: expected a non-negative integer (0: off), got -5"),
+    (["eval", "--text-accuracy", "-1"], "--text-accuracy: expected a non-negative integer (0: off), got -1"),
+    (["eval", "--denoising-error", "-1"], "--denoising-error: expected a non-negative integer (0: off), got -1"),
+])
+def test_non_positive_counts_are_refused(argv, message, toy_run, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([argv[0], toy_run, *argv[1:]])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_counts_beyond_the_test_split_are_refused(toy_run, capsys):
+    """--nll -5 took all but 5 test points; a count beyond the split now says how many there are."""
+    assert main(["eval", toy_run, "--n", "10", "--steps", "2", "--nll", "10001"]) == 2
+    assert "nll=10001: the two_moons test split has 10000 examples" in _one_error_line(capsys, "eval")
+    assert main(["eval", toy_run, "--n", "10", "--steps", "2", "--denoising-error", "20000"]) == 2
+    assert "denoising_error=20000: the two_moons test split has 10000" in _one_error_line(capsys, "eval")
+    assert main(["eval", toy_run, "--n", "10001", "--steps", "2"]) == 2
+    assert "n=10001: the two_moons test split has 10000" in _one_error_line(capsys, "eval")
+
+
+def test_a_sample_count_beyond_memory_is_refused(toy_run, tmp_path, capsys):
+    assert main(["sample", toy_run, "--n", str(10**12), "--out", str(tmp_path / "s.npz")]) == 2
+    assert "n=1000000000000: " in _one_error_line(capsys, "sample")
+    assert not (tmp_path / "s.npz").exists()
+
+
+def test_sample_out_and_nproc_errors_are_one_line(toy_run, tmp_path, capsys):
+    assert main(["sample", toy_run, "--out", str(tmp_path / "s.jpg")]) == 2
+    assert "--out must end in .png, .npz or .gif" in _one_error_line(capsys, "sample")
+    assert main(["train", "ddpm-two-moons", "--nproc", "-1"]) == 2
+    assert "--nproc must be >= 1" in _one_error_line(capsys, "train")

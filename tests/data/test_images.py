@@ -208,7 +208,7 @@ def test_npz_bad_inputs(tmp_path):
         return tmp_path / name
 
     ok = np.zeros((4, 6, 6), dtype=np.uint8)
-    with pytest.raises(KeyError, match=r"no array 'images'.*\['pixels'\]"):
+    with pytest.raises(ValueError, match=r"no array 'images'.*\['pixels'\]"):  # not a KeyError: a one-line error
         npz_dataset(save("k.npz", pixels=ok))
     with pytest.raises(ValueError, match="got shape"):
         npz_dataset(save("s.npz", images=np.zeros((4, 36), dtype=np.uint8)))
@@ -230,3 +230,25 @@ def test_npz_bad_inputs(tmp_path):
         npz_dataset(tmp_path / "junk.npz")
     with pytest.raises(FileNotFoundError):
         npz_dataset(tmp_path / "missing.npz")
+
+
+def test_advice_names_what_a_user_can_do(tmp_path):
+    """The loaders' advice named options (size=N, layout=, value_range=) that `hirune train
+    dataset=...` does not take: it now says what to do to the files, and that Python's
+    load_dataset takes the option."""
+    _png(tmp_path / "mixed" / "a.png", np.zeros((8, 4)))
+    _png(tmp_path / "mixed" / "b.png", np.zeros((5, 5)))
+    with pytest.raises(ValueError) as e:
+        image_folder(tmp_path / "mixed")
+    assert "resize the files to one size" in str(e.value) and "load_dataset(path, size=N)" in str(e.value)
+    np.savez(tmp_path / "amb.npz", images=np.zeros((2, 3, 5, 3), dtype=np.uint8))
+    with pytest.raises(ValueError) as e:
+        npz_dataset(tmp_path / "amb.npz")
+    assert "save them as (N, H, W, C)" in str(e.value) and "load_dataset(path, layout='NHWC')" in str(e.value)
+    np.savez(tmp_path / "r.npz", images=np.full((2, 4, 4), 300.0))
+    with pytest.raises(ValueError) as e:
+        npz_dataset(tmp_path / "r.npz")
+    assert "scale them to 0..255, [0, 1] or [-1, 1]" in str(e.value) and "value_range=(low, high)" in str(e.value)
+    np.savez(tmp_path / "k.npz", pixels=np.zeros((2, 4, 4), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"save the images under 'images'.*load_dataset\(path, key='pixels'\)"):
+        npz_dataset(tmp_path / "k.npz")

@@ -74,3 +74,22 @@ def test_data_format_of_a_registered_name_reads_no_data(monkeypatch):
         fmt = data_format(name)
         assert isinstance(fmt, DataFormat) and fmt == expected[name]
         assert fmt.name == name and fmt.levels == levels
+
+
+def test_example_shape_is_read_without_loading_the_data(tmp_path, monkeypatch):
+    """What the config check multiplies by the batch size: a registered dataset's from the
+    registry, an .npz file's from its array header, a folder's from its first image."""
+    from hirune.data import registry
+    from hirune.data.registry import example_shape
+
+    monkeypatch.setattr(registry, "image_folder", None)   # neither loader is called
+    monkeypatch.setattr(registry, "npz_dataset", None)
+    assert example_shape("mnist5k") == (1, 28, 28) and example_shape("two_moons") == (2,)
+    np.savez(tmp_path / "a.npz", images=np.zeros((5, 3, 6, 7), dtype=np.uint8))
+    assert example_shape(tmp_path / "a.npz") == (3, 6, 7)
+    np.savez(tmp_path / "b.npz", pixels=np.zeros((5, 3, 6, 7), dtype=np.uint8))
+    assert example_shape(tmp_path / "b.npz") is None          # the loader will say what is wrong
+    _png(tmp_path / "imgs" / "sub" / "a.png", np.zeros((9, 4)))
+    assert example_shape(tmp_path / "imgs") == (1, 9, 4)
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        example_shape(str(tmp_path / "nothing_here"))

@@ -151,3 +151,30 @@ def test_load_of_a_classifier_has_no_denoiser(runs):
     assert run.process is not None and run.model.config.num_classes == 10
     with pytest.raises(ValueError, match="this run is a classifier"):
         run.generate(2)
+
+
+def test_invert_and_edit_name_bad_classes_and_runs(runs, tmp_path, capsys):
+    """`invert RUN test:0 --class 42` reached the embedding (IndexError); on an unconditional
+    run --class was silently ignored; a toy run cannot be inverted."""
+    out = str(tmp_path / "i.png")
+    for argv, message in [
+        (["invert", runs["cond"], "test:0", "--class", "42"], "class 42 is out of range; valid: 0..9"),
+        (["invert", runs["cond"], "test:0", "--class", "-1"], "class -1 is out of range; valid: 0..9"),
+        (["invert", runs["linear"], "test:0", "--class", "3"], "--class needs a class-conditional run"),
+        (["edit", runs["cond"], "test:0", "--from", "42", "--to", "1"], "source class [42] is out of range"),
+        (["edit", runs["cond"], "test:0", "--to", "-3"], "target class [-3] is out of range"),
+    ]:
+        assert main([*argv, "--steps", "2", "--out", out]) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"hirune {argv[0]}: error: ") and message in err[0], err
+
+
+def test_invert_of_a_toy_run_is_one_line(tmp_path, capsys):
+    toy = tmp_path / "toy"
+    assert main(["train", "ddpm-two-moons", "steps=2", "ckpt_every=2", "sample_every=0",
+                 'model_config={"hidden":32,"depth":2}', f"out={toy}"]) == 0
+    capsys.readouterr()
+    assert main(["invert", str(toy), "test:0", "--out", str(tmp_path / "i.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["hirune invert: error: inversion and editing need a diffusion, score or flow-matching run on "
+                   "images; this is a diffusion run on toy data"]

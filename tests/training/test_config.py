@@ -110,3 +110,99 @@ def test_the_upgrade_check_catches_a_lost_key():
 def test_upgrade_leaves_todays_configs_alone():
     cfg = preset_config("vpred-digits").to_dict()
     assert upgrade(cfg) == cfg and get_family(cfg["family"]).name == "diffusion"
+
+
+# --- every value checked before anything is built -------------------------------------------
+TOY = {"dataset": "two_moons", "model": "mlp", "model_config": {"hidden": 32, "depth": 2}}
+
+
+@pytest.mark.parametrize("key, value, valid", [
+    ("grad_clip", -1.0, "> 0"), ("grad_clip", 0.0, "positive max norm"), ("grad_clip", float("nan"), "> 0"),
+    ("lr", 0.0, "> 0"), ("lr", -1e-3, "> 0"), ("lr", float("inf"), "finite"), ("lr", float("nan"), "finite"),
+    ("min_lr_ratio", -5.0, "[0, 1]"), ("min_lr_ratio", 1.5, "[0, 1]"), ("warmup", -1, ">= 0"),
+    ("weight_decay", -0.1, ">= 0"), ("ema_decay", 1.0, "[0, 1)"), ("ema_decay", -0.5, "[0, 1)"),
+    ("log_every", 0, ">= 1"), ("sample_every", -1, ">= 0"), ("ckpt_every", -1, ">= 0"),
+    ("eval_samples", -1, ">= 0"), ("seed", -1, "an integer in [0, "), ("num_samples", 0, ">= 1"), ("grad_accum", 0, ">= 1"),
+    ("steps", 2.5, "integer"), ("compile", "yes", "true or false"), ("dataset", 3, "string"),
+    ("min_snr_gamma", 0.0, "> 0"), ("min_snr_gamma", -1.0, "> 0"), ("reflow_steps", 0, ">= 1"),
+    ("sample_steps", 0, ">= 1"), ("p_uncond", 1.0, "[0, 1)"), ("clip_x0", 1, "true or false"),
+])
+def test_check_config_refuses_values_out_of_range(key, value, valid):
+    """Each message names the key, the value and what is valid (grad_clip=-1 trained to a loss
+    of 1769, min_lr_ratio=-5 to a negative learning rate, log_every=0 died after a step)."""
+    with pytest.raises(ValueError) as e:
+        check_config(TrainConfig.from_dict({**TOY, key: value}))
+    message = str(e.value)
+    assert f"{key}={value!r}" in message and valid in message, message
+
+
+def test_check_config_refuses_unknown_processes_and_their_options():
+    with pytest.raises(ValueError, match="process_config=.*bogus"):
+        check_config(TrainConfig.from_dict({**TOY, "process_config": {"bogus": 1}}))
+    with pytest.raises(ValueError, match="'eps' prediction cannot be used"):
+        check_config(TrainConfig.from_dict({**TOY, "process": "rectified_flow", "prediction": "eps"}))
+    with pytest.raises(ValueError, match="process_config=.*bogus"):
+        check_config(TrainConfig.from_dict({"family": "classifier", "model": "classifier", "dataset": "digits",
+                                            "process_config": {"bogus": 1}}))
+
+
+@pytest.mark.parametrize("device", ["banana", "cuda:x", "cuda:-1", "gpu", ""])
+def test_check_config_names_the_valid_devices(device):
+    with pytest.raises(ValueError, match=r"device=.* is not valid; valid: auto, cpu, cuda, cuda:N"):
+        check_config(TrainConfig.from_dict({**TOY, "device": device}))
+
+
+def test_cuda_is_refused_where_no_gpu_is_visible(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device in ("cuda", "cuda:0"):
+        with pytest.raises(ValueError, match=f"device='{device}'.*no GPU is visible.*device=cpu"):
+            check_config(TrainConfig.from_dict({**TOY, "device": device}))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    check_config(TrainConfig.from_dict({**TOY, "device": "cuda:1"}))
+    with pytest.raises(ValueError, match="device='cuda:2'.*2 GPUs.*cuda:0 .. cuda:1"):
+        check_config(TrainConfig.from_dict({**TOY, "device": "cuda:2"}))
+
+
+def test_the_dataset_must_exist_before_anything_is_built(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such folder or .npz file: '/nope'"):
+        check_config(TrainConfig.from_dict({**TOY, "dataset": "/nope"}))
+    with pytest.raises(ValueError, match="unknown dataset 'moons'.*two_moons"):
+        check_config(TrainConfig.from_dict({**TOY, "dataset": "moons"}))
+    (tmp_path / "images").mkdir()
+    check_config(TrainConfig.from_dict({**TOY, "dataset": str(tmp_path / "images")}))
+
+
+@pytest.mark.parametrize("key", ["batch_size", "num_samples", "eval_samples"])
+def test_sizes_beyond_the_machines_memory_are_refused(key):
+    """batch_size=1000000000 was accepted until memory ran out: 10**12 examples of 8 x 8
+    float32 values are 256 TB, more than any machine this runs on."""
+    digits = {"dataset": "digits", "model": "unet"}
+    with pytest.raises(ValueError, match=fr"{key}=1000000000000: .* 1 x 8 x 8 values are 256000 GB as float32, "
+                                         r"more than this machine's memory"):
+        check_config(TrainConfig.from_dict({**digits, key: 10**12}))
+
+
+def test_evaluation_counts_are_checked_before_training():
+    """A toy's sample quality compares n samples with n test points: eval_samples beyond the
+    test split failed after training; and without checkpoints there is nothing to evaluate."""
+    with pytest.raises(ValueError, match="eval_samples=10001: the two_moons test split has 10000 examples"):
+        check_config(TrainConfig.from_dict({**TOY, "eval_samples": 10001}))
+    with pytest.raises(ValueError, match="eval_samples=100 evaluates the last checkpoint, and ckpt_every=0"):
+        check_config(TrainConfig.from_dict({**TOY, "eval_samples": 100, "ckpt_every": 0}))
+
+
+def test_sizes_of_image_datasets_count_every_pixel(tmp_path, monkeypatch):
+    import numpy as np
+
+    from hirune.data import sizes
+
+    monkeypatch.setattr(sizes, "physical_memory", lambda: 2**30)  # 1 GiB
+    np.savez(tmp_path / "big.npz", images=np.zeros((2, 3, 64, 64), dtype=np.uint8))
+    ok = {**TOY, "model": "unet", "model_config": {}, "batch_size": 2**15}  # 2**15 x 12288 x 4 B = 1.5 GiB
+    with pytest.raises(ValueError, match="batch_size=32768: .* 3 x 64 x 64"):
+        check_config(TrainConfig.from_dict({**ok, "dataset": str(tmp_path / "big.npz")}))
+    check_config(TrainConfig.from_dict({**ok, "dataset": "digits"}))  # 8 x 8 pixels: 8 MiB
+

@@ -10,14 +10,21 @@
 Each subcommand is one `_add_<name>(subparsers)` function that declares its arguments and
 one `cmd_<name>(args) -> int` function that runs it; adding a command means writing the
 pair and listing the first in `COMMANDS`.
+
+Errors: a command raises; `main` turns every expected error (`expected`: bad input, missing
+or existing files, a broken checkpoint, a stopped run, a missing optional extra) into one
+line on stderr, `hirune CMD: error: <message>`, and exit status 2.  Anything else is a bug
+and keeps its traceback; HIRUNE_DEBUG=1 shows the traceback of every error.
 """
 
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 
 from .bench import _add_bench
@@ -46,25 +53,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# file-system errors of the user's environment (a full disk, a quota, a read-only mount)
+_ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+def expected(error: BaseException) -> bool:
+    """Whether `error` is one hirune expects (a user's input or environment, said in its
+    message) rather than a bug: bad values, missing / existing / unwritable files, a full
+    disk, a broken checkpoint, a stopped run (FloatingPointError), a missing package (an
+    ImportError not of hirune's own modules)."""
+    from ..checkpoint import CheckpointError
+
+    if isinstance(error, ImportError):
+        return not (error.name or "").startswith("hirune")
+    if isinstance(error, OSError) and error.errno in _ENVIRONMENT_ERRNOS:
+        return True
+    return isinstance(error, (CLIError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
+                              IsADirectoryError, PermissionError, CheckpointError, FloatingPointError))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (argparse exits with 2 on bad arguments)."""
+    """Run the CLI; returns the exit code (argparse exits with 2 on bad arguments, and an
+    expected error returns 2 after one line on stderr)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except CLIError as e:
-        print(f"hirune {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except RuntimeError as e:
-        from ..checkpoint import CheckpointError
-
-        if not isinstance(e, CheckpointError):
-            raise
-        print(f"hirune {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 -- keep the interpreter's flush quiet
         return 0
+    except Exception as e:
+        if not expected(e):
+            raise
+        if os.environ.get("HIRUNE_DEBUG") == "1":
+            traceback.print_exc()
+        rank = int(os.environ.get("RANK", 0)) if int(os.environ.get("WORLD_SIZE", 1)) > 1 else None
+        where = f"rank {rank}: " if rank is not None else ""
+        message = " ".join(str(e).splitlines()) or type(e).__name__
+        print(f"hirune {args.command}: error: {where}{message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from .common import _positive_int
+from .common import _count, _positive_int
 
 
 def _add_bench(sub) -> None:
@@ -21,7 +20,7 @@ def _add_bench(sub) -> None:
     t.add_argument("items", nargs="*", metavar="PRESET | key=value")
     t.add_argument("--batch", type=_positive_int, default=None, help="batch size (default: the preset's)")
     t.add_argument("--steps", type=_positive_int, default=15, help="timed steps per contestant")
-    t.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    t.add_argument("--warmup", type=_count, default=3, help="untimed steps first")
     t.add_argument("--no-peer", dest="peer", action="store_false", help="time hirune only")
     t.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
     t.set_defaults(func=cmd_bench_train)
@@ -31,13 +30,8 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     from ..training.speed import bench_train, format_result
     from ..training.presets import parse_preset_args
 
-    try:
-        preset, overrides = parse_preset_args(args.items)
-        result = bench_train(preset, overrides, batch=args.batch, steps=args.steps,
-                             warmup=args.warmup, peer=args.peer)
-    except ValueError as e:
-        print(f"hirune bench train: {e}", file=sys.stderr)
-        return 2
+    preset, overrides = parse_preset_args(args.items)
+    result = bench_train(preset, overrides, batch=args.batch, steps=args.steps, warmup=args.warmup, peer=args.peer)
     print(json.dumps(result) if args.json else format_result(result))
     return 0
 

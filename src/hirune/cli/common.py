@@ -22,6 +22,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    """A count where 0 turns the option off."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer (0: off), got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer (0: off), got {value}")
+    return value
+
+
 def _first_line(obj, width: int = 100) -> str:
     """The first paragraph of obj's docstring on one line, cut to `width` characters."""
     doc = (inspect.getdoc(obj) or "").strip()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from .common import _positive_int
@@ -36,27 +35,25 @@ def cmd_invert(args: argparse.Namespace) -> int:
     from ..viz import image_grid
 
     run = load(args.run)
-    try:
-        x, known = load_image_for(run, args.image)
-        label = args.label if args.label is not None else known
-        conditional = run.config.class_conditional
-        labels = torch.tensor([label]) if conditional and label is not None else None
-        if conditional and labels is None:
-            raise ValueError("a class-conditional run needs --class for an image without a known label")
-        prompts = None
-        if run.text is not None:
-            prompt = args.prompt if args.prompt is not None else caption_for(run, args.image)
-            if prompt is None:
-                raise ValueError("a text run needs --prompt for an image that is not test:N / train:N")
-            prompts = [prompt]
-        elif args.prompt is not None:
-            raise ValueError("--prompt needs a text-conditioned run (text_encoder=tiny|minilm)")
-        d = _guided(run, args)
-        inv = invert(run, x, labels=labels, prompts=prompts, denoiser=d, steps=args.steps, exact=not args.plain)
-        back = regenerate(run, inv.x, labels=labels, prompts=prompts, denoiser=d, steps=args.steps)
-    except ValueError as e:
-        print(f"hirune invert: {e}", file=sys.stderr)
-        return 2
+    x, known = load_image_for(run, args.image)
+    conditional = run.config.class_conditional
+    if args.label is not None and not (conditional or args.guidance == "classifier"):
+        raise ValueError("--class needs a class-conditional run (class_conditional=true) or classifier guidance")
+    label = args.label if args.label is not None else known
+    labels = torch.tensor([label]) if (conditional or args.guidance == "classifier") and label is not None else None
+    if conditional and labels is None:
+        raise ValueError("a class-conditional run needs --class for an image without a known label")
+    prompts = None
+    if run.text is not None:
+        prompt = args.prompt if args.prompt is not None else caption_for(run, args.image)
+        if prompt is None:
+            raise ValueError("a text run needs --prompt for an image that is not test:N / train:N")
+        prompts = [prompt]
+    elif args.prompt is not None:
+        raise ValueError("--prompt needs a text-conditioned run (text_encoder=tiny|minilm)")
+    d = _guided(run, args)
+    inv = invert(run, x, labels=labels, prompts=prompts, denoiser=d, steps=args.steps, exact=not args.plain)
+    back = regenerate(run, inv.x, labels=labels, prompts=prompts, denoiser=d, steps=args.steps)
     out = Path(args.out)
     image_grid(torch.cat([x, _noise_view(inv.x, x), back.x]), out, nrow=3)
     np.savez(out.with_suffix(".npz"), noise=inv.x.numpy(), image=x.numpy(), reconstruction=back.x.numpy())
@@ -115,20 +112,16 @@ def cmd_edit(args: argparse.Namespace) -> int:
     from ..viz import image_grid
 
     run = load(args.run)
-    try:
-        x, known = load_image_for(run, args.image)
-        if run.text is not None:   # prompts
-            source = args.source if args.source is not None else caption_for(run, args.image)
-            target = args.target
-        else:                      # class numbers
-            source = args.source if args.source is not None else known
-            source, target = (_class_number(v, name) for v, name in ((source, "--from"), (args.target, "--to")))
-        if source is None:
-            raise ValueError("--from is needed for an image without a known label")
-        edited, _ = edit(run, x, source, target, scale=args.scale, steps=args.steps, strength=args.strength)
-    except ValueError as e:
-        print(f"hirune edit: {e}", file=sys.stderr)
-        return 2
+    x, known = load_image_for(run, args.image)
+    if run.text is not None:   # prompts
+        source = args.source if args.source is not None else caption_for(run, args.image)
+        target = args.target
+    else:                      # class numbers
+        source = args.source if args.source is not None else known
+        source, target = (_class_number(v, name) for v, name in ((source, "--from"), (args.target, "--to")))
+    if source is None:
+        raise ValueError("--from is needed for an image without a known label")
+    edited, _ = edit(run, x, source, target, scale=args.scale, steps=args.steps, strength=args.strength)
     image_grid(torch.cat([x, edited]), args.out, nrow=2)
     result = {"from": source, "to": target, "psnr_to_original_db": float(psnr(edited, x)[0]), "out": args.out}
     from ..metrics.evaluator import EVALUATED, load_evaluator

@@ -107,11 +107,8 @@ def _demo(args: argparse.Namespace) -> int:
     if prediction is None:
         prediction = "velocity" if float(process.alpha(process.t_max)) == 0 else "eps"
     spacing = args.spacing or default_spacing(process)
-    try:
-        denoiser = mixture.denoiser(process, prediction)
-        time_grid(process, 2, spacing)  # is the spacing possible for this process?
-    except ValueError as e:
-        raise CLIError(str(e)) from None
+    denoiser = mixture.denoiser(process, prediction)
+    time_grid(process, 2, spacing)  # is the spacing possible for this process?
     truth = mixture.sample(args.n, torch.Generator().manual_seed(args.seed + 1))
     truth2 = mixture.sample(args.n, torch.Generator().manual_seed(args.seed + 2))
     reference = {"sliced_wasserstein": sliced_wasserstein(truth2, truth),
@@ -147,8 +144,7 @@ def _demo(args: argparse.Namespace) -> int:
         results[name]["_x"] = out.x
     bar.close()
     if not results:
-        print(f"hirune demo: every sampler failed for process {args.process!r}", file=sys.stderr)
-        return 1
+        raise CLIError(f"every sampler failed for process {args.process!r}")
 
     args.out.mkdir(parents=True, exist_ok=True)
     desc = f"{args.process} / {prediction} prediction, {spacing} grid, n = {args.n}, float64"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from .common import _positive_int
 
@@ -45,19 +44,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from ..distributed.strategy import STRATEGIES
     from ..training.presets import parse_preset_args, preset_config
 
-    try:
-        preset, overrides = parse_preset_args(args.items)
-        cfg = preset_config(preset, overrides)
-        if cfg.batch_size % (cfg.grad_accum * args.gpus):
-            raise ValueError(f"batch_size={cfg.batch_size} (the global batch) must be divisible by grad_accum x "
-                             f"GPUs = {cfg.grad_accum} x {args.gpus}")
-        micro = cfg.batch_size // (cfg.grad_accum * args.gpus)
-        if args.measure:
-            return _print_measured(measure_peak_memory(cfg, micro), args.json)
-        m = measure(cfg, micro, time_step=args.step_ms is None)
-    except ValueError as e:
-        print(f"hirune plan: {e}", file=sys.stderr)
-        return 2
+    preset, overrides = parse_preset_args(args.items)
+    cfg = preset_config(preset, overrides)
+    if cfg.batch_size % (cfg.grad_accum * args.gpus):
+        raise ValueError(f"batch_size={cfg.batch_size} (the global batch) must be divisible by grad_accum x "
+                         f"GPUs = {cfg.grad_accum} x {args.gpus}")
+    micro = cfg.batch_size // (cfg.grad_accum * args.gpus)
+    if args.measure:
+        return _print_measured(measure_peak_memory(cfg, micro), args.json)
+    m = measure(cfg, micro, time_step=args.step_ms is None)
     bw, lat = LINKS[args.link]
     bw = args.bandwidth or bw
     lat = args.latency if args.latency is not None else lat

@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from .common import CLIError, _count, _positive_int
+
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a model from a preset (default: the main job)",
@@ -37,16 +39,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..training.loop import train
     from ..training.presets import parse_preset_args, preset_config
 
-    try:
-        preset, overrides = parse_preset_args(args.items)
-        cfg = preset_config(preset, overrides)
-    except ValueError as e:
-        print(f"hirune train: {e}", file=sys.stderr)
-        return 2
+    preset, overrides = parse_preset_args(args.items)
+    cfg = preset_config(preset, overrides)
     if args.nproc:
         if args.nproc < 1:
-            print(f"hirune train: --nproc must be >= 1, got {args.nproc}", file=sys.stderr)
-            return 2
+            raise CLIError(f"--nproc must be >= 1, got {args.nproc}")
         if "WORLD_SIZE" not in os.environ:
             return _launch(args.nproc, args.items)
     rank, _, _ = runtime.from_env()
@@ -55,11 +52,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"training {preset or 'the default preset'} -> {cfg.out}")
     try:
         run = train(cfg)
-    except ValueError as e:  # bad configuration, found before any training step
-        print(f"hirune train: rank {rank}: {e}", file=sys.stderr)
-        runtime.teardown()
-        return 2
-    if run.world.distributed:
+    finally:  # leave the process group, also when the run stops with an error
         runtime.teardown()
     if not main:
         return 0
@@ -88,9 +81,9 @@ def _add_sample(sub) -> None:
     p = sub.add_parser("sample", help="sample from a trained run (optionally guided)")
     p.add_argument("run", help="run directory (or checkpoint folder)")
     p.add_argument("--sampler", default=None, help="default: the run's preview sampler")
-    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--steps", type=_positive_int, default=None, help="default: the run's sample_steps")
     p.add_argument("--spacing", default=None)
-    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--n", type=_positive_int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--class", dest="label", type=int, default=None, help="class label (conditional or guided)")
     p.add_argument("--class-grid", action="store_true", help="one row per class, n // classes samples each")
@@ -118,19 +111,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from ..training.loading import load
     from ..viz import image_grid, scatter_grid, trajectory_gif
 
-    run = load(args.run)
     out_path = Path(args.out)
     if out_path.suffix not in (".png", ".npz", ".gif"):
-        print(f"hirune sample: --out must end in .png, .npz or .gif, got {args.out!r}", file=sys.stderr)
-        return 2
-    try:
-        out, labels = generate(run, args.n, args.sampler, args.steps, args.spacing, args.seed, label=args.label,
-                               trajectory=out_path.suffix == ".gif", denoiser=_guided(run, args),
-                               per_class=args.class_grid, guided_labels=args.guidance == "classifier",
-                               temperature=args.temperature, prompt=args.prompt)
-    except ValueError as e:
-        print(f"hirune sample: {e}", file=sys.stderr)
-        return 2
+        raise CLIError(f"--out must end in .png, .npz or .gif, got {args.out!r}")
+    run = load(args.run)
+    out, labels = generate(run, args.n, args.sampler, args.steps, args.spacing, args.seed, label=args.label,
+                           trajectory=out_path.suffix == ".gif", denoiser=_guided(run, args),
+                           per_class=args.class_grid, guided_labels=args.guidance == "classifier",
+                           temperature=args.temperature, prompt=args.prompt)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if out_path.suffix == ".npz":
         np.savez(out_path, samples=out.x.numpy(), **({"labels": labels.numpy()} if labels is not None else {}))
@@ -161,18 +149,21 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="metrics of a trained run, as one JSON line")
     p.add_argument("run")
-    p.add_argument("--n", type=int, default=1000, help="number of samples")
+    p.add_argument("--n", type=_positive_int, default=None,
+                   help="number of samples, default 1000 (toys: at most the test split, whose first n points "
+                        "they are compared with); autoencoders: test images reconstructed, default all")
     p.add_argument("--sampler", default=None)
-    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--steps", type=_positive_int, default=None, help="default: the run's sample_steps")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--nll", type=int, default=0, metavar="N",
-                   help="also the negative log-likelihood of N test examples: exact for flows, through "
+    p.add_argument("--nll", type=_count, default=0, metavar="N",
+                   help="also the negative log-likelihood of the first N test examples (at most the test "
+                        "split; a larger N is refused, saying how many there are): exact for flows, through "
                         "the probability-flow ODE otherwise (exact divergence on toys, Hutchinson on "
                         "images); images dequantized, in nats and bits/dim")
-    p.add_argument("--text-accuracy", type=int, default=0, metavar="N",
+    p.add_argument("--text-accuracy", type=_count, default=0, metavar="N",
                    help="text-conditioned runs: N samples per caption phrasing (training and held-out), "
                         "scored by whether the evaluator sees the digit the caption names")
-    p.add_argument("--denoising-error", type=int, default=0, metavar="N",
+    p.add_argument("--denoising-error", type=_count, default=0, metavar="N",
                    help="also the unguided denoiser's x0 error (MSE per element) on N test examples at "
                         "nine noise levels, x0_mse_t<t>: where a model loses")
     _add_guidance_options(p)
@@ -184,14 +175,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..training.loading import load
 
     run = load(args.run)
-    try:
-        metrics = {"run": str(args.run), **run.evaluate(
-            args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, nll=args.nll, denoiser=_guided(run, args),
-            guided_labels=args.guidance == "classifier", text_accuracy=args.text_accuracy,
-            denoising_error=args.denoising_error)}
-    except ValueError as e:
-        print(f"hirune eval: {e}", file=sys.stderr)
-        return 2
+    metrics = {"run": str(args.run), **run.evaluate(
+        args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, nll=args.nll, denoiser=_guided(run, args),
+        guided_labels=args.guidance == "classifier", text_accuracy=args.text_accuracy,
+        denoising_error=args.denoising_error)}
     if args.guidance != "none":
         metrics.update({"guidance": args.guidance, "scale": args.scale})
     print(json.dumps(metrics))

@@ -214,8 +214,9 @@ def image_folder(path: str | Path, size: int | tuple[int, int] | None = None,
     sizes = sorted({im.size for im in images})
     if len(sizes) > 1:
         shown = _first([f"{w}x{h}" for w, h in sizes])
-        raise ValueError(f"images under {str(root)!r} differ in size ({shown}, "
-                         "width x height); pass size=N or size=(H, W) to resize them")
+        raise ValueError(f"images under {str(root)!r} differ in size ({shown}, width x height); resize the files "
+                         "to one size, or read them in Python with load_dataset(path, size=N) or size=(H, W), "
+                         "which scales and centre-crops each image")
 
     if channels is None:
         channels = 1 if all(im.mode == "L" for im in images) else 3
@@ -232,6 +233,20 @@ def image_folder(path: str | Path, size: int | tuple[int, int] | None = None,
         indices=torch.from_numpy(idx), class_names=class_names, levels=256)
 
 
+def folder_example_shape(root: Path) -> tuple[int, int, int] | None:
+    """(C, H, W) of the first image under `root` as `image_folder` reads it (C: 1 for
+    grayscale files, else 3), from its header; None without a readable image."""
+    from PIL import Image
+
+    for rel in _image_files(root)[:1]:
+        try:
+            with Image.open(root / rel) as im:
+                return (1 if im.mode in ("1", "L", "LA") or im.mode.startswith("I") else 3, im.height, im.width)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            return None
+    return None
+
+
 # --- a NumPy .npz file -----------------------------------------------------------------
 CHANNEL_COUNTS = (1, 3, 4)
 
@@ -245,8 +260,10 @@ def _to_nchw(a: np.ndarray, layout: str | None) -> np.ndarray:
     if layout is None:
         last, first = a.shape[3] in CHANNEL_COUNTS, a.shape[1] in CHANNEL_COUNTS
         if last == first:
-            raise ValueError(f"cannot tell the channel axis of images of shape {a.shape} "
-                             f"(channels must be one of {CHANNEL_COUNTS}); pass layout='NHWC' or 'NCHW'")
+            raise ValueError(f"cannot tell the channel axis of images of shape {a.shape} (channels must be one of "
+                             f"{CHANNEL_COUNTS}, and both ends could be); save them as (N, H, W, C) or (N, C, H, W) "
+                             "with the other end not 1, 3 or 4, or read them in Python with "
+                             "load_dataset(path, layout='NHWC') or layout='NCHW'")
         layout = "NHWC" if last else "NCHW"
     if layout not in ("NHWC", "NCHW"):
         raise ValueError(f"layout must be 'NHWC', 'NCHW' or None, got {layout!r}")
@@ -273,9 +290,23 @@ def _scale_values(a: np.ndarray, value_range: tuple[float, float] | None) -> np.
             value_range = (0.0, 1.0) if lo >= 0 else (-1.0, 1.0)
     vlo, vhi = value_range
     if not vlo < vhi or lo < vlo or hi > vhi:
-        raise ValueError(f"image values span [{lo:g}, {hi:g}], outside the range {tuple(value_range)}; "
-                         "scale them first or pass value_range=(low, high)")
+        raise ValueError(f"image values span [{lo:g}, {hi:g}], outside the range {tuple(value_range)}; scale them "
+                         "to 0..255, [0, 1] or [-1, 1] first, or read them in Python with "
+                         "load_dataset(path, value_range=(low, high))")
     return (2 * (a - vlo) / (vhi - vlo) - 1).astype(np.float32)
+
+
+def npz_example_shape(path: Path, key: str = "images") -> tuple[int, ...] | None:
+    """The shape of one example of array `key` in an .npz file, from the array's header
+    (nothing is decompressed); None where the file or the array cannot be read."""
+    try:
+        with zipfile.ZipFile(path) as z, z.open(f"{key}.npy") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape = read(f)[0]
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile):
+        return None
+    return tuple(int(v) for v in shape[1:]) if len(shape) >= 2 else None
 
 
 def npz_dataset(path: str | Path, key: str = "images", label_key: str | None = "labels",
@@ -299,7 +330,9 @@ def npz_dataset(path: str | Path, key: str = "images", label_key: str | None = "
     except (ValueError, OSError, zipfile.BadZipFile) as e:
         raise ValueError(f"cannot read {str(p)!r} as a NumPy .npz file: {e}") from e
     if key not in arrays:
-        raise KeyError(f"{str(p)!r} has no array {key!r}; it has {sorted(arrays)}")
+        other = sorted(arrays)[0] if arrays else "NAME"
+        raise ValueError(f"{str(p)!r} has no array {key!r}; it has {sorted(arrays)}; save the images under "
+                         f"{key!r}, or read them in Python with load_dataset(path, key={other!r})")
     images = _to_nchw(arrays[key], layout)
     if images.shape[0] == 0:
         raise ValueError(f"{str(p)!r}: {key!r} holds no images")

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Callable
 
 from .dataset import ArrayDataset, DataFormat
-from .images import (DIGITS_TEST_PER_CLASS, INSTALL_HINT, MNIST5K_TEST_PER_CLASS, digits, image_folder,
-                     mnist5k, npz_dataset)
+from .images import (DIGITS_TEST_PER_CLASS, INSTALL_HINT, MNIST5K_TEST_PER_CLASS, digits, folder_example_shape,
+                     image_folder, mnist5k, npz_dataset, npz_example_shape)
 from .toys import TOY_SPLIT_SIZES, TOYS, toy_dataset
 
 TOY_SOURCE = "generated in code (hirune.data.toys)"
@@ -61,15 +61,30 @@ DATASETS: dict[str, DatasetSpec] = {
 def load_dataset(name_or_path: str | os.PathLike, split: str = "train", **options) -> ArrayDataset:
     """A registered dataset by name (see DATASETS), a folder of PNG/JPEG images
     (`image_folder`) or a NumPy .npz file (`npz_dataset`); `options` go to the loader
-    (e.g. size=, channels= for folders; key=, label_key= for .npz; size= for toys).
-    split: "train" or "test" ("all" too for image data); see each loader for its split."""
-    if isinstance(name_or_path, str) and name_or_path in DATASETS:
+    (e.g. size=, channels= for folders; key=, label_key=, layout=, value_range= for .npz;
+    size= for toys).  split: "train" or "test" ("all" too for image data); see each loader
+    for its split."""
+    source = dataset_source(name_or_path)
+    if source == "registered":
         return DATASETS[name_or_path].load(split, **options)
+    if source == "folder":
+        return image_folder(Path(name_or_path), split=split, **options)
+    return npz_dataset(Path(name_or_path), split=split, **options)
+
+
+def dataset_source(name_or_path: str | os.PathLike) -> str:
+    """Which loader reads a dataset: "registered", "folder" or "npz"; without reading it.
+    Raises FileNotFoundError for a path that does not exist, ValueError for an unknown name
+    (naming the valid ones) or a file that is neither."""
+    if isinstance(name_or_path, str) and name_or_path in DATASETS:
+        return "registered"
     path = Path(name_or_path)
     if path.is_dir():
-        return image_folder(path, split=split, **options)
+        return "folder"
     if path.suffix.lower() == ".npz":
-        return npz_dataset(path, split=split, **options)
+        if not path.is_file():
+            raise FileNotFoundError(f".npz file {str(path)!r} does not exist")
+        return "npz"
     if path.exists():
         raise ValueError(f"{str(path)!r} is neither a folder of images nor an .npz file")
     text = os.fspath(name_or_path)
@@ -77,6 +92,18 @@ def load_dataset(name_or_path: str | os.PathLike, split: str = "train", **option
         raise FileNotFoundError(f"no such folder or .npz file: {text!r}")
     raise ValueError(f"unknown dataset {text!r}; valid names: {sorted(DATASETS)}, "
                      "or the path of a folder of PNG/JPEG images or of an .npz file")
+
+
+def example_shape(name_or_path: str | os.PathLike) -> tuple[int, ...] | None:
+    """The shape of one example, read without loading the data: from the registry, an .npz
+    file's array header (`npz_example_shape`), or a folder's first image
+    (`folder_example_shape`); None where that cannot tell (the loader will say why)."""
+    source = dataset_source(name_or_path)
+    if source == "registered":
+        return DATASETS[name_or_path].shape
+    if source == "folder":
+        return folder_example_shape(Path(name_or_path))
+    return npz_example_shape(Path(name_or_path))
 
 
 def data_format(name_or_path: str | os.PathLike) -> DataFormat:

@@ -41,6 +41,26 @@ def from_env() -> tuple[int, int, int]:
             int(os.environ.get("LOCAL_RANK", 0)))
 
 
+DEVICES = "auto, cpu, cuda, cuda:N"
+
+
+def check_device(device: str) -> None:
+    """A device a run can train on: auto (the GPU where there is one), cpu, cuda or cuda:N
+    of the GPUs PyTorch sees; ValueError naming what is valid."""
+    kind, colon, index = str(device).partition(":")
+    if device not in ("auto", "cpu", "cuda") and not (kind == "cuda" and colon and index.isdigit()):
+        raise ValueError(f"device={device!r} is not valid; valid: {DEVICES}")
+    if kind != "cuda":
+        return
+    if not torch.cuda.is_available():
+        why = " (this PyTorch is built for the CPU only)" if torch.version.cuda is None else ""
+        raise ValueError(f"device={device!r} is not valid: no GPU is visible to PyTorch{why}; use device=cpu, "
+                         "or device=auto for the GPU where there is one")
+    count = torch.cuda.device_count()
+    if index and int(index) >= count:
+        raise ValueError(f"device={device!r} is not valid: {count} GPUs are visible; valid: cuda:0 .. cuda:{count - 1}")
+
+
 def setup(device: str = "auto", timeout_s: float = 600.0) -> tuple[World, torch.device]:
     """Join the process group torchrun prepared (if any) and choose this rank's device."""
     rank, size, local_rank = from_env()

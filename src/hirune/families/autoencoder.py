@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..objectives import Loss
-from .base import Batch, Context, Draw, Family, refuse_extras, register
+from .base import Batch, Context, Draw, Family, check_eval_counts, refuse_extras, register
 
 
 @dataclass
@@ -28,6 +28,7 @@ class AutoencoderDraw(Draw):
 class Autoencoder(Family):
     name = "autoencoder"
     networks = ("kl_autoencoder", "vq_autoencoder")
+    evaluates_test_examples = True  # the reconstructions of n test images
 
     def __init__(self, cfg, config, data, device, references=None, network_config=None):
         super().__init__(cfg, config, data, device, references)
@@ -95,10 +96,11 @@ class Autoencoder(Family):
         raise ValueError("an autoencoder run does not sample; `hirune eval` reports its reconstructions and its "
                          "training run writes reconstruction grids")
 
-    def evaluate(self, n: int, *, nll: int = 0, text_accuracy: int = 0, denoising_error: int = 0, **unused) -> dict:
-        """The reconstructions of n test images (`evaluation.reconstruction`)."""
+    def evaluate(self, n: int | None = None, *, nll: int = 0, text_accuracy: int = 0, denoising_error: int = 0, **unused) -> dict:
+        """The reconstructions of n test images (None: all of them; `evaluation.reconstruction`)."""
         from ..evaluation.reconstruction import reconstruction_report
 
+        n = check_eval_counts(self, self.data, n, nll, text_accuracy, denoising_error)
         refuse_extras(self, nll, text_accuracy, denoising_error)
         report = reconstruction_report(self.model, self.data.name, n, self.latent_stats)
         return {"step": self.step, "dataset": self.data.name, **report}

@@ -36,6 +36,8 @@ from torch import Tensor, nn
 from ..data import ArrayDataset, DataFormat
 from ..distributed.runtime import World
 from ..objectives import Loss
+from ..data.sizes import check_count, check_fits
+from .settings import Range, check_ranges, check_types
 
 
 @dataclass(frozen=True)
@@ -83,8 +85,10 @@ class Family:
     name: ClassVar[str] = ""
     Config: ClassVar[type] = NoConfig
     networks: ClassVar[tuple[str, ...]] = ()      # network kinds (hirune.models.MODELS) it trains
+    ranges: ClassVar[dict[str, Range]] = {}       # the valid range of each number in its Config
     resumable: ClassVar[tuple[str, ...]] = ()     # Config keys a resumed run may change
     has_previews: ClassVar[bool] = True
+    evaluates_test_examples: ClassVar[bool] = False  # evaluate(n) scores n test examples, not n samples
 
     def __init__(self, cfg, config, data: DataFormat, device: torch.device,
                  references: Mapping[str, Family] | None = None, network_config: dict | None = None):
@@ -100,9 +104,12 @@ class Family:
     # --- the settings ---------------------------------------------------------------
     @classmethod
     def check(cls, cfg, config) -> None:
-        """Raise ValueError naming what is wrong with this family's part of a config."""
+        """Raise ValueError naming what is wrong with this family's part of a config: the
+        network kind, the type of every setting, the range of every number (`ranges`)."""
         if cls.networks and cfg.model not in cls.networks:
             raise ValueError(f"family {cls.name!r} trains model in {list(cls.networks)}, not {cfg.model!r}")
+        check_types(config)
+        check_ranges(config, cls.ranges)
 
     @classmethod
     def reference_paths(cls, config, training: bool) -> dict[str, str]:
@@ -186,7 +193,8 @@ class Family:
     def generate(self, n: int, *args, **options):
         raise ValueError(f"a {self.name} run does not sample")
 
-    def evaluate(self, n: int, **options) -> dict:
+    def evaluate(self, n: int | None = None, **options) -> dict:
+        """Scores of the run as a dict; n: samples or test examples (None: the family's default)."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -204,6 +212,17 @@ def register(family: type[Family]) -> type[Family]:
     return family
 
 
+def checked_process(config):
+    """The process a family's section names (`process`, `process_config`), built to check it:
+    a ValueError names an unknown process or an option it does not take."""
+    from ..process import make_process
+
+    try:
+        return make_process(config.process, **config.process_config)
+    except ValueError as e:
+        raise ValueError(f"process={config.process!r}, process_config={config.process_config}: {e}") from None
+
+
 def get_family(name: str) -> type[Family]:
     if name not in FAMILIES:
         raise ValueError(f"unknown family {name!r}; valid: {sorted(FAMILIES)}")
@@ -219,3 +238,64 @@ def refuse_extras(run, nll: int = 0, text_accuracy: int = 0, denoising_error: in
         raise ValueError("text accuracy needs a text-conditioned run (text_encoder=tiny|minilm)")
     if denoising_error:
         raise ValueError(f"the denoising error needs a diffusion, score or flow-matching run, not a {run.name} run")
+
+
+# --- the sizes of sampling and evaluation ---------------------------------------------------
+SAMPLE_CHUNK = 1000  # samples drawn at once: a larger count is drawn in chunks, the k-th seeded seed + k
+
+
+def sample_chunks(n: int, seed: int) -> list[tuple[slice, int]]:
+    """The rows and the seed of each chunk of n samples: seed + k for the k-th, so a count
+    of at most SAMPLE_CHUNK is one draw with `seed`, exactly as before chunks existed."""
+    return [(slice(start, min(start + SAMPLE_CHUNK, n)), seed + k)
+            for k, start in enumerate(range(0, n, SAMPLE_CHUNK))]
+
+
+def check_sample_count(data: DataFormat, n, trajectory: bool = False, key: str = "n") -> int:
+    """n samples of a run on `data`: an integer >= 1 whose samples fit in memory; a
+    trajectory (every step of every sample) only within one chunk."""
+    n = check_count(key, n)
+    check_fits(key, n, tuple(data.shape), "samples")
+    if trajectory and n > SAMPLE_CHUNK:
+        raise ValueError(f"{key}={n}: a trajectory keeps every step of every sample; it is drawn for at most "
+                         f"{SAMPLE_CHUNK} samples")
+    return n
+
+
+def held_out_count(data: DataFormat) -> tuple[int, str] | None:
+    """(how many, of what) test examples `data`'s dataset has; None where unknown (the
+    registry knows its datasets' sizes)."""
+    from ..data import DATASETS
+
+    spec = DATASETS.get(data.name)
+    return (spec.test_size, f"the {spec.name} test split") if spec is not None else None
+
+
+def check_test_count(data: DataFormat, key: str, n, minimum: int = 1) -> int:
+    """A count of test examples: an integer >= minimum (0: off), at most the test split."""
+    return check_count(key, n, minimum, held_out_count(data), " (0: off)" if minimum == 0 else "")
+
+
+EVAL_SAMPLES = 1000  # evaluate's default n (a family that scores test examples: all of them)
+
+
+def check_eval_counts(family, data: DataFormat, n, nll=0, text_accuracy=0, denoising_error=0,
+                      key: str = "n") -> int:
+    """The counts of `family.evaluate` on `data`, checked before anything is sampled: n >= 1
+    -- test examples where the family scores those (`evaluates_test_examples`) and on toys,
+    whose sample quality compares n samples with n test points; else samples --, nll and
+    denoising_error (test examples) and text_accuracy (samples per phrasing) >= 0, 0: off.
+    Returns n; None is the default, EVAL_SAMPLES or the whole test split.  `key`: the name
+    of n in the messages."""
+    held_out = held_out_count(data)
+    if n is None:
+        n = held_out[0] if family.evaluates_test_examples and held_out is not None else EVAL_SAMPLES
+    if family.evaluates_test_examples or data.kind == "toy":
+        check_test_count(data, key, n)
+    else:
+        check_sample_count(data, n, key=key)
+    check_test_count(data, "nll", nll, minimum=0)
+    check_test_count(data, "denoising_error", denoising_error, minimum=0)
+    check_count("text_accuracy", text_accuracy, 0, note=" (0: off)")
+    check_fits("text_accuracy", text_accuracy, tuple(data.shape), "samples per phrasing")
+    return n

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from .. import objectives as O
 from ..process import make_process
-from .base import Batch, Draw, Family, refuse_extras, register
+from .base import Batch, Draw, Family, check_eval_counts, checked_process, refuse_extras, register
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,11 @@ class Classifier(Family):
     Config = ClassifierConfig
     networks = ("classifier",)
     has_previews = False
+
+    @classmethod
+    def check(cls, cfg, config) -> None:
+        super().check(cfg, config)
+        checked_process(config)
 
     def __init__(self, cfg, config, data, device, references=None, network_config=None):
         super().__init__(cfg, config, data, device, references)
@@ -62,10 +67,12 @@ class Classifier(Family):
     def generate(self, n: int, *args, **options):
         raise ValueError("this run is a classifier; sample from a diffusion run and pass it as the classifier")
 
-    def evaluate(self, n: int, *, nll: int = 0, text_accuracy: int = 0, denoising_error: int = 0, **unused) -> dict:
-        """Test accuracy at several noise levels (`evaluation.classifier`)."""
+    def evaluate(self, n: int | None = None, *, nll: int = 0, text_accuracy: int = 0, denoising_error: int = 0, **unused) -> dict:
+        """Test accuracy at several noise levels on the whole test split (`evaluation.classifier`;
+        n is not used)."""
         from ..evaluation.classifier import classifier_accuracy
 
+        check_eval_counts(self, self.data, n, nll, text_accuracy, denoising_error)
         if nll:
             raise ValueError("a noise-aware classifier has no density: --nll needs a flow, diffusion, score "
                              "or flow-matching run")

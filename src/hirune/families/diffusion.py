@@ -21,9 +21,11 @@ from torch import Tensor, nn
 
 from .. import objectives as O
 from ..process import Denoiser, make_process
+from ..process.denoiser import check_prediction_suits
 from . import diffusion_eval, diffusion_sampling
-from .base import Batch, Context, Draw, Family, register
+from .base import Batch, Context, Draw, Family, checked_process, register
 from .latent import FirstStage
+from .settings import Range, check_choices
 
 OBJECTIVES = tuple(O.OBJECTIVES)   # regression | score_matching | flow_matching | hybrid
 
@@ -68,6 +70,8 @@ class Diffusion(Family):
     Config = DiffusionConfig
     networks = ("mlp", "unet", "dit", "uvit")
     resumable = ("sampler", "sample_steps", "clip_x0")
+    ranges = {"p_uncond": Range(0, 1, high_open=True), "min_snr_gamma": Range(0, low_open=True),
+              "reflow_steps": Range(1, integer=True), "sample_steps": Range(1, integer=True)}
 
     def __init__(self, cfg, config, data, device, references=None, network_config=None):
         super().__init__(cfg, config, data, device, references)
@@ -121,11 +125,10 @@ class Diffusion(Family):
         from ..sampling import SAMPLERS
 
         super().check(cfg, config)
-        choices = {"objective": OBJECTIVES, "weighting": O.WEIGHTINGS, "coupling": O.COUPLINGS,
-                   "sampler": tuple(SAMPLERS)}
-        for key, valid in choices.items():
-            if getattr(config, key) not in valid:
-                raise ValueError(f"{key}={getattr(config, key)!r} is not valid; valid: {list(valid)}")
+        check_choices(config, {"objective": OBJECTIVES, "weighting": O.WEIGHTINGS, "coupling": O.COUPLINGS,
+                               "sampler": tuple(SAMPLERS)})
+        prediction = "velocity" if config.objective == "flow_matching" else config.prediction
+        check_prediction_suits(prediction, checked_process(config))
         if config.text_encoder:
             from ..models.text import TEXT_ENCODERS
 
@@ -142,10 +145,6 @@ class Diffusion(Family):
                              f"not {config.objective!r}")
         if (config.coupling != "independent" or config.reflow_from) and config.objective != "flow_matching":
             raise ValueError("coupling and reflow_from apply to objective='flow_matching'")
-        if not 0.0 <= config.p_uncond < 1.0:
-            raise ValueError(f"p_uncond must be in [0, 1), got {config.p_uncond}")
-        if config.sample_steps < 1:
-            raise ValueError(f"sample_steps must be >= 1, got {config.sample_steps}")
 
     @classmethod
     def reference_paths(cls, config, training: bool) -> dict[str, str]:
@@ -309,7 +308,7 @@ class Diffusion(Family):
     def generate(self, n: int, *args, **options):
         return diffusion_sampling.generate(self, n, *args, **options)
 
-    def evaluate(self, n: int, **options) -> dict:
+    def evaluate(self, n: int | None = None, **options) -> dict:
         return diffusion_eval.evaluate(self, n, **options)
 
     def nll(self, n: int, seed: int = 0) -> dict:

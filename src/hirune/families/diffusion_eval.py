@@ -9,14 +9,17 @@ from ..evaluation.likelihood import nll_report as _nll_report
 from ..evaluation.likelihood import ode_log_prob
 from ..evaluation.quality import sample_quality
 from ..evaluation.text import text_accuracy as _text_accuracy
+from .base import check_eval_counts, check_test_count
 
 
-def evaluate(run, n: int, *, sampler: str | None = None, steps: int | None = None, seed: int = 0, nll: int = 0,
+def evaluate(run, n: int | None = None, *, sampler: str | None = None, steps: int | None = None, seed: int = 0, nll: int = 0,
              denoiser=None, guided_labels: bool = False, text_accuracy: int = 0, denoising_error: int = 0) -> dict:
-    """n samples scored against the test split (`evaluation.quality`), with `denoiser` (a
+    """n samples (None: EVAL_SAMPLES) scored against the test split (`evaluation.quality`), with `denoiser` (a
     guided one: labels drawn in turn when guided_labels); nll > 0: the NLL of that many test
     examples; text_accuracy > 0: that many samples per caption phrasing; denoising_error >
-    0: the x0 error on that many test examples."""
+    0: the x0 error on that many test examples.  The counts are checked before anything is
+    sampled (`check_eval_counts`)."""
+    n = check_eval_counts(run, run.data, n, nll, text_accuracy, denoising_error)
     out, labels = run.generate(n, sampler, steps, None, seed, denoiser=denoiser, guided_labels=guided_labels)
     metrics = {"step": run.step, "dataset": run.data.name, "sampler": sampler or run.config.sampler, "nfe": out.nfe}
     metrics.update(sample_quality(run.data.name, run.data.kind, out.x, labels))
@@ -35,6 +38,7 @@ def nll_report(run, n: int, seed: int = 0) -> dict:
     if run.first_stage is not None:
         raise ValueError("--nll needs a density over pixels; a latent diffusion run models its autoencoder's "
                          "latents (and the decoder is not invertible)")
+    check_test_count(run.data, "nll", n)
     return _nll_report(run.data, n, seed, ode_log_prob(run.denoiser, run.model, run.data.kind == "image"))
 
 
@@ -45,6 +49,7 @@ def denoising_report(run, n: int = 256, seed: int = 0) -> dict[str, float]:
     levels is where a digit's layout is decided."""
     from ..data import load_dataset
 
+    check_test_count(run.data, "denoising_error", n)
     x0 = load_dataset(run.data.name, "test").data[:n].to(run.device)
     if run.first_stage is not None:
         x0 = run.encode(x0)

@@ -13,6 +13,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..data.sizes import check_count
+from ..sampling import SampleOutput
+from .base import check_sample_count, sample_chunks
+
 GUIDANCE = ("none", "cfg", "classifier")
 
 
@@ -23,23 +27,35 @@ def class_labels(run, n: int, label: int | None = None, per_class: bool = False)
     if not k:
         raise ValueError(f"{run.data.name} has no classes")
     if label is not None:
-        if not 0 <= label < k:
-            raise ValueError(f"class {label} is out of range; valid: 0..{k - 1}")
+        check_labels(run, torch.tensor([label]))
         return torch.full((n,), label)
     if per_class:
         return torch.arange(k).repeat_interleave(max(1, n // k))
     return torch.arange(n) % k
 
 
+def check_labels(run, labels: Tensor) -> None:
+    """Class labels of the run's dataset: each in 0..num_classes - 1."""
+    k = run.data.num_classes
+    if not k:
+        raise ValueError(f"{run.data.name} has no classes")
+    bad = labels[(labels < 0) | (labels >= k)]
+    if len(bad):
+        raise ValueError(f"class {int(bad[0])} is out of range; valid: 0..{k - 1}")
+
+
 def condition(run, labels: Tensor | None = None, prompts: list[str] | None = None) -> dict:
-    """The network's condition keywords: class labels `y`, or a text run's encoded `prompts`
-    (which such a run needs, and no other run takes), or none."""
+    """The network's condition keywords: class labels `y` (checked against the classes), or
+    a text run's encoded `prompts` (which such a run needs, and no other run takes), or none."""
     if (prompts is not None) != (run.text is not None):
         raise ValueError("prompts go with a text-conditioned run (text_encoder=tiny|minilm), and such a run "
                          "needs them")
     if prompts is not None:
         return run.text(list(prompts), run.device)
-    return {"y": labels.to(run.device)} if labels is not None else {}
+    if labels is None:
+        return {}
+    check_labels(run, labels)
+    return {"y": labels.to(run.device)}
 
 
 def guide(run, method: str = "none", scale: float = 1.0, *, classifier=None, rescale: float = 0.0,
@@ -98,25 +114,48 @@ def generate(run, n: int, sampler: str | None = None, steps: int | None = None, 
     `guided_labels`): all `label`, or a class grid (`per_class`), or the classes in turn;
     for text runs all `prompt`, or "a handwritten <digit>" for those labels.  `denoiser`:
     the run's own (default) or a guided one (`guide`); the sampler and its steps default to
-    the run's preview settings.  Latent diffusion decodes the samples (the trajectory too)."""
-    from ..sampling import SampleOutput, sample
+    the run's preview settings.  Latent diffusion decodes the samples (the trajectory too).
 
+    More than `SAMPLE_CHUNK` samples are drawn in chunks, the k-th with seed + k (`sample_chunks`),
+    so memory stays bounded and a count within one chunk gives the samples it always gave;
+    `nfe` is the network evaluations per sample.  A trajectory is for one chunk."""
     if temperature != 1.0:
         raise ValueError("temperature applies to normalizing flows")
+    if steps is not None:
+        check_count("steps", steps, note=" (None: the run's sample_steps)")
     if labels is None and prompts is None:
+        check_sample_count(run.data, n, trajectory)  # before a label is made
         labels, prompts = _default_condition(run, n, label, per_class, prompt, guided_labels)
     elif label is not None or per_class or prompt is not None:
         raise ValueError("give labels / prompts, or label / per_class / prompt, not both")
-    cond = condition(run, labels if prompts is None else None, prompts)
-    n = len(prompts) if prompts is not None else len(labels) if labels is not None else n
+    n = check_sample_count(run.data, len(prompts) if prompts is not None else len(labels) if labels is not None else n,
+                           trajectory)
+    d = denoiser if denoiser is not None else run.denoiser
+    sampler, steps = sampler or run.config.sampler, run.config.sample_steps if steps is None else steps
+    outs = []
+    for rows, chunk_seed in sample_chunks(n, seed):
+        # a text run's labels name the digits of its captions; the network sees the captions
+        cond = condition(run, labels[rows] if labels is not None and prompts is None else None,
+                         prompts[rows] if prompts is not None else None)
+        outs.append(_sample(run, d, rows.stop - rows.start, cond, sampler, steps, spacing, chunk_seed, trajectory,
+                            progress))
+    if len(outs) == 1:
+        return outs[0], labels
+    return SampleOutput(torch.cat([o.x for o in outs]), max(o.nfe for o in outs)), labels
+
+
+def _sample(run, denoiser, n: int, cond: dict, sampler: str, steps: int, spacing, seed: int, trajectory: bool,
+            progress: bool):
+    """n samples from `seed` under the network's condition keywords `cond`, in data space."""
+    from ..sampling import sample
+
     with torch.no_grad():
-        out = sample(denoiser if denoiser is not None else run.denoiser, (n, *run.sample_shape),
-                     sampler or run.config.sampler, steps or run.config.sample_steps, spacing, seed=seed, cond=cond,
+        out = sample(denoiser, (n, *run.sample_shape), sampler, steps, spacing, seed=seed, cond=cond,
                      device=run.device, return_trajectory=trajectory, progress=progress)
         if run.first_stage is not None:  # latent diffusion: decode the latents (and the trajectory)
             frames = [run.decode(f) for f in out.trajectory] if out.trajectory is not None else None
             out = SampleOutput(run.decode(out.x), out.nfe, frames)
-    return out, labels
+    return out
 
 
 def _default_condition(run, n, label, per_class, prompt, guided_labels) -> tuple[Tensor | None, list | None]:

@@ -10,7 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from .. import objectives as O
-from .base import Batch, Context, Draw, Family, refuse_extras, register
+from .base import (Batch, Context, Draw, Family, check_eval_counts, check_sample_count, check_test_count, refuse_extras,
+                   register, sample_chunks)
 
 
 @dataclass
@@ -64,7 +65,8 @@ class NormalizingFlow(Family):
                  labels=None, label=None, per_class: bool = False, prompt=None, guided_labels: bool = False,
                  progress: bool = True, **unused):
         """n samples: z ~ N(0, temperature^2 I) from `seed`, inverted in one pass (no sampler;
-        the trajectory is [z, x]).  Returns (SampleOutput, None): flows here are unconditional."""
+        the trajectory is [z, x]).  Returns (SampleOutput, None): flows here are unconditional.
+        More than `SAMPLE_CHUNK` samples are drawn in chunks, the k-th from seed + k."""
         from ..sampling import SampleOutput
 
         if denoiser is not None or guided_labels:
@@ -73,17 +75,22 @@ class NormalizingFlow(Family):
             raise ValueError("flows here are unconditional: no labels or guidance")
         if prompt is not None or unused.get("prompts") is not None:
             raise ValueError("--prompt needs a text-conditioned run (text_encoder=tiny|minilm)")
-        g = torch.Generator(device=self.device).manual_seed(seed)
-        with torch.no_grad():
-            z = torch.randn(n, self.model.dim, generator=g, device=self.device) * temperature
-            x = self.model.decode(z)
+        n = check_sample_count(self.data, n, trajectory)
+        xs = []
+        for rows, chunk_seed in sample_chunks(n, seed):
+            g = torch.Generator(device=self.device).manual_seed(chunk_seed)
+            with torch.no_grad():
+                z = torch.randn(rows.stop - rows.start, self.model.dim, generator=g, device=self.device) * temperature
+                xs.append(self.model.decode(z))
+        x = xs[0] if len(xs) == 1 else torch.cat(xs)
         return SampleOutput(x, 1, [z.reshape(x.shape), x] if trajectory else None), None
 
-    def evaluate(self, n: int, *, seed: int = 0, nll: int = 0, denoiser=None, guided_labels: bool = False,
+    def evaluate(self, n: int | None = None, *, seed: int = 0, nll: int = 0, denoiser=None, guided_labels: bool = False,
                  text_accuracy: int = 0, denoising_error: int = 0, **unused) -> dict:
-        """n samples scored against the test split; nll > 0: the exact NLL of that many test examples."""
+        """n samples (None: EVAL_SAMPLES) scored against the test split; nll > 0: the exact NLL of that many test examples."""
         from ..evaluation.quality import sample_quality
 
+        n = check_eval_counts(self, self.data, n, nll, text_accuracy, denoising_error)
         refuse_extras(self, text_accuracy=text_accuracy, denoising_error=denoising_error)
         out, _ = self.generate(n, seed=seed, denoiser=denoiser, guided_labels=guided_labels)
         metrics = {"step": self.step, "dataset": self.data.name, "sampler": "flow inverse", "nfe": out.nfe}
@@ -96,5 +103,6 @@ class NormalizingFlow(Family):
         """The exact NLL of n held-out examples (change of variables; `evaluation.likelihood`)."""
         from ..evaluation.likelihood import flow_log_prob, nll_report
 
+        check_test_count(self.data, "nll", n)
         return nll_report(self.data, n, seed, flow_log_prob(self.model))
 

@@ -31,10 +31,13 @@ PROCESSES = {
 
 
 def make_process(name: str, **kwargs) -> GaussianProcess:
-    """A forward process by name (see `PROCESSES`)."""
+    """A forward process by name (see `PROCESSES`); options it does not take are a ValueError."""
     if name not in PROCESSES:
         raise ValueError(f"unknown process {name!r}; valid: {sorted(PROCESSES)}")
-    return PROCESSES[name](**kwargs)
+    try:
+        return PROCESSES[name](**kwargs)
+    except TypeError as e:  # an option the process (or its schedule) does not have
+        raise ValueError(f"process {name!r} does not take the options {kwargs}: {e}") from None
 
 
 __all__ = ["BETA_SCHEDULES", "PREDICTIONS", "PROCESSES", "Coefficients", "CondOT", "Denoiser", "DiscreteVP",

@@ -68,6 +68,18 @@ def time_batch(t: TimeLike, x: Tensor) -> Tensor:
     return t.expand(x.shape[0]) if t.ndim == 0 else t
 
 
+def check_prediction_suits(prediction: str, process: GaussianProcess) -> None:
+    """A known prediction that can recover x0 on `process`: eps and score cannot where
+    alpha(t_max) = 0 (zero terminal SNR: flows)."""
+    check_prediction(prediction)
+    if prediction in ("eps", "score") and float(process.alpha(process.t_max)) == 0.0:
+        raise ValueError(
+            f"{prediction!r} prediction cannot be used with {process!r}: alpha(t_max) = 0 "
+            "(zero terminal SNR), where x_0 = (x - sigma eps) / alpha divides by zero. "
+            "Use 'v', 'x0' or 'velocity' prediction."
+        )
+
+
 class Denoiser:
     """Wrap `model` (trained on `process` to predict `prediction`) as a denoiser.
 
@@ -80,14 +92,7 @@ class Denoiser:
         self, model: Callable[..., Tensor], process: GaussianProcess, prediction: str = "eps",
         *, learned_variance: bool = False, clip_x0: tuple[float, float] | None = None,
     ):
-        check_prediction(prediction)
-        terminal_alpha = float(process.alpha(process.t_max))
-        if prediction in ("eps", "score") and terminal_alpha == 0.0:
-            raise ValueError(
-                f"{prediction!r} prediction cannot be used with {process!r}: alpha(t_max) = 0 "
-                "(zero terminal SNR), where x_0 = (x - sigma eps) / alpha divides by zero. "
-                "Use 'v', 'x0' or 'velocity' prediction."
-            )
+        check_prediction_suits(prediction, process)
         self.model, self.process, self.prediction = model, process, prediction
         self.learned_variance, self.clip_x0 = learned_variance, clip_x0
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..families import FAMILIES, get_family
+from ..families.settings import Range, check_choices, check_ranges, check_types
 
 # shared keys that may differ between a run and its resumption (families add their own)
 RESUMABLE = ("steps", "log_every", "sample_every", "ckpt_every", "resume", "device", "eval_samples",
@@ -94,21 +95,49 @@ class TrainConfig:
         return out
 
 
+# the valid values of the shared numbers (the families name theirs in `Family.ranges`)
+RANGES = {
+    "steps": Range(1, integer=True), "batch_size": Range(1, integer=True), "grad_accum": Range(1, integer=True),
+    "lr": Range(0, low_open=True), "warmup": Range(0, integer=True), "min_lr_ratio": Range(0, 1),
+    "weight_decay": Range(0), "ema_decay": Range(0, 1, high_open=True),
+    # 0 as "no clipping" is not implemented: the trainer would clip every gradient to zero
+    "grad_clip": Range(0, low_open=True, finite=False, hint="a positive max norm of the gradient; inf: no clipping"),
+    "seed": Range(0, 2**64 - 1, integer=True), "log_every": Range(1, integer=True),
+    "sample_every": Range(0, integer=True, hint="0: no previews"),
+    "ckpt_every": Range(0, integer=True, hint="0: no checkpoints"),
+    "num_samples": Range(1, integer=True), "eval_samples": Range(0, integer=True, hint="0: no evaluation"),
+}
+
+
 def check_config(cfg: TrainConfig):
-    """Raise ValueError naming what is wrong; returns the family's section."""
+    """Every setting checked before anything is built: types, ranges and choices, the device,
+    the dataset (it exists: a registered name, a folder or an .npz file), sizes whose arrays
+    alone would not fit in memory, then the family's section (`Family.check`).  Raises
+    ValueError (FileNotFoundError for a missing dataset) naming the key, the value and what
+    is valid; returns the family's section."""
+    from ..data import data_format, dataset_source, example_shape
+    from ..data.sizes import check_fits
+    from ..distributed.runtime import check_device
     from ..distributed.strategy import STRATEGIES
+    from ..families.base import check_eval_counts
 
     family = get_family(cfg.family)
-    choices = {"lr_schedule": ("cosine", "constant"), "precision": ("auto", "fp32", "bf16", "fp16"),
-               "strategy": STRATEGIES}
-    for key, valid in choices.items():
-        if getattr(cfg, key) not in valid:
-            raise ValueError(f"{key}={getattr(cfg, key)!r} is not valid; valid: {list(valid)}")
+    check_types(cfg)
+    check_choices(cfg, {"lr_schedule": ("cosine", "constant"), "precision": ("auto", "fp32", "bf16", "fp16"),
+                        "strategy": STRATEGIES})
+    check_ranges(cfg, RANGES)
     if cfg.batch_size % cfg.grad_accum:
         raise ValueError(f"batch_size={cfg.batch_size} must be divisible by grad_accum={cfg.grad_accum}")
-    for key in ("steps", "batch_size", "grad_accum", "num_samples"):
-        if getattr(cfg, key) < 1:
-            raise ValueError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+    if cfg.eval_samples and not cfg.ckpt_every:
+        raise ValueError(f"eval_samples={cfg.eval_samples} evaluates the last checkpoint, and ckpt_every=0 writes "
+                         "none; give ckpt_every >= 1 or eval_samples=0")
+    check_device(cfg.device)
+    shape = example_shape(cfg.dataset)  # FileNotFoundError / ValueError where there is no such dataset
+    check_fits("batch_size", cfg.batch_size, shape, "examples")
+    check_fits("num_samples", cfg.num_samples, shape, "samples")
+    check_fits("eval_samples", cfg.eval_samples, shape, "samples")
+    if cfg.eval_samples and dataset_source(cfg.dataset) == "registered":  # (the registry knows the test split)
+        check_eval_counts(family, data_format(cfg.dataset), cfg.eval_samples, key="eval_samples")
     section = cfg.section()
     family.check(cfg, section)
     return section
