@@ -60,16 +60,18 @@ _ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 def expected(error: BaseException) -> bool:
     """Whether `error` is one hirune expects (a user's input or environment, said in its
     message) rather than a bug: bad values, missing / existing / unwritable files, a full
-    disk, a broken checkpoint, a stopped run (FloatingPointError), a missing package (an
-    ImportError not of hirune's own modules)."""
+    disk, a broken checkpoint, a run folder that is in use or not a run's, a stopped run
+    (FloatingPointError), a missing package (an ImportError not of hirune's own modules)."""
     from ..checkpoint import CheckpointError
+    from ..training.run_folder import RunFolderError
 
     if isinstance(error, ImportError):
         return not (error.name or "").startswith("hirune")
     if isinstance(error, OSError) and error.errno in _ENVIRONMENT_ERRNOS:
         return True
     return isinstance(error, (CLIError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
-                              IsADirectoryError, PermissionError, CheckpointError, FloatingPointError))
+                              IsADirectoryError, PermissionError, CheckpointError, RunFolderError,
+                              FloatingPointError))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
