@@ -4,7 +4,7 @@ previews and read-backs today, on one process and on two gloo processes, and the
 checkpoints written then still load and sample the same images.
 
 Bitwise where the machine is the one that recorded them (same torch, CPU kernels and
-CPU) -- save the scores that pass through numpy and scipy (the Frechet distance's matrix
+CPU) -- except the scores that pass through numpy and scipy (the Frechet distance's matrix
 square root), whose versions setup.sh does not pin: those Python floats are compared to
 1e-7 relative; elsewhere float rounding may differ, and the comparison is to 1e-5 (the
 parity tolerance of tests/test_distributed.py) with previews, whose pixels are rounded,
