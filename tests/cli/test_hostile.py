@@ -10,15 +10,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import HealthCheck, event, given, seed, settings
 from hypothesis import strategies as st
+from hypothesis.control import currently_in_test_context
 
 from hirune.cli import main
-from hirune.training import train
-from hirune.training.config import TrainConfig
-
-TINY = {"dataset": "two_moons", "model": "mlp", "model_config": {"hidden": 8, "depth": 1}, "steps": 2,
-        "batch_size": 8, "log_every": 1, "ckpt_every": 2, "sample_every": 0, "sample_steps": 2}
 
 # values a careless or hostile user types: numbers at and beyond the edges, words, JSON, paths
 NUMBERS = st.sampled_from(["0", "-1", "-5", "1", "2", "3", "1e12", "1e-12", "inf", "-inf", "nan", "1000000000",
@@ -51,10 +47,13 @@ def tame(key: str, value: str) -> str:
         return value
 
 
+BASE = ["train", "ddpm-two-moons", 'model_config={"hidden": 8, "depth": 1}', "batch_size=8", "sample_every=0"]
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("hostile") / "run"
-    train(TrainConfig.from_dict({**TINY, "out": str(out)}), progress=False)
+    assert main([*BASE, "steps=2", f"out={out}"]) == 0
     return out
 
 
@@ -67,6 +66,8 @@ def run(words: list[str], folder: Path, capsys) -> None:
     before = snapshot(folder)
     code = main(words)  # a bug raises out of main: the test fails with its traceback
     err = capsys.readouterr().err
+    if currently_in_test_context():
+        event(f"exit {code}")  # --hypothesis-show-statistics shows how often each outcome occurs
     assert code in (0, 2), (words, code, err[-2000:])
     assert "Traceback" not in err, (words, err[-2000:])
     if code == 2:
@@ -75,16 +76,16 @@ def run(words: list[str], folder: Path, capsys) -> None:
 
 
 @seed(16)
-@settings(max_examples=40, deadline=None, derandomize=True,
+@settings(max_examples=100, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(pairs=st.lists(st.tuples(KEYS, VALUES), max_size=4), into_the_run=st.booleans())
+@given(pairs=st.lists(st.tuples(KEYS, VALUES), max_size=2), into_the_run=st.booleans())
 def test_train_with_random_settings_exits_0_or_2(trained, tmp_path_factory, capsys, pairs, into_the_run):
     folder = tmp_path_factory.mktemp("train") / "run"
-    if into_the_run:  # an existing run: exit 2 must leave it untouched
+    if into_the_run:  # resuming an existing run for one more step: exit 2 must leave it untouched
         shutil.copytree(trained, folder)
-    words = [f"{k}={tame(k, v)}" for k, v in pairs if k != "steps"] + ["steps=2", "sample_every=0"]
-    run(["train", "ddpm-two-moons", 'model_config={"hidden": 8, "depth": 1}', "batch_size=8", *words,
-         f"out={folder}"], folder, capsys)
+    words = [f"{k}={tame(k, v)}" for k, v in pairs if k not in ("steps", "resume")] \
+        + (["steps=3", "resume=true"] if into_the_run else ["steps=2"])
+    run([*BASE, *words, f"out={folder}"], folder, capsys)
 
 
 @seed(16)
@@ -109,3 +110,39 @@ def test_every_verb_with_random_flags_exits_0_or_2(trained, tmp_path_factory, ca
         run(words, folder, capsys)
     except SystemExit as e:  # argparse refusing a value of the wrong type: its own usage error
         assert e.code == 2
+
+
+def test_the_harness_rejects_a_traceback_a_bad_exit_and_a_folder_changed_on_exit_2(trained, tmp_path, capsys,
+                                                                                    monkeypatch):
+    """`run` catches each way a command can misbehave (a harness that cannot fail is no test)."""
+    import sys
+    import traceback
+
+    import hirune.cli as cli
+
+    folder = tmp_path / "run"
+    shutil.copytree(trained, folder)
+
+    def command(behaviour):
+        def fake(argv=None):
+            if behaviour == "bug":
+                raise KeyError("files")
+            if behaviour == "traceback":
+                try:
+                    raise KeyError("files")
+                except KeyError:
+                    traceback.print_exc()
+                return 0
+            if behaviour == "exit 1":
+                return 1
+            (folder / "metrics.jsonl").write_text("")  # "refused", but the run was touched
+            print("hirune train: error: refused", file=sys.stderr)
+            return 2
+        return fake
+
+    for behaviour, error in (("bug", KeyError), ("traceback", AssertionError), ("exit 1", AssertionError),
+                             ("changed on exit 2", AssertionError)):
+        monkeypatch.setattr(sys.modules[__name__], "main", command(behaviour))
+        with pytest.raises(error):
+            run(["train"], folder, capsys)
+    monkeypatch.setattr(sys.modules[__name__], "main", cli.main)
