@@ -12,25 +12,23 @@ class CLIError(Exception):
 
 # --- shared helpers ------------------------------------------------------------------------
 
-def _positive_int(text: str) -> int:
+def _integer_at_least(text: str, minimum: int, what: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _integer_at_least(text, 1, "a positive integer")
 
 
 def _count(text: str) -> int:
     """A count where 0 turns the option off."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer (0: off), got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer (0: off), got {value}")
-    return value
+    return _integer_at_least(text, 0, "a non-negative integer (0: off)")
 
 
 def _first_line(obj, width: int = 100) -> str:
