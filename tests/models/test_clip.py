@@ -48,7 +48,7 @@ def test_frozen_features_are_mean_pooled_over_real_tokens_and_projected():
 
 def test_temperature_starts_at_0_07_and_the_scale_is_clamped_at_100():
     model = build_model("clip", image_size=8, vocab_size=20, **SMALL)
-    assert math.isclose(float(model.log_logit_scale), math.log(1 / 0.07), rel_tol=1e-6)
+    assert math.isclose(model.log_logit_scale.item(), math.log(1 / 0.07), rel_tol=1e-6)
     assert math.isclose(float(model.logit_scale()), 1 / 0.07, rel_tol=1e-5)
     with torch.no_grad():
         model.log_logit_scale.fill_(10.0)
@@ -57,7 +57,7 @@ def test_temperature_starts_at_0_07_and_the_scale_is_clamped_at_100():
     scale.backward()
     assert float(model.log_logit_scale.grad) == 0.0  # above the bound no gradient reaches it
     model.clamp_temperature_()  # CLIP's clamp of the parameter itself
-    assert float(model.log_logit_scale) == pytest.approx(MAX_LOG_LOGIT_SCALE)
+    assert model.log_logit_scale.item() == pytest.approx(MAX_LOG_LOGIT_SCALE)
     model.log_logit_scale.grad = None
     model.logit_scale().backward()  # at the bound the gradient passes, so the scale can come down
     assert float(model.log_logit_scale.grad) == pytest.approx(100.0)
