@@ -81,8 +81,10 @@ def without_key_biases(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 
 
 @pytest.mark.slow
-def test_a_clip_run_on_two_processes_equals_one(tmp_path):
-    """End to end through the trainer: losses, weights and EMA after 4 steps (the image
+@pytest.mark.parametrize("strategy", ["ddp", "zero2"])
+def test_a_clip_run_on_two_processes_equals_one(strategy, tmp_path):
+    """End to end through the trainer, under DDP and FSDP2 (its gradients summed and
+    divided, as DDP averages): losses, weights and EMA after 4 steps (the image
     tower's GroupNorms hold 2 channels per group here: with 1, the conv biases before them
     would have exactly-zero gradients too)."""
     from distributed.test_distributed import WORKER, _overrides, losses, whole
@@ -91,7 +93,7 @@ def test_a_clip_run_on_two_processes_equals_one(tmp_path):
 
     one, two = tmp_path / "one", tmp_path / "two"
     train(preset_config(CLIP_RUN[0], {**_overrides(CLIP_RUN[1:]), "out": str(one)}), progress=False)
-    proc = torchrun(2, WORKER, "train", *CLIP_RUN, f"out={two}")
+    proc = torchrun(2, WORKER, "train", *CLIP_RUN, f"strategy={strategy}", f"out={two}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     la, lb = losses(one), losses(two)
     assert len(la) == 4 and max(abs(x - y) for x, y in zip(la, lb)) < 1e-5, (la, lb)

@@ -49,11 +49,11 @@ def test_frozen_features_are_mean_pooled_over_real_tokens_and_projected():
 def test_temperature_starts_at_0_07_and_the_scale_is_clamped_at_100():
     model = build_model("clip", image_size=8, vocab_size=20, **SMALL)
     assert math.isclose(model.log_logit_scale.item(), math.log(1 / 0.07), rel_tol=1e-6)
-    assert math.isclose(float(model.logit_scale()), 1 / 0.07, rel_tol=1e-5)
+    assert math.isclose(model.logit_scale().item(), 1 / 0.07, rel_tol=1e-5)
     with torch.no_grad():
         model.log_logit_scale.fill_(10.0)
     scale = model.logit_scale()
-    assert math.isclose(float(scale), 100.0, rel_tol=1e-6)
+    assert math.isclose(scale.item(), 100.0, rel_tol=1e-6)
     scale.backward()
     assert float(model.log_logit_scale.grad) == 0.0  # above the bound no gradient reaches it
     model.clamp_temperature_()  # CLIP's clamp of the parameter itself

@@ -99,11 +99,12 @@ class CLIP(nn.Module):
         self.config = config
         self.image = ImageTower(config)
         self.text = TextTower(config)
-        self.log_logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.init_temperature)))
+        # shape (1,), not a scalar: FSDP2 shards every parameter along its first dimension
+        self.log_logit_scale = nn.Parameter(torch.full((1,), math.log(1.0 / config.init_temperature)))
 
     def logit_scale(self) -> Tensor:
-        """exp of the log scale clamped at log 100 (the gradient passes up to the bound)."""
-        return self.log_logit_scale.clamp(max=MAX_LOG_LOGIT_SCALE).exp()
+        """exp of the log scale clamped at log 100 (the gradient passes up to the bound); a scalar."""
+        return self.log_logit_scale.clamp(max=MAX_LOG_LOGIT_SCALE).squeeze(0).exp()  # exp last: not a view
 
     @torch.no_grad()
     def clamp_temperature_(self) -> None:

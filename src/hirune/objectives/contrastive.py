@@ -29,10 +29,15 @@ from .loss import Loss
 def gather_rows(x: Tensor) -> tuple[Tensor, int]:
     """Every rank's rows of x (b, D), concatenated in rank order with their gradients
     (world b, D), and where this rank's rows start."""
+    import warnings
+
     import torch.distributed as dist
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(x.contiguous()), dim=0), dist.get_rank() * x.shape[0]
+    with warnings.catch_warnings():  # torch 2.13 calls it deprecated; its autograd is what is wanted here
+        warnings.filterwarnings("ignore", message=".*all_gather is deprecated", category=FutureWarning)
+        rows = all_gather(x.contiguous())
+    return torch.cat(rows, dim=0), dist.get_rank() * x.shape[0]
 
 
 def contrastive_logits(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor) -> Tensor:
