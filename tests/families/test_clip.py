@@ -116,6 +116,10 @@ def test_a_clip_run_resumes_exactly_loads_and_evaluates(tmp_path):
         run.generate(4)
     with pytest.raises(ValueError, match="n=301: the digits test split has 300 examples"):
         run.evaluate(301)
+    with pytest.raises(ValueError, match="a clip run has no density"):
+        run.evaluate(nll=5)
+    with pytest.raises(ValueError, match="a clip run does not sample"):
+        run.evaluate(text_accuracy=5)
 
 
 def test_bad_settings_are_refused_naming_what_is_valid(tmp_path):

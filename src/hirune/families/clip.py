@@ -147,6 +147,9 @@ class Clip(Family):
         from ..evaluation.contrastive import recall_at_1, zero_shot_report
 
         n = check_eval_counts(self, self.data, n, nll, text_accuracy, denoising_error)
+        if text_accuracy:
+            raise ValueError("--text-accuracy scores the samples of a text-to-image run; a clip run does not sample "
+                             "(its evaluation gives zero-shot accuracy with the training and held-out phrasings)")
         refuse_extras(self, nll, text_accuracy, denoising_error)
         test = load_dataset(self.data.name, "test")
         idx = torch.linspace(0, len(test.data) - 1, n).round().long() if n > 1 else torch.zeros(1, dtype=torch.long)
