@@ -14,6 +14,7 @@ from torch import nn
 
 from hirune.data import data_format
 from hirune.data.captions import NAMES, TRAIN_TEMPLATES, caption
+from hirune.evaluation.contrastive import class_embeddings, recall_at_1, zero_shot_labels
 from hirune.families.clip import Clip
 from hirune.training import load, preset_config, train
 from hirune.training.trainer import Trainer
@@ -58,6 +59,8 @@ def test_zero_shot_on_a_hand_built_network_gives_the_expected_labels(tmp_path):
     assert torch.equal(run.zero_shot(images), labels)                       # "an image of a {name}"
     assert torch.equal(run.zero_shot(images, "the number {digit}"), labels)
     assert torch.equal(run.zero_shot(images, list(TRAIN_TEMPLATES)), labels)  # a prompt ensemble
+    every = class_embeddings(run.embed_text, TRAIN_TEMPLATES, all_attributes=True)  # x 9 attribute variants
+    assert torch.equal(zero_shot_labels(run.embed_image(images), every), labels)
     sim = run.similarity(images[:2], ["a handwritten seven", "a zero", "the digit 3"])
     assert sim.shape == (2, 3) and sim[0].argmax() == 0 and sim[1].argmax() == 1
     with pytest.raises(ValueError, match="prompt_template='an image of a digit' is not valid; valid: a string"):
@@ -66,6 +69,14 @@ def test_zero_shot_on_a_hand_built_network_gives_the_expected_labels(tmp_path):
         run.zero_shot(images, "a {colour} {name}")
     with pytest.raises(ValueError, match=r"images of this run are \(N, 1, 8, 8\)"):
         run.embed_image(torch.zeros(2, 1, 28, 28))
+
+
+def test_recall_counts_a_retrieval_of_the_same_caption_string():
+    """Equal captions have equal embeddings: retrieving any of them is correct."""
+    e = torch.eye(3)
+    image, text = e[[0, 0, 1, 2]], e[[0, 0, 2, 1]]  # examples 0 and 1 share a caption; 2 and 3 are swapped
+    r = recall_at_1(image, text, ["a one", "a one", "a two", "a three"])
+    assert r == {"recall_image_to_text": 0.5, "recall_text_to_image": 0.5, "distinct_captions": 3}
 
 
 def test_training_draws_a_training_phrasing_per_example_and_step(tmp_path):
@@ -111,7 +122,8 @@ def test_a_clip_run_resumes_exactly_loads_and_evaluates(tmp_path):
     report = run.evaluate(30)
     assert report["examples"] == 30 and 0 <= report["zero_shot_held_out"] <= 1
     assert set(report["zero_shot_train_phrasings"]) == set(TRAIN_TEMPLATES)
-    assert {"recall_image_to_text", "recall_text_to_image", "zero_shot_train"} <= set(report)
+    assert {"recall_image_to_text", "recall_text_to_image", "zero_shot_train", "zero_shot_train_all_attributes",
+            "zero_shot_held_out_all_attributes"} <= set(report)
     with pytest.raises(ValueError, match="a clip run does not sample"):
         run.generate(4)
     with pytest.raises(ValueError, match="n=301: the digits test split has 300 examples"):

@@ -63,3 +63,14 @@ def test_temperature_starts_at_0_07_and_the_scale_is_clamped_at_100():
     assert float(model.log_logit_scale.grad) == pytest.approx(100.0)
     with pytest.raises(ValueError, match="init_temperature=0.001 is not valid"):
         build_model("clip", image_size=8, vocab_size=20, init_temperature=0.001)
+
+
+def test_bad_sizes_are_refused_naming_what_is_valid():
+    with pytest.raises(ValueError, match="CLIPConfig.channels=12 is not valid; valid: a multiple of 8"):
+        build_model("clip", channels=12)
+    with pytest.raises(ValueError, match="CLIPConfig.embed_dim=0 is not valid"):
+        build_model("clip", embed_dim=0)
+    with pytest.raises(ValueError, match="text_dim a multiple of text_heads"):
+        build_model("clip", text_dim=30, text_heads=4)
+    with pytest.raises(TypeError, match="CLIPConfig.embed_dim must be int"):
+        build_model("clip", embed_dim="big")

@@ -17,15 +17,18 @@ from torch import Tensor
 
 
 def class_embeddings(embed_text: Callable[[list[str]], Tensor], templates: Sequence[str],
-                     num_classes: int = 10) -> Tensor:
-    """(num_classes, D) unit vectors: for each digit, the unit text embeddings of its prompt
-    under every template (`data.captions.caption` with the plain attributes: no thickness,
-    upright) averaged and renormalised -- CLIP's prompt ensembling (sec. 3.1.4) in
-    embedding space.  One template: that prompt's embedding."""
+                     num_classes: int = 10, all_attributes: bool = False) -> Tensor:
+    """(num_classes, D) unit vectors: for each digit, the unit text embeddings of its prompts
+    under every template averaged and renormalised -- CLIP's prompt ensembling (sec. 3.1.4)
+    in embedding space.  The prompts (`data.captions.caption`) carry the plain attributes
+    (regular thickness, upright: "an image of a seven"), or with `all_attributes` each of the
+    9 thickness x slant variants ("a thin seven, slanted left", ...), all averaged.  One
+    template, plain: that prompt's embedding."""
     from ..data.captions import caption
 
-    prompts = [caption(k, template=t) for t in templates for k in range(num_classes)]
-    emb = embed_text(prompts).reshape(len(templates), num_classes, -1)
+    variants = [(th, sl) for th in range(3) for sl in range(3)] if all_attributes else [(1, 1)]
+    prompts = [caption(k, th, sl, t) for t in templates for th, sl in variants for k in range(num_classes)]
+    emb = embed_text(prompts).reshape(len(templates) * len(variants), num_classes, -1)
     return F.normalize(emb.mean(0), dim=-1)
 
 
@@ -50,8 +53,10 @@ def recall_at_1(image_emb: Tensor, text_emb: Tensor, captions: Sequence[str]) ->
 
 def zero_shot_report(embed_image: Callable[[Tensor], Tensor], embed_text: Callable[[list[str]], Tensor],
                      images: Tensor, labels: Tensor, template_sets: dict[str, Sequence[str]]) -> dict:
-    """Zero-shot accuracy of every template alone and of each set's ensemble:
-    {"zero_shot_<set>": ensemble accuracy, "zero_shot_<set>_phrasings": {template: accuracy}}."""
+    """Zero-shot accuracy of every template alone and of each set's ensembles:
+    {"zero_shot_<set>": the set's templates ensembled (plain attributes),
+    "zero_shot_<set>_all_attributes": the set's templates x the 9 attribute variants ensembled,
+    "zero_shot_<set>_phrasings": {template: accuracy, plain attributes}}."""
     image_emb = embed_image(images)
     out: dict = {}
     for name, templates in template_sets.items():
@@ -59,5 +64,7 @@ def zero_shot_report(embed_image: Callable[[Tensor], Tensor], embed_text: Callab
                for t in templates}
         ensemble = zero_shot_labels(image_emb, class_embeddings(embed_text, templates))
         out[f"zero_shot_{name}"] = float((ensemble == labels).double().mean())
+        every = zero_shot_labels(image_emb, class_embeddings(embed_text, templates, all_attributes=True))
+        out[f"zero_shot_{name}_all_attributes"] = float((every == labels).double().mean())
         out[f"zero_shot_{name}_phrasings"] = per
     return out

@@ -139,7 +139,8 @@ class Clip(Family):
                  **unused) -> dict:
         """On n test examples (None: all of them; fewer: spread evenly over the split, which
         is sorted by digit on mnist5k): zero-shot accuracy with each training and
-        held-out phrasing and with each set as a prompt ensemble, and recall@1 image -> text
+        held-out phrasing and with each set as a prompt ensemble (plain attributes, and all
+        9 thickness x slant variants; `evaluation.contrastive`), and recall@1 image -> text
         and text -> image over the examples' captions (example i written in training phrasing
         i mod 4, its measured attributes included)."""
         from ..data import load_dataset

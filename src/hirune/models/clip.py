@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn.context import TextTransformer, masked_mean
+from .config import check_fields
 
 MAX_LOG_LOGIT_SCALE = math.log(100.0)
 
@@ -46,6 +47,23 @@ class CLIPConfig:
     text_in_dim: int = 384             # vocab_size 0: the frozen encoder's feature width (MiniLM: 384)
     context_len: int = 32              # tokens per caption
     init_temperature: float = 0.07     # logit scale starts at 1 / this
+
+    def __post_init__(self):
+        check_fields(self)
+        for name in ("in_channels", "image_size", "embed_dim", "text_dim", "text_depth", "text_heads", "text_in_dim",
+                     "context_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"CLIPConfig.{name}={getattr(self, name)} is not valid; valid: an integer >= 1")
+        if self.channels < 8 or self.channels % 8:
+            raise ValueError(f"CLIPConfig.channels={self.channels} is not valid; valid: a multiple of 8 (GroupNorm "
+                             "of 8 groups)")
+        if self.vocab_size < 0 or self.text_dim % self.text_heads:
+            raise ValueError(f"CLIPConfig vocab_size={self.vocab_size}, text_dim={self.text_dim}, text_heads="
+                             f"{self.text_heads} are not valid; valid: vocab_size >= 0 (0: frozen features), "
+                             "text_dim a multiple of text_heads")
+        if not 0.01 <= self.init_temperature < math.inf:
+            raise ValueError(f"init_temperature={self.init_temperature!r} is not valid; valid: a number >= 0.01 "
+                             "(the logit scale 1 / temperature is at most 100)")
 
 
 class ImageTower(nn.Module):
@@ -93,9 +111,6 @@ class CLIP(nn.Module):
 
     def __init__(self, config: CLIPConfig):
         super().__init__()
-        if not 0.01 <= config.init_temperature < math.inf:
-            raise ValueError(f"init_temperature={config.init_temperature!r} is not valid; valid: a number >= 0.01 "
-                             "(the logit scale 1 / temperature is at most 100)")
         self.config = config
         self.image = ImageTower(config)
         self.text = TextTower(config)
