@@ -22,5 +22,6 @@ from .clip import Clip
 from .diffusion import Diffusion, DiffusionConfig
 from .normalizing_flow import NormalizingFlow
 
-__all__ = ["FAMILIES", "Autoencoder", "Batch", "Classifier", "Clip", "Context", "Diffusion", "DiffusionConfig",
-           "Draw", "Family", "NormalizingFlow", "get_family", "register"]
+__all__ = ["FAMILIES", "Autoencoder", "Batch", "Classifier", "Context", "Diffusion", "DiffusionConfig", "Draw",
+           "Family", "NormalizingFlow", "get_family", "register"]
+__all__ += ["Clip"]

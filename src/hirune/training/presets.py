@@ -10,8 +10,7 @@ classifiers for classifier guidance on the digit sets (classifier-digits, -mnist
 normalizing flows (realnvp and maf on the toys, realnvp and glow on the digit sets),
 the autoencoders of latent diffusion (kl-ae-, vq-ae- on the digit sets) and latent
 diffusion on them (ldm-mnist5k, ldm-dit-mnist5k, text-[minilm-]ldm-mnist5k), transformer
-backbones (dit-*, uvit-*) and text-to-image (text-*, text-minilm-*) on the digit sets;
-CLIP on the digit sets (clip-digits, clip-mnist5k).
+backbones (dit-*, uvit-*) and text-to-image (text-*, text-minilm-*) on the digit sets.
 """
 
 from __future__ import annotations
@@ -171,7 +170,8 @@ PRESETS["text-minilm-ldm-mnist5k"] = {**PRESETS["ldm-mnist5k"], "text_encoder": 
 
 # CLIP (contrastive image-text): a CNN image tower and the tiny text transformer, 64-d joint
 # embeddings, trained on (image, caption) pairs with a training phrasing drawn per example
-# and step; no previews.  clip-mnist5k: about 5 minutes on 2 CPU cores (README, "CLIP").
+# and step; no previews.  clip-mnist5k: 95 CPU-seconds, 3.7 to 5.5 minutes on the shared
+# 2-core machine; 92.2% zero-shot on the test digits (README, "CLIP").
 _CLIP = dict(family="clip", model="clip", text_encoder="tiny", batch_size=128, lr=1e-3, warmup=50,
              weight_decay=0.0, ema_decay=0.99, log_every=25, sample_every=0, ckpt_every=250)
 PRESETS["clip-digits"] = {**_CLIP, "dataset": "digits", "steps": 600, "model_config": {"channels": 32}}
