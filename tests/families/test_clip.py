@@ -141,6 +141,8 @@ def test_bad_settings_are_refused_naming_what_is_valid(tmp_path):
         check_config(config(tmp_path, text_encoder="bert"))
     with pytest.raises(ValueError, match="dataset='two_moons' is not valid for a clip run; valid: labelled"):
         check_config(config(tmp_path, dataset="two_moons"))
+    with pytest.raises(ValueError, match="CLIPConfig.channels=12 is not valid"):
+        check_config(config(tmp_path, model_config={"channels": 12}))
     with pytest.raises(ValueError, match=r"family 'clip' trains model in \['clip'\], not 'unet'"):
         check_config(config(tmp_path, model="unet"))
     assert caption(3, template="an image of a {name}") == "an image of a three"

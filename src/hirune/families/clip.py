@@ -55,9 +55,11 @@ class Clip(Family):
     @classmethod
     def check(cls, cfg, config) -> None:
         from ..data import data_format, dataset_source
+        from ..models import model_config
 
         super().check(cfg, config)
         check_choices(config, {"text_encoder": TEXT_ENCODERS})
+        model_config(cfg.model, cfg.model_config)  # the network's sizes, refused before any folder is made
         if dataset_source(cfg.dataset) == "registered":  # (other datasets are checked when built)
             check_captioned(data_format(cfg.dataset))
 
