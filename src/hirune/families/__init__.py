@@ -10,6 +10,7 @@ and the loader call through one interface (`base.Family`) without asking which i
     autoencoder.py       the first stage of latent diffusion (+ adversary.py: its optional
                          patch discriminator)
     classifier.py        noise-aware classifiers for classifier guidance
+    clip.py              CLIP: contrastive image-text embeddings, zero-shot classification
 
 Adding a family is one new module with a registered `Family` subclass, imported here.
 """
@@ -17,8 +18,10 @@ Adding a family is one new module with a registered `Family` subclass, imported 
 from .autoencoder import Autoencoder
 from .base import FAMILIES, Batch, Context, Draw, Family, get_family, register
 from .classifier import Classifier
+from .clip import Clip
 from .diffusion import Diffusion, DiffusionConfig
 from .normalizing_flow import NormalizingFlow
 
 __all__ = ["FAMILIES", "Autoencoder", "Batch", "Classifier", "Context", "Diffusion", "DiffusionConfig", "Draw",
            "Family", "NormalizingFlow", "get_family", "register"]
+__all__ += ["Clip"]

@@ -12,6 +12,7 @@ y: (B,) int64 labels; `num_classes` is the null label, y=None means all-null.
     build_model("kl_autoencoder", size="f4", in_channels=1)   # autoencoders: encode(x), decode(z)
     build_model("vq_autoencoder", size="f2", in_channels=1, codebook_size=128)
     PatchDiscriminator(in_channels=1, channels=32, n_layers=1)   # their optional GAN loss: patch logits
+    build_model("clip", image_size=28, vocab_size=40)   # CLIP: (image_emb, text_emb, logit_scale)
     model_config("unet", {"channels": 64, "channel_mult": [1, 2, 2]})   # e.g. from JSON
 
 `dataclasses.asdict(model.config)` gives back a dict `model_config` accepts.
@@ -28,6 +29,7 @@ from .normalizing_flow import Flow, FlowConfig
 from .autoencoder import (AUTOENCODER_SIZES, KLAutoencoder, KLAutoencoderConfig, VQAutoencoder,
                           VQAutoencoderConfig)
 from .classifier import ClassifierConfig, NoisyClassifier
+from .clip import CLIP, CLIPConfig
 from .config import config_from_dict
 from .discriminator import PatchDiscriminator
 from .dit import DIT_SIZES, DiT, DiTConfig
@@ -46,6 +48,7 @@ MODELS: dict[str, tuple[type[nn.Module], type, dict[str, dict]]] = {
     # autoencoders for latent diffusion, model(x) -> AutoencoderOutput (Rombach et al. 2022)
     "kl_autoencoder": (KLAutoencoder, KLAutoencoderConfig, AUTOENCODER_SIZES),
     "vq_autoencoder": (VQAutoencoder, VQAutoencoderConfig, AUTOENCODER_SIZES),  # VQGAN
+    "clip": (CLIP, CLIPConfig, {}),                         # image and text towers (Radford et al. 2021)
 }
 AUTOENCODERS = ("kl_autoencoder", "vq_autoencoder")
 
