@@ -10,6 +10,8 @@ and the loader call through one interface (`base.Family`) without asking which i
     autoencoder.py       the first stage of latent diffusion (+ adversary.py: its optional
                          patch discriminator)
     classifier.py        noise-aware classifiers for classifier guidance
+    dalle.py             DALL-E's text-to-image transformer over a tokenizer run's image codes
+                         (+ dalle_tokens.py: image and text tokenizers; dalle_sampling.py)
 
 Adding a family is one new module with a registered `Family` subclass, imported here.
 """
@@ -17,8 +19,9 @@ Adding a family is one new module with a registered `Family` subclass, imported 
 from .autoencoder import Autoencoder
 from .base import FAMILIES, Batch, Context, Draw, Family, get_family, register
 from .classifier import Classifier
+from .dalle import Dalle
 from .diffusion import Diffusion, DiffusionConfig
 from .normalizing_flow import NormalizingFlow
 
-__all__ = ["FAMILIES", "Autoencoder", "Batch", "Classifier", "Context", "Diffusion", "DiffusionConfig", "Draw",
+__all__ = ["FAMILIES", "Autoencoder", "Batch", "Classifier", "Context", "Dalle", "Diffusion", "DiffusionConfig", "Draw",
            "Family", "NormalizingFlow", "get_family", "register"]

@@ -11,6 +11,7 @@ y: (B,) int64 labels; `num_classes` is the null label, y=None means all-null.
     build_model("uvit", size="tiny", in_channels=1, image_size=28, patch_size=4)
     build_model("kl_autoencoder", size="f4", in_channels=1)   # autoencoders: encode(x), decode(z)
     build_model("vq_autoencoder", size="f2", in_channels=1, codebook_size=128)
+    build_model("dalle", text_vocab=64, num_codes=256, image_len=49)   # model(text, codes) -> logits
     PatchDiscriminator(in_channels=1, channels=32, n_layers=1)   # their optional GAN loss: patch logits
     model_config("unet", {"channels": 64, "channel_mult": [1, 2, 2]})   # e.g. from JSON
 
@@ -29,6 +30,7 @@ from .autoencoder import (AUTOENCODER_SIZES, KLAutoencoder, KLAutoencoderConfig,
                           VQAutoencoderConfig)
 from .classifier import ClassifierConfig, NoisyClassifier
 from .config import config_from_dict
+from .dalle import DalleConfig, DalleTransformer
 from .discriminator import PatchDiscriminator
 from .dit import DIT_SIZES, DiT, DiTConfig
 from .mlp import MLP, MLPConfig
@@ -46,6 +48,8 @@ MODELS: dict[str, tuple[type[nn.Module], type, dict[str, dict]]] = {
     # autoencoders for latent diffusion, model(x) -> AutoencoderOutput (Rombach et al. 2022)
     "kl_autoencoder": (KLAutoencoder, KLAutoencoderConfig, AUTOENCODER_SIZES),
     "vq_autoencoder": (VQAutoencoder, VQAutoencoderConfig, AUTOENCODER_SIZES),  # VQGAN
+    # DALL-E's causal transformer over [text tokens | image codes] (Ramesh et al. 2021)
+    "dalle": (DalleTransformer, DalleConfig, {}),
 }
 AUTOENCODERS = ("kl_autoencoder", "vq_autoencoder")
 
@@ -86,6 +90,6 @@ def build_model(kind: str, config: Mapping[str, Any] | None = None, /, **overrid
 
 
 __all__ = ["AUTOENCODERS", "AUTOENCODER_SIZES", "DIT_SIZES", "MLP", "MODELS", "UNET_SIZES", "UVIT_SIZES",
-           "ClassifierConfig", "DiT", "DiTConfig", "KLAutoencoder", "KLAutoencoderConfig", "MLPConfig",
+           "ClassifierConfig", "DalleConfig", "DalleTransformer", "DiT", "DiTConfig", "KLAutoencoder", "KLAutoencoderConfig", "MLPConfig",
            "NoisyClassifier", "PatchDiscriminator", "UNet", "UNetConfig", "UViT", "UViTConfig",
            "VQAutoencoder", "VQAutoencoderConfig", "build_model", "model_config"]
