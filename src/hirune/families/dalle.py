@@ -61,7 +61,8 @@ def token_loss(forward, vocabulary, text: Tensor, codes: Tensor, text_loss_weigh
     image's codes.  forward: the network (or its DDP wrapper); vocabulary: its
     `JointVocabulary`; text (B, L) ids, codes (B, N)."""
     L = text.shape[1]
-    logits = forward(text, codes[:, :-1]).float()                      # (B, L + N - 1, V)
+    logits = forward(text, codes[:, :-1])                              # (B, L + N - 1, V)
+    logits = logits if logits.dtype == torch.float64 else logits.float()  # autocast's bf16: scored in fp32
     text_targets = text[:, 1:]
     text_ce = F.cross_entropy(vocabulary.text_logits(logits[:, : L - 1]).transpose(1, 2), text_targets,
                               reduction="none")
