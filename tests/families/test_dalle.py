@@ -238,3 +238,12 @@ def test_only_a_clip_run_on_the_same_dataset_reranks():
         check_scorer(clip, "digits")
     with pytest.raises(ValueError, match="needs a CLIP run .*not a diffusion run"):
         check_scorer(types.SimpleNamespace(name="diffusion", data=clip.data), "mnist5k")
+
+
+def test_cli_eval_scores_samples_and_text_accuracy(dalle_run, capsys):
+    capsys.readouterr()
+    assert main(["eval", str(dalle_run), "--n", "20", "--text-accuracy", "2"]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"frechet_distance", "class_accuracy", "train_phrasing_accuracy", "held_out_phrasing_accuracy"} <= set(metrics)
+    assert main(["eval", str(dalle_run), "--n", "20", "--sampler", "ddim"]) == 2
+    assert "--sampler, --steps and --guidance do not apply" in capsys.readouterr().err

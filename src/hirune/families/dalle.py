@@ -189,16 +189,21 @@ class Dalle(Family):
 
         return dalle_sampling.generate(self, n, *args, **options)
 
-    def evaluate(self, n: int | None = None, *, seed: int = 0, nll: int = 0, text_accuracy: int = 0,
+    def evaluate(self, n: int | None = None, *, sampler: str | None = None, steps: int | None = None, seed: int = 0,
+                 nll: int = 0, denoiser=None, guided_labels: bool = False, text_accuracy: int = 0,
                  denoising_error: int = 0, scale: float = 1.0, top_k: int | None = None,
-                 top_p: float | None = None, **unused) -> dict:
+                 top_p: float | None = None) -> dict:
         """n samples (captions naming the digits in turn) against the test split; text_accuracy:
-        that many samples per caption phrasing (`evaluation.text`)."""
+        that many samples per caption phrasing (`evaluation.text`); scale: classifier-free
+        guidance on the logits (1: off)."""
         from ..evaluation.quality import sample_quality
         from ..evaluation.text import text_accuracy as accuracy
 
         n = check_eval_counts(self, self.data, n, nll, text_accuracy, denoising_error)
         refuse_extras(self, nll, 0, denoising_error)
+        if sampler is not None or steps is not None or denoiser is not None or guided_labels:
+            raise ValueError("a dalle run draws image tokens one by one: --sampler, --steps and --guidance do not "
+                             "apply")
         options = {"scale": scale, "top_k": top_k, "top_p": top_p, "progress": False}
         out, labels = self.generate(n, seed=seed, **options)
         metrics = {"step": self.step, "dataset": self.data.name, "scale": scale, "nfe": out.nfe,

@@ -80,12 +80,25 @@ def generate(run, n: int, sampler: str | None = None, steps: int | None = None, 
     outs = []
     for chunk, chunk_seed in sample_chunks(n, seed):
         generator = torch.Generator(device=run.device).manual_seed(chunk_seed)
-        codes = sample_image_tokens(run.model, text[chunk].to(run.device), h * w,
-                                    prime=primed[chunk] if primed is not None else None, temperature=temperature,
-                                    top_k=top_k, top_p=top_p, scale=scale, null_text=null, use_cache=use_cache,
-                                    generator=generator)
+        with _bar(progress, h * w - (primed.shape[1] if primed is not None else 0)) as bar:
+            codes = sample_image_tokens(run.model, text[chunk].to(run.device), h * w,
+                                        prime=primed[chunk] if primed is not None else None,
+                                        temperature=temperature, top_k=top_k, top_p=top_p, scale=scale,
+                                        null_text=null, use_cache=use_cache, generator=generator,
+                                        callback=(lambda k: bar.update(1)) if bar is not None else None)
         outs.append(run.image_tokenizer.decode(codes.view(-1, h, w)))
     return SampleOutput(torch.cat(outs), h * w - (rows * w if primed is not None else 0)), labels
+
+
+def _bar(progress: bool, total: int):
+    """A progress bar over the tokens drawn (a context giving None when off)."""
+    from contextlib import nullcontext
+
+    if not progress:
+        return nullcontext()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="tokens", unit="token", leave=False)
 
 
 def prime_codes(run, prime: Tensor | None, rows: int, n: int) -> Tensor | None:

@@ -74,13 +74,14 @@ def next_token(logits: Tensor, temperature: float, top_k: int, top_p: float, gen
 def sample_image_tokens(model, text: Tensor, image_len: int, *, prime: Tensor | None = None,
                         temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, scale: float = 1.0,
                         null_text: Tensor | None = None, use_cache: bool = True,
-                        generator: torch.Generator | None = None) -> Tensor:
+                        generator: torch.Generator | None = None, callback=None) -> Tensor:
     """Image codes (B, image_len) for the captions' tokens `text` (B, L).
 
     prime: (B, K) codes of the first K positions (e.g. the top rows of a real image), kept
     as given; the rest are drawn.  scale != 1 guides with `null_text` (1, L), the null
     caption's tokens.  use_cache=False recomputes the whole prefix at every token (the
-    reference the cache must equal)."""
+    reference the cache must equal).  callback(k) after each token drawn, k the codes so
+    far (a progress bar)."""
     check_sampling_options(temperature, top_k, top_p, scale)
     B = len(text)
     codes = torch.zeros(B, 0, dtype=torch.long, device=text.device) if prime is None else prime.long()
@@ -98,4 +99,6 @@ def sample_image_tokens(model, text: Tensor, image_len: int, *, prime: Tensor | 
         if guided:
             logits = guided_logits(*logits.chunk(2), scale)
         codes = torch.cat([codes, next_token(logits, temperature, top_k, top_p, generator)[:, None]], 1)
+        if callback is not None:
+            callback(codes.shape[1])
     return codes

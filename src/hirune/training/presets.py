@@ -177,8 +177,8 @@ PRESETS["text-minilm-ldm-mnist5k"] = {**PRESETS["ldm-mnist5k"], "text_encoder": 
 _DALLE = dict(family="dalle", model="dalle", batch_size=64, lr=1e-3, warmup=100, ema_decay=0.995, log_every=50,
               sample_every=500, ckpt_every=500, num_samples=64)
 # dalle-mnist5k: 0.25 M parameters, about 6 minutes on one loaded CPU thread (OMP_NUM_THREADS=1)
-PRESETS["dalle-mnist5k"] = {**_DALLE, "dataset": "mnist5k", "tokenizer": "runs/vq-ae-mnist5k", "steps": 700,
-                            "batch_size": 32, "lr": 2e-3, "sample_every": 700, "ckpt_every": 100,
+PRESETS["dalle-mnist5k"] = {**_DALLE, "dataset": "mnist5k", "tokenizer": "runs/vq-ae-mnist5k", "steps": 1400,
+                            "batch_size": 32, "lr": 2e-3, "sample_every": 1400, "ckpt_every": 200,
                             "model_config": {"width": 64, "depth": 4, "heads": 4}}
 PRESETS["dalle-digits"] = {**_DALLE, "dataset": "digits", "tokenizer": "runs/vq-ae-digits", "steps": 1500,
                            "model_config": {"width": 64, "depth": 3, "heads": 4}}
