@@ -247,3 +247,20 @@ def test_cli_eval_scores_samples_and_text_accuracy(dalle_run, capsys):
     assert {"frechet_distance", "class_accuracy", "train_phrasing_accuracy", "held_out_phrasing_accuracy"} <= set(metrics)
     assert main(["eval", str(dalle_run), "--n", "20", "--sampler", "ddim"]) == 2
     assert "--sampler, --steps and --guidance do not apply" in capsys.readouterr().err
+
+
+def test_cli_rerank_keeps_the_best_of_n_by_the_scorer(dalle_run, tmp_path, monkeypatch):
+    """`--rerank N --clip RUN` through the CLI, the CLIP run replaced by the fake scorer:
+    each kept sample is the brightest of its N candidates (drawn with the same seed)."""
+    import numpy as np
+
+    from hirune.inference import rerank as rerank_module
+
+    monkeypatch.setattr(rerank_module, "load_scorer", lambda path, dataset: _BrightnessScorer())
+    out = tmp_path / "best.npz"
+    assert main(["sample", str(dalle_run), "--prompt", "a seven", "--rerank", "3", "--clip", "fake", "--n", "2",
+                 "--top-k", "8", "--out", str(out)]) == 0
+    best = torch.from_numpy(np.load(out)["samples"])
+    candidates = load(dalle_run).generate(6, prompts=["a seven"] * 6, top_k=8, progress=False)[0].x.view(2, 3, 1, 8, 8)
+    expected = candidates[torch.arange(2), candidates.flatten(2).mean(2).argmax(1)]
+    assert torch.equal(best, expected)

@@ -178,7 +178,10 @@ class Dalle(Family):
         from . import dalle_tokens
 
         if self.config.text_tokenizer == "bpe":
-            self.text = dalle_tokens.text_tokenizer(self.config, saved=state.get("text_tokenizer"))
+            if not state.get("text_tokenizer"):
+                raise ValueError("this dalle checkpoint or export holds no BPE text tokenizer (state "
+                                 "'text_tokenizer'); re-export the run with this version of hirune")
+            self.text = dalle_tokens.text_tokenizer(self.config, saved=state["text_tokenizer"])
 
     def preview(self, n: int) -> Tensor:
         return self.generate(n, seed=self.cfg.seed, progress=False)[0].x
