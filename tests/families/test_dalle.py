@@ -264,3 +264,28 @@ def test_cli_rerank_keeps_the_best_of_n_by_the_scorer(dalle_run, tmp_path, monke
     candidates = load(dalle_run).generate(6, prompts=["a seven"] * 6, top_k=8, progress=False)[0].x.view(2, 3, 1, 8, 8)
     expected = candidates[torch.arange(2), candidates.flatten(2).mean(2).argmax(1)]
     assert torch.equal(best, expected)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "zero3"])
+def test_two_processes_equal_one(tokenizer_run, dalle_run, tmp_path, strategy):
+    """2 gloo processes with half the batch each train the same run as one process (the
+    module's run: the same config), under DDP and FSDP2 (zero3, sharded checkpoints)."""
+    import os
+    import subprocess
+    import sys
+
+    import hirune
+
+    out = tmp_path / strategy
+    items = [f"tokenizer={tokenizer_run}", "steps=4", "batch_size=8", 'model_config={"width": 16, "depth": 1, "heads": 2}',
+             "sample_every=4", "num_samples=4", "ckpt_every=2", "log_every=1", f"out={out}", f"strategy={strategy}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(hirune.__path__[0].rsplit("/", 1)[0])}
+    proc = subprocess.run([sys.executable, "-m", "hirune", "train", "dalle-digits", *items, "--nproc", "2"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    loss = lambda run: [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert max(abs(a - b) for a, b in zip(loss(out), loss(dalle_run))) < 1e-5
+    one, two = load(dalle_run).model.state_dict(), load(out).model.state_dict()
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], rtol=1e-5, atol=1e-5, msg=k)
