@@ -245,8 +245,12 @@ def test_cli_eval_scores_samples_and_text_accuracy(dalle_run, capsys):
     assert main(["eval", str(dalle_run), "--n", "20", "--text-accuracy", "2"]) == 0
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {"frechet_distance", "class_accuracy", "train_phrasing_accuracy", "held_out_phrasing_accuracy"} <= set(metrics)
+    assert main(["eval", str(dalle_run), "--n", "20", "--scale", "3"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["scale"] == 3.0
     assert main(["eval", str(dalle_run), "--n", "20", "--sampler", "ddim"]) == 2
     assert "--sampler, --steps and --guidance do not apply" in capsys.readouterr().err
+    assert main(["eval", str(dalle_run), "--n", "20", "--guidance", "classifier"]) == 2
+    assert "guided by --scale S alone" in capsys.readouterr().err
 
 
 def test_cli_rerank_keeps_the_best_of_n_by_the_scorer(dalle_run, tmp_path, monkeypatch):

@@ -245,10 +245,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..training.loading import load
 
     run = load(args.run)
+    if getattr(run, "samples_tokens", False):  # dalle: classifier-free guidance on the logits at --scale
+        if args.guidance == "classifier" or args.rescale or args.interval:
+            raise CLIError("a dalle run is guided by --scale S alone (classifier-free guidance on its logits)")
+        guidance = {"scale": args.scale}
+    else:
+        guidance = {"denoiser": _guided(run, args), "guided_labels": args.guidance == "classifier"}
     metrics = {"run": str(args.run), **run.evaluate(
-        args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, nll=args.nll, denoiser=_guided(run, args),
-        guided_labels=args.guidance == "classifier", text_accuracy=args.text_accuracy,
-        denoising_error=args.denoising_error)}
+        args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, nll=args.nll,
+        text_accuracy=args.text_accuracy, denoising_error=args.denoising_error, **guidance)}
     if args.guidance != "none":
         metrics.update({"guidance": args.guidance, "scale": args.scale})
     print(json.dumps(metrics))
