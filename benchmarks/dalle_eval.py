@@ -17,8 +17,6 @@ import argparse
 import json
 import time
 
-import torch
-
 
 def priming(run, count: int, rows: int, seed: int = 0) -> dict:
     from hirune.data import load_dataset

@@ -93,8 +93,7 @@ def test_resume_is_exact(tokenizer_run, dalle_run, tmp_path):
     half = _config(tokenizer_run, tmp_path / "half", steps=2)
     train(half, progress=False)
     train(TrainConfig.from_dict({**half.to_dict(), "steps": 4, "resume": True}), progress=False)
-    straight = [json.loads(line)["loss"] for line in (dalle_run / "metrics.jsonl").read_text().splitlines()]
-    resumed = [json.loads(line)["loss"] for line in (tmp_path / "half" / "metrics.jsonl").read_text().splitlines()]
+    straight, resumed = _losses(dalle_run), _losses(tmp_path / "half")
     assert resumed == straight
     a, b = load(dalle_run).model.state_dict(), load(tmp_path / "half").model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -244,7 +243,8 @@ def test_cli_eval_scores_samples_and_text_accuracy(dalle_run, capsys):
     capsys.readouterr()
     assert main(["eval", str(dalle_run), "--n", "20", "--text-accuracy", "2"]) == 0
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert {"frechet_distance", "class_accuracy", "train_phrasing_accuracy", "held_out_phrasing_accuracy"} <= set(metrics)
+    expected = {"frechet_distance", "class_accuracy", "train_phrasing_accuracy", "held_out_phrasing_accuracy"}
+    assert expected <= set(metrics)
     assert main(["eval", str(dalle_run), "--n", "20", "--scale", "3"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["scale"] == 3.0
     assert main(["eval", str(dalle_run), "--n", "20", "--sampler", "ddim"]) == 2
@@ -270,6 +270,10 @@ def test_cli_rerank_keeps_the_best_of_n_by_the_scorer(dalle_run, tmp_path, monke
     assert torch.equal(best, expected)
 
 
+def _losses(run) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "zero3"])
 def test_two_processes_equal_one(tokenizer_run, dalle_run, tmp_path, strategy):
@@ -282,14 +286,16 @@ def test_two_processes_equal_one(tokenizer_run, dalle_run, tmp_path, strategy):
     import hirune
 
     out = tmp_path / strategy
-    items = [f"tokenizer={tokenizer_run}", "steps=4", "batch_size=8", 'model_config={"width": 16, "depth": 1, "heads": 2}',
+    items = [f"tokenizer={tokenizer_run}", "steps=4", "batch_size=8",
+             'model_config={"width": 16, "depth": 1, "heads": 2}',
              "sample_every=4", "num_samples=4", "ckpt_every=2", "log_every=1", f"out={out}", f"strategy={strategy}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(hirune.__path__[0].rsplit("/", 1)[0])}
     proc = subprocess.run([sys.executable, "-m", "hirune", "train", "dalle-digits", *items, "--nproc", "2"],
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    loss = lambda run: [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
-    assert max(abs(a - b) for a, b in zip(loss(out), loss(dalle_run))) < 1e-5
+    two_losses, one_losses = _losses(out), _losses(dalle_run)
+    assert len(two_losses) == len(one_losses) == 4
+    assert max(abs(a - b) for a, b in zip(two_losses, one_losses)) < 1e-5
     one, two = load(dalle_run).model.state_dict(), load(out).model.state_dict()
     for k in one:
         torch.testing.assert_close(two[k], one[k], rtol=1e-5, atol=1e-5, msg=k)

@@ -100,7 +100,8 @@ def test_priming_keeps_the_given_codes_bitwise():
     prime = torch.randint(0, 12, (4, 3), generator=torch.Generator().manual_seed(9))
     codes = sample_image_tokens(model, text, N, prime=prime, generator=torch.Generator().manual_seed(1))
     assert codes.shape == (4, N) and torch.equal(codes[:, :3], prime)
-    again = sample_image_tokens(model, text, N, prime=prime, use_cache=False, generator=torch.Generator().manual_seed(1))
+    again = sample_image_tokens(model, text, N, prime=prime, use_cache=False,
+                                generator=torch.Generator().manual_seed(1))
     assert torch.equal(codes, again)
     with pytest.raises(ValueError, match=r"prime must be \(B=4, K <= 9\)"):
         sample_image_tokens(model, text, N, prime=torch.zeros(4, N + 1, dtype=torch.long))

@@ -147,7 +147,8 @@ class DalleTransformer(nn.Module):
         super().__init__()
         self.config = c = config
         self.vocabulary = JointVocabulary(c.text_vocab, c.num_codes)
-        self.text_embedding, self.image_embedding = nn.Embedding(c.text_vocab, c.width), nn.Embedding(c.num_codes, c.width)
+        self.text_embedding = nn.Embedding(c.text_vocab, c.width)
+        self.image_embedding = nn.Embedding(c.num_codes, c.width)
         self.text_positions = nn.Parameter(torch.zeros(c.text_len, c.width))
         self.image_positions = nn.Parameter(torch.zeros(c.image_len, c.width))
         self.blocks = nn.ModuleList(Block(c.width, c.heads, c.dropout) for _ in range(c.depth))
