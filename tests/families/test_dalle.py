@@ -182,6 +182,8 @@ def test_settings_are_checked(tokenizer_run, tmp_path):
         train(_config(tokenizer_run, tmp_path / "a", tokenizer=""), progress=False)
     with pytest.raises(ValueError, match="text_tokenizer"):
         train(_config(tokenizer_run, tmp_path / "b", text_tokenizer="chars"), progress=False)
+    with pytest.raises(ValueError, match=r"model_config keys \['text_len'\] of a dalle run come from its settings"):
+        train(_config(tokenizer_run, tmp_path / "d", model_config={"width": 16, "text_len": 8}), progress=False)
     with pytest.raises(FileNotFoundError, match="hirune train vq-ae-mnist5k"):
         train(_config(tokenizer_run, tmp_path / "c", tokenizer=str(tmp_path / "nowhere")), progress=False)
 

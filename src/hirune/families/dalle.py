@@ -112,6 +112,10 @@ class Dalle(Family):
         if not config.tokenizer:
             raise ValueError("dalle needs tokenizer=RUN, a trained image tokenizer run (e.g. `hirune train "
                              "vq-ae-mnist5k`, then tokenizer=runs/vq-ae-mnist5k)")
+        derived = sorted(set(cfg.model_config) & {"text_vocab", "text_len", "num_codes", "image_len"})
+        if derived:
+            raise ValueError(f"model_config keys {derived} of a dalle run come from its settings and tokenizers "
+                             "(text_len=, bpe_vocab=, the tokenizer run's codes); remove them from model_config")
 
     @classmethod
     def reference_paths(cls, config, training: bool) -> dict[str, str]:
