@@ -35,8 +35,6 @@ def generate(run, n: int, sampler: str | None = None, steps: int | None = None, 
     (classifier-free guidance, 1 = off) as in `sampling.autoregressive`; use_cache=False
     recomputes every prefix.  More than SAMPLE_CHUNK images are drawn in chunks, the k-th
     with seed + k."""
-    from .diffusion_sampling import class_labels, check_labels
-
     if sampler is not None or steps is not None or spacing is not None or denoiser is not None:
         raise ValueError("a dalle run draws image tokens one by one: sampler, steps, spacing and guided "
                          "denoisers do not apply (use temperature, top_k, top_p, scale)")
@@ -48,32 +46,8 @@ def generate(run, n: int, sampler: str | None = None, steps: int | None = None, 
     if scale != 1.0 and run.config.p_uncond <= 0:
         raise ValueError("classifier-free guidance (scale != 1) needs a run trained with caption dropout "
                          "(p_uncond > 0): its null caption was never trained")
-    given = [name for name, v in (("prompts", prompts), ("prompt", prompt), ("text_ids", text_ids),
-                                  ("labels", labels)) if v is not None]
-    if len(given) > 1 or (given and (label is not None or per_class)):
-        raise ValueError(f"give one of prompts, prompt, text_ids, labels, label / per_class; got {given}")
-    count = len(prompts) if prompts is not None else len(text_ids) if text_ids is not None else \
-        len(labels) if labels is not None else n
-    n = check_sample_count(run.data, count)
-    if text_ids is not None:
-        text = check_text_ids(text_ids, run.model.config.text_vocab)
-        if text.dim() != 2 or text.shape[1] != run.config.text_len:
-            raise ValueError(f"text_ids must be (B, text_len={run.config.text_len}), got {tuple(text.shape)}")
-    else:
-        if prompts is None and prompt is not None:
-            prompts = [prompt] * n
-        elif prompts is None and not (prime is not None and labels is None and label is None and not per_class):
-            from ..data.captions import caption
-
-            if labels is not None:
-                check_labels(run, labels)
-            else:
-                labels = class_labels(run, n, label, per_class)
-                n = len(labels)
-            prompts = [caption(int(k)) for k in labels]
-        elif prompts is None:
-            prompts = [""] * n
-        text = run.text_tokens(prompts)
+    text, labels = caption_tokens(run, n, prompts, prompt, labels, label, per_class, text_ids, prime is not None)
+    n = len(text)
     primed = prime_codes(run, prime, rows, n)
     h, w = run.grid
     null = run.text_tokens([""]) if scale != 1.0 else None
@@ -88,6 +62,37 @@ def generate(run, n: int, sampler: str | None = None, steps: int | None = None, 
                                         callback=(lambda k: bar.update(1)) if bar is not None else None)
         outs.append(run.image_tokenizer.decode(codes.view(-1, h, w)))
     return SampleOutput(torch.cat(outs), h * w - (rows * w if primed is not None else 0)), labels
+
+
+def caption_tokens(run, n: int, prompts, prompt, labels, label, per_class: bool, text_ids,
+                   primed: bool) -> tuple[Tensor, Tensor | None]:
+    """The captions' token ids (n', text_len) and the labels they name (or None), from one of
+    prompts / prompt / text_ids / labels / label / per_class (see `generate`)."""
+    from ..data.captions import caption
+    from .diffusion_sampling import check_labels, class_labels
+
+    given = [name for name, v in (("prompts", prompts), ("prompt", prompt), ("text_ids", text_ids),
+                                  ("labels", labels)) if v is not None]
+    if len(given) > 1 or (given and (label is not None or per_class)):
+        raise ValueError(f"give one of prompts, prompt, text_ids, labels, label / per_class; got {given}")
+    count = next((len(v) for v in (prompts, text_ids, labels) if v is not None), n)
+    n = check_sample_count(run.data, count)
+    if text_ids is not None:
+        text = check_text_ids(text_ids, run.model.config.text_vocab)
+        if text.dim() != 2 or text.shape[1] != run.config.text_len:
+            raise ValueError(f"text_ids must be (B, text_len={run.config.text_len}), got {tuple(text.shape)}")
+        return text.to(run.device), None
+    if prompt is not None:
+        prompts = [prompt] * n
+    elif prompts is None and primed and labels is None and label is None and not per_class:
+        prompts = [""] * n                     # an image completed with no caption
+    elif prompts is None:
+        if labels is not None:
+            check_labels(run, labels)
+        else:
+            labels = class_labels(run, n, label, per_class)
+        prompts = [caption(int(k)) for k in labels]
+    return run.text_tokens(prompts), labels
 
 
 def _bar(progress: bool, total: int):
