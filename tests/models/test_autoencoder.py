@@ -163,6 +163,25 @@ def test_perplexity_of_uniform_and_collapsed_assignments():
     assert perplexity(torch.tensor([0, 0, 1, 1]), 16).item() == pytest.approx(2.0)
 
 
+def test_vq_token_protocol_encodes_to_code_indices_and_decodes_them_back():
+    """The image-token protocol (`num_codes`, `encode_codes`, `decode_codes`) that DALL-E's
+    transformer reads: the indices are the quantiser's, and decoding them is decoding z_q."""
+    torch.manual_seed(0)
+    vq = build_model("vq_autoencoder", size="f2", in_channels=1, codebook_size=16, codebook_init="uniform").eval()
+    with torch.no_grad():
+        vq.quantizer.embedding.normal_()
+    x = torch.rand(3, 1, 8, 8) * 2 - 1
+    with torch.no_grad():
+        codes = vq.encode_codes(x)
+        assert vq.num_codes == 16 and codes.shape == (3, 4, 4) and codes.dtype == torch.int64
+        assert torch.equal(codes, vq.quantize(x).indices)
+        torch.testing.assert_close(vq.decode_codes(codes), vq.decode(vq.encode(x)))
+    with pytest.raises(ValueError, match="0..15"):
+        vq.decode_codes(torch.full((1, 4, 4), 16))
+    with pytest.raises(ValueError, match="integer"):
+        vq.decode_codes(torch.zeros(1, 4, 4))
+
+
 # --- shapes, factors, configs -------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["kl_autoencoder", "vq_autoencoder"])

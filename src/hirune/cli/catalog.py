@@ -80,9 +80,11 @@ def cmd_presets(args: argparse.Namespace) -> int:
     from ..training.presets import DEFAULT_PRESET, PRESETS
 
     print(f"training presets (hirune train NAME [key=value ...]; default {DEFAULT_PRESET}):")
-    # flows and autoencoders have no forward process; latent runs name their autoencoder
+    # flows and autoencoders have no forward process; latent runs name their autoencoder, dalle runs
+    # their image tokenizer
     _print_rows([(name, p["dataset"], p.get("family", "diffusion"), p.get("process", "-"), p.get("objective", "-"),
-                  p["model"] + (f" on {p['autoencoder']}" if p.get("autoencoder") else ""))
+                  p["model"] + (f" on {p['autoencoder']}" if p.get("autoencoder") else "")
+                  + (f" over {p['tokenizer']}" if p.get("tokenizer") else ""))
                  for name, p in PRESETS.items()])
     return 0
 

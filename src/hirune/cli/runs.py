@@ -1,4 +1,5 @@
-"""Trained runs: `hirune train | sample | eval | export`, with guidance options."""
+"""Trained runs: `hirune train | sample | eval | export`, with guidance options (and, for
+runs that sample image tokens, top-k / top-p, priming and CLIP reranking)."""
 
 from __future__ import annotations
 
@@ -87,11 +88,68 @@ def _add_sample(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--class", dest="label", type=int, default=None, help="class label (conditional or guided)")
     p.add_argument("--class-grid", action="store_true", help="one row per class, n // classes samples each")
-    p.add_argument("--temperature", type=float, default=1.0, help="normalizing flows: z ~ N(0, T^2 I)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="normalizing flows: z ~ N(0, T^2 I); dalle: the softmax temperature of each token")
     p.add_argument("--prompt", default=None, help="text-conditioned runs: the caption, e.g. 'a thick seven'")
     p.add_argument("--out", default="samples.png", help=".png grid, .npz arrays or .gif trajectory")
     _add_guidance_options(p)
+    t = p.add_argument_group("image tokens (dalle runs; --scale S != 1 is classifier-free guidance on the logits)")
+    t.add_argument("--top-k", type=int, default=None, metavar="K", help="keep the K most likely codes (0: all)")
+    t.add_argument("--top-p", type=float, default=None, metavar="P", help="nucleus: the likeliest codes up to mass P")
+    t.add_argument("--prime", default=None, metavar="IMAGE",
+                   help="complete this image (test:N, train:N or an image file) from its first --rows code rows")
+    t.add_argument("--rows", type=_positive_int, default=None, metavar="K", help="code rows of --prime kept")
+    r = p.add_argument_group("reranking (any run that takes prompts)")
+    r.add_argument("--rerank", type=_positive_int, default=None, metavar="N",
+                   help="draw N candidates per sample and keep the one the --clip run scores highest")
+    r.add_argument("--clip", default=None, metavar="RUN", help="a CLIP run on the same dataset (with --rerank)")
     p.set_defaults(func=cmd_sample)
+
+
+_TOKEN_FLAGS = {"top_k": "--top-k", "top_p": "--top-p", "prime": "--prime", "rows": "--rows"}
+
+
+def _token_options(run, args) -> dict:
+    """The image-token options of `hirune sample` for a run that samples tokens (dalle);
+    refused by name for any other run."""
+    given = [flag for key, flag in _TOKEN_FLAGS.items() if getattr(args, key, None) is not None]
+    if not getattr(run, "samples_tokens", False):
+        if given:
+            raise CLIError(f"{', '.join(given)} apply to runs that sample image tokens (dalle), not a {run.name} run")
+        return {}
+    if args.guidance == "classifier" or args.rescale or args.interval:
+        raise CLIError("a dalle run is guided by --scale S alone (classifier-free guidance on its logits)")
+    if (args.prime is None) != (args.rows is None):
+        raise CLIError("--prime IMAGE and --rows K go together")
+    options = {"top_k": args.top_k, "top_p": args.top_p, "scale": args.scale}
+    if args.prime is not None:
+        from ..inference.editing import read_image
+
+        options.update(prime=read_image(run.data, args.prime)[0], rows=args.rows)
+    return options
+
+
+def _reranked(run, args, options: dict):
+    """--rerank N --clip RUN: N candidates per sample, the best by the CLIP run's similarity."""
+    import torch
+
+    from ..data.captions import caption
+    from ..inference.generate import generate
+    from ..inference.rerank import load_scorer, sample_reranked
+    from ..sampling import SampleOutput
+
+    scorer = load_scorer(args.clip, run.data.name)
+    labels = None if args.prompt is not None else torch.arange(args.n) % 10
+    prompts = [args.prompt] * args.n if args.prompt is not None else [caption(int(k)) for k in labels]
+    nfe = []
+
+    def candidates(texts):
+        out, _ = generate(run, len(texts), args.sampler, args.steps, args.spacing, args.seed, prompts=texts, **options)
+        nfe.append(out.nfe)
+        return out.x
+
+    best, _ = sample_reranked(candidates, prompts, args.rerank, scorer)
+    return SampleOutput(best, nfe[0]), labels
 
 
 def _guided(run, args):
@@ -114,11 +172,23 @@ def cmd_sample(args: argparse.Namespace) -> int:
     out_path = Path(args.out)
     if out_path.suffix not in (".png", ".npz", ".gif"):
         raise CLIError(f"--out must end in .png, .npz or .gif, got {args.out!r}")
+    if (args.rerank is None) != (args.clip is None):
+        raise CLIError("--rerank N needs --clip RUN (a CLIP run that scores the candidates), and --clip goes "
+                       "with --rerank")
     run = load(args.run)
-    out, labels = generate(run, args.n, args.sampler, args.steps, args.spacing, args.seed, label=args.label,
-                           trajectory=out_path.suffix == ".gif", denoiser=_guided(run, args),
-                           per_class=args.class_grid, guided_labels=args.guidance == "classifier",
-                           temperature=args.temperature, prompt=args.prompt)
+    options = _token_options(run, args)
+    if not options:
+        options = {"denoiser": _guided(run, args), "guided_labels": args.guidance == "classifier"}
+    options["temperature"] = args.temperature
+    if args.rerank is not None:
+        if args.label is not None or args.class_grid or out_path.suffix == ".gif":
+            raise CLIError("--rerank draws prompts (--prompt, or the digits in turn); not with --class, "
+                           "--class-grid or a .gif")
+        out, labels = _reranked(run, args, options)
+    else:
+        out, labels = generate(run, args.n, args.sampler, args.steps, args.spacing, args.seed, label=args.label,
+                               trajectory=out_path.suffix == ".gif", per_class=args.class_grid,
+                               prompt=args.prompt, **options)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if out_path.suffix == ".npz":
         np.savez(out_path, samples=out.x.numpy(), **({"labels": labels.numpy()} if labels is not None else {}))
@@ -175,10 +245,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..training.loading import load
 
     run = load(args.run)
+    if getattr(run, "samples_tokens", False):  # dalle: classifier-free guidance on the logits at --scale
+        if args.guidance == "classifier" or args.rescale or args.interval:
+            raise CLIError("a dalle run is guided by --scale S alone (classifier-free guidance on its logits)")
+        guidance = {"scale": args.scale}
+    else:
+        guidance = {"denoiser": _guided(run, args), "guided_labels": args.guidance == "classifier"}
     metrics = {"run": str(args.run), **run.evaluate(
-        args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, nll=args.nll, denoiser=_guided(run, args),
-        guided_labels=args.guidance == "classifier", text_accuracy=args.text_accuracy,
-        denoising_error=args.denoising_error)}
+        args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, nll=args.nll,
+        text_accuracy=args.text_accuracy, denoising_error=args.denoising_error, **guidance)}
     if args.guidance != "none":
         metrics.update({"guidance": args.guidance, "scale": args.scale})
     print(json.dumps(metrics))

@@ -11,6 +11,8 @@ and the loader call through one interface (`base.Family`) without asking which i
                          patch discriminator)
     classifier.py        noise-aware classifiers for classifier guidance
     clip.py              CLIP: contrastive image-text embeddings, zero-shot classification
+    dalle.py             DALL-E's text-to-image transformer over a tokenizer run's image codes
+                         (+ dalle_tokens.py: image and text tokenizers; dalle_sampling.py)
 
 Adding a family is one new module with a registered `Family` subclass, imported here.
 """
@@ -19,9 +21,9 @@ from .autoencoder import Autoencoder
 from .base import FAMILIES, Batch, Context, Draw, Family, get_family, register
 from .classifier import Classifier
 from .clip import Clip
+from .dalle import Dalle
 from .diffusion import Diffusion, DiffusionConfig
 from .normalizing_flow import NormalizingFlow
 
-__all__ = ["FAMILIES", "Autoencoder", "Batch", "Classifier", "Context", "Diffusion", "DiffusionConfig", "Draw",
-           "Family", "NormalizingFlow", "get_family", "register"]
-__all__ += ["Clip"]
+__all__ = ["FAMILIES", "Autoencoder", "Batch", "Classifier", "Clip", "Context", "Dalle", "Diffusion", "DiffusionConfig",
+           "Draw", "Family", "NormalizingFlow", "get_family", "register"]

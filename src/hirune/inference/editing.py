@@ -37,12 +37,18 @@ def load_image_for(run, source: str) -> tuple[Tensor, int | None]:
     """(1, C, H, W) in [-1, 1] for the run's data shape, and its label where known:
     `test:N` / `train:N` picks image N of a split of the run's dataset; anything else is
     read as an image file (converted to the run's channels, resized to its size)."""
+    _check(run)
+    return read_image(run.data, source)
+
+
+def read_image(fmt, source: str) -> tuple[Tensor, int | None]:
+    """`load_image_for` for any run on images of the `DataFormat` fmt (whatever the run
+    does with them): `test:N` / `train:N` of its dataset, or an image file."""
     from ..data import load_dataset
 
-    _check(run)
     if ":" in source and source.split(":", 1)[0] in ("test", "train"):
         split, index = source.split(":", 1)
-        data = load_dataset(run.data.name, split)
+        data = load_dataset(fmt.name, split)
         if not index.isdigit() or int(index) >= len(data.data):
             raise ValueError(f"{source!r}: index must be 0..{len(data.data) - 1} for the {split} split")
         i = int(index)
@@ -53,7 +59,7 @@ def load_image_for(run, source: str) -> tuple[Tensor, int | None]:
         raise ValueError(f"{source!r} is neither an image file nor test:N / train:N")
     from PIL import Image, UnidentifiedImageError
 
-    c, h, w = run.data.shape
+    c, h, w = fmt.shape
     try:
         img = Image.open(path).convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
     except (UnidentifiedImageError, OSError) as e:

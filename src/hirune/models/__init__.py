@@ -11,6 +11,7 @@ y: (B,) int64 labels; `num_classes` is the null label, y=None means all-null.
     build_model("uvit", size="tiny", in_channels=1, image_size=28, patch_size=4)
     build_model("kl_autoencoder", size="f4", in_channels=1)   # autoencoders: encode(x), decode(z)
     build_model("vq_autoencoder", size="f2", in_channels=1, codebook_size=128)
+    build_model("dalle", text_vocab=64, num_codes=256, image_len=49)   # model(text, codes) -> logits
     PatchDiscriminator(in_channels=1, channels=32, n_layers=1)   # their optional GAN loss: patch logits
     build_model("clip", image_size=28, vocab_size=40)   # CLIP: (image_emb, text_emb, logit_scale)
     model_config("unet", {"channels": 64, "channel_mult": [1, 2, 2]})   # e.g. from JSON
@@ -31,6 +32,7 @@ from .autoencoder import (AUTOENCODER_SIZES, KLAutoencoder, KLAutoencoderConfig,
 from .classifier import ClassifierConfig, NoisyClassifier
 from .clip import CLIP, CLIPConfig
 from .config import config_from_dict
+from .dalle import DalleConfig, DalleTransformer
 from .discriminator import PatchDiscriminator
 from .dit import DIT_SIZES, DiT, DiTConfig
 from .mlp import MLP, MLPConfig
@@ -49,6 +51,8 @@ MODELS: dict[str, tuple[type[nn.Module], type, dict[str, dict]]] = {
     "kl_autoencoder": (KLAutoencoder, KLAutoencoderConfig, AUTOENCODER_SIZES),
     "vq_autoencoder": (VQAutoencoder, VQAutoencoderConfig, AUTOENCODER_SIZES),  # VQGAN
     "clip": (CLIP, CLIPConfig, {}),                         # image and text towers (Radford et al. 2021)
+    # DALL-E's causal transformer over [text tokens | image codes] (Ramesh et al. 2021)
+    "dalle": (DalleTransformer, DalleConfig, {}),
 }
 AUTOENCODERS = ("kl_autoencoder", "vq_autoencoder")
 
@@ -89,6 +93,6 @@ def build_model(kind: str, config: Mapping[str, Any] | None = None, /, **overrid
 
 
 __all__ = ["AUTOENCODERS", "AUTOENCODER_SIZES", "DIT_SIZES", "MLP", "MODELS", "UNET_SIZES", "UVIT_SIZES",
-           "ClassifierConfig", "DiT", "DiTConfig", "KLAutoencoder", "KLAutoencoderConfig", "MLPConfig",
+           "ClassifierConfig", "DalleConfig", "DalleTransformer", "DiT", "DiTConfig", "KLAutoencoder", "KLAutoencoderConfig", "MLPConfig",
            "NoisyClassifier", "PatchDiscriminator", "UNet", "UNetConfig", "UViT", "UViTConfig",
            "VQAutoencoder", "VQAutoencoderConfig", "build_model", "model_config"]

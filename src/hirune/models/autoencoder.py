@@ -356,6 +356,25 @@ class VQAutoencoder(_Autoencoder):
         """The quantised latent z_q (B, z_channels, h, w)."""
         return self.quantize(x).z_q
 
+    # --- the image-token protocol (DALL-E's transformer reads any network that has it) ---
+    @property
+    def num_codes(self) -> int:
+        """The size K of the codebook: image tokens are 0..K-1."""
+        return self.config.codebook_size
+
+    def encode_codes(self, x: Tensor) -> Tensor:
+        """Images x (B, C, H, W) -> the index of each position's nearest code (B, h, w), int64."""
+        return self.quantize(x).indices
+
+    def decode_codes(self, codes: Tensor) -> Tensor:
+        """Code indices (B, h, w) -> images (B, C, f h, f w); ValueError for an index outside 0..K-1."""
+        if codes.dtype not in (torch.int32, torch.int64) or codes.dim() != 3:
+            raise ValueError(f"codes must be an integer tensor (B, h, w), got {codes.dtype} {tuple(codes.shape)}")
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.num_codes):
+            raise ValueError(f"code indices must be in 0..{self.num_codes - 1}; got {int(codes.min())}.."
+                             f"{int(codes.max())}")
+        return self.decode(self.quantizer.lookup(codes.long()))
+
     def forward(self, x: Tensor, noise: Tensor | None = None, sample: bool = True) -> AutoencoderOutput:
         """Reconstruct x through its quantised latent (noise and sample are unused: VQ is
         deterministic)."""

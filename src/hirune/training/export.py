@@ -50,6 +50,7 @@ def export_weights(run: str | Path, out: str | Path | None = None, use_ema: bool
     meta = {"format": FORMAT, "step": state["step"], "weights": state.get("weights", "ema" if use_ema else "model"),
             "config": state["config"], "run_config": state.get("run_config", {}),
             "model_config": state.get("model_config", {}), "latent_stats": state.get("latent_stats"),
+            "text_tokenizer": state.get("text_tokenizer"),
             "data": state.get("data")}
     out = Path(out) if out is not None else path.parent.parent / "weights.safetensors"
     out.parent.mkdir(parents=True, exist_ok=True)

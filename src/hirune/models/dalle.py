@@ -1,0 +1,195 @@
+"""DALL-E's transformer (Ramesh et al. 2021, "Zero-Shot Text-to-Image Generation", sec. 2.2):
+a decoder-only causal transformer over one stream of text tokens followed by image tokens.
+
+    sequence  [t_0 t_1 ... t_{L-1} | i_0 i_1 ... i_{N-2}]        L = text_len, N = h w codes
+    predicts  [t_1 ... t_{L-1}     | i_0 i_1 ... i_{N-1}]        position p predicts token p + 1
+
+The text is padded (PAD = 0 after its tokens) or cut to `text_len`; the image is the code
+grid of an image tokenizer read row by row.  Text and image tokens have their own
+embedding tables and their own learned position tables.  The output head scores the
+joint vocabulary, text tokens 0..V_text-1 then image codes V_text..V_text+K-1; the
+offset between the two lives in `JointVocabulary` and nowhere else.  A position that
+predicts text is scored on the text part only, one that predicts an image code on the
+image part only (DALL-E's logit masks).
+
+Incremental decoding: `model(text, image, cache=cache)` computes only the positions after
+those the `KVCache` already holds (their keys and values are kept per layer), so a sampler
+that passes the growing prefix pays one position per token instead of the whole prefix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class JointVocabulary:
+    """Text tokens 0..text_vocab-1, then image codes at offset text_vocab (the one place
+    where image codes and joint ids are converted)."""
+
+    text_vocab: int
+    num_codes: int
+
+    @property
+    def offset(self) -> int:
+        return self.text_vocab
+
+    @property
+    def size(self) -> int:
+        return self.text_vocab + self.num_codes
+
+    def image_ids(self, codes: Tensor) -> Tensor:
+        """Image codes 0..K-1 -> their ids in the joint vocabulary."""
+        return codes + self.offset
+
+    def codes(self, ids: Tensor) -> Tensor:
+        """Joint ids of image tokens -> image codes 0..K-1."""
+        return ids - self.offset
+
+    def text_logits(self, logits: Tensor) -> Tensor:
+        """(..., size) -> the scores of the text tokens (..., text_vocab)."""
+        return logits[..., : self.offset]
+
+    def image_logits(self, logits: Tensor) -> Tensor:
+        """(..., size) -> the scores of the image codes (..., num_codes), indexed by code."""
+        return logits[..., self.offset:]
+
+
+@dataclass(frozen=True)
+class DalleConfig:
+    """text_vocab: text tokens (PAD = 0 among them); text_len: L; num_codes: K of the image
+    tokenizer; image_len: N = h w codes per image; width, depth, heads of the transformer."""
+
+    text_vocab: int = 64
+    text_len: int = 16
+    num_codes: int = 256
+    image_len: int = 49
+    width: int = 128
+    depth: int = 4
+    heads: int = 4
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        for key in ("text_vocab", "text_len", "num_codes", "image_len", "width", "depth", "heads"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"DalleConfig.{key} must be >= 1, got {getattr(self, key)}")
+        if self.width % self.heads:
+            raise ValueError(f"DalleConfig.width={self.width} must be divisible by heads={self.heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"DalleConfig.dropout must be in [0, 1), got {self.dropout}")
+
+
+class KVCache:
+    """The keys and values of the positions computed so far, per layer: (B, heads, T, d)."""
+
+    def __init__(self):
+        self.keys: list[Tensor | None] = []
+        self.values: list[Tensor | None] = []
+
+    @property
+    def length(self) -> int:
+        return 0 if not self.keys or self.keys[0] is None else self.keys[0].shape[2]
+
+    def extend(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Append the new positions' k, v (B, heads, m, d) of `layer`; all keys and values so far."""
+        while len(self.keys) <= layer:
+            self.keys.append(None)
+            self.values.append(None)
+        if self.keys[layer] is not None:
+            k, v = torch.cat([self.keys[layer], k], 2), torch.cat([self.values[layer], v], 2)
+        self.keys[layer], self.values[layer] = k, v
+        return k, v
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, width: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.qkv, self.out = nn.Linear(width, 3 * width), nn.Linear(width, width)
+
+    def forward(self, h: Tensor, start: int, cache: KVCache | None, layer: int) -> Tensor:
+        """h (B, m, width) at positions start..start+m-1, attending to every earlier position."""
+        B, m, width = h.shape
+        q, k, v = self.qkv(h).view(B, m, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+        if cache is not None:
+            k, v = cache.extend(layer, k, v)
+        T = k.shape[2]  # keys at positions 0..T-1, queries at T-m..T-1
+        mask = torch.ones(m, T, dtype=torch.bool, device=h.device).tril(diagonal=T - m)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        return self.out(y.transpose(1, 2).reshape(B, m, width))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, width: int, heads: int, dropout: float):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(width), CausalSelfAttention(width, heads, dropout)
+        self.norm2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width),
+                                 nn.Dropout(dropout))
+
+    def forward(self, h: Tensor, start: int, cache: KVCache | None, layer: int) -> Tensor:
+        h = h + self.attn(self.norm1(h), start, cache, layer)
+        return h + self.mlp(self.norm2(h))
+
+
+class DalleTransformer(nn.Module):
+    """model(text (B, L), image (B, n) codes, cache=None) -> logits (B, L + n, V_joint) of the
+    positions the cache does not hold yet (all of them without a cache).  n <= N - 1 in
+    training (the last code is only predicted); sampling passes 0..N-1 codes."""
+
+    def __init__(self, config: DalleConfig):
+        super().__init__()
+        self.config = c = config
+        self.vocabulary = JointVocabulary(c.text_vocab, c.num_codes)
+        self.text_embedding = nn.Embedding(c.text_vocab, c.width)
+        self.image_embedding = nn.Embedding(c.num_codes, c.width)
+        self.text_positions = nn.Parameter(torch.zeros(c.text_len, c.width))
+        self.image_positions = nn.Parameter(torch.zeros(c.image_len, c.width))
+        self.blocks = nn.ModuleList(Block(c.width, c.heads, c.dropout) for _ in range(c.depth))
+        self.norm, self.head = nn.LayerNorm(c.width), nn.Linear(c.width, self.vocabulary.size)
+        for table in (self.text_embedding.weight, self.image_embedding.weight, self.text_positions,
+                      self.image_positions):
+            nn.init.normal_(table, std=0.02)
+
+    def check_tokens(self, text: Tensor, image: Tensor) -> None:
+        """ValueError for a text id outside 0..text_vocab-1, a code outside 0..K-1, or lengths
+        past the tables."""
+        c = self.config
+        if text.dim() != 2 or text.shape[1] != c.text_len:
+            raise ValueError(f"text must be (B, text_len={c.text_len}) token ids, got {tuple(text.shape)}")
+        if image.dim() != 2 or image.shape[1] > c.image_len or len(image) != len(text):
+            raise ValueError(f"image must be (B={len(text)}, n <= {c.image_len}) codes, got {tuple(image.shape)}")
+        for name, ids, size in (("text token", text, c.text_vocab), ("image code", image, c.num_codes)):
+            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= size):
+                bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
+                raise ValueError(f"{name} {bad} is outside the vocabulary; valid: 0..{size - 1}")
+
+    def embed(self, text: Tensor, image: Tensor) -> Tensor:
+        """(B, L + n, width): each part's token embedding plus its own position table."""
+        n = image.shape[1]
+        h_text = self.text_embedding(text) + self.text_positions
+        h_image = self.image_embedding(image) + self.image_positions[:n]
+        return torch.cat([h_text, h_image], 1)
+
+    def forward(self, text: Tensor, image: Tensor, cache: KVCache | None = None) -> Tensor:
+        self.check_tokens(text, image)
+        start = cache.length if cache is not None else 0
+        h = self.embed(text, image)[:, start:]  # only the positions the cache does not hold
+        for layer, block in enumerate(self.blocks):
+            h = block(h, start, cache, layer)
+        return self.head(self.norm(h))
+
+    def new_cache(self) -> KVCache:
+        return KVCache()
+
+    def image_logits(self, logits: Tensor) -> Tensor:
+        return self.vocabulary.image_logits(logits)
+
+    def text_logits(self, logits: Tensor) -> Tensor:
+        return self.vocabulary.text_logits(logits)
