@@ -57,7 +57,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         runtime.teardown()
     if not main:
         return 0
-    print(f"done at step {run.step}; checkpoints in {cfg.out}/checkpoints, samples in {cfg.out}/samples")
+    previews = Path(cfg.out) / "samples"
+    print(f"done at step {run.step}; checkpoints in {cfg.out}/checkpoints"
+          + (f", samples in {previews}" if previews.is_dir() else ""))
     if cfg.eval_samples:
         from ..training.loading import load
 
