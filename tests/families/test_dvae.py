@@ -60,6 +60,11 @@ def test_dvae_resumes_bitwise_and_logs_its_schedules(tmp_path):
     assert report["codebook_size"] == 16 and 1 <= report["codes_used"] <= 16
     assert 1 <= report["codebook_perplexity"] <= report["codes_used"] + 1e-9
     assert report["kl_to_uniform_nats_per_position"] >= 0 and report["latent_shape"] == [2, 4, 4]
+    # a tokenizer, not a first stage of latent diffusion: refused by name
+    from hirune.families.latent import FirstStage
+
+    with pytest.raises(ValueError, match="a dvae run is an image tokenizer .* valid: a kl_autoencoder or vq_"):
+        FirstStage(resumed.family)
 
 
 def test_a_temperature_that_is_not_annealed_is_caught(tmp_path, monkeypatch):

@@ -92,7 +92,8 @@ def test_kl_to_uniform_equals_log_k_minus_entropy_in_float64():
     # and torch.distributions agrees; uniform logits give 0, a one-hot-like q gives log K
     logits = torch.randn(2, 16, 3, 3, dtype=torch.float64)
     C = torch.distributions.Categorical
-    ref = torch.distributions.kl_divergence(C(logits=logits.movedim(1, -1)), C(logits=torch.zeros(16, dtype=torch.float64)))
+    uniform = C(logits=torch.zeros(16, dtype=torch.float64))
+    ref = torch.distributions.kl_divergence(C(logits=logits.movedim(1, -1)), uniform)
     torch.testing.assert_close(kl_to_uniform(logits), ref, rtol=1e-12, atol=1e-12)
     assert float(kl_to_uniform(torch.zeros(1, 16, 1, 1)).abs()) < 1e-6
     peaked = torch.zeros(1, 16, 1, 1)
