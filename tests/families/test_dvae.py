@@ -1,7 +1,8 @@
 """DALL-E's discrete VAE in the autoencoder family (`families/autoencoder.py`): the logged
 temperature and KL weight follow their schedules step by step (a run whose temperature is
-not annealed is caught), a resumed run is bitwise the uninterrupted one, the evaluation
-reports code usage and perplexity, and bad settings are refused before anything is built."""
+not annealed is caught), a resumed run is bitwise the uninterrupted one, two gloo
+processes train what one does, the evaluation reports code usage and perplexity, and bad
+settings are refused before anything is built."""
 
 from __future__ import annotations
 
@@ -98,3 +99,39 @@ def test_bad_dvae_settings_are_refused_by_the_config_check(tmp_path, fields, mat
     with pytest.raises(ValueError, match=match):
         check_config(cfg)
     assert not (tmp_path / "run").exists()
+
+
+# 48 channels: GroupNorm groups of 2 or more (see tests/distributed/test_distributed.py)
+DDP_RUN = ["dvae-digits", "model_config={\"size\": \"f2\", \"channels\": 48, \"z_channels\": 4, \"codebook_size\": 32, "
+           "\"kl_warmup\": 2, \"tau_anneal_steps\": 4}", "batch_size=16", "grad_accum=2", "steps=4", "log_every=1",
+           "ckpt_every=4", "sample_every=0", "warmup=0", "lr_schedule=constant"]
+
+
+def test_dvae_on_two_gloo_processes_equals_one(tmp_path):
+    """2 processes x 2 micro-batches x 4 = 1 process x 2 x 8: every rank draws the Gumbel
+    noise of the whole batch and keeps its rows, so the losses, the logged schedules and
+    the weights agree (to 5e-5, float rounding of the gradient all-reduce)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from hirune.checkpoint import load_checkpoint
+    from hirune.training.presets import parse_preset_args
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    train(preset_config(DDP_RUN[0], {**parse_preset_args(DDP_RUN)[1], "out": str(one)}), progress=False)
+    worker = Path(__file__).resolve().parents[1] / "dist_worker.py"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           str(worker), "train", *DDP_RUN, f"out={two}"], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    a, b = records(one), records(two)
+    assert len(a) == len(b) == 4
+    for x, y in zip(a, b):
+        assert x["tau"] == y["tau"] and x["kl_weight"] == y["kl_weight"]
+        assert abs(x["loss"] - y["loss"]) < 5e-5, (a, b)
+    ta, tb = load_checkpoint(one)[0], load_checkpoint(two)[0]
+    for part in ("model", "ema"):
+        for k, v in ta[part].items():
+            torch.testing.assert_close(tb[part][k], v, rtol=5e-5, atol=5e-5, msg=f"{part}.{k}")
