@@ -68,6 +68,26 @@ def test_dvae_resumes_bitwise_and_logs_its_schedules(tmp_path):
         FirstStage(resumed.family)
 
 
+def test_a_dalle_run_reads_a_dvae_run_as_its_image_tokenizer(tmp_path):
+    """The token protocol end to end: the transformer trains on the dVAE's argmax codes (as
+    the dVAE itself encodes them) and its samples decode through the dVAE's codebook."""
+    pytest.importorskip("tokenizers")
+    from hirune.training.loading import load
+
+    tokenizer = tmp_path / "dvae"
+    train(dvae_config(tokenizer, steps=2, ckpt_every=2), progress=False)
+    out = tmp_path / "dalle"
+    dalle = train(preset_config("dalle-digits", {"tokenizer": str(tokenizer), "steps": 2, "batch_size": 8,
+                                                 "model_config": {"width": 16, "depth": 1, "heads": 2},
+                                                 "sample_every": 0, "ckpt_every": 2, "log_every": 1,
+                                                 "out": str(out)}), progress=False)
+    dvae = load(tokenizer).model
+    assert dalle.family.image_tokenizer.num_codes == 16 and dalle.family.grid == (4, 4)
+    assert torch.equal(dalle.family.codes[:5, 0], dvae.encode_codes(dalle.family.train_data.data[:5]))
+    samples, _ = load(out).generate(3, seed=0, top_k=4)
+    assert samples.x.shape == (3, 1, 8, 8)
+
+
 def test_a_temperature_that_is_not_annealed_is_caught(tmp_path, monkeypatch):
     monkeypatch.setattr(dvae_objective, "temperature_at", lambda step, start, end, n: start)
     train(dvae_config(tmp_path / "run", steps=3, ckpt_every=0), progress=False)
