@@ -163,8 +163,9 @@ PRESETS["vq-ae-mnist5k"] = {**_AE, "model": "vq_autoencoder", "dataset": "mnist5
 # beta 1e-3, tau to 1/16: 20.7 dB, 27 codes (perplexity 10.5); 1e-2, 1/16: 20.8 dB, 165;
 # 1e-2, 1/4: 21.2 dB, 215; 1e-2, 1/2: 21.7 dB, 231 (perplexity 122).  At 250 steps 5e-2
 # collapses the posterior to the prior (11.0 dB) and the straight-through variant loses
-# 1.2 dB to the relaxed one.  Annealed to 1/16 in a few hundred steps, the codes freeze
-# before they spread.
+# 1.2 dB to the relaxed one.  Annealed to 1/16 in a few hundred steps, fewer codes stay in
+# use (likely: the assignments harden before they spread).  Seed 1 of the preset: 20.67 dB,
+# 243 codes (vq-ae-mnist5k: 23.43 dB, 213).
 _DVAE = {"codebook_size": 256, "kl_weight": 1e-2, "tau_start": 1.0, "tau_end": 0.5}
 PRESETS["dvae-digits"] = {**_AE, "model": "dvae", "dataset": "digits", "steps": 1500,
                           "model_config": {**_AE_DIGITS, **_DVAE, "kl_warmup": 300, "tau_anneal_steps": 1500}}
