@@ -2,8 +2,9 @@
 VQ autoencoder), trained to reconstruct with the losses of `objectives.autoencoder` and,
 optionally, a patch discriminator (`adversary.py`); and DALL-E's discrete VAE, an image
 tokenizer trained through the Gumbel-softmax relaxation with the loss of `objectives.dvae`
-(its KL weight warmed up and its temperature annealed as functions of the step).  Its checkpoints carry the latent
-statistics of their EMA weights (the scale factor latent diffusion multiplies by); its
+(its KL weight warmed up and its temperature annealed as functions of the step).  Its
+checkpoints carry the latent statistics of their EMA weights (the scale factor latent
+diffusion multiplies by); its
 previews are originals over reconstructions; its evaluation is the reconstruction report.
 The loss weights live in the network's config (`models.autoencoder`), so the family has no
 section of its own."""
