@@ -4,10 +4,10 @@ optionally, a patch discriminator (`adversary.py`); and DALL-E's discrete VAE, a
 tokenizer trained through the Gumbel-softmax relaxation with the loss of `objectives.dvae`
 (its KL weight warmed up and its temperature annealed as functions of the step).  Its
 checkpoints carry the latent statistics of their EMA weights (the scale factor latent
-diffusion multiplies by); its
-previews are originals over reconstructions; its evaluation is the reconstruction report.
-The loss weights live in the network's config (`models.autoencoder`), so the family has no
-section of its own."""
+diffusion multiplies by); its previews are originals over reconstructions; its evaluation
+is the reconstruction report.  The loss weights (and the dVAE's schedules) live in the
+network's config (`models.autoencoder`, `models.dvae`), so the family has no section of
+its own."""
 
 from __future__ import annotations
 
