@@ -1,10 +1,13 @@
 """The autoencoder family: the first stage of latent diffusion (LDM's KL autoencoder, VQGAN's
 VQ autoencoder), trained to reconstruct with the losses of `objectives.autoencoder` and,
-optionally, a patch discriminator (`adversary.py`).  Its checkpoints carry the latent
-statistics of their EMA weights (the scale factor latent diffusion multiplies by); its
-previews are originals over reconstructions; its evaluation is the reconstruction report.
-The loss weights live in the network's config (`models.autoencoder`), so the family has no
-section of its own."""
+optionally, a patch discriminator (`adversary.py`); and DALL-E's discrete VAE, an image
+tokenizer trained through the Gumbel-softmax relaxation with the loss of `objectives.dvae`
+(its KL weight warmed up and its temperature annealed as functions of the step).  Its
+checkpoints carry the latent statistics of their EMA weights (the scale factor latent
+diffusion multiplies by); its previews are originals over reconstructions; its evaluation
+is the reconstruction report.  The loss weights (and the dVAE's schedules) live in the
+network's config (`models.autoencoder`, `models.dvae`), so the family has no section of
+its own."""
 
 from __future__ import annotations
 
@@ -19,7 +22,8 @@ from .base import Batch, Context, Draw, Family, check_eval_counts, refuse_extras
 
 @dataclass
 class AutoencoderDraw(Draw):
-    """noise: a KL autoencoder's posterior sample noise (B, z, h, w); VQ draws nothing."""
+    """noise: a KL autoencoder's posterior sample noise (B, z, h, w), a dVAE's Gumbel draws
+    (B, K, h, w); VQ draws nothing."""
 
     noise: Tensor | None = None
 
@@ -27,7 +31,7 @@ class AutoencoderDraw(Draw):
 @register
 class Autoencoder(Family):
     name = "autoencoder"
-    networks = ("kl_autoencoder", "vq_autoencoder")
+    networks = ("kl_autoencoder", "vq_autoencoder", "dvae")
     evaluates_test_examples = True  # the reconstructions of n test images
 
     def __init__(self, cfg, config, data, device, references=None, network_config=None):
@@ -47,21 +51,44 @@ class Autoencoder(Family):
                                        dtype=context.dtype, autocast=context.autocast,
                                        channels_last=context.channels_last)
 
+    @classmethod
+    def check(cls, cfg, config) -> None:
+        """The family's checks, then the network's settings (their types and ranges, e.g. a
+        dVAE's temperatures and KL warm-up), before anything is built."""
+        from ..models import model_config
+
+        super().check(cfg, config)
+        try:
+            model_config(cfg.model, cfg.model_config)
+        except TypeError as e:  # a setting of the wrong type: one line, as every refused setting
+            raise ValueError(str(e)) from None
+
     def draw(self, n: int, generator: torch.Generator) -> AutoencoderDraw:
         if self.cfg.model == "vq_autoencoder":
             return AutoencoderDraw()
+        if self.cfg.model == "dvae":
+            from ..models.gumbel import gumbel_noise
+
+            shape = (n, *self.model.logits_shape(tuple(self.data.shape)))
+            return AutoencoderDraw(gumbel_noise(shape, generator, self.device))
         return AutoencoderDraw(torch.randn((n, *self.model.latent_shape(tuple(self.data.shape))),
                                            generator=generator, device=self.device))
 
     def loss(self, forward: nn.Module, batch: Batch, draw: AutoencoderDraw, step: int) -> Loss:
         from ..objectives.autoencoder import autoencoder_loss
 
+        if self.cfg.model == "dvae":  # DALL-E: tau and beta are functions of the step
+            from ..objectives.dvae import dvae_loss
+
+            return dvae_loss(forward, batch.x, self.model.config, step, noise=draw.noise, dataset=self.data.name)
+
         adversary = self.active_adversary(step)  # VQGAN's adversarial term with its adaptive weight (eq. 7)
         gan = adversary.generator_kwargs(self.model) if adversary is not None else {}
         return autoencoder_loss(forward, batch.x, self.model.config, noise=draw.noise, dataset=self.data.name, **gan)
 
     def logged_terms(self, terms: dict) -> dict[str, float]:
-        """Reconstruction, KL or codebook perplexity and usage (and the discriminator's)."""
+        """Reconstruction, KL or codebook perplexity and usage (and the discriminator's); a
+        dVAE's KL, temperature tau and KL weight beta of the step, code usage and perplexity."""
         return {k: float(v) for k, v in terms.items()}
 
     def checkpoint(self, ema):

@@ -39,6 +39,9 @@ class FirstStage:
         if getattr(autoencoder, "name", None) != "autoencoder":
             raise ValueError(f"the first stage of latent diffusion must be an autoencoder run "
                              f"(family 'autoencoder', e.g. the preset kl-ae-mnist5k), not a {autoencoder.name} run")
+        if autoencoder.cfg.model == "dvae":
+            raise ValueError("a dvae run is an image tokenizer (for a transformer over its codes), not a first "
+                             "stage of latent diffusion; valid: a kl_autoencoder or vq_autoencoder run")
         if not autoencoder.latent_stats:
             raise ValueError("the autoencoder run has no latent statistics (scale factor); re-save it with this "
                              "version")

@@ -11,6 +11,7 @@ y: (B,) int64 labels; `num_classes` is the null label, y=None means all-null.
     build_model("uvit", size="tiny", in_channels=1, image_size=28, patch_size=4)
     build_model("kl_autoencoder", size="f4", in_channels=1)   # autoencoders: encode(x), decode(z)
     build_model("vq_autoencoder", size="f2", in_channels=1, codebook_size=128)
+    build_model("dvae", size="f4", in_channels=1, codebook_size=256)   # tokenizers: encode_codes, decode_codes
     build_model("dalle", text_vocab=64, num_codes=256, image_len=49)   # model(text, codes) -> logits
     PatchDiscriminator(in_channels=1, channels=32, n_layers=1)   # their optional GAN loss: patch logits
     build_model("clip", image_size=28, vocab_size=40)   # CLIP: (image_emb, text_emb, logit_scale)
@@ -34,6 +35,7 @@ from .clip import CLIP, CLIPConfig
 from .config import config_from_dict
 from .dalle import DalleConfig, DalleTransformer
 from .discriminator import PatchDiscriminator
+from .dvae import DVAE, DVAEConfig
 from .dit import DIT_SIZES, DiT, DiTConfig
 from .mlp import MLP, MLPConfig
 from .unet import UNET_SIZES, UNet, UNetConfig
@@ -50,11 +52,12 @@ MODELS: dict[str, tuple[type[nn.Module], type, dict[str, dict]]] = {
     # autoencoders for latent diffusion, model(x) -> AutoencoderOutput (Rombach et al. 2022)
     "kl_autoencoder": (KLAutoencoder, KLAutoencoderConfig, AUTOENCODER_SIZES),
     "vq_autoencoder": (VQAutoencoder, VQAutoencoderConfig, AUTOENCODER_SIZES),  # VQGAN
+    "dvae": (DVAE, DVAEConfig, AUTOENCODER_SIZES),          # DALL-E's discrete VAE (Ramesh et al. 2021)
     "clip": (CLIP, CLIPConfig, {}),                         # image and text towers (Radford et al. 2021)
     # DALL-E's causal transformer over [text tokens | image codes] (Ramesh et al. 2021)
     "dalle": (DalleTransformer, DalleConfig, {}),
 }
-AUTOENCODERS = ("kl_autoencoder", "vq_autoencoder")
+AUTOENCODERS = ("kl_autoencoder", "vq_autoencoder", "dvae")
 
 
 def blocks(model: nn.Module) -> list[nn.Module]:
@@ -93,6 +96,7 @@ def build_model(kind: str, config: Mapping[str, Any] | None = None, /, **overrid
 
 
 __all__ = ["AUTOENCODERS", "AUTOENCODER_SIZES", "DIT_SIZES", "MLP", "MODELS", "UNET_SIZES", "UVIT_SIZES",
-           "ClassifierConfig", "DalleConfig", "DalleTransformer", "DiT", "DiTConfig", "KLAutoencoder", "KLAutoencoderConfig", "MLPConfig",
+           "ClassifierConfig", "DVAE", "DVAEConfig", "DalleConfig", "DalleTransformer", "DiT", "DiTConfig",
+           "KLAutoencoder", "KLAutoencoderConfig", "MLPConfig",
            "NoisyClassifier", "PatchDiscriminator", "UNet", "UNetConfig", "UViT", "UViTConfig",
            "VQAutoencoder", "VQAutoencoderConfig", "build_model", "model_config"]
