@@ -356,7 +356,7 @@ def test_checkpoint_holds_the_discriminator_and_load_export_leave_it_out(tmp_pat
      r"disc_channels and disc_layers must be >= 1"),
     ({"model_config": {"size": "f2", "disc_weight": 0.5, "disc_layers": 2}}, ValueError,
      r"valid n_layers for 8: \[1\]"),
-    ({"model_config": {"size": "f2", "disc_weight": "0.5"}}, TypeError, r"disc_weight must be float"),
+    ({"model_config": {"size": "f2", "disc_weight": "0.5"}}, ValueError, r"disc_weight must be float, got .0.5. \(str\)"),
     ({"strategy": "zero3"}, ValueError, r"needs strategy in \['ddp', 'zero1'\], not 'zero3'"),
     ({"precision": "fp16"}, ValueError, r"does not support precision='fp16'"),
 ])
