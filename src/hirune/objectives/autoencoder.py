@@ -103,6 +103,21 @@ def perceptual_distance(x: Tensor, x_hat: Tensor, dataset: str) -> Tensor:
     return total
 
 
+def reconstruction_terms(x: Tensor, x_hat: Tensor, config, dataset: str | None) -> tuple[Tensor, dict]:
+    """The reconstruction part of every autoencoder's loss, per sample (B,): the pixel error
+    (`config.reconstruction`) plus `config.perceptual_weight` x the perceptual distance in
+    the evaluator's features of `dataset`; and its logged terms."""
+    rec = reconstruction_error(x, x_hat, config.reconstruction)
+    per_sample, terms = rec, {"reconstruction": rec.mean().detach()}
+    if config.perceptual_weight:
+        if dataset is None:
+            raise ValueError("the perceptual loss needs the dataset of its evaluator network")
+        d = perceptual_distance(x, x_hat, dataset)
+        per_sample = per_sample + config.perceptual_weight * d
+        terms["perceptual"] = d.mean().detach()
+    return per_sample, terms
+
+
 def autoencoder_loss(model, x: Tensor, config, *, noise: Tensor | None = None, dataset: str | None = None,
                      discriminator: nn.Module | None = None, last_layer: Tensor | None = None,
                      average: Callable[..., tuple[Tensor, ...]] | None = None) -> Loss:
@@ -118,14 +133,7 @@ def autoencoder_loss(model, x: Tensor, config, *, noise: Tensor | None = None, d
     (the decoder's output weight); `average` (several processes) averages its gradients
     over the ranks.  Extra terms: g_loss, adaptive_weight."""
     out = model(x, noise=noise)
-    rec = reconstruction_error(x, out.reconstruction, config.reconstruction)
-    nll, terms = rec, {"reconstruction": rec.mean().detach()}
-    if config.perceptual_weight:
-        if dataset is None:
-            raise ValueError("the perceptual loss needs the dataset of its evaluator network")
-        d = perceptual_distance(x, out.reconstruction, dataset)
-        nll = nll + config.perceptual_weight * d
-        terms["perceptual"] = d.mean().detach()
+    nll, terms = reconstruction_terms(x, out.reconstruction, config, dataset)
     per_sample = nll
     if out.posterior is not None:
         kl = out.posterior.kl().float()

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .autoencoder import perceptual_distance, reconstruction_error
+from .autoencoder import reconstruction_terms
 from .loss import Loss
 
 
@@ -54,14 +54,7 @@ def dvae_loss(model, x: Tensor, config, step: int, *, noise: Tensor | None = Non
     tau = temperature_at(step, config.tau_start, config.tau_end, config.tau_anneal_steps)
     beta = kl_weight_at(step, config.kl_weight, config.kl_warmup)
     out = model(x, noise=noise, tau=tau)
-    rec = reconstruction_error(x, out.reconstruction, config.reconstruction)
-    per_sample, terms = rec, {"reconstruction": rec.mean().detach()}
-    if config.perceptual_weight:
-        if dataset is None:
-            raise ValueError("the perceptual loss needs the dataset of its evaluator network")
-        d = perceptual_distance(x, out.reconstruction, dataset)
-        per_sample = per_sample + config.perceptual_weight * d
-        terms["perceptual"] = d.mean().detach()
+    per_sample, terms = reconstruction_terms(x, out.reconstruction, config, dataset)
     kl = kl_to_uniform(out.logits).flatten(1).mean(1)   # (B,) nats per position
     per_sample = per_sample + beta * kl
     K = config.codebook_size
