@@ -60,13 +60,15 @@ def token_loss(forward, vocabulary, text: Tensor, codes: Tensor, text_loss_weigh
     caption's next tokens (PAD targets not scored) + (1 - text_loss_weight) x that of the
     image's codes.  forward: the network (or its DDP wrapper); vocabulary: its
     `JointVocabulary`; text (B, L) ids, codes (B, N)."""
+    from ..models.text import PAD
+
     L = text.shape[1]
     logits = forward(text, codes[:, :-1])                              # (B, L + N - 1, V)
     logits = logits if logits.dtype == torch.float64 else logits.float()  # autocast's bf16: scored in fp32
     text_targets = text[:, 1:]
     text_ce = F.cross_entropy(vocabulary.text_logits(logits[:, : L - 1]).transpose(1, 2), text_targets,
                               reduction="none")
-    scored = (text_targets != 0).float()                               # PAD = 0 is not a caption token
+    scored = (text_targets != PAD).float()                             # padding is not a caption token
     text_loss = (text_ce * scored).sum(1) / scored.sum(1).clamp_min(1)
     image_ce = F.cross_entropy(vocabulary.image_logits(logits[:, L - 1:]).transpose(1, 2), codes, reduction="none")
     image_loss = image_ce.mean(1)

@@ -16,13 +16,11 @@ then PAD; a caption longer than max_len is cut with a warning, like the word tok
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from .text import _warn_truncated
+from .text import BOS, PAD, UNK, padded_ids  # noqa: F401 -- PAD, UNK: the same ids as the word tokenizer's
 
-SPECIAL = ("[PAD]", "[BOS]", "[UNK]")
-PAD, BOS, UNK = 0, 1, 2
+SPECIAL = ("[PAD]", "[BOS]", "[UNK]")  # in this order, so that their ids are PAD, BOS, UNK
 
 
 def _library():
@@ -66,11 +64,4 @@ class BPETokenizer:
         return self.cache[text]
 
     def __call__(self, captions: list[str]) -> tuple[Tensor, Tensor]:
-        ids = torch.full((len(captions), self.max_len), PAD, dtype=torch.long)
-        for row, text in enumerate(captions):
-            tokens = self.tokens(text)
-            if len(tokens) > self.max_len:
-                _warn_truncated(text, self.max_len)
-                tokens = tokens[: self.max_len]
-            ids[row, : len(tokens)] = torch.tensor(tokens)
-        return ids, ids != PAD
+        return padded_ids(captions, self.tokens, self.max_len)

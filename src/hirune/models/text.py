@@ -38,14 +38,21 @@ class WordTokenizer:
         self.vocab_size, self.max_len = len(vocabulary) + 3, max_len
 
     def __call__(self, captions: list[str]) -> tuple[Tensor, Tensor]:
-        ids = torch.full((len(captions), self.max_len), PAD, dtype=torch.long)
-        for row, text in enumerate(captions):
-            tokens = [BOS] + [self.index.get(w, UNK) for w in words(text)]
-            if len(tokens) > self.max_len:
-                _warn_truncated(text, self.max_len)
-                tokens = tokens[: self.max_len]
-            ids[row, : len(tokens)] = torch.tensor(tokens)
-        return ids, ids != PAD
+        return padded_ids(captions, lambda text: [BOS] + [self.index.get(w, UNK) for w in words(text)],
+                          self.max_len)
+
+
+def padded_ids(captions: list[str], tokens, max_len: int) -> tuple[Tensor, Tensor]:
+    """(ids, mask), both (B, max_len): each caption's `tokens(text)` ([BOS] first), cut to
+    max_len with a warning, then PAD; the mask marks the tokens that are not PAD."""
+    ids = torch.full((len(captions), max_len), PAD, dtype=torch.long)
+    for row, text in enumerate(captions):
+        row_tokens = tokens(text)
+        if len(row_tokens) > max_len:
+            _warn_truncated(text, max_len)
+            row_tokens = row_tokens[:max_len]
+        ids[row, : len(row_tokens)] = torch.tensor(row_tokens)
+    return ids, ids != PAD
 
 
 class MiniLM:
