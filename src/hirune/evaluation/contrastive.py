@@ -51,13 +51,13 @@ def recall_at_1(image_emb: Tensor, text_emb: Tensor, captions: Sequence[str]) ->
             "distinct_captions": len(codes)}
 
 
-def zero_shot_report(embed_image: Callable[[Tensor], Tensor], embed_text: Callable[[list[str]], Tensor],
-                     images: Tensor, labels: Tensor, template_sets: dict[str, Sequence[str]]) -> dict:
-    """Zero-shot accuracy of every template alone and of each set's ensembles:
+def zero_shot_report(image_emb: Tensor, embed_text: Callable[[list[str]], Tensor], labels: Tensor,
+                     template_sets: dict[str, Sequence[str]]) -> dict:
+    """Zero-shot accuracy of the unit image embeddings `image_emb` (N, D), labelled `labels`,
+    with every template alone and with each set's ensembles:
     {"zero_shot_<set>": the set's templates ensembled (plain attributes),
     "zero_shot_<set>_all_attributes": the set's templates x the 9 attribute variants ensembled,
     "zero_shot_<set>_phrasings": {template: accuracy, plain attributes}}."""
-    image_emb = embed_image(images)
     out: dict = {}
     for name, templates in template_sets.items():
         per = {t: float((zero_shot_labels(image_emb, class_embeddings(embed_text, [t])) == labels).double().mean())

@@ -157,11 +157,12 @@ class Clip(Family):
         test = load_dataset(self.data.name, "test")
         idx = torch.linspace(0, len(test.data) - 1, n).round().long() if n > 1 else torch.zeros(1, dtype=torch.long)
         images, labels = test.data[idx], test.labels[idx].long()
-        report = zero_shot_report(self.embed_image, self.embed_text, images, labels,
+        image_emb = self.embed_image(images)
+        report = zero_shot_report(image_emb, self.embed_text, labels,
                                   {"train": TRAIN_TEMPLATES, "held_out": HELD_OUT_TEMPLATES})
         # attributes measured over the whole test split, as training measures them over its split
         captions = Captioner(test.data, test.labels).captions(idx, torch.arange(n) % len(TRAIN_TEMPLATES))
-        report.update(recall_at_1(self.embed_image(images), self.embed_text(captions), captions))
+        report.update(recall_at_1(image_emb, self.embed_text(captions), captions))
         return {"step": self.step, "dataset": self.data.name, "examples": n, **report}
 
 
