@@ -31,7 +31,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
 
-    from hirune.data.captions import NAMES
+    from hirune.data.captions import caption
     from hirune.evaluation.quality import sample_quality
     from hirune.evaluation.text import text_accuracy
     from hirune.inference.rerank import load_scorer, sample_reranked
@@ -53,7 +53,7 @@ def main() -> None:
                 return sample_reranked(candidates, prompts, n, scorer)[0]
 
             labels = torch.arange(args.samples) % 10
-            x = draw([f"a handwritten {NAMES[int(y)]}" for y in labels], 100)
+            x = draw([caption(int(y)) for y in labels], 100)
             row = {"scale": scale, "rerank": n, **sample_quality(run.data.name, "image", x, labels),
                    **text_accuracy(draw, run.data.name, args.n)}
             row["seconds"] = round(time.perf_counter() - start, 1)

@@ -119,16 +119,22 @@ def _token_options(run, args) -> dict:
         if given:
             raise CLIError(f"{', '.join(given)} apply to runs that sample image tokens (dalle), not a {run.name} run")
         return {}
-    if args.guidance == "classifier" or args.rescale or args.interval:
-        raise CLIError("a dalle run is guided by --scale S alone (classifier-free guidance on its logits)")
     if (args.prime is None) != (args.rows is None):
         raise CLIError("--prime IMAGE and --rows K go together")
-    options = {"top_k": args.top_k, "top_p": args.top_p, "scale": args.scale}
+    options = {"top_k": args.top_k, "top_p": args.top_p, **_logit_guidance(args)}
     if args.prime is not None:
         from ..inference.editing import read_image
 
         options.update(prime=read_image(run.data, args.prime)[0], rows=args.rows)
     return options
+
+
+def _logit_guidance(args) -> dict:
+    """The guidance of a run that samples tokens: --scale S alone (classifier-free guidance
+    on its logits); the other guidance options are refused."""
+    if args.guidance == "classifier" or args.rescale or args.interval:
+        raise CLIError("a dalle run is guided by --scale S alone (classifier-free guidance on its logits)")
+    return {"scale": args.scale}
 
 
 def _reranked(run, args, options: dict):
@@ -248,9 +254,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     run = load(args.run)
     if getattr(run, "samples_tokens", False):  # dalle: classifier-free guidance on the logits at --scale
-        if args.guidance == "classifier" or args.rescale or args.interval:
-            raise CLIError("a dalle run is guided by --scale S alone (classifier-free guidance on its logits)")
-        guidance = {"scale": args.scale}
+        guidance = _logit_guidance(args)
     else:
         guidance = {"denoiser": _guided(run, args), "guided_labels": args.guidance == "classifier"}
     metrics = {"run": str(args.run), **run.evaluate(
