@@ -40,6 +40,8 @@ def generate(run, n: int, sampler: str | None = None, steps: int | None = None, 
                          "denoisers do not apply (use temperature, top_k, top_p, scale)")
     if trajectory or guided_labels:
         raise ValueError("a dalle run has no trajectory and no classifier guidance")
+    from tqdm.auto import tqdm
+
     top_k = run.config.top_k if top_k is None else top_k
     top_p = run.config.top_p if top_p is None else top_p
     check_sampling_options(temperature, top_k, top_p, scale)
@@ -54,12 +56,13 @@ def generate(run, n: int, sampler: str | None = None, steps: int | None = None, 
     outs = []
     for chunk, chunk_seed in sample_chunks(n, seed):
         generator = torch.Generator(device=run.device).manual_seed(chunk_seed)
-        with _bar(progress, h * w - (primed.shape[1] if primed is not None else 0)) as bar:
+        with tqdm(total=h * w - (primed.shape[1] if primed is not None else 0), desc="tokens", unit="token",
+                  leave=False, disable=not progress) as bar:
             codes = sample_image_tokens(run.model, text[chunk].to(run.device), h * w,
                                         prime=primed[chunk] if primed is not None else None,
                                         temperature=temperature, top_k=top_k, top_p=top_p, scale=scale,
                                         null_text=null, use_cache=use_cache, generator=generator,
-                                        callback=(lambda k: bar.update(1)) if bar is not None else None)
+                                        callback=lambda k: bar.update(1))
         outs.append(run.image_tokenizer.decode(codes.view(-1, h, w)))
     return SampleOutput(torch.cat(outs), h * w - (rows * w if primed is not None else 0)), labels
 
@@ -93,17 +96,6 @@ def caption_tokens(run, n: int, prompts, prompt, labels, label, per_class: bool,
             labels = class_labels(run, n, label, per_class)
         prompts = [caption(int(k)) for k in labels]
     return run.text_tokens(prompts), labels
-
-
-def _bar(progress: bool, total: int):
-    """A progress bar over the tokens drawn (a context giving None when off)."""
-    from contextlib import nullcontext
-
-    if not progress:
-        return nullcontext()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="tokens", unit="token", leave=False)
 
 
 def prime_codes(run, prime: Tensor | None, rows: int, n: int) -> Tensor | None:
