@@ -101,16 +101,19 @@ def check_folder(folder: Path) -> None:
                              "or new folder")
 
 
+def _step(line: str) -> int | None:
+    """The step of one metrics.jsonl line; None for a line that is unreadable or has none."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def logged_steps(folder: Path) -> list[int]:
     """The steps metrics.jsonl holds (unreadable lines are skipped)."""
     path = folder / "metrics.jsonl"
-    steps = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            steps.append(int(json.loads(line)["step"]))
-        except (ValueError, KeyError, TypeError):
-            continue
-    return steps
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return [step for step in map(_step, lines) if step is not None]
 
 
 def decide(folder: Path, resume: bool) -> Claim:
@@ -143,13 +146,7 @@ def truncate_metrics(folder: Path, step: int) -> int:
     if not path.is_file():
         return 0
     lines = path.read_text().splitlines()
-    kept = []
-    for line in lines:
-        try:
-            if int(json.loads(line)["step"]) <= step:
-                kept.append(line)
-        except (ValueError, KeyError, TypeError):
-            continue
+    kept = [line for line in lines if (logged := _step(line)) is not None and logged <= step]
     if len(kept) != len(lines):
         tmp = path.with_name(f".metrics.jsonl.tmp-{os.getpid()}")
         tmp.write_text("".join(line + "\n" for line in kept))
@@ -161,7 +158,7 @@ def remove_debris(folder: Path) -> None:
     """The temporary files and folders of writers that died (the owner holds the lock, so
     no live writer has any): checkpoints/.tmp-*, checkpoints/.latest.tmp, .*.tmp* files."""
     root = folder / "checkpoints"
-    for path in [*(root.glob(".tmp-*") if root.is_dir() else []), *root.glob(".*.tmp"), *folder.glob(".*.tmp*")]:
+    for path in [*root.glob(".tmp-*"), *root.glob(".*.tmp"), *folder.glob(".*.tmp*")]:
         if path.name == LOCK:
             continue
         if path.is_dir() and not path.is_symlink():
