@@ -96,7 +96,7 @@ def build_model(kind: str, config: Mapping[str, Any] | None = None, /, **overrid
 
 
 __all__ = ["AUTOENCODERS", "AUTOENCODER_SIZES", "DIT_SIZES", "MLP", "MODELS", "UNET_SIZES", "UVIT_SIZES",
-           "ClassifierConfig", "DVAE", "DVAEConfig", "DalleConfig", "DalleTransformer", "DiT", "DiTConfig",
+           "CLIP", "CLIPConfig", "ClassifierConfig", "DVAE", "DVAEConfig", "DalleConfig", "DalleTransformer", "DiT", "DiTConfig",
            "KLAutoencoder", "KLAutoencoderConfig", "MLPConfig",
            "NoisyClassifier", "PatchDiscriminator", "UNet", "UNetConfig", "UViT", "UViTConfig",
            "VQAutoencoder", "VQAutoencoderConfig", "build_model", "model_config"]
