@@ -41,7 +41,7 @@ def test_logits_shape_and_causality_by_autograd():
     h = model.embed(text, image).detach().requires_grad_(True)
     out = h
     for layer, block in enumerate(model.blocks):
-        out = block(out, 0, None, layer)
+        out = block(out, None, layer)
     logits = model.head(model.norm(out))
     assert model(text, image).shape == (3, L + N - 1, 18)
     T = L + N - 1

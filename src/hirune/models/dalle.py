@@ -111,8 +111,9 @@ class CausalSelfAttention(nn.Module):
         self.heads, self.dropout = heads, dropout
         self.qkv, self.out = nn.Linear(width, 3 * width), nn.Linear(width, width)
 
-    def forward(self, h: Tensor, start: int, cache: KVCache | None, layer: int) -> Tensor:
-        """h (B, m, width) at positions start..start+m-1, attending to every earlier position."""
+    def forward(self, h: Tensor, cache: KVCache | None, layer: int) -> Tensor:
+        """h (B, m, width): the last m positions, each attending to itself and every earlier
+        one (the earlier ones' keys and values from the cache, where given)."""
         B, m, width = h.shape
         q, k, v = self.qkv(h).view(B, m, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
         if cache is not None:
@@ -133,8 +134,8 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width),
                                  nn.Dropout(dropout))
 
-    def forward(self, h: Tensor, start: int, cache: KVCache | None, layer: int) -> Tensor:
-        h = h + self.attn(self.norm1(h), start, cache, layer)
+    def forward(self, h: Tensor, cache: KVCache | None, layer: int) -> Tensor:
+        h = h + self.attn(self.norm1(h), cache, layer)
         return h + self.mlp(self.norm2(h))
 
 
@@ -182,7 +183,7 @@ class DalleTransformer(nn.Module):
         start = cache.length if cache is not None else 0
         h = self.embed(text, image)[:, start:]  # only the positions the cache does not hold
         for layer, block in enumerate(self.blocks):
-            h = block(h, start, cache, layer)
+            h = block(h, cache, layer)
         return self.head(self.norm(h))
 
     def new_cache(self) -> KVCache:
