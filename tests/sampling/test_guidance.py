@@ -240,3 +240,25 @@ def test_exact_inversion_under_cfg_reconstructs(process_name):
     noise = ddim_invert(d, x0, ts, exact=True, max_iter=200, cond={"y": y}).x
     back = ddim(d, noise, ts, cond={"y": y}).x
     assert float((back - x0).norm() / x0.norm()) < 1e-4
+
+
+def test_kept_keys_reach_both_branches_unchanged():
+    """A KEEP key (a super-resolution model's low-resolution input) is the same in the
+    conditional and the unconditional branch; the guided keys get their null value."""
+    from hirune.sampling.guidance import KEEP
+
+    seen = []
+
+    def net(x, t, y, low):
+        seen.append((y.clone(), low.clone()))
+        return x * 0 + low
+
+    d = Denoiser(net, DiscreteVP("linear"), "eps")
+    x, low = torch.randn(4, 2, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 0])
+    ClassifierFreeGuidance(d, 3.0, {"y": 3, "low": KEEP})(x, 10, y=y, low=low)
+    both_y, both_low = seen[-1]
+    assert both_y.tolist() == [0, 1, 2, 0, 3, 3, 3, 3]
+    torch.testing.assert_close(both_low, torch.cat([low, low]))
+    with pytest.raises(ValueError, match="not KEEP"):
+        ClassifierFreeGuidance(d, 3.0, {"low": KEEP})

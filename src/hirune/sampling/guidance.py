@@ -39,6 +39,17 @@ from ..process.base import Coefficients, TimeLike
 _INHERIT = "inherit"
 
 
+class _Keep:
+    """The null condition of a key that is not guided: both branches see the same value
+    (a super-resolution model's low-resolution image, its augmentation level)."""
+
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+KEEP = _Keep()
+
+
 def unclipped(denoiser) -> tuple[Callable, tuple[float, float] | None]:
     """The denoiser without its own x_0 clipping, and that clipping range."""
     clip = getattr(denoiser, "clip_x0", None)
@@ -66,7 +77,8 @@ class ClassifierFreeGuidance:
     with condition dropout.
 
     null_cond: the condition meaning "no condition", per key: a scalar (e.g. {"y": 10},
-        the null label of a 10-class model) or a tensor broadcastable to the batch.
+        the null label of a 10-class model), a tensor broadcastable to the batch, or
+        `KEEP`: that key is not guided and both branches see its value.
     scale: s in uncond + s (cond - uncond); see the module docstring.
     rescale: guidance rescale phi (Lin et al. 2023, eq. 15-16): the guided prediction, in
         the inner model's own parameterization, is scaled toward the per-sample standard
@@ -81,8 +93,9 @@ class ClassifierFreeGuidance:
 
     def __init__(self, denoiser, scale: float, null_cond: Mapping[str, object], *, rescale: float = 0.0,
                  interval: tuple[float, float] | None = None, clip_x0=_INHERIT):
-        if not null_cond:
-            raise ValueError("null_cond must name the null condition of every conditioning key, e.g. {'y': 10}")
+        if not any(v is not KEEP for v in dict(null_cond or {}).values()):
+            raise ValueError("null_cond must name the null condition of every conditioning key, e.g. {'y': 10}, "
+                             "and at least one key that is not KEEP")
         if not 0.0 <= rescale <= 1.0:
             raise ValueError(f"rescale must be in [0, 1], got {rescale}")
         if interval is not None and not (0 <= interval[0] < interval[1]):
@@ -119,7 +132,7 @@ class ClassifierFreeGuidance:
         if bool((s == 1).all()):  # nothing to guide: one plain conditional pass
             p = self.inner(x, t, **cond)
             return clipped_prediction(x, p.x0, p.eps, c, p.var_frac, self.clip_x0)
-        both = {k: torch.cat([v, self._null(k, v)]) for k, v in cond.items()}
+        both = {k: torch.cat([v, v if self.null_cond.get(k) is KEEP else self._null(k, v)]) for k, v in cond.items()}
         t2 = torch.cat([t, t]) if isinstance(t, Tensor) and t.ndim == 1 else t
         p = self.inner(torch.cat([x, x]), t2, **both)
         x0_c, x0_u = p.x0.chunk(2)
