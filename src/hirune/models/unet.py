@@ -59,6 +59,13 @@ class UNetConfig:
         (`hirune.nn.context`).  context_vocab: the network embeds token ids itself with a
         small trainable text transformer of that vocabulary (else the context is a frozen
         encoder's float embeddings).  context_len: the most tokens it embeds.
+    embed_dim: unCLIP's decoder (DALL-E 2 sec. 2.1, after GLIDE): the width D of a CLIP image
+        embedding `image_embed` (B, D).  A linear projection of it joins the time embedding
+        (as the pooled text does), and another makes `embed_tokens` extra context tokens for
+        the cross-attention blocks: appended after the caption's tokens on a text-conditioned
+        UNet, else the only context (cross-attention blocks are then built for them, with
+        tokens of width D: the key and value projections take them to each level's width).
+        The null condition of classifier-free guidance is the zero embedding.
 
     Keep the lowest level at 2 x 2 pixels or more: over a 1 x 1 map, a GroupNorm with one
     channel per group outputs its bias alone (8 x 8 inputs: at most three levels).
@@ -81,11 +88,13 @@ class UNetConfig:
     context_dim: int | None = None
     context_vocab: int | None = None
     context_len: int = 32
+    embed_dim: int | None = None
+    embed_tokens: int = 4
 
     def __post_init__(self):
         check_fields(self)
         for name in ("in_channels", "out_channels", "channels", "head_channels", "num_classes", "context_dim",
-                     "context_vocab"):
+                     "context_vocab", "embed_dim", "embed_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"UNetConfig.{name} must be positive, got {value}")
@@ -106,6 +115,12 @@ class UNetConfig:
             if width > self.head_channels and width % self.head_channels:
                 raise ValueError(f"UNetConfig.head_channels={self.head_channels} does not divide "
                                  f"the {width} channels of a level")
+
+    @property
+    def cross_dim(self) -> int | None:
+        """The width of the tokens cross-attention reads: the caption's, else the image
+        embedding's (its tokens alone), else None (no cross-attention)."""
+        return self.context_dim or self.embed_dim
 
     @property
     def downsample_factors(self) -> tuple[int, ...]:
@@ -205,6 +220,20 @@ class ResBlock(nn.Module):
         return self.skip(x) + h
 
 
+class ImageEmbedding(nn.Module):
+    """unCLIP's decoder condition: a CLIP image embedding (B, D) -> (a vector added to the
+    time embedding (B, emb_dim), `tokens` context tokens (B, tokens, width))."""
+
+    def __init__(self, embed_dim: int, emb_dim: int, tokens: int, width: int):
+        super().__init__()
+        self.tokens, self.width = tokens, width
+        self.to_emb = nn.Linear(embed_dim, emb_dim)
+        self.to_tokens = nn.Linear(embed_dim, tokens * width)
+
+    def forward(self, image_embed: Tensor) -> tuple[Tensor, Tensor]:
+        return self.to_emb(image_embed), self.to_tokens(image_embed).view(len(image_embed), self.tokens, self.width)
+
+
 class Step(nn.Sequential):
     """A run of layers called with what each needs: ResBlocks the embedding (and the size
     to upsample to), Upsamples the size, cross-attention the context, everything else the
@@ -238,13 +267,14 @@ class UNet(nn.Module):
         self.class_embed = nn.Embedding(c.num_classes + 1, emb_ch) if c.num_classes else None
         self.context = ContextEmbedding(c.context_dim, emb_ch, c.context_vocab, c.context_len) if c.context_dim \
             else None
+        self.clip_embed = ImageEmbedding(c.embed_dim, emb_ch, c.embed_tokens, c.cross_dim) if c.embed_dim else None
 
         def res(cin: int, cout: int, resample: str | None = None) -> ResBlock:
             return ResBlock(cin, cout, emb_ch, c.dropout, c.use_scale_shift_norm, resample)
 
         def attention(ch: int) -> list[nn.Module]:
             heads = max(1, ch // c.head_channels)
-            cross = [CrossAttention2d(ch, c.context_dim, heads)] if c.context_dim else []
+            cross = [CrossAttention2d(ch, c.cross_dim, heads)] if c.cross_dim else []
             return [SelfAttention2d(ch, heads), *cross]
 
         ch = c.channels
@@ -298,15 +328,38 @@ class UNet(nn.Module):
             return checkpoint(step, h, emb, size, *ctx, use_reentrant=False)
         return step(h, emb, size, *ctx)
 
+    def _with_image_embed(self, image_embed: Tensor | None, context: Tensor | None, mask: Tensor | None,
+                          pooled: Tensor | None) -> tuple[tuple, Tensor | None]:
+        """unCLIP: the embedding's projection added to `pooled`, its tokens after the caption's
+        (mask True) or alone; returns (the cross-attention's (context, mask) or (), pooled)."""
+        c = self.config
+        if (image_embed is not None) != (self.clip_embed is not None):
+            raise ValueError("image_embed goes with a UNet built with embed_dim (an unCLIP decoder), and such a UNet "
+                             f"needs it (image_embed given: {image_embed is not None}, embed_dim={c.embed_dim}; "
+                             "the null condition is the zero embedding)")
+        if image_embed is None:
+            return ((context, mask) if context is not None else ()), pooled
+        if image_embed.dim() != 2 or image_embed.shape[1] != c.embed_dim:
+            raise ValueError(f"image_embed of shape {tuple(image_embed.shape)} is not valid; valid: (B, {c.embed_dim})")
+        vector, tokens = self.clip_embed(image_embed.to(self.input_conv.weight.dtype))
+        pooled = vector if pooled is None else pooled + vector
+        if context is None:
+            return (tokens, None), pooled
+        if mask is None:
+            mask = torch.ones(context.shape[:2], dtype=torch.bool, device=context.device)
+        ones = torch.ones(tokens.shape[:2], dtype=torch.bool, device=mask.device)
+        return (torch.cat([context, tokens.to(context.dtype)], 1), torch.cat([mask, ones], 1)), pooled
+
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, context: Tensor | None = None,
-                context_mask: Tensor | None = None) -> Tensor:
+                context_mask: Tensor | None = None, image_embed: Tensor | None = None) -> Tensor:
         """context (B, M, context_dim) float or (B, M) token ids, context_mask (B, M) bool:
-        the text condition of a text-conditioned UNet (see `UNetConfig.context_dim`)."""
+        the text condition of a text-conditioned UNet (see `UNetConfig.context_dim`).
+        image_embed (B, embed_dim): an unCLIP decoder's CLIP image embedding (`embed_dim`)."""
         check_context(self.context is not None, context, "UNet")
-        pooled, ctx = None, ()
+        pooled = None
         if self.context is not None:
             context, pooled = self.context(context, context_mask)
-            ctx = (context, context_mask)
+        ctx, pooled = self._with_image_embed(image_embed, context, context_mask, pooled)
         emb = self.embed(t, y, pooled)
         h = self.input_conv(x)
         skips = [h]
