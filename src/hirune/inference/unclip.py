@@ -111,9 +111,9 @@ class UnCLIP:
                sampler: str | None = None, steps: int | None = None, seed: int = 0, progress: bool = False) -> Tensor:
         """Images (N, C, H, W) of the decoder from CLIP image embeddings (N, D), guided at
         `decoder_scale` (null: the zero embedding and, for text decoders, the empty caption)."""
-        out, _ = self.decoder.generate(len(embeddings), sampler, steps, None, seed, denoiser=self._denoiser(decoder_scale),
-                                       embeddings=embeddings, prompts=self._captions(len(embeddings), prompts),
-                                       progress=progress)
+        n = len(embeddings)
+        out, _ = self.decoder.generate(n, sampler, steps, None, seed, denoiser=self._denoiser(decoder_scale),
+                                       embeddings=embeddings, prompts=self._captions(n, prompts), progress=progress)
         return out.x
 
     def text_to_image(self, prompts: Sequence[str], *, prior_scale: float = 1.0, decoder_scale: float = 1.0,
