@@ -140,10 +140,10 @@ class UnCLIP:
     # --- real images ----------------------------------------------------------------
     def _images(self, images: Tensor) -> Tensor:
         shape = tuple(self.decoder.data.shape)
+        got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
         if isinstance(images, Tensor) and images.dim() == len(shape):
             images = images[None]
         if not isinstance(images, Tensor) or tuple(images.shape[1:]) != shape:
-            got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
             raise ValueError(f"images of shape {got} are not valid; valid: ({', '.join(map(str, shape))}) or "
                              f"(N, {', '.join(map(str, shape))}) in [-1, 1]")
         return images.float()
