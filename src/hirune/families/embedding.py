@@ -129,4 +129,5 @@ def preview_condition(run, n: int) -> dict[str, Tensor]:
     return {"image_embed": run.image_embeds[idx.to(run.image_embeds.device)]}
 
 
-__all__ = ["attach", "check", "check_clip", "condition", "draw", "null_condition", "training_condition"]
+__all__ = ["attach", "check", "check_clip", "check_count", "condition", "draw", "embed_training_images", "network_config",
+           "null_condition", "preview_condition", "training_condition"]
