@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from .. import objectives as O
 from ..process import Denoiser, make_process
 from ..process.denoiser import check_prediction_suits
-from . import diffusion_eval, diffusion_sampling
+from . import diffusion_eval, diffusion_sampling, superres
 from .base import Batch, Context, Draw, Family, checked_process, register
 from .latent import FirstStage
 from .settings import Range, check_choices
@@ -48,6 +48,8 @@ class DiffusionConfig:
     sampler: str = "ddim"              # previews and the default of `hirune sample`
     sample_steps: int = 50
     clip_x0: bool = True               # clamp the x0 estimate to [-1, 1] when sampling images
+    low_res: int = 0                   # super-resolution from low_res x low_res images (0: off; families.superres)
+    noise_aug: float = 0.0             # SR: the largest noise augmentation level of the low-res input, in [0, 1]
 
 
 @dataclass
@@ -62,6 +64,8 @@ class DiffusionDraw(Draw):
     t: Tensor | None = None
     t_weights: Tensor | None = None
     noise: Tensor | None = None
+    aug_level: Tensor | None = None    # super-resolution: the augmentation level a and noise eps' (families.superres)
+    aug_noise: Tensor | None = None
 
 
 @register
@@ -71,7 +75,8 @@ class Diffusion(Family):
     networks = ("mlp", "unet", "dit", "uvit")
     resumable = ("sampler", "sample_steps", "clip_x0")
     ranges = {"p_uncond": Range(0, 1, high_open=True), "min_snr_gamma": Range(0, low_open=True),
-              "reflow_steps": Range(1, integer=True), "sample_steps": Range(1, integer=True)}
+              "reflow_steps": Range(1, integer=True), "sample_steps": Range(1, integer=True),
+              "low_res": Range(0, integer=True), "noise_aug": Range(0, 1)}
 
     def __init__(self, cfg, config, data, device, references=None, network_config=None):
         super().__init__(cfg, config, data, device, references)
@@ -116,6 +121,9 @@ class Diffusion(Family):
             out.setdefault("in_channels", self.sample_shape[0])
             if learned:
                 out.setdefault("learned_sigma", True)
+            if config.low_res:
+                for key, value in superres.network_config(self).items():
+                    out.setdefault(key, value)
             if self.cfg.model in ("dit", "uvit"):  # transformers: a position per patch of a fixed size
                 out.setdefault("image_size", self.sample_shape[1])
         return out
@@ -145,6 +153,10 @@ class Diffusion(Family):
                              f"not {config.objective!r}")
         if (config.coupling != "independent" or config.reflow_from) and config.objective != "flow_matching":
             raise ValueError("coupling and reflow_from apply to objective='flow_matching'")
+        if config.low_res or config.noise_aug:
+            from ..data import example_shape
+
+            superres.check(cfg, config, example_shape(cfg.dataset))
 
     @classmethod
     def reference_paths(cls, config, training: bool) -> dict[str, str]:
@@ -227,6 +239,8 @@ class Diffusion(Family):
             d.t = O.sample_times(self.process, n, g, dev)
         if d.noise is None and self.reflow_noise is None:
             d.noise = torch.randn(shape, generator=g, dtype=dtype, device=dev)
+        if config.low_res:  # drawn last, so runs without super-resolution draw what they always drew
+            d.aug_level, d.aug_noise = superres.draw(self, n, g)
         return d
 
     def loss(self, forward: nn.Module, batch: Batch, draw: DiffusionDraw, step: int) -> O.Loss:
@@ -239,6 +253,8 @@ class Diffusion(Family):
         kw = {"cond": {"y": y} if config.class_conditional else None, "t": draw.t}
         if self.text is not None:
             kw["cond"] = self.text(self.captioner.captions(batch.idx, draw.template, draw.drop), self.device)
+        if config.low_res:  # the low-resolution input is never dropped: CFG guides the text alone
+            kw["cond"] = {**(kw["cond"] or {}), **superres.training_condition(self, x0, draw.aug_level, draw.aug_noise)}
         if config.objective == "regression":
             return O.regression_loss(forward, self.process, x0, target=config.prediction, weighting=config.weighting,
                                      min_snr_gamma=config.min_snr_gamma, noise=draw.noise,
@@ -281,6 +297,9 @@ class Diffusion(Family):
             cond = {"y": torch.arange(n, device=self.device) % self.data.num_classes}
         elif self.text is not None:  # "a handwritten zero", "a handwritten one", ...
             cond = self.text([caption(i % 10) for i in range(n)], self.device)
+        if self.config.low_res:  # the held-out images of those digits, downsampled
+            labels = torch.arange(n) % 10 if self.data.num_classes else None
+            cond = {**cond, **superres.sampling_condition(self, superres.test_low_res(self, labels, n), 0.0, 0)}
         x = sample(self.denoiser, (n, *self.sample_shape), self.config.sampler, self.config.sample_steps,
                    seed=self.cfg.seed, device=self.device, cond=cond).x
         return self.decode(x)

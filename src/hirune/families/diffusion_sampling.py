@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ..data.sizes import check_count
 from ..sampling import SampleOutput
+from . import superres
 from .base import check_sample_count, sample_chunks
 
 GUIDANCE = ("none", "cfg", "classifier")
@@ -83,6 +84,7 @@ def guide(run, method: str = "none", scale: float = 1.0, *, classifier=None, res
                              "its null condition was never trained")
         # the null condition: the null label, or the encoding of the empty caption
         null = run.text.null(run.device) if run.text is not None else {"y": run.data.num_classes}
+        null = {**null, **superres.null_condition(run)}  # a super-resolution run's low-res input: both branches
         return ClassifierFreeGuidance(run.denoiser, scale, null, rescale=rescale, interval=interval)
     if classifier is None:
         raise ValueError("classifier guidance needs a trained classifier run (--classifier RUN)")
@@ -105,7 +107,7 @@ def generate(run, n: int, sampler: str | None = None, steps: int | None = None, 
              seed: int = 0, *, denoiser=None, labels: Tensor | None = None, prompts: list[str] | None = None,
              label: int | None = None, per_class: bool = False, prompt: str | None = None,
              guided_labels: bool = False, trajectory: bool = False, progress: bool = True,
-             temperature: float = 1.0):
+             temperature: float = 1.0, low_res: Tensor | None = None, aug_level: float = 0.0):
     """n samples of a run (its EMA weights as loaded) in data space; returns (SampleOutput,
     labels or None).
 
@@ -118,7 +120,11 @@ def generate(run, n: int, sampler: str | None = None, steps: int | None = None, 
 
     More than `SAMPLE_CHUNK` samples are drawn in chunks, the k-th with seed + k (`sample_chunks`),
     so memory stays bounded and a count within one chunk gives the samples it always gave;
-    `nfe` is the network evaluations per sample.  A trajectory is for one chunk."""
+    `nfe` is the network evaluations per sample.  A trajectory is for one chunk.
+
+    A super-resolution run (low_res > 0) reads `low_res`, one low-resolution image (C,
+    low_res, low_res) per sample, augmented at the fixed level `aug_level` (noise seeded by
+    the chunk's seed); by default the held-out test images of the labels, downsampled."""
     if temperature != 1.0:
         raise ValueError("temperature applies to normalizing flows")
     if steps is not None:
@@ -131,12 +137,18 @@ def generate(run, n: int, sampler: str | None = None, steps: int | None = None, 
     n = check_sample_count(run.data, len(prompts) if prompts is not None else len(labels) if labels is not None else n,
                            trajectory)
     d = denoiser if denoiser is not None else run.denoiser
+    if run.config.low_res and low_res is None:
+        low_res = superres.test_low_res(run, labels, n)
+    if low_res is not None and len(low_res) != n:
+        raise ValueError(f"{len(low_res)} low_res images for {n} samples; give one per sample")
     sampler, steps = sampler or run.config.sampler, run.config.sample_steps if steps is None else steps
     outs = []
     for rows, chunk_seed in sample_chunks(n, seed):
         # a text run's labels name the digits of its captions; the network sees the captions
         cond = condition(run, labels[rows] if labels is not None and prompts is None else None,
                          prompts[rows] if prompts is not None else None)
+        cond = {**cond, **superres.sampling_condition(run, low_res[rows] if low_res is not None else None,
+                                                      aug_level, chunk_seed)}
         outs.append(_sample(run, d, rows.stop - rows.start, cond, sampler, steps, spacing, chunk_seed, trajectory,
                             progress))
     if len(outs) == 1:
