@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from .. import objectives as O
 from ..process import Denoiser, make_process
 from ..process.denoiser import check_prediction_suits
-from . import diffusion_eval, diffusion_sampling, embedding
+from . import diffusion_eval, diffusion_sampling, embedding, superres
 from .base import Batch, Context, Draw, Family, checked_process, register
 from .latent import FirstStage
 from .settings import Range, check_choices
@@ -50,6 +50,8 @@ class DiffusionConfig:
     clip_x0: bool = True               # clamp the x0 estimate to [-1, 1] when sampling images
     clip: str = ""                     # unCLIP decoder: a trained clip run, whose image embeddings condition it
     p_text_drop: float = 0.5           # a text decoder's caption dropout (p_uncond drops the embedding)
+    low_res: int = 0                   # super-resolution from low_res x low_res images (0: off; families.superres)
+    noise_aug: float = 0.0             # SR: the largest noise augmentation level of the low-res input, in [0, 1]
 
 
 @dataclass
@@ -65,6 +67,8 @@ class DiffusionDraw(Draw):
     t_weights: Tensor | None = None
     noise: Tensor | None = None
     embed_drop: Tensor | None = None   # unCLIP decoder: the CLIP embedding set to zero (families.embedding)
+    aug_level: Tensor | None = None    # super-resolution: the augmentation level a and noise eps' (families.superres)
+    aug_noise: Tensor | None = None
 
 
 @register
@@ -75,7 +79,8 @@ class Diffusion(Family):
     resumable = ("sampler", "sample_steps", "clip_x0")
     ranges = {"p_uncond": Range(0, 1, high_open=True), "min_snr_gamma": Range(0, low_open=True),
               "reflow_steps": Range(1, integer=True), "sample_steps": Range(1, integer=True),
-              "p_text_drop": Range(0, 1, high_open=True)}
+              "p_text_drop": Range(0, 1, high_open=True),
+              "low_res": Range(0, integer=True), "noise_aug": Range(0, 1)}
 
     def __init__(self, cfg, config, data, device, references=None, network_config=None):
         super().__init__(cfg, config, data, device, references)
@@ -126,6 +131,9 @@ class Diffusion(Family):
             if config.clip:
                 for key, value in embedding.network_config(self).items():
                     out.setdefault(key, value)
+            if config.low_res:
+                for key, value in superres.network_config(self).items():
+                    out.setdefault(key, value)
             if self.cfg.model in ("dit", "uvit"):  # transformers: a position per patch of a fixed size
                 out.setdefault("image_size", self.sample_shape[1])
         return out
@@ -157,6 +165,10 @@ class Diffusion(Family):
             raise ValueError("coupling and reflow_from apply to objective='flow_matching'")
         if config.clip:
             embedding.check(cfg, config)
+        if config.low_res or config.noise_aug:
+            from ..data import example_shape
+
+            superres.check(cfg, config, example_shape(cfg.dataset))
 
     @classmethod
     def reference_paths(cls, config, training: bool) -> dict[str, str]:
@@ -247,6 +259,8 @@ class Diffusion(Family):
             d.noise = torch.randn(shape, generator=g, dtype=dtype, device=dev)
         if config.clip:  # drawn last, so other runs draw what they always drew
             d.embed_drop, d.drop = embedding.draw(self, n, g)
+        if config.low_res:  # drawn last, so runs without super-resolution draw what they always drew
+            d.aug_level, d.aug_noise = superres.draw(self, n, g)
         return d
 
     def loss(self, forward: nn.Module, batch: Batch, draw: DiffusionDraw, step: int) -> O.Loss:
@@ -261,6 +275,8 @@ class Diffusion(Family):
             kw["cond"] = self.text(self.captioner.captions(batch.idx, draw.template, draw.drop), self.device)
         if config.clip:
             kw["cond"] = {**(kw["cond"] or {}), **embedding.training_condition(self, batch.idx, draw.embed_drop)}
+        if config.low_res:  # the low-resolution input is never dropped: CFG guides the text alone
+            kw["cond"] = {**(kw["cond"] or {}), **superres.training_condition(self, x0, draw.aug_level, draw.aug_noise)}
         if config.objective == "regression":
             return O.regression_loss(forward, self.process, x0, target=config.prediction, weighting=config.weighting,
                                      min_snr_gamma=config.min_snr_gamma, noise=draw.noise,
@@ -305,6 +321,9 @@ class Diffusion(Family):
             cond = self.text([caption(i % 10) for i in range(n)], self.device)
         if self.clip is not None:
             cond = {**cond, **embedding.preview_condition(self, n)}
+        if self.config.low_res:  # the held-out images of those digits, downsampled
+            labels = torch.arange(n) % 10 if self.data.num_classes else None
+            cond = {**cond, **superres.sampling_condition(self, superres.test_low_res(self, labels, n), 0.0, 0)}
         x = sample(self.denoiser, (n, *self.sample_shape), self.config.sampler, self.config.sample_steps,
                    seed=self.cfg.seed, device=self.device, cond=cond).x
         return self.decode(x)
