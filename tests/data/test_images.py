@@ -252,3 +252,33 @@ def test_advice_names_what_a_user_can_do(tmp_path):
     np.savez(tmp_path / "k.npz", pixels=np.zeros((2, 4, 4), dtype=np.uint8))
     with pytest.raises(ValueError, match=r"save the images under 'images'.*load_dataset\(path, key='pixels'\)"):
         npz_dataset(tmp_path / "k.npz")
+
+
+def test_mnist5k_14_is_mnist5k_pooled_with_the_same_split_and_labels():
+    from hirune.data import load_dataset
+    from hirune.data.dequantize import check_quantized
+
+    for split in ("train", "test"):
+        full, pooled = mnist5k(split), load_dataset("mnist5k-14", split)
+        assert pooled.data.shape == (len(full.data), 1, 14, 14)
+        assert torch.equal(pooled.labels, full.labels) and torch.equal(pooled.indices, full.indices)
+        # each pixel is the mean of its 2 x 2 block, by hand for one block
+        assert torch.allclose(pooled.data[:, 0, 3, 5], full.data[:, 0, 6:8, 10:12].mean(dim=(-1, -2)))
+    # the mean of four 8-bit levels: 2 s / 1020 - 1 for s in 0..1020, 1021 evenly spaced levels
+    assert pooled.levels == DATASETS["mnist5k-14"].levels == 1021
+    check_quantized(pooled.data, 1021)
+    with pytest.raises(ValueError, match="evenly spaced"):   # not 256 levels any more
+        check_quantized(pooled.data, 256)
+    assert DATASETS["mnist5k-14"].shape == (1, 14, 14) and "mnist5k-14" in dataset_info()
+
+
+def test_captions_of_pooled_digits_agree_with_the_full_size_measurements():
+    """Thickness is mean ink ranked per digit, slant a ratio of moments: pooling keeps most of them."""
+    from hirune.data import load_dataset
+    from hirune.data.captions import Captioner
+
+    full, pooled = mnist5k("test"), load_dataset("mnist5k-14", "test")
+    a, b = Captioner(full.data, full.labels), Captioner(pooled.data, pooled.labels)
+    thick = (a.thickness == b.thickness).float().mean()
+    slant = (a.slant == b.slant).float().mean()
+    assert thick > 0.9 and slant > 0.8, (thick, slant)

@@ -13,6 +13,7 @@ import torch
 
 import hirune as H
 from hirune.models import UNET_SIZES, build_model, model_config
+from hirune.nn import CrossAttention2d
 from networks import perturb_zero_init, unet
 
 
@@ -101,3 +102,68 @@ def test_named_sizes_and_their_parameter_counts():
     cfg = model_config("unet", size="tiny", in_channels=3, num_classes=10)
     assert cfg.channels == 32 and cfg.num_classes == 10
     assert model_config("unet", dataclasses.asdict(cfg)) == cfg  # round trip through a dict
+
+
+# --- unCLIP's decoder: the CLIP image embedding (embed_dim) -------------------------------
+
+def _embed_dependence(model, **cond) -> float:
+    """How much the output moves when only the image embedding changes (0: ignored)."""
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([3.0, 700.0])
+    z = torch.nn.functional.normalize(torch.randn(2, 16), dim=1)
+    with torch.no_grad():
+        return float((model(x, t, image_embed=z, **cond) - model(x, t, image_embed=z.flip(0), **cond)).abs().max())
+
+
+@pytest.mark.parametrize("text", [False, True])
+def test_the_image_embedding_reaches_the_output_by_both_paths(text):
+    cond = {"context": torch.randint(30, (2, 5))} if text else {}
+    extra = {"context_dim": 24, "context_vocab": 30} if text else {}
+    model = perturb_zero_init(unet(embed_dim=16, **extra)).eval()
+    assert _embed_dependence(model, **cond) > 1e-3
+    for path in ("to_emb", "to_tokens"):  # either path alone carries it: the time embedding, the context tokens
+        one = copy.deepcopy(model)
+        getattr(one.clip_embed, path).weight.data.zero_()
+        assert _embed_dependence(one, **cond) > 1e-4, path
+    # the harness catches a network that ignores the embedding: both projections cut
+    broken = copy.deepcopy(model)
+    broken.clip_embed.to_emb.weight.data.zero_()
+    broken.clip_embed.to_tokens.weight.data.zero_()
+    assert _embed_dependence(broken, **cond) == 0.0
+
+
+def test_the_embedding_tokens_follow_the_caption_tokens_or_stand_alone():
+    seen = []
+    hook = lambda module, args: seen.append((args[1], args[2]))  # noqa: E731 -- (context, mask) of cross-attention
+    z = torch.randn(2, 16)
+    for extra, width, m in (({"context_dim": 24, "context_vocab": 30}, 24, 5), ({}, 16, 0)):
+        model = perturb_zero_init(unet(embed_dim=16, embed_tokens=3, **extra)).eval()
+        blocks = [b for b in model.modules() if isinstance(b, CrossAttention2d)]
+        assert blocks and all(b.attn.kv.in_features == width for b in blocks)  # keys and values read that width
+        handle = blocks[0].register_forward_pre_hook(hook)
+        mask = torch.tensor([[True] * 5, [True, True, False, False, False]])
+        cond = {"context": torch.randint(1, 30, (2, m)), "context_mask": mask} if m else {}
+        seen.clear()
+        with torch.no_grad():
+            model(torch.randn(2, 1, 8, 8), torch.tensor([1.0, 2.0]), image_embed=z, **cond)
+        handle.remove()
+        context, mask = seen[0]
+        tokens = model.clip_embed.to_tokens(z).view(2, 3, width)
+        assert context.shape == (2, m + 3, width)
+        torch.testing.assert_close(context[:, m:], tokens)       # the embedding's tokens come last
+        if m:
+            assert mask[:, m:].all() and torch.equal(mask[:, :m], cond["context_mask"])
+        else:
+            assert mask is None
+
+
+def test_image_embed_is_refused_where_it_does_not_fit():
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([1.0, 2.0])
+    with pytest.raises(ValueError, match="needs it"):
+        unet(embed_dim=16)(x, t)
+    with pytest.raises(ValueError, match="image_embed goes with a UNet built with embed_dim"):
+        unet()(x, t, image_embed=torch.zeros(2, 16))
+    with pytest.raises(ValueError, match=r"image_embed of shape \(2, 8\) is not valid; valid: \(B, 16\)"):
+        unet(embed_dim=16)(x, t, image_embed=torch.zeros(2, 8))
+    for bad in ({"embed_dim": 0}, {"embed_dim": 16, "embed_tokens": 0}):
+        with pytest.raises(ValueError, match="must be positive"):
+            unet(**bad)

@@ -28,16 +28,19 @@ import traceback
 from collections.abc import Callable, Sequence
 
 from .bench import _add_bench
+from .cascade import _add_cascade
 from .catalog import _add_datasets, _add_presets, _add_processes, _add_samplers, _add_schedules
 from .common import CLIError
 from .control import _add_edit, _add_invert
 from .demo import _add_demo
 from .plan import _add_plan
 from .runs import _add_eval, _add_export, _add_sample, _add_train
+from .unclip import _add_unclip
 
 COMMANDS: tuple[Callable, ...] = (_add_demo, _add_samplers, _add_schedules, _add_processes,
                                   _add_datasets, _add_train, _add_presets, _add_sample, _add_eval, _add_export,
-                                  _add_invert, _add_edit, _add_bench, _add_plan)
+                                  _add_invert, _add_edit, _add_bench, _add_plan, _add_cascade,
+                                  _add_unclip)
 
 
 def build_parser() -> argparse.ArgumentParser:

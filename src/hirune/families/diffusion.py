@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from .. import objectives as O
 from ..process import Denoiser, make_process
 from ..process.denoiser import check_prediction_suits
-from . import diffusion_eval, diffusion_sampling
+from . import diffusion_eval, diffusion_sampling, embedding, superres
 from .base import Batch, Context, Draw, Family, checked_process, register
 from .latent import FirstStage
 from .settings import Range, check_choices
@@ -48,6 +48,10 @@ class DiffusionConfig:
     sampler: str = "ddim"              # previews and the default of `hirune sample`
     sample_steps: int = 50
     clip_x0: bool = True               # clamp the x0 estimate to [-1, 1] when sampling images
+    clip: str = ""                     # unCLIP decoder: a trained clip run, whose image embeddings condition it
+    p_text_drop: float = 0.5           # a text decoder's caption dropout (p_uncond drops the embedding)
+    low_res: int = 0                   # super-resolution from low_res x low_res images (0: off; families.superres)
+    noise_aug: float = 0.0             # SR: the largest noise augmentation level of the low-res input, in [0, 1]
 
 
 @dataclass
@@ -62,6 +66,9 @@ class DiffusionDraw(Draw):
     t: Tensor | None = None
     t_weights: Tensor | None = None
     noise: Tensor | None = None
+    embed_drop: Tensor | None = None   # unCLIP decoder: the CLIP embedding set to zero (families.embedding)
+    aug_level: Tensor | None = None    # super-resolution: the augmentation level a and noise eps' (families.superres)
+    aug_noise: Tensor | None = None
 
 
 @register
@@ -71,7 +78,9 @@ class Diffusion(Family):
     networks = ("mlp", "unet", "dit", "uvit")
     resumable = ("sampler", "sample_steps", "clip_x0")
     ranges = {"p_uncond": Range(0, 1, high_open=True), "min_snr_gamma": Range(0, low_open=True),
-              "reflow_steps": Range(1, integer=True), "sample_steps": Range(1, integer=True)}
+              "reflow_steps": Range(1, integer=True), "sample_steps": Range(1, integer=True),
+              "p_text_drop": Range(0, 1, high_open=True),
+              "low_res": Range(0, integer=True), "noise_aug": Range(0, 1)}
 
     def __init__(self, cfg, config, data, device, references=None, network_config=None):
         super().__init__(cfg, config, data, device, references)
@@ -85,6 +94,9 @@ class Diffusion(Family):
 
             self.text = TextConditioner(config.text_encoder)
         # latent diffusion: the diffusion's data are the scaled latents of a frozen autoencoder
+        self.clip = self.image_embeds = None
+        if config.clip:  # unCLIP's decoder: conditioned on the CLIP image embedding
+            embedding.attach(self)
         self.first_stage, self.sample_shape = None, tuple(data.shape)
         if config.autoencoder:
             self.first_stage = FirstStage(self.references["first_stage"], self.device)
@@ -116,6 +128,12 @@ class Diffusion(Family):
             out.setdefault("in_channels", self.sample_shape[0])
             if learned:
                 out.setdefault("learned_sigma", True)
+            if config.clip:
+                for key, value in embedding.network_config(self).items():
+                    out.setdefault(key, value)
+            if config.low_res:
+                for key, value in superres.network_config(self).items():
+                    out.setdefault(key, value)
             if self.cfg.model in ("dit", "uvit"):  # transformers: a position per patch of a fixed size
                 out.setdefault("image_size", self.sample_shape[1])
         return out
@@ -145,10 +163,18 @@ class Diffusion(Family):
                              f"not {config.objective!r}")
         if (config.coupling != "independent" or config.reflow_from) and config.objective != "flow_matching":
             raise ValueError("coupling and reflow_from apply to objective='flow_matching'")
+        if config.clip:
+            embedding.check(cfg, config)
+        if config.low_res or config.noise_aug:
+            from ..data import example_shape
+
+            superres.check(cfg, config, example_shape(cfg.dataset))
 
     @classmethod
     def reference_paths(cls, config, training: bool) -> dict[str, str]:
         refs = {"first_stage": config.autoencoder} if config.autoencoder else {}
+        if config.clip:
+            refs["clip"] = config.clip
         return refs  # reflow's teacher is loaded by `prepare` only when its pairs are not stored yet
 
     @classmethod
@@ -156,6 +182,8 @@ class Diffusion(Family):
         if role == "first_stage":
             return (f"autoencoder run {path} does not exist; train one first, e.g. `hirune train kl-ae-mnist5k`, "
                     "then pass autoencoder=runs/kl-ae-mnist5k")
+        if role == "clip":
+            return f"clip run {path} does not exist; train one first, e.g. `hirune train clip-mnist5k`"
         return (f"reflow_from run {path} does not exist (and this run has no reflow pairs of its own); train the "
                 "teacher first, e.g. `hirune train flow-two-moons`")
 
@@ -168,6 +196,8 @@ class Diffusion(Family):
             self.captioner = Captioner(data.data, data.labels)
         if self.first_stage is not None:  # KL: (mean, std) on the channels, scaled
             self.latents = self.first_stage.moments(data.data).cpu()
+        if self.clip is not None:  # the pixels' CLIP embeddings, once
+            self.image_embeds = embedding.embed_training_images(self, data.data)
         if self.config.reflow_from:
             self._reflow(data, context)
 
@@ -208,7 +238,7 @@ class Diffusion(Family):
         times, then noise (noise before the times for OT coupling)."""
         config, g, dev = self.config, generator, self.device
         d = DiffusionDraw()
-        if (config.class_conditional or config.text_encoder) and config.p_uncond > 0:
+        if (config.class_conditional or config.text_encoder) and config.p_uncond > 0 and not config.clip:
             d.drop = torch.rand(n, generator=g, device=g.device).to(dev) < config.p_uncond
         if self.first_stage is not None and self.first_stage.stochastic:
             d.latent_noise = torch.randn((n, *self.sample_shape), generator=g, device=dev)
@@ -227,6 +257,10 @@ class Diffusion(Family):
             d.t = O.sample_times(self.process, n, g, dev)
         if d.noise is None and self.reflow_noise is None:
             d.noise = torch.randn(shape, generator=g, dtype=dtype, device=dev)
+        if config.clip:  # drawn last, so other runs draw what they always drew
+            d.embed_drop, d.drop = embedding.draw(self, n, g)
+        if config.low_res:  # drawn last, so runs without super-resolution draw what they always drew
+            d.aug_level, d.aug_noise = superres.draw(self, n, g)
         return d
 
     def loss(self, forward: nn.Module, batch: Batch, draw: DiffusionDraw, step: int) -> O.Loss:
@@ -239,6 +273,10 @@ class Diffusion(Family):
         kw = {"cond": {"y": y} if config.class_conditional else None, "t": draw.t}
         if self.text is not None:
             kw["cond"] = self.text(self.captioner.captions(batch.idx, draw.template, draw.drop), self.device)
+        if config.clip:
+            kw["cond"] = {**(kw["cond"] or {}), **embedding.training_condition(self, batch.idx, draw.embed_drop)}
+        if config.low_res:  # the low-resolution input is never dropped: CFG guides the text alone
+            kw["cond"] = {**(kw["cond"] or {}), **superres.training_condition(self, x0, draw.aug_level, draw.aug_noise)}
         if config.objective == "regression":
             return O.regression_loss(forward, self.process, x0, target=config.prediction, weighting=config.weighting,
                                      min_snr_gamma=config.min_snr_gamma, noise=draw.noise,
@@ -281,6 +319,11 @@ class Diffusion(Family):
             cond = {"y": torch.arange(n, device=self.device) % self.data.num_classes}
         elif self.text is not None:  # "a handwritten zero", "a handwritten one", ...
             cond = self.text([caption(i % 10) for i in range(n)], self.device)
+        if self.clip is not None:
+            cond = {**cond, **embedding.preview_condition(self, n)}
+        if self.config.low_res:  # the held-out images of those digits, downsampled
+            labels = torch.arange(n) % 10 if self.data.num_classes else None
+            cond = {**cond, **superres.sampling_condition(self, superres.test_low_res(self, labels, n), 0.0, 0)}
         x = sample(self.denoiser, (n, *self.sample_shape), self.config.sampler, self.config.sample_steps,
                    seed=self.cfg.seed, device=self.device, cond=cond).x
         return self.decode(x)
@@ -296,8 +339,9 @@ class Diffusion(Family):
         return self.first_stage.encode(images).to(images.device) if self.first_stage is not None else images
 
     # --- inference: diffusion_sampling.py and diffusion_eval.py ----------------------
-    def condition(self, labels: Tensor | None = None, prompts: list[str] | None = None) -> dict:
-        return diffusion_sampling.condition(self, labels, prompts)
+    def condition(self, labels: Tensor | None = None, prompts: list[str] | None = None,
+                  embeddings: Tensor | None = None) -> dict:
+        return {**diffusion_sampling.condition(self, labels, prompts), **embedding.condition(self, embeddings)}
 
     def class_labels(self, n: int, label: int | None = None, per_class: bool = False) -> Tensor:
         return diffusion_sampling.class_labels(self, n, label, per_class)

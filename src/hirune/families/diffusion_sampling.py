@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ..data.sizes import check_count
 from ..sampling import SampleOutput
+from . import embedding, superres
 from .base import check_sample_count, sample_chunks
 
 GUIDANCE = ("none", "cfg", "classifier")
@@ -75,14 +76,16 @@ def guide(run, method: str = "none", scale: float = 1.0, *, classifier=None, res
     if method == "none":
         return run.denoiser
     if method == "cfg":
-        if not (config.class_conditional or run.text is not None):
+        if not (config.class_conditional or run.text is not None or config.clip):
             raise ValueError("cfg guidance needs a class- or text-conditional run (class_conditional=true or "
                              "text_encoder=tiny|minilm)")
         if config.p_uncond <= 0:
             raise ValueError("cfg guidance needs a run trained with condition dropout (p_uncond > 0): "
                              "its null condition was never trained")
         # the null condition: the null label, or the encoding of the empty caption
-        null = run.text.null(run.device) if run.text is not None else {"y": run.data.num_classes}
+        null = run.text.null(run.device) if run.text is not None else {} if config.clip else {"y": run.data.num_classes}
+        null = {**null, **embedding.null_condition(run)}  # an unCLIP decoder's zero CLIP embedding
+        null = {**null, **superres.null_condition(run)}  # a super-resolution run's low-res input: both branches
         return ClassifierFreeGuidance(run.denoiser, scale, null, rescale=rescale, interval=interval)
     if classifier is None:
         raise ValueError("classifier guidance needs a trained classifier run (--classifier RUN)")
@@ -105,7 +108,8 @@ def generate(run, n: int, sampler: str | None = None, steps: int | None = None, 
              seed: int = 0, *, denoiser=None, labels: Tensor | None = None, prompts: list[str] | None = None,
              label: int | None = None, per_class: bool = False, prompt: str | None = None,
              guided_labels: bool = False, trajectory: bool = False, progress: bool = True,
-             temperature: float = 1.0):
+             temperature: float = 1.0, embeddings: Tensor | None = None, low_res: Tensor | None = None,
+             aug_level: float = 0.0):
     """n samples of a run (its EMA weights as loaded) in data space; returns (SampleOutput,
     labels or None).
 
@@ -118,7 +122,14 @@ def generate(run, n: int, sampler: str | None = None, steps: int | None = None, 
 
     More than `SAMPLE_CHUNK` samples are drawn in chunks, the k-th with seed + k (`sample_chunks`),
     so memory stays bounded and a count within one chunk gives the samples it always gave;
-    `nfe` is the network evaluations per sample.  A trajectory is for one chunk."""
+    `nfe` is the network evaluations per sample.  A trajectory is for one chunk.
+
+    An unCLIP decoder run (clip=RUN) samples from `embeddings` (n, D), one CLIP image
+    embedding per sample (`families.embedding`), and needs them.
+
+    A super-resolution run (low_res > 0) reads `low_res`, one low-resolution image (C,
+    low_res, low_res) per sample, augmented at the fixed level `aug_level` (noise seeded by
+    the chunk's seed); by default the held-out test images of the labels, downsampled."""
     if temperature != 1.0:
         raise ValueError("temperature applies to normalizing flows")
     if steps is not None:
@@ -130,13 +141,21 @@ def generate(run, n: int, sampler: str | None = None, steps: int | None = None, 
         raise ValueError("give labels / prompts, or label / per_class / prompt, not both")
     n = check_sample_count(run.data, len(prompts) if prompts is not None else len(labels) if labels is not None else n,
                            trajectory)
+    embedding.check_count(embeddings, n)
     d = denoiser if denoiser is not None else run.denoiser
+    if run.config.low_res and low_res is None:
+        low_res = superres.test_low_res(run, labels, n)
+    if low_res is not None and len(low_res) != n:
+        raise ValueError(f"{len(low_res)} low_res images for {n} samples; give one per sample")
     sampler, steps = sampler or run.config.sampler, run.config.sample_steps if steps is None else steps
     outs = []
     for rows, chunk_seed in sample_chunks(n, seed):
         # a text run's labels name the digits of its captions; the network sees the captions
         cond = condition(run, labels[rows] if labels is not None and prompts is None else None,
                          prompts[rows] if prompts is not None else None)
+        cond = {**cond, **embedding.condition(run, embeddings[rows] if embeddings is not None else None)}
+        cond = {**cond, **superres.sampling_condition(run, low_res[rows] if low_res is not None else None,
+                                                      aug_level, chunk_seed)}
         outs.append(_sample(run, d, rows.stop - rows.start, cond, sampler, steps, spacing, chunk_seed, trajectory,
                             progress))
     if len(outs) == 1:

@@ -59,6 +59,20 @@ class UNetConfig:
         (`hirune.nn.context`).  context_vocab: the network embeds token ids itself with a
         small trainable text transformer of that vocabulary (else the context is a frozen
         encoder's float embeddings).  context_len: the most tokens it embeds.
+    embed_dim: unCLIP's decoder (DALL-E 2 sec. 2.1, after GLIDE): the width D of a CLIP image
+        embedding `image_embed` (B, D).  A linear projection of it joins the time embedding
+        (as the pooled text does), and another makes `embed_tokens` extra context tokens for
+        the cross-attention blocks: appended after the caption's tokens on a text-conditioned
+        UNet, else the only context (cross-attention blocks are then built for them, with
+        tokens of width D: the key and value projections take them to each level's width).
+        The null condition of classifier-free guidance is the zero embedding.
+    cond_channels: super-resolution (Imagen, SR3): channels of the upsampled low-resolution
+        image `low_res` (B, cond_channels, H, W), concatenated to x before the input conv.
+    aug_level: noise conditioning augmentation (Imagen, CDM): a second sinusoidal MLP embeds
+        the level a (B,) in [0, 1] the low-resolution image was noised to, added to the time
+        embedding.  Its last layer starts at zero, so a fresh network is the same function of
+        (x, t, low_res) whatever a is (the adaLN-Zero / ControlNet argument: a new input
+        starts as a no-op and learns how much to matter).
 
     Keep the lowest level at 2 x 2 pixels or more: over a 1 x 1 map, a GroupNorm with one
     channel per group outputs its bias alone (8 x 8 inputs: at most three levels).
@@ -81,14 +95,20 @@ class UNetConfig:
     context_dim: int | None = None
     context_vocab: int | None = None
     context_len: int = 32
+    embed_dim: int | None = None
+    embed_tokens: int = 4
+    cond_channels: int = 0
+    aug_level: bool = False
 
     def __post_init__(self):
         check_fields(self)
         for name in ("in_channels", "out_channels", "channels", "head_channels", "num_classes", "context_dim",
-                     "context_vocab"):
+                     "context_vocab", "embed_dim", "embed_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"UNetConfig.{name} must be positive, got {value}")
+        if self.cond_channels < 0:
+            raise ValueError(f"UNetConfig.cond_channels must be >= 0, got {self.cond_channels}")
         if self.num_res_blocks < 0:
             raise ValueError(f"UNetConfig.num_res_blocks must be >= 0, got {self.num_res_blocks}")
         if not self.channel_mult or min(self.channel_mult) < 1:
@@ -106,6 +126,12 @@ class UNetConfig:
             if width > self.head_channels and width % self.head_channels:
                 raise ValueError(f"UNetConfig.head_channels={self.head_channels} does not divide "
                                  f"the {width} channels of a level")
+
+    @property
+    def cross_dim(self) -> int | None:
+        """The width of the tokens cross-attention reads: the caption's, else the image
+        embedding's (its tokens alone), else None (no cross-attention)."""
+        return self.context_dim or self.embed_dim
 
     @property
     def downsample_factors(self) -> tuple[int, ...]:
@@ -205,6 +231,20 @@ class ResBlock(nn.Module):
         return self.skip(x) + h
 
 
+class ImageEmbedding(nn.Module):
+    """unCLIP's decoder condition: a CLIP image embedding (B, D) -> (a vector added to the
+    time embedding (B, emb_dim), `tokens` context tokens (B, tokens, width))."""
+
+    def __init__(self, embed_dim: int, emb_dim: int, tokens: int, width: int):
+        super().__init__()
+        self.tokens, self.width = tokens, width
+        self.to_emb = nn.Linear(embed_dim, emb_dim)
+        self.to_tokens = nn.Linear(embed_dim, tokens * width)
+
+    def forward(self, image_embed: Tensor) -> tuple[Tensor, Tensor]:
+        return self.to_emb(image_embed), self.to_tokens(image_embed).view(len(image_embed), self.tokens, self.width)
+
+
 class Step(nn.Sequential):
     """A run of layers called with what each needs: ResBlocks the embedding (and the size
     to upsample to), Upsamples the size, cross-attention the context, everything else the
@@ -238,17 +278,21 @@ class UNet(nn.Module):
         self.class_embed = nn.Embedding(c.num_classes + 1, emb_ch) if c.num_classes else None
         self.context = ContextEmbedding(c.context_dim, emb_ch, c.context_vocab, c.context_len) if c.context_dim \
             else None
+        self.clip_embed = ImageEmbedding(c.embed_dim, emb_ch, c.embed_tokens, c.cross_dim) if c.embed_dim else None
+        # noise conditioning augmentation: the level a, embedded like t, zero at the start
+        self.aug_embed = nn.Sequential(nn.Linear(c.channels, emb_ch), nn.SiLU(), zero_(nn.Linear(emb_ch, emb_ch))) \
+            if c.aug_level else None
 
         def res(cin: int, cout: int, resample: str | None = None) -> ResBlock:
             return ResBlock(cin, cout, emb_ch, c.dropout, c.use_scale_shift_norm, resample)
 
         def attention(ch: int) -> list[nn.Module]:
             heads = max(1, ch // c.head_channels)
-            cross = [CrossAttention2d(ch, c.context_dim, heads)] if c.context_dim else []
+            cross = [CrossAttention2d(ch, c.cross_dim, heads)] if c.cross_dim else []
             return [SelfAttention2d(ch, heads), *cross]
 
         ch = c.channels
-        self.input_conv = nn.Conv2d(c.in_channels, ch, 3, padding=1)
+        self.input_conv = nn.Conv2d(c.in_channels + c.cond_channels, ch, 3, padding=1)
         self.down, skip_channels, factor = nn.ModuleList(), [ch], 1
         for level, mult in enumerate(c.channel_mult):
             for _ in range(c.num_res_blocks):
@@ -293,20 +337,67 @@ class UNet(nn.Module):
             raise ValueError("class labels given to an unconditional UNet (num_classes=None)")
         return F.silu(emb if pooled is None else emb + pooled)
 
+    def _with_low_res(self, x: Tensor, low_res: Tensor | None) -> Tensor:
+        """x with the low-resolution image's channels appended (a super-resolution UNet)."""
+        k = self.config.cond_channels
+        if (low_res is not None) != (k > 0):
+            raise ValueError(f"low_res goes with a UNet built with cond_channels > 0, and such a UNet needs it "
+                             f"(low_res given: {low_res is not None}, cond_channels={k})")
+        if low_res is None:
+            return x
+        if low_res.shape[1] != k or low_res.shape[-2:] != x.shape[-2:]:
+            raise ValueError(f"low_res of shape {tuple(low_res.shape)} does not fit x {tuple(x.shape)} "
+                             f"with cond_channels={k}; upsample it to x's size first")
+        return torch.cat([x, low_res.to(x.dtype).expand(len(x), -1, -1, -1)], dim=1)
+
     def run(self, step: Step, h: Tensor, emb: Tensor, size: torch.Size | None = None, *ctx) -> Tensor:
         if self.config.use_checkpoint and torch.is_grad_enabled():
             return checkpoint(step, h, emb, size, *ctx, use_reentrant=False)
         return step(h, emb, size, *ctx)
 
+    def _with_image_embed(self, image_embed: Tensor | None, context: Tensor | None, mask: Tensor | None,
+                          pooled: Tensor | None) -> tuple[tuple, Tensor | None]:
+        """unCLIP: the embedding's projection added to `pooled`, its tokens after the caption's
+        (mask True) or alone; returns (the cross-attention's (context, mask) or (), pooled)."""
+        c = self.config
+        if (image_embed is not None) != (self.clip_embed is not None):
+            raise ValueError("image_embed goes with a UNet built with embed_dim (an unCLIP decoder), and such a UNet "
+                             f"needs it (image_embed given: {image_embed is not None}, embed_dim={c.embed_dim}; "
+                             "the null condition is the zero embedding)")
+        if image_embed is None:
+            return ((context, mask) if context is not None else ()), pooled
+        if image_embed.dim() != 2 or image_embed.shape[1] != c.embed_dim:
+            raise ValueError(f"image_embed of shape {tuple(image_embed.shape)} is not valid; valid: (B, {c.embed_dim})")
+        vector, tokens = self.clip_embed(image_embed.to(self.input_conv.weight.dtype))
+        pooled = vector if pooled is None else pooled + vector
+        if context is None:
+            return (tokens, None), pooled
+        if mask is None:
+            mask = torch.ones(context.shape[:2], dtype=torch.bool, device=context.device)
+        ones = torch.ones(tokens.shape[:2], dtype=torch.bool, device=mask.device)
+        return (torch.cat([context, tokens.to(context.dtype)], 1), torch.cat([mask, ones], 1)), pooled
+
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, context: Tensor | None = None,
-                context_mask: Tensor | None = None) -> Tensor:
+                context_mask: Tensor | None = None, image_embed: Tensor | None = None, low_res: Tensor | None = None,
+                aug_level: Tensor | None = None) -> Tensor:
         """context (B, M, context_dim) float or (B, M) token ids, context_mask (B, M) bool:
-        the text condition of a text-conditioned UNet (see `UNetConfig.context_dim`)."""
+        the text condition of a text-conditioned UNet (see `UNetConfig.context_dim`).
+        image_embed (B, embed_dim): an unCLIP decoder's CLIP image embedding (`embed_dim`).
+        low_res (B, cond_channels, H, W), aug_level (B,): a super-resolution UNet's
+        upsampled (and augmented) low-resolution image and its augmentation level."""
         check_context(self.context is not None, context, "UNet")
-        pooled, ctx = None, ()
+        x = self._with_low_res(x, low_res)
+        pooled = None
         if self.context is not None:
             context, pooled = self.context(context, context_mask)
-            ctx = (context, context_mask)
+        ctx, pooled = self._with_image_embed(image_embed, context, context_mask, pooled)
+        if (aug_level is not None) != (self.aug_embed is not None):
+            raise ValueError("aug_level goes with a UNet built with aug_level=True, and such a UNet needs it"
+                             f" (aug_level given: {aug_level is not None}, aug_level={self.config.aug_level})")
+        if aug_level is not None:  # a in [0, 1] seen as t in [0, 1000), like the time embedding
+            freqs = timestep_embedding(aug_level.float().expand(len(t)) * 1000.0, self.config.channels)
+            aug = self.aug_embed(freqs.to(self.input_conv.weight.dtype))
+            pooled = aug if pooled is None else pooled + aug
         emb = self.embed(t, y, pooled)
         h = self.input_conv(x)
         skips = [h]

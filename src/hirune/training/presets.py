@@ -233,3 +233,32 @@ def parse_preset_args(items: list[str]) -> tuple[str | None, dict[str, Any]]:
     if family is None:
         family = PRESETS.get(preset or DEFAULT_PRESET, {}).get("family", "diffusion")
     return preset, parse_overrides(items, family)
+
+# unCLIP's decoder (Ramesh et al. 2022, sec. 2.1): the main job's recipe (v-prediction, cosine
+# schedule, min-SNR, the tiny UNet) conditioned on the CLIP image embedding of clip-mnist5k
+# (train that first: `hirune train clip-mnist5k`): projected into the time embedding and into 4
+# extra context tokens read by cross-attention (1.75 M parameters), zeroed 10% of the time
+# for classifier-free guidance.  Sampled from embeddings (`hirune unclip`, `inference.unclip`),
+# so no eval_samples.  20 steps measured on the idle 2-core machine: 0.43-0.54 s a step (120-150
+# images/s), so 100 steps take about 45-55 s and the 1000 steps 8-9 minutes (plus 3 s to embed the
+# 5000 training images once).
+PRESETS["unclip-decoder-mnist5k"] = {**PRESETS["vpred-mnist5k"], "clip": "runs/clip-mnist5k", "eval_samples": 0}
+
+# --- Imagen's cascade (Saharia et al. 2022) at digit scale: a text-to-image base model at
+# 14 x 14 (mnist5k-14) and a text-conditioned super-resolution model 14 -> 28 reading the
+# upsampled low-res image as an extra input channel (families/superres.py), trained with
+# noise conditioning augmentation (a ~ U[0, 0.5]: the CDM / Imagen range of levels whose
+# sweep at sampling is 0 .. 0.3) or without it; against one 28 x 28 model of about the same
+# parameter count as base + SR together (channels 48: 4.31 M vs 2.04 M + 2.06 M).  All on the
+# text-minilm-mnist5k recipe (v-prediction, cosine, min-SNR), 1000 steps.  Seconds per 100
+# steps at batch 64 on 2 CPU threads (20 steps each, others sharing the machine, so +-20%):
+# base 21, SR 49, single 99 -- for the same CPU budget as base + SR at 1000 steps each, train
+# the single model about 700 steps (steps=700).
+_IMAGEN_UNET = {"channels": 32, "channel_mult": [1, 2, 2], "num_res_blocks": 2, "attention_resolutions": [4],
+                   "head_channels": 64, "use_scale_shift_norm": False}   # models/unet.py UNET_SIZES["tiny"]
+_IMAGEN = {**PRESETS["text-minilm-mnist5k"], "eval_samples": 0}
+PRESETS["imagen-base-mnist5k"] = {**_IMAGEN, "dataset": "mnist5k-14",
+                                  "model_config": {**_IMAGEN_UNET, "attention_resolutions": [2]}}
+PRESETS["imagen-sr-mnist5k"] = {**_IMAGEN, "low_res": 14, "noise_aug": 0.5, "model_config": _IMAGEN_UNET}
+PRESETS["imagen-sr-noaug-mnist5k"] = {**_IMAGEN, "low_res": 14, "noise_aug": 0.0, "model_config": _IMAGEN_UNET}
+PRESETS["imagen-single-mnist5k"] = {**_IMAGEN, "model_config": {**_IMAGEN_UNET, "channels": 48, "head_channels": 48}}
