@@ -86,13 +86,14 @@ def sweep(run, args) -> list[dict]:
 
 
 def table(rows: list[dict], reference: dict, note: str) -> str:
-    lines = ["| scale s | threshold | Frechet distance | accuracy | saturated | saturated (bright) | raw beyond [-1, 1] |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| scale s | threshold | Frechet distance | accuracy | saturated | saturated (bright) "
+             "| raw beyond [-1, 1] |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['scale']:g} | {r['threshold']} | {r['frechet_distance']:.2f} | {r['accuracy']:.1%} | "
                      f"{r['saturated']:.1%} | {r['saturated_high']:.2%} | {r['beyond_range']:.2%} |")
     lines.append(f"| test split | | {rows[0]['frechet_real_vs_real']:.2f} (real vs real) | | "
-                 f"{reference['saturated']:.1%} | {reference['saturated_high']:.2%} | {reference['beyond_range']:.2%} |")
+                 f"{reference['saturated']:.1%} | {reference['saturated_high']:.2%} | "
+                 f"{reference['beyond_range']:.2%} |")
     return "\n".join(lines) + f"\n\n{note}\n"
 
 
