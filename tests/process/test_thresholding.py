@@ -170,3 +170,11 @@ def test_clipped_prediction_with_a_threshold():
     x, x0 = torch.zeros(1, 4), torch.tensor([[0.5, 2.0, 3.0, 4.0]])
     p = clipped_prediction(x, x0, torch.zeros(1, 4), c, None, Threshold("dynamic", 1.0))
     assert torch.allclose(p.x0, x0 / 4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_dynamic_keeps_the_dtype(dtype):
+    x0 = torch.tensor([[0.5, 2.0, 3.0, 4.0]], dtype=dtype)
+    out = Threshold("dynamic", 1.0)(x0)
+    expected = torch.tensor([[0.125, 0.5, 0.75, 1.0]], dtype=torch.float64)
+    assert out.dtype == dtype and torch.allclose(out.double(), expected)

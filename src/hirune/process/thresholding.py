@@ -61,8 +61,10 @@ class Threshold:
         (static: 1)."""
         if self.kind == "static":
             return torch.ones(x0.shape[0], dtype=x0.dtype, device=x0.device)
-        flat = x0.detach().abs().reshape(x0.shape[0], -1)
-        s = torch.quantile(flat.float(), self.percentile, dim=1).to(x0.dtype)
+        flat = x0.abs().reshape(x0.shape[0], -1)
+        if flat.dtype not in (torch.float32, torch.float64):  # quantile takes no half precision
+            flat = flat.float()
+        s = torch.quantile(flat, self.percentile, dim=1).to(x0.dtype)
         return s.clamp(min=1.0)
 
     def __call__(self, x0: Tensor) -> Tensor:
