@@ -377,3 +377,33 @@ def test_sample_out_and_nproc_errors_are_one_line(toy_run, tmp_path, capsys):
     assert "--out must end in .png, .npz or .gif" in _one_error_line(capsys, "sample")
     assert main(["train", "ddpm-two-moons", "--nproc", "-1"]) == 2
     assert "--nproc must be >= 1" in _one_error_line(capsys, "train")
+
+
+def test_threshold_flags_sample_and_eval_a_digit_run(tmp_path, capsys):
+    out = tmp_path / "digits"
+    assert main(["train", "ddpm-digits", "steps=2", "ckpt_every=2", "sample_every=0", "batch_size=8",
+                 "class_conditional=true", 'model_config={"channels":8,"channel_mult":[1],"num_res_blocks":1,'
+                 '"attention_resolutions":[]}', f"out={out}"]) == 0
+    assert main(["sample", str(out), "--n", "4", "--steps", "2", "--guidance", "cfg", "--scale", "8",
+                 "--threshold", "dynamic", "--percentile", "0.9", "--out", str(tmp_path / "s.npz")]) == 0
+    import numpy as np
+
+    x = next(iter(np.load(tmp_path / "s.npz").values()))
+    assert np.abs(x).max() <= 1.0
+    capsys.readouterr()
+    assert main(["eval", str(out), "--n", "20", "--steps", "2", "--threshold", "none"]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["threshold"] == "none" and math.isfinite(metrics["frechet_distance"])
+    assert main(["sample", str(out), "--threshold", "dynamic", "--percentile", "1.5",
+                 "--out", str(tmp_path / "b.png")]) == 2
+    assert "percentile=1.5 is not valid; valid: a number in (0, 1]" in _one_error_line(capsys, "sample")
+    assert main(["sample", str(out), "--percentile", "0.9", "--out", str(tmp_path / "b.png")]) == 2
+    assert "--percentile 0.9 goes with --threshold dynamic" in _one_error_line(capsys, "sample")
+
+
+def test_threshold_of_a_toy_run_is_refused(toy_run, tmp_path, capsys):
+    assert main(["sample", toy_run, "--threshold", "static", "--out", str(tmp_path / "s.npz")]) == 2
+    assert "threshold=static is not valid for toy data" in _one_error_line(capsys, "sample")
+    with pytest.raises(SystemExit) as exc:
+        main(["sample", toy_run, "--threshold", "soft"])
+    assert exc.value.code == 2 and "invalid choice: 'soft'" in capsys.readouterr().err

@@ -93,3 +93,23 @@ def test_evaluate_refuses_bad_counts(toy):
         toy.evaluate(10, steps=2, nll=-5)
     with pytest.raises(ValueError, match="nll=10001: the two_moons test split has 10000 examples"):
         toy.nll(10001)
+
+
+def test_guide_threshold_replaces_the_runs_clipping_after_guidance(digits):
+    from hirune.process.thresholding import Threshold
+
+    assert digits.denoiser.clip_x0 == (-1.0, 1.0)  # the run's own: static for pixel images
+    assert digits.guide("none") is digits.denoiser  # threshold None keeps it
+    plain = digits.guide("none", threshold="dynamic", percentile=0.9)
+    assert plain.clip_x0 == Threshold("dynamic", 0.9) and digits.denoiser.clip_x0 == (-1.0, 1.0)
+    assert digits.guide("none", threshold="none").clip_x0 is None
+    cfg = digits.guide("cfg", 5.0, threshold="dynamic")
+    assert cfg.clip_x0 == Threshold("dynamic") and cfg.inner.clip_x0 is None  # after guidance, not per branch
+    assert digits.guide("cfg", 5.0).clip_x0 == (-1.0, 1.0)
+    out, _ = digits.generate(2, "ddim", 3, denoiser=cfg, label=3, progress=False)
+    assert out.x.abs().max() <= 1.0
+
+
+def test_guide_refuses_thresholding_non_images(toy):
+    with pytest.raises(ValueError, match="threshold=dynamic is not valid for toy data"):
+        toy.guide("none", threshold="dynamic")

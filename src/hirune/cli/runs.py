@@ -78,6 +78,11 @@ def _add_guidance_options(p) -> None:
     g.add_argument("--rescale", type=float, default=0.0, help="cfg guidance rescale phi (Lin et al.; 0.7 typical)")
     g.add_argument("--interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                    help="cfg only for noise levels sigma/alpha in (LO, HI]")
+    g.add_argument("--threshold", choices=("none", "static", "dynamic"), default=None,
+                   help="x0 thresholding after guidance (Imagen): none, static clip to [-1, 1], or dynamic "
+                        "(per-sample percentile of |x0|); default: the run's clip_x0 setting; pixel runs only")
+    g.add_argument("--percentile", type=float, default=None, metavar="P",
+                   help="dynamic thresholding's percentile p in (0, 1], default 0.995")
 
 
 def _add_sample(sub) -> None:
@@ -134,6 +139,9 @@ def _logit_guidance(args) -> dict:
     on its logits); the other guidance options are refused."""
     if args.guidance == "classifier" or args.rescale or args.interval:
         raise CLIError("a dalle run is guided by --scale S alone (classifier-free guidance on its logits)")
+    if args.threshold is not None or args.percentile is not None:
+        raise CLIError("--threshold / --percentile threshold a diffusion run's x0 estimate; a dalle run samples "
+                       "image tokens")
     return {"scale": args.scale}
 
 
@@ -161,9 +169,24 @@ def _reranked(run, args, options: dict):
 
 
 def _guided(run, args):
-    """The run's denoiser under the guidance named by the arguments (None: the run's own)."""
+    """The run's denoiser under the guidance and thresholding named by the arguments (None:
+    the run's own)."""
     from ..inference.generate import guide
 
+    threshold, percentile = getattr(args, "threshold", None), getattr(args, "percentile", None)
+    if percentile is not None and threshold != "dynamic":
+        raise CLIError(f"--percentile {percentile} goes with --threshold dynamic")
+    if threshold is not None:
+        if not hasattr(run, "guide"):
+            raise CLIError(f"--threshold applies to diffusion and flow-matching runs; this is a {run.name} run")
+        from ..training.loading import load
+
+        classifier = getattr(args, "classifier", None)
+        return run.guide(getattr(args, "guidance", "none"), getattr(args, "scale", 1.0),
+                         classifier=load(classifier) if classifier is not None else None,
+                         rescale=getattr(args, "rescale", 0.0),
+                         interval=tuple(args.interval) if getattr(args, "interval", None) else None,
+                         threshold=threshold, percentile=0.995 if percentile is None else percentile)
     return guide(run, getattr(args, "guidance", "none"), getattr(args, "scale", 1.0),
                  classifier=getattr(args, "classifier", None),
                  rescale=getattr(args, "rescale", 0.0),
@@ -262,6 +285,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         text_accuracy=args.text_accuracy, denoising_error=args.denoising_error, **guidance)}
     if args.guidance != "none":
         metrics.update({"guidance": args.guidance, "scale": args.scale})
+    if args.threshold is not None:
+        metrics["threshold"] = args.threshold + (f" {args.percentile}" if args.percentile is not None else "")
     print(json.dumps(metrics))
     return 0
 

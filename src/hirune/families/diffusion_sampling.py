@@ -60,16 +60,33 @@ def condition(run, labels: Tensor | None = None, prompts: list[str] | None = Non
 
 
 def guide(run, method: str = "none", scale: float = 1.0, *, classifier=None, rescale: float = 0.0,
-          interval: tuple[float, float] | None = None):
+          interval: tuple[float, float] | None = None, threshold: str | None = None,
+          percentile: float = 0.995):
     """The run's denoiser under `method` (none | cfg | classifier) at `scale` (the convention
     of `hirune.sampling.guidance`: 1 = conditional, 0 = unconditional).
 
     cfg needs a class- or text-conditional run trained with condition dropout (p_uncond >
     0); classifier needs `classifier`, a loaded noise-aware classifier run on the same
     process and data shape, and guides the run's unconditional prediction (the null label
-    of a conditional run), so s = 0 is the same model for both methods."""
+    of a conditional run), so s = 0 is the same model for both methods.
+
+    threshold: None keeps the run's own x0 clipping (its `clip_x0` setting: static for
+    pixel images); none | static | dynamic (Imagen's, at `percentile`; see
+    `process.thresholding`) replaces it on the returned denoiser, applied after guidance.
+    Refused for latent runs (latents are not in [-1, 1]) and data that are not images."""
+    from ..process.thresholding import make_threshold, with_clip
     from ..sampling.guidance import ClassifierFreeGuidance, ClassifierGuidance
 
+    if threshold is not None:  # the guided denoiser, its clipping (applied after guidance) replaced
+        clip = make_threshold(threshold, percentile)
+        if run.first_stage is not None:
+            raise ValueError(f"threshold={threshold} is not valid for a latent diffusion run: its samples are "
+                             "autoencoder latents, not pixels in [-1, 1]; valid: leave threshold unset")
+        if run.data.kind != "image":
+            raise ValueError(f"threshold={threshold} is not valid for {run.data.kind} data ({run.data.name}): "
+                             "thresholding bounds pixels to [-1, 1]; valid: leave threshold unset")
+        return with_clip(guide(run, method, scale, classifier=classifier, rescale=rescale, interval=interval),
+                         clip)
     if method not in GUIDANCE:
         raise ValueError(f"unknown guidance {method!r}; valid: {list(GUIDANCE)}")
     config = run.config

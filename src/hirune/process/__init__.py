@@ -6,6 +6,7 @@
     paths.py             flow-matching paths (rectified flow, conditional OT)
     parameterization.py  eps | x0 | v | score | velocity <-> (x0, eps)
     denoiser.py          the denoiser protocol: Denoiser, Prediction
+    thresholding.py      static / dynamic thresholding of the x_0 estimate (Imagen)
     mixture.py           Gaussian mixtures with exact scores (the tests' ground truth)
 
 `make_process(name, **config)` builds one by the names of `PROCESSES`.
@@ -18,6 +19,7 @@ from .parameterization import PREDICTIONS, from_x0_eps, to_x0_eps
 from .paths import CondOT, RectifiedFlow
 from .schedules import BETA_SCHEDULES, DiscreteVP, make_betas, rescale_zero_terminal_snr
 from .sde import VESDE, NoiseLevels, SubVPSDE, VPSDE
+from .thresholding import THRESHOLDS, Threshold, make_threshold
 
 PROCESSES = {
     "ddpm": lambda **kw: DiscreteVP(**kw),
@@ -42,5 +44,5 @@ def make_process(name: str, **kwargs) -> GaussianProcess:
 
 __all__ = ["BETA_SCHEDULES", "PREDICTIONS", "PROCESSES", "Coefficients", "CondOT", "Denoiser", "DiscreteVP",
            "GaussianMixture", "GaussianProcess", "NoiseLevels", "Prediction", "RectifiedFlow", "SubVPSDE",
-           "TimeLike", "VESDE", "VPSDE", "from_x0_eps", "make_betas", "make_process", "rescale_zero_terminal_snr",
-           "to_x0_eps"]
+           "THRESHOLDS", "Threshold", "TimeLike", "VESDE", "VPSDE", "from_x0_eps", "make_betas", "make_process",
+           "make_threshold", "rescale_zero_terminal_snr", "to_x0_eps"]

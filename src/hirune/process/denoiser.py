@@ -22,6 +22,7 @@ from torch import Tensor
 
 from .parameterization import check_prediction, from_x0_eps, to_x0_eps
 from .base import Coefficients, GaussianProcess, TimeLike
+from .thresholding import Threshold, apply_clip
 
 
 @dataclass(frozen=True)
@@ -51,11 +52,12 @@ class Prediction:
 
 
 def clipped_prediction(x: Tensor, x0: Tensor, eps: Tensor, c: Coefficients, var_frac: Tensor | None,
-                       clip: tuple[float, float] | None) -> Prediction:
-    """The Prediction, with x0 clamped to `clip` (if given) and eps made consistent with it
-    (x = alpha x0 + sigma eps)."""
+                       clip: Threshold | tuple[float, float] | None) -> Prediction:
+    """The Prediction, with x0 clamped to `clip` (a (low, high) range) or thresholded by it
+    (a `Threshold`: static or dynamic, `process.thresholding`), if given, and eps made
+    consistent with it (x = alpha x0 + sigma eps)."""
     if clip is not None:
-        x0 = x0.clamp(*clip)
+        x0 = apply_clip(x0, clip)
         eps = (x - c.alpha * x0) / c.sigma
     return Prediction(x0, eps, c, var_frac)
 
@@ -85,12 +87,15 @@ class Denoiser:
 
     learned_variance: the model returns 2C channels on dim 1, the prediction then the
         Improved-DDPM variance interpolation v in [-1, 1].
-    clip_x0: optional (low, high) to clamp the x_0 estimate (eps is made consistent).
+    clip_x0: optional (low, high) to clamp the x_0 estimate, or a `Threshold` (static /
+        dynamic thresholding, Imagen); eps is made consistent.  Guidance wrappers take it
+        off this denoiser and apply it after guidance.
     """
 
     def __init__(
         self, model: Callable[..., Tensor], process: GaussianProcess, prediction: str = "eps",
-        *, learned_variance: bool = False, clip_x0: tuple[float, float] | None = None,
+        *, learned_variance: bool = False,
+        clip_x0: Threshold | tuple[float, float] | None = None,
     ):
         check_prediction_suits(prediction, process)
         self.model, self.process, self.prediction = model, process, prediction

@@ -20,7 +20,9 @@ score, velocity).  A score change d (here s * grad log p) moves eps by -sigma d 
 sigma^2 / alpha d; where alpha = 0 (a flow at t = 1) x_t carries no information about y
 and the prediction is left as it is.
 
-Clipping of the x_0 estimate (`clip_x0`) happens after guidance, never per branch.
+Clipping of the x_0 estimate (`clip_x0`: a (low, high) range, or static / dynamic
+thresholding, `process.thresholding`) happens after guidance, never per branch: the
+wrapper takes it off the inner denoiser (`unclipped`) and applies it to the guided pair.
 """
 
 from __future__ import annotations
@@ -50,8 +52,9 @@ class _Keep:
 KEEP = _Keep()
 
 
-def unclipped(denoiser) -> tuple[Callable, tuple[float, float] | None]:
-    """The denoiser without its own x_0 clipping, and that clipping range."""
+def unclipped(denoiser) -> tuple[Callable, object]:
+    """The denoiser without its own x_0 clipping, and that clipping (a (low, high) range or
+    a `Threshold`; None where it had none)."""
     clip = getattr(denoiser, "clip_x0", None)
     if clip is None:
         return denoiser, None
@@ -86,7 +89,8 @@ class ClassifierFreeGuidance:
         0 turns it off, 0.7 is the paper's choice.
     interval: (lo, hi) in EDM noise level sigma / alpha: guide only where lo < sigma/alpha
         <= hi and use the conditional prediction elsewhere (Kynkaanniemi et al. 2024).
-    clip_x0: clamp range applied after guidance (default: the inner denoiser's).
+    clip_x0: x_0 clipping applied after guidance, a (low, high) range or a `Threshold`
+        (default: the inner denoiser's).
 
     Both branches run in one batched forward pass of twice the batch.
     """
