@@ -120,14 +120,11 @@ class PriorTransformer(nn.Module):
         return h + self.positions.to(h.dtype)
 
     def forward(self, x: Tensor, t: Tensor, text_tokens: Tensor, text_mask: Tensor, text_emb: Tensor) -> Tensor:
-        h = self.tokens(x, t, text_tokens, text_emb)
-        mask = causal_padding_mask(text_mask.bool(), self.EXTRA)
-        for block in self.blocks:
-            h = block(h, mask)
-        return self.out(self.norm(h[:, -1]))
+        h = self.hidden(x, t, text_tokens, text_mask, text_emb)
+        return self.out(self.norm(h[:, -1]))                              # the query token
 
     def hidden(self, x: Tensor, t: Tensor, text_tokens: Tensor, text_mask: Tensor, text_emb: Tensor) -> Tensor:
-        """Every token's output (B, M + 4, width) after the blocks (tests: causality)."""
+        """Every token's output (B, M + 4, width) after the blocks."""
         h = self.tokens(x, t, text_tokens, text_emb)
         mask = causal_padding_mask(text_mask.bool(), self.EXTRA)
         for block in self.blocks:
