@@ -127,6 +127,11 @@ def test_generate_embeddings_gives_unit_vectors_and_picks_among_the_candidates(p
     monkeypatch.setattr(P, "pick_best", spy)
     run.generate_embeddings(["a handwritten one"], best_of=3, steps=2, progress=False)
     assert seen["k"] == 3
+    assert run.generate(3, steps=2, progress=False).shape == (3, run.dim)
+    with pytest.raises(ValueError, match="not images"):
+        run.generate(3, steps=2, denoiser=run.denoiser)               # `hirune sample` asks for images
+    with pytest.raises(ValueError, match="valid: \\['none', 'cfg'\\]"):
+        run.guide("classifier", 2.0)
     report = run.evaluate(4, steps=2)
     assert 0 <= report["held_out/best_of_2/zero_shot"] <= 1 and -1 <= report["train/best_of_1/cosine"] <= 1
 

@@ -206,18 +206,21 @@ class Prior(Family):
             self.embeddings = self.standardise(self.clip.embed_image(self.train_data.data))
 
     # --- inference ------------------------------------------------------------------
-    def guide(self, method: str = "none", scale: float = 1.0, **options):
+    def guide(self, method: str = "none", scale: float = 1.0, *, classifier=None, rescale: float = 0.0,
+              interval: tuple[float, float] | None = None):
         """The denoiser (none) or classifier-free guidance at `scale` (1 = conditional, 0 =
-        unconditional), the null condition the empty caption's encodings."""
+        unconditional; rescale and interval as `sampling.guidance`), the null condition
+        the empty caption's CLIP encodings."""
         from ..sampling.guidance import ClassifierFreeGuidance
 
+        if method not in ("none", "cfg") or classifier is not None:
+            raise ValueError(f"guidance={method!r} is not valid for a prior run; valid: ['none', 'cfg'] (no "
+                             "classifier guidance)")
         if method == "none":
             return self.denoiser
-        if method != "cfg":
-            raise ValueError(f"guidance={method!r} is not valid for a prior run; valid: ['none', 'cfg']")
         if self.config.p_uncond <= 0:
             raise ValueError("cfg guidance needs a run trained with caption dropout (p_uncond > 0)")
-        return ClassifierFreeGuidance(self.denoiser, scale, self.condition([""]), **options)
+        return ClassifierFreeGuidance(self.denoiser, scale, self.condition([""]), rescale=rescale, interval=interval)
 
     @torch.no_grad()
     def generate_embeddings(self, prompts: list[str], *, scale: float = 1.0, best_of: int | None = None,
@@ -245,17 +248,24 @@ class Prior(Family):
             out.append(pick_best(z, self.clip.embed_text(chunk)))
         return torch.cat(out) if out else torch.zeros(0, self.dim)
 
-    def generate(self, n: int, *args, prompt: str | None = None, prompts: list[str] | None = None, **options):
-        """n embeddings (N, D) for `prompts`, or all `prompt`, or "a handwritten <digit>"
-        for the digits in turn; options as `generate_embeddings`."""
+    def generate(self, n: int, sampler: str | None = None, steps: int | None = None, spacing: str | None = None,
+                 seed: int = 0, *, prompt: str | None = None, prompts: list[str] | None = None, scale: float = 1.0,
+                 best_of: int | None = None, progress: bool = True, **image_options) -> Tensor:
+        """n unit CLIP image embeddings (n, D) on the CPU for `prompts`, or all `prompt`, or
+        "a handwritten <digit>" for the digits in turn (`generate_embeddings`).  A prior
+        samples embeddings, not images: options of image sampling are refused."""
         from ..data.captions import caption
         from .base import check_sample_count
 
+        if image_options or spacing is not None:
+            raise ValueError("a prior run samples CLIP image embeddings, not images: use "
+                             "run.generate_embeddings(prompts) in Python (an unCLIP decoder run turns them into "
+                             "images), or `hirune eval` for its scores")
         n = check_sample_count(self.data, n) if prompts is None else len(prompts)
         if prompts is None:
             prompts = [prompt] * n if prompt is not None else [caption(i % 10) for i in range(n)]
-        allowed = {"scale", "best_of", "sampler", "steps", "seed", "progress"}
-        return self.generate_embeddings(list(prompts), **{k: v for k, v in options.items() if k in allowed})
+        return self.generate_embeddings(list(prompts), scale=scale, best_of=best_of, sampler=sampler, steps=steps,
+                                        seed=seed, progress=progress)
 
     def evaluate(self, n: int | None = None, *, nll: int = 0, text_accuracy: int = 0, denoising_error: int = 0,
                  scale: float = 1.0, sampler: str | None = None, steps: int | None = None, seed: int = 0,
