@@ -173,3 +173,13 @@ def test_clip_token_encodings_pool_and_project_to_its_text_embedding(clip_run):
     bad = tokens.clone()
     bad[~mask] = 5.0                                                    # a mean over the padding too differs
     assert not torch.allclose(F.normalize(clip.model.text.proj(bad.mean(1)), dim=-1), clip.embed_text(texts))
+
+
+def test_a_prior_run_resumes_exactly(clip_run, prior_run, tmp_path):
+    trainer = prior_run[0]
+    other = prior_config(clip_run, tmp_path / "b")
+    train(other, stop_after=2, progress=False)
+    resumed = train(dataclasses.replace(other, resume=True), progress=False)
+    for k, v in trainer.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    torch.testing.assert_close(resumed.family.mean, trainer.family.mean)
