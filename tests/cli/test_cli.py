@@ -166,12 +166,16 @@ def test_every_preset_builds(tmp_path):
         tokenizers[data] = tmp_path / f"vq-ae-{data}"
         train(preset_config(f"vq-ae-{data}", {"steps": 1, "sample_every": 0, "ckpt_every": 1,
                                               "out": str(tokenizers[data])}), progress=False)
+    clip = tmp_path / "clip-mnist5k"  # prior and unCLIP decoder presets need a trained clip run: one step of one
+    train(preset_config("clip-mnist5k", {"steps": 1, "ckpt_every": 1, "out": str(clip)}), progress=False)
     for name in PRESETS:
         if name.startswith("text-minilm") and not has_minilm:
             continue  # the optional extra hirune[text]; tests/test_text.py covers the message
         extra = {"autoencoder": str(ae)} if PRESETS[name].get("autoencoder") else {}
         if PRESETS[name].get("tokenizer"):
             extra = {"tokenizer": str(tokenizers[PRESETS[name]["dataset"]])}
+        if PRESETS[name].get("clip"):
+            extra = {"clip": str(clip)}
         trainer = Trainer(preset_config(name, {"out": str(tmp_path / name), **extra}))
         assert trainer.model is not None and trainer.model is trainer.family.model, name
         assert isinstance(trainer.family, FAMILIES[trainer.cfg.family]), name

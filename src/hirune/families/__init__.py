@@ -24,6 +24,7 @@ from .clip import Clip
 from .dalle import Dalle
 from .diffusion import Diffusion, DiffusionConfig
 from .normalizing_flow import NormalizingFlow
+from .prior import Prior
 
 __all__ = ["FAMILIES", "Autoencoder", "Batch", "Classifier", "Clip", "Context", "Dalle", "Diffusion", "DiffusionConfig",
            "Draw", "Family", "NormalizingFlow", "get_family", "register"]

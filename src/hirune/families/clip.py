@@ -118,6 +118,23 @@ class Clip(Family):
             out.append(self.model.encode_text(context["context"], context["context_mask"]).cpu())
         return torch.cat(out) if out else torch.zeros(0, self.model.config.embed_dim)
 
+    @torch.no_grad()
+    def embed_text_tokens(self, texts: list[str]) -> tuple[Tensor, Tensor]:
+        """Captions -> the text tower's per-token outputs (N, M, W) and their mask (N, M)
+        bool, on the CPU (`CLIP.encode_text_tokens`; unCLIP's prior reads them)."""
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise ValueError("texts must be a list of strings")
+        tokens, masks = [], []
+        for start in range(0, len(texts), EMBED_CHUNK):
+            context = self.text(list(texts[start: start + EMBED_CHUNK]), self.device)
+            t, m = self.model.encode_text_tokens(context["context"], context["context_mask"])
+            tokens.append(t.float().cpu())
+            masks.append(m.bool().cpu())
+        if not tokens:
+            return torch.zeros(0, self.text.max_len, self.model.text_token_width), torch.zeros(0, self.text.max_len,
+                                                                                                dtype=torch.bool)
+        return torch.cat(tokens), torch.cat(masks)
+
     def similarity(self, images: Tensor, texts: list[str]) -> Tensor:
         """Cosine similarities (N_images, N_texts)."""
         return self.embed_image(images) @ self.embed_text(texts).T

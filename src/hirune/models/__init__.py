@@ -15,6 +15,7 @@ y: (B,) int64 labels; `num_classes` is the null label, y=None means all-null.
     build_model("dalle", text_vocab=64, num_codes=256, image_len=49)   # model(text, codes) -> logits
     PatchDiscriminator(in_channels=1, channels=32, n_layers=1)   # their optional GAN loss: patch logits
     build_model("clip", image_size=28, vocab_size=40)   # CLIP: (image_emb, text_emb, logit_scale)
+    build_model("prior", dim=64, text_width=128)   # unCLIP prior: model(x, t, tokens, mask, text_emb)
     model_config("unet", {"channels": 64, "channel_mult": [1, 2, 2]})   # e.g. from JSON
 
 `dataclasses.asdict(model.config)` gives back a dict `model_config` accepts.
@@ -38,6 +39,7 @@ from .discriminator import PatchDiscriminator
 from .dvae import DVAE, DVAEConfig
 from .dit import DIT_SIZES, DiT, DiTConfig
 from .mlp import MLP, MLPConfig
+from .prior import PriorConfig, PriorTransformer
 from .unet import UNET_SIZES, UNet, UNetConfig
 from .uvit import UVIT_SIZES, UViT, UViTConfig
 
@@ -56,6 +58,8 @@ MODELS: dict[str, tuple[type[nn.Module], type, dict[str, dict]]] = {
     "clip": (CLIP, CLIPConfig, {}),                         # image and text towers (Radford et al. 2021)
     # DALL-E's causal transformer over [text tokens | image codes] (Ramesh et al. 2021)
     "dalle": (DalleTransformer, DalleConfig, {}),
+    # unCLIP's diffusion prior over CLIP image embeddings (Ramesh et al. 2022)
+    "prior": (PriorTransformer, PriorConfig, {}),
 }
 AUTOENCODERS = ("kl_autoencoder", "vq_autoencoder", "dvae")
 
@@ -98,5 +102,5 @@ def build_model(kind: str, config: Mapping[str, Any] | None = None, /, **overrid
 __all__ = ["AUTOENCODERS", "AUTOENCODER_SIZES", "DIT_SIZES", "MLP", "MODELS", "UNET_SIZES", "UVIT_SIZES",
            "CLIP", "CLIPConfig", "ClassifierConfig", "DVAE", "DVAEConfig", "DalleConfig", "DalleTransformer", "DiT", "DiTConfig",
            "KLAutoencoder", "KLAutoencoderConfig", "MLPConfig",
-           "NoisyClassifier", "PatchDiscriminator", "UNet", "UNetConfig", "UViT", "UViTConfig",
+           "NoisyClassifier", "PatchDiscriminator", "PriorConfig", "PriorTransformer", "UNet", "UNetConfig", "UViT", "UViTConfig",
            "VQAutoencoder", "VQAutoencoderConfig", "build_model", "model_config"]

@@ -134,5 +134,23 @@ class CLIP(nn.Module):
         """(B, M) ids or (B, M, D) features, mask (B, M) -> unit vectors (B, embed_dim)."""
         return F.normalize(self.text(context, context_mask), dim=-1)
 
+    def encode_text_tokens(self, context: Tensor, context_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """The text tower's per-token outputs before pooling and projection: (tokens (B, M, W),
+        mask (B, M)); W = text_dim (the trainable transformer's outputs) or text_in_dim (the
+        frozen encoder's features, passed through).  unCLIP's prior reads these."""
+        tower = self.text
+        if tower.encoder is not None:
+            if context.dtype != torch.long:
+                raise TypeError(f"this text tower embeds token ids: context must be int64, got {context.dtype}")
+            return tower.encoder(context, context_mask), context_mask
+        if not context.is_floating_point():
+            raise TypeError("this text tower reads a frozen encoder's features: context must be float (B, M, D)")
+        return context, context_mask
+
+    @property
+    def text_token_width(self) -> int:
+        """W of `encode_text_tokens`."""
+        return self.config.text_dim if self.config.vocab_size else self.config.text_in_dim
+
     def forward(self, images: Tensor, context: Tensor, context_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return self.encode_image(images), self.encode_text(context, context_mask), self.logit_scale()
