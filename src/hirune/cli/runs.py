@@ -51,10 +51,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     main = rank == 0
     if main:
         print(f"training {preset or 'the default preset'} -> {cfg.out}")
+    finished = False
     try:
         run = train(cfg)
+        finished = True
     finally:  # leave the process group, also when the run stops with an error
-        runtime.teardown()
+        runtime.teardown(finished)
     if not main:
         return 0
     previews = Path(cfg.out) / "samples"

@@ -87,8 +87,14 @@ def setup(device: str = "auto", timeout_s: float = 600.0) -> tuple[World, torch.
     return World(dist.get_rank(), dist.get_world_size(), local_rank, backend), dev
 
 
-def teardown() -> None:
+def teardown(finished: bool = False) -> None:
+    """Leave the process group.  After a finished run every rank first meets the others at a
+    barrier, so no rank destroys its group (and its gloo threads) while a peer still talks to
+    it: a rank that left early was seen to abort at exit ("terminate called without an active
+    exception").  After an error there is no barrier (the peers may be gone)."""
     if dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 
