@@ -30,3 +30,17 @@ def perturb_zero_init(model: torch.nn.Module, std: float = 0.1) -> torch.nn.Modu
             if not p.any():
                 p.normal_(0.0, std)
     return model
+
+
+def perturbed(run, std: float = 0.03):
+    """The loaded run with its zero-initialised layers given random values (a trained
+    network's stand-in: every conditioning path reaches the output)."""
+    import dataclasses
+
+    fresh, params = build_model("unet", dataclasses.asdict(run.model.config)), dict(run.model.named_parameters())
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in fresh.named_parameters():
+            if not p.any():
+                params[name].copy_(torch.randn(p.shape, generator=g) * std)
+    return run

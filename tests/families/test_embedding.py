@@ -5,15 +5,14 @@ guidance, sampled from given embeddings; on pixels and on latents."""
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 
 import pytest
 import torch
 
 from hirune.data import load_dataset
+from networks import perturbed
 from hirune.families.embedding import training_condition
-from hirune.models import build_model
 from hirune.training import load, preset_config, train
 from hirune.training.config import check_config
 from hirune.training.trainer import Trainer
@@ -32,17 +31,6 @@ def decoder_config(clip, out, **kw):
                                           "num_samples": 8, "sample_steps": 2, "ckpt_every": 4, "out": str(out),
                                           **kw})
 
-
-def perturbed(run, std: float = 0.03):
-    """The run with its zero-initialised layers given random values (a trained network's
-    stand-in: every path reaches the output)."""
-    fresh, params = build_model("unet", dataclasses.asdict(run.model.config)), dict(run.model.named_parameters())
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in fresh.named_parameters():
-            if not p.any():
-                params[name].copy_(torch.randn(p.shape, generator=g) * std)
-    return run
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ decoded from exactly inverted noise, bad input, and `hirune unclip`."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
@@ -13,8 +12,8 @@ import torch.nn.functional as F
 
 from hirune.cli import main
 from hirune.data import load_dataset
+from networks import perturbed
 from hirune.inference.unclip import UnCLIP, same_weights, slerp
-from hirune.models import build_model
 from hirune.training import load, preset_config, train
 
 CLIP = {"channels": 8, "embed_dim": 16, "text_dim": 32, "text_depth": 1}
@@ -84,16 +83,6 @@ def runs(tmp_path_factory):
                                          "out": str(root / "decoder")}), progress=False)
     return root
 
-
-def perturbed(run, std: float = 0.03):
-    """Zero-initialised layers given random values, so the embedding changes the output."""
-    fresh, params = build_model("unet", dataclasses.asdict(run.model.config)), dict(run.model.named_parameters())
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in fresh.named_parameters():
-            if not p.any():
-                params[name].copy_(torch.randn(p.shape, generator=g) * std)
-    return run
 
 
 class StubPrior:
