@@ -63,7 +63,7 @@ def main(out: Path) -> None:
         loss = contrastive_loss(image_emb, text_emb, scale, gather=way == "gather").loss
         loss.backward()
         torch.save({"loss": loss.detach(), "grads": gradients(model)}, out / f"{way}_rank{world.rank}.pt")
-    torch.distributed.destroy_process_group()
+    runtime.teardown(finished=True)
 
 
 if __name__ == "__main__":
