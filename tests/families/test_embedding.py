@@ -192,3 +192,26 @@ def test_a_latent_decoder_embeds_pixels_and_diffuses_latents(runs, tmp_path):
     z = run.clip.embed_image(images[:2])
     out, _ = run.generate(2, steps=2, embeddings=z, progress=False, denoiser=run.guide("cfg", 2.0))
     assert out.x.shape == (2, 1, 8, 8)
+
+
+def test_eval_of_a_decoder_decodes_test_images_embeddings(runs, capsys):
+    """`hirune eval DECODER` samples from the CLIP embeddings of test images spread over the
+    split; its accuracy is the share whose class the decoding keeps (labels of those images)."""
+    from hirune.cli import main
+
+    run = load(runs / "decoder")
+    seen = {}
+    real = run.generate
+
+    def spy(n, *args, **options):
+        seen.update(n=n, **options)
+        return real(n, *args, **options)
+
+    run.generate = spy
+    metrics = run.evaluate(20, steps=2)
+    test = load_dataset("digits", "test")
+    idx = torch.linspace(0, len(test.data) - 1, 20).round().long()
+    torch.testing.assert_close(seen["embeddings"], run.clip.embed_image(test.data[idx]))
+    assert "embedding" in metrics["drawn_from"] and 0 <= metrics["class_accuracy"] <= 1
+    assert main(["eval", str(runs / "decoder"), "--n", "10", "--steps", "2"]) == 0
+    assert '"drawn_from"' in capsys.readouterr().out

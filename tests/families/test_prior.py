@@ -183,3 +183,22 @@ def test_a_prior_run_resumes_exactly(clip_run, prior_run, tmp_path):
     for k, v in trainer.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
     torch.testing.assert_close(resumed.family.mean, trainer.family.mean)
+
+
+def test_hirune_eval_guides_a_prior_at_its_scale(prior_run, capsys, monkeypatch):
+    """--scale reaches the prior's own evaluation (it is guided by a bare scale, like dalle);
+    a diffusion run's options (thresholding, classifier guidance) are refused by name."""
+    import json
+
+    from hirune.cli import main
+    from hirune.families.prior import Prior
+
+    seen = []
+    real = Prior.evaluate
+    monkeypatch.setattr(Prior, "evaluate", lambda self, n=None, **kw: seen.append(kw) or real(self, n, **kw))
+    _, out = prior_run
+    assert main(["eval", str(out), "--n", "4", "--steps", "2", "--scale", "2"]) == 0
+    assert seen[-1]["scale"] == 2.0 and "denoiser" not in seen[-1]
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["scale"] == 2.0
+    assert main(["eval", str(out), "--n", "4", "--threshold", "dynamic"]) == 2
+    assert "not valid for a prior run" in capsys.readouterr().err

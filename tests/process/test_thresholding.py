@@ -178,3 +178,26 @@ def test_dynamic_keeps_the_dtype(dtype):
     out = Threshold("dynamic", 1.0)(x0)
     expected = torch.tensor([[0.125, 0.5, 0.75, 1.0]], dtype=torch.float64)
     assert out.dtype == dtype and torch.allclose(out.double(), expected)
+
+
+def test_the_public_guide_passes_thresholding_to_the_run():
+    """`hirune.inference.generate.guide` (the Python entry point) hands threshold and
+    percentile to the run's own guide, and asks nothing of runs when there is none."""
+    from hirune.inference.generate import guide as public_guide
+
+    seen = {}
+
+    class Run:
+        name = "diffusion"
+
+        def guide(self, method, scale, **options):
+            seen.update(method=method, scale=scale, **options)
+            return "denoiser"
+
+    assert public_guide(Run(), "cfg", 3.0, threshold="dynamic", percentile=0.9) == "denoiser"
+    assert seen["threshold"] == "dynamic" and seen["percentile"] == 0.9 and seen["scale"] == 3.0
+    seen.clear()
+    public_guide(Run(), "none")
+    assert "threshold" not in seen                                   # the run keeps its own clipping
+    with pytest.raises(ValueError, match="guidance and thresholding need a diffusion"):
+        public_guide(SimpleNamespace(name="flow"), "none", threshold="static")

@@ -128,7 +128,7 @@ def _token_options(run, args) -> dict:
         return {}
     if (args.prime is None) != (args.rows is None):
         raise CLIError("--prime IMAGE and --rows K go together")
-    options = {"top_k": args.top_k, "top_p": args.top_p, **_logit_guidance(args)}
+    options = {"top_k": args.top_k, "top_p": args.top_p, **_scale_guidance(run, args)}
     if args.prime is not None:
         from ..inference.editing import read_image
 
@@ -136,14 +136,14 @@ def _token_options(run, args) -> dict:
     return options
 
 
-def _logit_guidance(args) -> dict:
-    """The guidance of a run that samples tokens: --scale S alone (classifier-free guidance
-    on its logits); the other guidance options are refused."""
+def _scale_guidance(run, args) -> dict:
+    """The guidance of a run guided by a bare scale (dalle's logits, a prior's embeddings):
+    --scale S alone (classifier-free guidance); the other guidance options are refused."""
     if args.guidance == "classifier" or args.rescale or args.interval:
-        raise CLIError("a dalle run is guided by --scale S alone (classifier-free guidance on its logits)")
+        raise CLIError(f"a {run.name} run is guided by --scale S alone (classifier-free guidance)")
     if args.threshold is not None or args.percentile is not None:
-        raise CLIError("--threshold / --percentile threshold a diffusion run's x0 estimate; a dalle run samples "
-                       "image tokens")
+        raise CLIError(f"--threshold / --percentile threshold a diffusion run's x0 estimate; not valid for a "
+                       f"{run.name} run")
     return {"scale": args.scale}
 
 
@@ -178,21 +178,13 @@ def _guided(run, args):
     threshold, percentile = getattr(args, "threshold", None), getattr(args, "percentile", None)
     if percentile is not None and threshold != "dynamic":
         raise CLIError(f"--percentile {percentile} goes with --threshold dynamic")
-    if threshold is not None:
-        if not hasattr(run, "guide"):
-            raise CLIError(f"--threshold applies to diffusion and flow-matching runs; this is a {run.name} run")
-        from ..training.loading import load
-
-        classifier = getattr(args, "classifier", None)
-        return run.guide(getattr(args, "guidance", "none"), getattr(args, "scale", 1.0),
-                         classifier=load(classifier) if classifier is not None else None,
-                         rescale=getattr(args, "rescale", 0.0),
-                         interval=tuple(args.interval) if getattr(args, "interval", None) else None,
-                         threshold=threshold, percentile=0.995 if percentile is None else percentile)
+    if threshold is not None and not hasattr(run, "guide"):
+        raise CLIError(f"--threshold applies to diffusion and flow-matching runs; this is a {run.name} run")
     return guide(run, getattr(args, "guidance", "none"), getattr(args, "scale", 1.0),
                  classifier=getattr(args, "classifier", None),
                  rescale=getattr(args, "rescale", 0.0),
-                 interval=tuple(args.interval) if getattr(args, "interval", None) else None)
+                 interval=tuple(args.interval) if getattr(args, "interval", None) else None,
+                 threshold=threshold, percentile=0.995 if percentile is None else percentile)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -278,8 +270,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..training.loading import load
 
     run = load(args.run)
-    if getattr(run, "samples_tokens", False):  # dalle: classifier-free guidance on the logits at --scale
-        guidance = _logit_guidance(args)
+    if run.guided_by_scale:  # dalle (its logits), prior (its embeddings): classifier-free guidance at --scale
+        guidance = _scale_guidance(run, args)
     else:
         guidance = {"denoiser": _guided(run, args), "guided_labels": args.guidance == "classifier"}
     metrics = {"run": str(args.run), **run.evaluate(

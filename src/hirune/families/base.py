@@ -88,6 +88,7 @@ class Family:
     ranges: ClassVar[dict[str, Range]] = {}       # the valid range of each number in its Config
     resumable: ClassVar[tuple[str, ...]] = ()     # Config keys a resumed run may change
     has_previews: ClassVar[bool] = True
+    guided_by_scale: ClassVar[bool] = False          # guided by a bare `scale` option (no denoiser to wrap)
     evaluates_test_examples: ClassVar[bool] = False  # evaluate(n) scores n test examples, not n samples
 
     def __init__(self, cfg, config, data: DataFormat, device: torch.device,

@@ -86,6 +86,7 @@ class Dalle(Family):
               "text_loss_weight": Range(0, 1), "p_uncond": Range(0, 1, high_open=True),
               "top_k": Range(0, integer=True), "top_p": Range(0, 1, low_open=True)}
     samples_tokens = True  # `hirune sample` passes it the autoregressive options
+    guided_by_scale = True  # classifier-free guidance on the logits at `scale`
 
     def __init__(self, cfg, config, data, device, references=None, network_config=None):
         super().__init__(cfg, config, data, device, references)

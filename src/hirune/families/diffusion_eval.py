@@ -9,6 +9,7 @@ from ..evaluation.likelihood import nll_report as _nll_report
 from ..evaluation.likelihood import ode_log_prob
 from ..evaluation.quality import sample_quality
 from ..evaluation.text import text_accuracy as _text_accuracy
+from . import embedding
 from .base import check_eval_counts, check_test_count
 
 
@@ -20,8 +21,14 @@ def evaluate(run, n: int | None = None, *, sampler: str | None = None, steps: in
     0: the x0 error on that many test examples.  The counts are checked before anything is
     sampled (`check_eval_counts`)."""
     n = check_eval_counts(run, run.data, n, nll, text_accuracy, denoising_error)
-    out, labels = run.generate(n, sampler, steps, None, seed, denoiser=denoiser, guided_labels=guided_labels)
-    metrics = {"step": run.step, "dataset": run.data.name, "sampler": sampler or run.config.sampler, "nfe": out.nfe}
+    metrics = {"step": run.step, "dataset": run.data.name, "sampler": sampler or run.config.sampler}
+    if getattr(run.config, "clip", ""):  # an unCLIP decoder: decode the embeddings of n test images
+        embeddings, labels = embedding.test_embeddings(run, n)
+        out, _ = run.generate(n, sampler, steps, None, seed, denoiser=denoiser, embeddings=embeddings)
+        metrics["drawn_from"] = "the CLIP image embeddings of test images (class_accuracy: their class kept)"
+    else:
+        out, labels = run.generate(n, sampler, steps, None, seed, denoiser=denoiser, guided_labels=guided_labels)
+    metrics["nfe"] = out.nfe
     metrics.update(sample_quality(run.data.name, run.data.kind, out.x, labels))
     if nll:
         metrics.update(nll_report(run, nll, seed))

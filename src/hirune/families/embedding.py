@@ -93,7 +93,9 @@ def condition(run, embeddings: Tensor | None) -> dict[str, Tensor]:
             raise ValueError(f"this is an unCLIP decoder run (clip={run.config.clip}): it samples from CLIP image "
                              f"embeddings; pass embeddings (N, {run.clip.model.config.embed_dim}), e.g. "
                              "run.clip.embed_image(images) or a prior run's generate_embeddings(prompts) "
-                             "(hirune.inference.unclip)")
+                             "(hirune.inference.unclip); on the command line `hirune unclip text PRIOR DECODER "
+                             "--prompt P` or `hirune unclip variations DECODER`, and `hirune eval DECODER` decodes "
+                             "test images' embeddings")
         return {}
     if not decoder:
         raise ValueError("embeddings go with an unCLIP decoder run (clip=RUN); this run is not conditioned on "
@@ -129,5 +131,16 @@ def preview_condition(run, n: int) -> dict[str, Tensor]:
     return {"image_embed": run.image_embeds[idx.to(run.image_embeds.device)]}
 
 
+def test_embeddings(run, n: int) -> tuple[Tensor, Tensor | None]:
+    """The CLIP image embeddings of n test images spread over the split, and their labels
+    (None without): what a decoder's evaluation draws from, each sample a reconstruction of
+    one test image through its embedding."""
+    from ..data import load_dataset
+
+    test = load_dataset(run.data.name, "test")
+    idx = torch.linspace(0, len(test.data) - 1, n).round().long() if n > 1 else torch.zeros(1, dtype=torch.long)
+    return run.clip.embed_image(test.data[idx]), None if test.labels is None else test.labels[idx].long()
+
+
 __all__ = ["attach", "check", "check_clip", "check_count", "condition", "draw", "embed_training_images", "network_config",
-           "null_condition", "preview_condition", "training_condition"]
+           "null_condition", "preview_condition", "test_embeddings", "training_condition"]

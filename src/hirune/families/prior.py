@@ -90,6 +90,7 @@ class Prior(Family):
     Config = PriorFamilyConfig
     networks = ("prior",)
     has_previews = False
+    guided_by_scale = True  # classifier-free guidance at `scale` inside generate_embeddings / evaluate
     evaluates_test_examples = True
     resumable = ("best_of", "sampler", "sample_steps")
     ranges = {"p_uncond": Range(0, 1, high_open=True), "best_of": Range(1, integer=True),

@@ -37,16 +37,19 @@ def generate(run, n: int, sampler: str | None = None, steps: int | None = None, 
 
 
 def guide(run, method: str = "none", scale: float = 1.0, *, classifier=None, rescale: float = 0.0,
-          interval: tuple[float, float] | None = None):
+          interval: tuple[float, float] | None = None, threshold: str | None = None, percentile: float = 0.995):
     """The denoiser of a diffusion run under guidance `method` (one of GUIDANCE) at `scale`;
-    `classifier`: a loaded classifier run or its path (classifier guidance)."""
+    `classifier`: a loaded classifier run or its path (classifier guidance); `threshold`
+    (none | static | dynamic, at `percentile`): the x0 estimate's thresholding, applied after
+    guidance (pixel image runs only; None keeps the run's own clipping)."""
     run = _loaded(run)
-    if method != "none" and not hasattr(run, "guide"):
-        raise ValueError(f"guidance needs a diffusion or flow-matching run; this is a {run.name} run")
-    if method == "none" and not hasattr(run, "guide"):
+    if (method != "none" or threshold is not None) and not hasattr(run, "guide"):
+        raise ValueError(f"guidance and thresholding need a diffusion or flow-matching run; this is a {run.name} run")
+    if method == "none" and threshold is None and not hasattr(run, "guide"):
         return None
+    thresholding = {} if threshold is None else {"threshold": threshold, "percentile": percentile}
     return run.guide(method, scale, classifier=_loaded(classifier) if classifier is not None else None,
-                     rescale=rescale, interval=interval)
+                     rescale=rescale, interval=interval, **thresholding)
 
 
 __all__ = ["GUIDANCE", "generate", "guide"]
