@@ -82,7 +82,7 @@ def test_flow_runs_refuse_guidance(tmp_path, capsys):
     out = tmp_path / "f"
     assert main(["train", "realnvp-two-moons", "steps=2", "ckpt_every=2", "sample_every=0", f"out={out}"]) == 0
     assert main(["sample", str(out), "--guidance", "cfg", "--scale", "2", "--out", str(tmp_path / "x.png")]) == 2
-    assert "guidance needs a diffusion or flow-matching run; this is a normalizing_flow run" in capsys.readouterr().err
+    assert "guidance and thresholding need a diffusion or flow-matching run; this is a normalizing_flow run" in capsys.readouterr().err
     run = load(out)
     with pytest.raises(ValueError, match="this is a normalizing flow"):
         run.generate(4, denoiser=run.model)
