@@ -11,7 +11,7 @@ time.  CUDA: synchronize, then CUDA events around the step; CPU: perf_counter.
 
 Contestants (per size, each in the modes asked for: eager and/or torch.compile)
   hirune     `build_model("dit", size=..., in_channels=4, image_size=32, num_classes=1000,
-             learned_sigma=True)`: fused qkv, SDPA, tanh GELU.
+             learned_sigma=True)`: separate q, k, v linears, SDPA, tanh GELU.
   diffusers  `DiTTransformer2DModel` with the same hidden size, depth, heads, patch and
              classes, out_channels = 8 (learned sigma), loaded with hirune's weights through
              the mapping of tests/models/test_dit.py and set to compute the same function
@@ -89,7 +89,7 @@ def dit_forward_flops(config) -> dict[str, float]:
         "patch_embed": 2 * N * (p * p * config.in_channels) * D,
         "time_mlp": 2 * (FREQUENCY_DIM * D + D * D),                 # once per image, not per token
         "adaLN": 2 * (L * D * 6 * D + D * 2 * D),                    # blocks' six vectors, final layer's two
-        "qkv": L * 2 * N * D * 3 * D,
+        "qkv": L * 2 * N * D * 3 * D,                                # q, k and v together
         "attention": L * 2 * 2 * N * N * D,                          # q k^T and a v over all heads
         "attn_proj": L * 2 * N * D * D,
         "mlp": L * 2 * 2 * N * D * hidden,

@@ -11,7 +11,9 @@ same with DDP's no_sync disabled, the variant the count must reject), "stale-ran
 stale copy of the run directory would), "record-dtypes" (writes the dtype of the first
 block's weight as forward sees it and as it is stored, to OUT/dtypes_rank<R>.json),
 "gan-local-weight" (each rank computes VQGAN's adaptive weight from its own examples'
-gradients, not averaged over the ranks: the fault the GAN parity test must catch).
+gradients, not averaged over the ranks: the fault the GAN parity test must catch),
+"save-after-load" (a resumed run writes its checkpoint again at once, in today's layout:
+tests/test_golden.py's check of its hashes of checkpoints written before q, k, v were split).
 """
 
 from __future__ import annotations
@@ -114,6 +116,16 @@ def count_allreduce(out: Path) -> None:
     S.wrap = counting
 
 
+def save_after_load() -> None:
+    load = T.Trainer.load
+
+    def loading_then_saving(self, path):
+        load(self, path)
+        self.save()
+
+    T.Trainer.load = loading_then_saving
+
+
 @record
 def run() -> int:
     scenario, args = sys.argv[1], sys.argv[2:]
@@ -125,6 +137,8 @@ def run() -> int:
         AD.Adversary.mean_over_ranks = lambda self, *tensors: tensors  # each rank's own gradients
     elif scenario == "stale-rank-1":
         stale_rank_1()
+    elif scenario == "save-after-load":
+        save_after_load()
     elif scenario == "record-dtypes":
         out = Path(next(a.split("=", 1)[1] for a in args if a.startswith("out=")))
         out.mkdir(parents=True, exist_ok=True)

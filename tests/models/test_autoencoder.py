@@ -259,13 +259,10 @@ def diffusers_names(sd: dict, levels: int, num_res_blocks: int) -> dict:
             continue
         if rest[0] == "mid":
             block, tail = int(rest[1]), rest[2:]
-            if block == 1:  # attention: fused qkv -> to_q, to_k, to_v; proj -> to_out.0; norm -> group_norm
+            if block == 1:  # attention: q, k, v -> to_q, to_k, to_v; proj -> to_out.0; norm -> group_norm
                 where = f"{top}.mid_block.attentions.0"
-                if tail[0] == "qkv":
-                    for piece, t in zip(("to_q", "to_k", "to_v"), v.chunk(3, 0)):
-                        out[f"{where}.{piece}.{tail[1]}"] = t
-                else:
-                    out[f"{where}.{ {'proj': 'to_out.0', 'norm': 'group_norm'}[tail[0]] }.{tail[1]}"] = v
+                names = {"q": "to_q", "k": "to_k", "v": "to_v", "proj": "to_out.0", "norm": "group_norm"}
+                out[f"{where}.{names[tail[0]]}.{tail[1]}"] = v
             else:
                 out[f"{top}.mid_block.resnets.{block // 2}.{resnet_name(tail)}"] = v
             continue

@@ -56,8 +56,8 @@ def test_parameter_counts_match_the_papers():
 
 def diffusers_state_dict(model) -> dict[str, torch.Tensor]:
     """hirune DiT weights under diffusers' DiTTransformer2DModel names.  diffusers keeps a
-    copy of the time MLP and the class table inside every block (`norm1.emb`), splits the
-    fused qkv into to_q / to_k / to_v, and calls the final adaLN and linear proj_out_1, _2."""
+    copy of the time MLP and the class table inside every block (`norm1.emb`), names q, k, v
+    to_q / to_k / to_v, and calls the final adaLN and linear proj_out_1, _2."""
     sd, out = model.state_dict(), {}
     out.update({f"pos_embed.proj.{p}": sd[f"patch_embed.proj.{p}"] for p in ("weight", "bias")})
     for i in range(model.config.depth):
@@ -65,6 +65,7 @@ def diffusers_state_dict(model) -> dict[str, torch.Tensor]:
         names = {"norm1.emb.timestep_embedder.linear_1": "time_embed.0",
                  "norm1.emb.timestep_embedder.linear_2": "time_embed.2",
                  "norm1.linear": ours + "adaLN_modulation.1",
+                 "attn1.to_q": ours + "attn.q", "attn1.to_k": ours + "attn.k", "attn1.to_v": ours + "attn.v",
                  "attn1.to_out.0": ours + "attn.proj",
                  "ff.net.0.proj": ours + "mlp.0",
                  "ff.net.2": ours + "mlp.2"}
@@ -72,9 +73,6 @@ def diffusers_state_dict(model) -> dict[str, torch.Tensor]:
             for p in ("weight", "bias"):
                 out[f"{theirs}{their_name}.{p}"] = sd[f"{our_name}.{p}"]
         out[theirs + "norm1.emb.class_embedder.embedding_table.weight"] = sd["class_embed.weight"]
-        for p in ("weight", "bias"):
-            for name, part in zip(("to_q", "to_k", "to_v"), sd[f"{ours}attn.qkv.{p}"].chunk(3)):
-                out[f"{theirs}attn1.{name}.{p}"] = part
     for their_name, our_name in {"proj_out_1": "final_layer.adaLN_modulation.1",
                                  "proj_out_2": "final_layer.linear"}.items():
         for p in ("weight", "bias"):

@@ -138,7 +138,7 @@ def test_the_embedding_tokens_follow_the_caption_tokens_or_stand_alone():
     for extra, width, m in (({"context_dim": 24, "context_vocab": 30}, 24, 5), ({}, 16, 0)):
         model = perturb_zero_init(unet(embed_dim=16, embed_tokens=3, **extra)).eval()
         blocks = [b for b in model.modules() if isinstance(b, CrossAttention2d)]
-        assert blocks and all(b.attn.kv.in_features == width for b in blocks)  # keys and values read that width
+        assert blocks and all(b.attn.k.in_features == b.attn.v.in_features == width for b in blocks)  # keys, values read it
         handle = blocks[0].register_forward_pre_hook(hook)
         mask = torch.tensor([[True] * 5, [True, True, False, False, False]])
         cond = {"context": torch.randint(1, 30, (2, m)), "context_mask": mask} if m else {}

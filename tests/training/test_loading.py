@@ -49,9 +49,13 @@ def test_every_family_loads_without_its_dataset_or_optimizer(old_runs, name):
 
 
 def test_the_loader_reads_the_ema_weights_or_the_raw_ones(old_runs):
+    """(The old run's attention has one fused qkv: its rows are today's q, k, v.)"""
     from hirune.checkpoint import load_checkpoint
+    from hirune.nn.attention import split_fused_projections
 
     tensors, _ = load_checkpoint(old_runs / "vpred")
+    tensors = {group: split_fused_projections(tensors[group]) for group in ("model", "ema")}
+    assert "middle.1.q.weight" in tensors["ema"]
     ema, raw = load(old_runs / "vpred"), load(old_runs / "vpred", use_ema=False)
     for k, v in tensors["ema"].items():
         assert torch.equal(ema.model.state_dict()[k], v) and torch.equal(raw.model.state_dict()[k],

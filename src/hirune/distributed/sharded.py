@@ -30,6 +30,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..nn.attention import split_fused_names
+
 SHARDS = "shards"
 
 
@@ -61,6 +63,15 @@ def save(model, optimizer, ema, folder: Path) -> dict:
     dcp.save(flat, storage_writer=HuggingFaceStorageWriter(str(folder), save_distributed=True))
     # the whole shape of every tensor: the pieces alone cannot tell a missing last shard
     return {**meta, "shapes": {k: list(v.shape) for k, v in flat.items()}}
+
+
+def holds_fused_projections(state: dict) -> bool:
+    """Whether a sharded checkpoint (its state.json `state`) was written before attention's
+    q, k, v were separate modules: its pieces are row ranges of the fused `qkv` / `kv`, which
+    DCP cannot reshard into q, k, v, so it is read whole (`read_whole`) and split
+    (`state.split_fused_state`) instead of through `load`."""
+    names = state.get("parameters") or []
+    return split_fused_names(names) != names
 
 
 def load(model, optimizer, ema, checkpoint: Path, optimizer_meta: dict) -> None:

@@ -8,12 +8,16 @@ consolidates its shards); `load_full_state(model, optimizer, ema, world, strateg
 gives each rank what its strategy keeps (FSDP2 re-shards the full tensors,
 ZeroRedundancyOptimizer keeps its partition).  Optimizer state is stored in
 torch's standard form, keyed by the parameter's position in `model.parameters()`.
+
+`split_fused_state` reads a state written before attention's q, k, v were separate modules
+(`nn.attention.split_fused_projections`) in today's names and parameter positions.
 """
 
 from __future__ import annotations
 
 import torch
 
+from ..nn.attention import split_fused_names, split_fused_projections
 from .strategy import is_sharded
 
 
@@ -27,6 +31,45 @@ def by_position(optim_sd: dict, names: list[str]) -> dict:
 def _by_name(optim_sd: dict, names: list[str]) -> dict:
     return {"state": {names[int(k)]: v for k, v in optim_sd["state"].items()},
             "param_groups": [{**g, "params": [names[int(p)] for p in g["params"]]} for g in optim_sd["param_groups"]]}
+
+
+def names_before_split(names: list[str], old_keys) -> list[str]:
+    """The parameter order of a network before q, k, v were split, from today's order `names`
+    and the keys of a state dict written then (`old_keys`): each part of a fused projection
+    that `old_keys` holds fused (`a.q.weight` of `a.qkv.weight`) folded into the fused name
+    at the place of its first part."""
+    became = {new: old for old in old_keys for new in split_fused_names([old]) if new != old}
+    return list(dict.fromkeys(became.get(n, n) for n in names))
+
+
+def split_fused_state(model_sd: dict, ema_sd: dict, optim_sd: dict, names: list[str]) -> tuple[dict, dict, dict]:
+    """(model, EMA, optimizer) state dicts of a whole checkpoint written before q, k, v were
+    separate modules, in today's layout: every fused projection's tensors cut into q, k, v
+    (or k, v) by `split_fused_projections` -- weights, biases, EMA shadows and AdamW
+    moments row by row, `step` copied -- and the position-keyed optimizer state re-keyed
+    from the old parameter order to `names` (today's `model.named_parameters()` order).
+    The old order is today's with each fused group's parts folded back into the fused name
+    at the place of its first part (the parameter order of the module as it was).  A state
+    with nothing fused comes back as it is."""
+    model_new = split_fused_projections(model_sd)
+    if list(model_new) == list(model_sd):
+        return model_sd, ema_sd, optim_sd
+    old_names = names_before_split(names, model_sd)
+    saved = [p for g in optim_sd["param_groups"] for p in g["params"]]
+    if len(saved) != len(old_names):
+        raise ValueError(f"the optimizer state holds {len(saved)} parameters where this network had "
+                         f"{len(old_names)} before q, k, v were split")
+    by_name = _by_name(optim_sd, old_names)
+    flat = split_fused_projections({f"{n}.{stat}": v for n, entries in by_name["state"].items()
+                                    for stat, v in entries.items()})
+    state: dict[str, dict] = {}
+    for key, value in flat.items():
+        n, stat = key.rsplit(".", 1)
+        state.setdefault(n, {})[stat] = value
+    position = {n: i for i, n in enumerate(names)}
+    groups = [{**g, "params": sorted(split_fused_names(g["params"]), key=lambda n: position[n])}
+              for g in by_name["param_groups"]]
+    return model_new, split_fused_projections(ema_sd), by_position({"state": state, "param_groups": groups}, names)
 
 
 def full_state(model, optimizer, ema, world, strategy: str) -> tuple[dict, dict, dict] | None:

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..nn.attention import split_heads, split_linear
+
 
 @dataclass(frozen=True)
 class JointVocabulary:
@@ -106,16 +108,24 @@ class KVCache:
 
 
 class CausalSelfAttention(nn.Module):
+    """Separate `q`, `k`, `v` linears (drawn as the one fused Linear(width, 3 width) they once
+    were, before `out`: `nn.attention.split_linear`) and the output projection `out`."""
+
     def __init__(self, width: int, heads: int, dropout: float):
         super().__init__()
         self.heads, self.dropout = heads, dropout
-        self.qkv, self.out = nn.Linear(width, 3 * width), nn.Linear(width, width)
+        fused, out = nn.Linear(width, 3 * width), nn.Linear(width, width)  # the draws, in their order
+        self.q, self.k, self.v = split_linear(fused, 3)  # registered first: the parameter order of qkv, out
+        self.out = out
+
+    def fused_linears(self) -> list[tuple[nn.Linear, ...]]:
+        return [(self.q, self.k, self.v)]
 
     def forward(self, h: Tensor, cache: KVCache | None, layer: int) -> Tensor:
         """h (B, m, width): the last m positions, each attending to itself and every earlier
         one (the earlier ones' keys and values from the cache, where given)."""
         B, m, width = h.shape
-        q, k, v = self.qkv(h).view(B, m, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = (split_heads(proj(h), self.heads) for proj in (self.q, self.k, self.v))  # (B, heads, m, d)
         if cache is not None:
             k, v = cache.extend(layer, k, v)
         T = k.shape[2]  # keys at positions 0..T-1, queries at T-m..T-1

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from ..nn import (Attention, ContextEmbedding, CrossAttention, PatchEmbed, check_context, check_patch_size,
                   sincos_position_embedding, timestep_embedding)
 from ..nn import unpatchify
+from ..nn.attention import init_linears_
 from .config import check_fields
 
 FREQUENCY_DIM = 256  # sinusoids of t fed to the time MLP (DiT's frequency_embedding_size)
@@ -174,11 +175,7 @@ class DiT(nn.Module):
     @torch.no_grad()
     def initialize_weights(self) -> None:
         """DiT's initialisation (see the module docstring); the initial output is exactly 0."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        init_linears_(self, nn.init.xavier_uniform_)  # q, k, v drawn as the one (3D, D) matrix of DiT's qkv
         self.patch_embed.init_like_linear()
         nn.init.normal_(self.time_embed[0].weight, std=0.02)
         nn.init.normal_(self.time_embed[2].weight, std=0.02)

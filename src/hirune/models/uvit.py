@@ -54,6 +54,7 @@ from torch import Tensor, nn
 
 from ..nn import (Attention, ContextEmbedding, PatchEmbed, check_context, check_patch_size,
                   sincos_position_embedding, timestep_embedding, unpatchify, zero_)
+from ..nn.attention import init_linears_
 from .config import check_fields
 
 
@@ -189,11 +190,7 @@ class UViT(nn.Module):
         if c.pos_init == "sincos":
             side = c.image_size // c.patch_size
             self.pos_embed[0, self.extras:] = sincos_position_embedding(c.hidden_size, side, side)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        init_linears_(self, lambda w: nn.init.trunc_normal_(w, std=0.02))  # q, k, v drawn as one fused qkv
         zero_(self.decoder_pred)
         if self.final_conv is not None:
             nn.init.zeros_(self.final_conv.bias)

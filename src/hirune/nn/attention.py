@@ -10,9 +10,21 @@ a LayerNorm over the d channels of each head applied to q and k before the dot p
 (shared by the heads, with its own learned scale and bias), which keeps the attention
 logits from growing without bound in large or long-trained models.  ViT-22B normalises
 with LayerNorm; SD3 (Esser et al. 2024) uses RMSNorm instead.
+
+q, k and v are separate `nn.Linear` modules named `q`, `k`, `v` (diffusers' to_q, to_k,
+to_v), so that adapters (LoRA) and tensor parallelism can address each one.  They were
+once fused (`qkv`: one Linear with output rows (q | k | v); cross-attention's `kv`: (k | v));
+the weights are still drawn as that one fused Linear and cut into row blocks
+(`split_linear`), so the global RNG is consumed as before and every initialisation is
+bitwise what it was; `init_fused_` does the same for a model's own re-initialisation (DiT,
+U-ViT).  `split_fused_projections` turns the name-keyed tensors of a checkpoint written
+before (model, EMA, optimizer moments, shards) into today's names.
 """
 
 from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -20,9 +32,128 @@ from torch import Tensor, nn
 
 from .layers import group_norm, zero_
 
+# the fused projections of old checkpoints and the modules they became, in row order
+FUSED_PROJECTIONS: dict[str, tuple[str, ...]] = {"qkv": ("q", "k", "v"), "kv": ("k", "v")}
+_FUSED_KEY = re.compile(r"^(?P<module>(?:.+\.)?)(?P<fused>qkv|kv)\.(?P<param>weight|bias)(?P<rest>\..+)?$")
+
+
+def split_linear(fused: nn.Linear, parts: int) -> tuple[nn.Linear, ...]:
+    """`parts` Linear modules holding the consecutive row blocks of `fused`'s weight (and
+    bias): fused(x) == cat([part(x) for part in parts], -1).  They are built without
+    drawing from any RNG (`skip_init`), so building `fused` and splitting it consumes the
+    global RNG exactly as `fused` alone did."""
+    if fused.out_features % parts:
+        raise ValueError(f"{fused.out_features} output features do not split into {parts} parts")
+    out = fused.out_features // parts
+    bias = fused.bias is not None
+    weights = fused.weight.detach().chunk(parts)
+    biases = fused.bias.detach().chunk(parts) if bias else (None,) * parts
+    modules = []
+    for w, b in zip(weights, biases):
+        part = nn.utils.skip_init(nn.Linear, fused.in_features, out, bias=bias, device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            part.weight.copy_(w)
+            if b is not None:
+                part.bias.copy_(b)
+        part.weight.requires_grad_(fused.weight.requires_grad)
+        if b is not None:
+            part.bias.requires_grad_(fused.bias.requires_grad)
+        modules.append(part)
+    return tuple(modules)
+
+
+@torch.no_grad()
+def init_fused_(linears: Sequence[nn.Linear], init_: Callable[[Tensor], object]) -> None:
+    """Apply the in-place initialiser `init_` (e.g. nn.init.xavier_uniform_) to the weights of
+    `linears` as one matrix, their rows stacked (the fused Linear they once were), and copy
+    the row blocks back: the same fan-in / fan-out and the same draws as before the split."""
+    weights = [m.weight for m in linears]
+    fused = torch.empty(sum(w.shape[0] for w in weights), *weights[0].shape[1:], dtype=weights[0].dtype,
+                        device=weights[0].device)
+    init_(fused)
+    for w, block in zip(weights, fused.split([w.shape[0] for w in weights])):
+        w.copy_(block)
+
+
+def fused_groups(module: nn.Module) -> list[tuple[nn.Linear, ...]]:
+    """The groups of Linear modules in `module` (itself included) that were one fused Linear
+    (an attention's q, k, v; a cross-attention's k, v), in `module.modules()` order: what
+    each module with a `fused_linears()` method names."""
+    return [group for m in module.modules() if hasattr(m, "fused_linears") for group in m.fused_linears()]
+
+
+@torch.no_grad()
+def init_linears_(module: nn.Module, init_: Callable[[Tensor], object]) -> None:
+    """`init_` on the weight of every nn.Linear in `module.modules()` order and zero biases,
+    with each fused group (`fused_groups`) initialised as the one matrix it was, at the
+    place of its first member: the draws, in order and in value, of the fused layout."""
+    first = {id(group[0]): group for group in fused_groups(module)}
+    rest = {id(m) for group in first.values() for m in group[1:]}
+    for m in module.modules():
+        if not isinstance(m, nn.Linear):
+            continue
+        if id(m) in first:
+            init_fused_(first[id(m)], init_)
+        elif id(m) not in rest:
+            init_(m.weight)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+def _split_key(key: str) -> list[str] | None:
+    """The keys that the checkpoint key `key` of a fused projection became, or None."""
+    m = _FUSED_KEY.match(key)
+    if m is None:
+        return None
+    return [f"{m['module']}{part}.{m['param']}{m['rest'] or ''}" for part in FUSED_PROJECTIONS[m["fused"]]]
+
+
+def split_fused_names(names: Sequence[str]) -> list[str]:
+    """Parameter names (or any checkpoint keys) with each fused projection's name replaced
+    by its parts' names, in place: `a.qkv.weight` -> `a.q.weight, a.k.weight, a.v.weight`."""
+    return [new for name in names for new in (_split_key(name) or [name])]
+
+
+def split_fused_projections(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A checkpoint's name-keyed tensors written before q, k, v were separate modules, in
+    today's names.  Every key `<module>.qkv.<weight|bias>[.<rest>]` becomes the three keys
+    `<module>.q...`, `<module>.k...`, `<module>.v...`, and `<module>.kv...` (cross-attention's
+    keys and values) the two `<module>.k...`, `<module>.v...`; <module> may carry any prefix
+    (`model.`, `ema.`, `optimizer.`) and <rest> any suffix (an optimizer's `.exp_avg`).
+    A tensor is cut into equal row blocks along dim 0 (weights, biases, EMA shadows, AdamW
+    moments are all shaped like the fused parameter); a 0-dim tensor (AdamW's `step`) and a
+    plain number are copied to every part.  Every other key is left alone, so a state that
+    is already split comes back unchanged (the same tensors).  The order of the keys is kept,
+    parts in place of their fused key.  The pieces are new tensors (no storage shared with
+    the input or with each other).
+
+    ValueError for a fused tensor whose rows do not split evenly, or a key present both fused
+    and split."""
+    out: dict[str, Tensor] = {}
+    for key, value in tensors.items():
+        new_keys = _split_key(key)
+        if new_keys is None:
+            if key in out:
+                raise ValueError(f"checkpoint key {key!r} is there both fused and split")
+            out[key] = value
+            continue
+        n = len(new_keys)
+        if not torch.is_tensor(value) or value.dim() == 0:
+            pieces = [value.clone() if torch.is_tensor(value) else value for _ in range(n)]
+        elif value.shape[0] % n:
+            raise ValueError(f"checkpoint tensor {key!r} of shape {tuple(value.shape)} does not split into {n} "
+                             "equal row blocks")
+        else:
+            pieces = [p.clone() for p in value.chunk(n)]
+        for new, piece in zip(new_keys, pieces):
+            if new in tensors or new in out:
+                raise ValueError(f"checkpoint key {key!r} is there both fused and split (as {new!r})")
+            out[new] = piece
+    return out
+
 
 class SelfAttention2d(nn.Module):
-    """x + proj(attention(qkv(GroupNorm(x)))) over the H*W positions of x: (B, C, H, W).
+    """x + proj(attention(q, k, v of GroupNorm(x))) over the H*W positions of x: (B, C, H, W).
 
     The output projection starts at zero, so the block starts as the identity (ADM).
     In channels_last memory the (B, H*W, C) token view is free.
@@ -34,14 +165,16 @@ class SelfAttention2d(nn.Module):
             raise ValueError(f"{channels} channels do not split into {num_heads} heads")
         self.num_heads = num_heads
         self.norm = group_norm(channels)
-        self.qkv = nn.Linear(channels, 3 * channels)
+        self.q, self.k, self.v = split_linear(nn.Linear(channels, 3 * channels), 3)  # drawn as one (see above)
         self.proj = zero_(nn.Linear(channels, channels))
+
+    def fused_linears(self) -> list[tuple[nn.Linear, ...]]:
+        return [(self.q, self.k, self.v)]
 
     def forward(self, x: Tensor) -> Tensor:
         B, C, H, W = x.shape
         tokens = self.norm(x).flatten(2).transpose(1, 2)                  # (B, HW, C)
-        qkv = self.qkv(tokens).view(B, H * W, 3, self.num_heads, C // self.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)                              # each (B, heads, HW, d)
+        q, k, v = (split_heads(proj(tokens), self.num_heads) for proj in (self.q, self.k, self.v))
         out = F.scaled_dot_product_attention(q, k, v)                     # (B, heads, HW, d)
         out = self.proj(out.transpose(1, 2).reshape(B, H * W, C))         # (B, HW, C)
         return x + out.transpose(1, 2).reshape(B, C, H, W)
@@ -84,22 +217,26 @@ def key_padding(mask: Tensor | None, keys: Tensor) -> Tensor | None:
 class Attention(nn.Module):
     """Multi-head self-attention over tokens: x (B, N, dim) -> (B, N, dim).
 
-    One fused linear gives q, k, v (`qkv`, output features ordered (q | k | v), each
-    heads x d); then qk-norm if asked, scaled dot-product attention per head, and the
-    output projection `proj`.  No residual: the transformer block adds it.
+    Three linears `q`, `k`, `v` (each dim -> heads x d; `qkv_bias`: with biases), drawn as
+    one fused Linear(dim, 3 dim) (see the module docstring); then qk-norm if asked, scaled
+    dot-product attention per head, and the output projection `proj`.  No residual: the
+    transformer block adds it.
     """
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool = False, qkv_bias: bool = True):
         super().__init__()
         head_dim = _head_dim(dim, num_heads)
         self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.q, self.k, self.v = split_linear(nn.Linear(dim, 3 * dim, bias=qkv_bias), 3)
         self.q_norm, self.k_norm = _qk_norm(head_dim, qk_norm), _qk_norm(head_dim, qk_norm)
         self.proj = nn.Linear(dim, dim)
 
+    def fused_linears(self) -> list[tuple[nn.Linear, ...]]:
+        return [(self.q, self.k, self.v)]
+
     def heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q, k, v: each (B, heads, N, d); q and k normalised when qk_norm is on."""
-        q, k, v = (split_heads(part, self.num_heads) for part in self.qkv(x).chunk(3, dim=-1))
+        q, k, v = (split_heads(proj(x), self.num_heads) for proj in (self.q, self.k, self.v))
         return self.q_norm(q), self.k_norm(k), v
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -111,7 +248,8 @@ class Attention(nn.Module):
 
 class CrossAttention(nn.Module):
     """Multi-head attention from tokens x (B, N, dim) to a context (B, M, context_dim):
-    queries from x, keys and values from the context -> (B, N, dim).
+    queries from x (`q`), keys and values from the context (`k`, `v`, drawn as one fused
+    Linear(context_dim, 2 dim)) -> (B, N, dim).
 
     mask: optional (B, M) bool, True = this context token may be attended to (a key
     padding mask).  Every row needs at least one True: a query with no key to attend to
@@ -123,14 +261,17 @@ class CrossAttention(nn.Module):
         head_dim = _head_dim(dim, num_heads)
         self.num_heads = num_heads
         self.q = nn.Linear(dim, dim)
-        self.kv = nn.Linear(context_dim, 2 * dim)                         # (k | v)
+        self.k, self.v = split_linear(nn.Linear(context_dim, 2 * dim), 2)  # drawn as one (k | v)
         self.q_norm, self.k_norm = _qk_norm(head_dim, qk_norm), _qk_norm(head_dim, qk_norm)
         self.proj = nn.Linear(dim, dim)
+
+    def fused_linears(self) -> list[tuple[nn.Linear, ...]]:
+        return [(self.k, self.v)]
 
     def heads(self, x: Tensor, context: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q: (B, heads, N, d); k, v: (B, heads, M, d); q and k normalised when qk_norm is on."""
         q = split_heads(self.q(x), self.num_heads)
-        k, v = (split_heads(part, self.num_heads) for part in self.kv(context).chunk(2, dim=-1))
+        k, v = split_heads(self.k(context), self.num_heads), split_heads(self.v(context), self.num_heads)
         return self.q_norm(q), self.k_norm(k), v
 
     def forward(self, x: Tensor, context: Tensor, mask: Tensor | None = None) -> Tensor:

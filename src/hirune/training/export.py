@@ -9,6 +9,8 @@ header, one JSON string `hirune` with what is needed to rebuild and sample the m
 run config, the model config, the step, which weights these are, and an autoencoder's
 latent statistics.  Whatever layout the checkpoint has (whole state, or
 every rank's FSDP2 shards), the export is the same file; optimizer state is left behind.
+Checkpoints and exports written before attention's q, k, v were separate modules are read
+in today's names (`nn.attention.split_fused_projections`), so exporting one upgrades it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+from ..nn.attention import split_fused_projections
 
 FORMAT = "hirune-weights-1"
 
@@ -33,12 +36,14 @@ def checkpoint_weights(path: str | Path, use_ema: bool = True) -> tuple[dict[str
     from ..distributed import sharded
 
     if Path(path).suffix == ".safetensors":
-        return read_weights(path)
+        weights, meta = read_weights(path)
+        return split_fused_projections(weights), meta  # an export written before q, k, v were split
     path = resolve_checkpoint(path)
     tensors, state = load_checkpoint(path, groups=("model", "ema"))
     if state.get("layout") == "sharded":
         tensors["model"], tensors["ema"], _ = sharded.read_full(path, state["optimizer"]["shapes"])
-    return ({**tensors["model"], **tensors["ema"]} if use_ema else tensors["model"]), state
+    weights = {**tensors["model"], **tensors["ema"]} if use_ema else tensors["model"]
+    return split_fused_projections(weights), state  # a checkpoint written before q, k, v were split
 
 
 def export_weights(run: str | Path, out: str | Path | None = None, use_ema: bool = True) -> Path:

@@ -247,7 +247,7 @@ class Trainer:
         """Resume from a checkpoint folder (or a run directory's latest), written by any world
         size and layout; refuses one written by another config, naming the keys."""
         from ..distributed import sharded
-        from ..distributed.state import check_same_checkpoint, load_full_state
+        from ..distributed.state import check_same_checkpoint, load_full_state, split_fused_state
         path = resolve_checkpoint(path)
         tensors, state = load_checkpoint(path)
         saved, mine = TrainConfig.from_dict(upgrade(state.get("config") or {})).identity(), self.cfg.identity()
@@ -256,7 +256,8 @@ class Trainer:
             keys = sorted(k for k in set(flat[0]) | set(flat[1]) if flat[0].get(k) != flat[1].get(k))
             raise CheckpointError(f"checkpoint {path} was written by another config; differing keys: {keys}")
         check_same_checkpoint(self.world, path, state)
-        if state.get("layout") == "sharded" and self.sharded:
+        # shards written before q, k, v were separate modules are read whole and split
+        if state.get("layout") == "sharded" and self.sharded and not sharded.holds_fused_projections(state):
             sharded.load(self.model, self.optimizer, self.ema, path, state["optimizer"])
             self.ema.num_updates = state["ema_updates"]
         else:
@@ -266,6 +267,8 @@ class Trainer:
                 model_sd, ema_sd = tensors["model"], tensors["ema"]
                 optim_sd = unflatten_optimizer_state(tensors["optimizer"], state["optimizer"])
             try:
+                model_sd, ema_sd, optim_sd = split_fused_state(model_sd, ema_sd, optim_sd,
+                                                               [n for n, _ in self.model.named_parameters()])
                 load_full_state(self.model, self.optimizer, self.ema, self.world, self.cfg.strategy, model_sd,
                                 ema_sd, optim_sd, state["ema_updates"])
             except (RuntimeError, ValueError, KeyError) as e:  # tensors of another shape or name
