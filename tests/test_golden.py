@@ -3,12 +3,25 @@ commit 31bde1a before the family interface existed, gives the same tensors, loss
 previews and read-backs today, on one process and on two gloo processes, and the
 checkpoints written then still load and sample the same images.
 
-Bitwise where the machine is the one that recorded them (same torch, CPU kernels and
-CPU) -- except the scores that pass through numpy and scipy (the Frechet distance's matrix
+What is read from the recorded checkpoints (samples, evaluations, inversions) is bitwise
+the same where the machine is the one that recorded them (same torch, CPU kernels and CPU)
+-- except the scores that pass through numpy and scipy (the Frechet distance's matrix
 square root), whose versions setup.sh does not pin: those Python floats are compared to
 1e-7 relative; elsewhere float rounding may differ, and the comparison is to 1e-5 (the
 parity tolerance of tests/test_distributed.py) with previews, whose pixels are rounded,
 skipped.
+
+What is trained today is compared to tolerances on every machine, the recording one
+included, since attention's q, k, v became separate modules (training is then equal up to
+float rounding, not bitwise: see below): losses, gradient norms, samples and read-backs to
+1e-5; the checkpoint tensors to TRAINED_ATOL absolute.  Why a wider bound for the tensors:
+AdamW divides each gradient by its running RMS, so where a gradient is float-rounding noise
+around zero (a bias that does not matter yet) the step is still about lr in size, in a
+direction the rounding decides; a few steps at lr 1e-3 move such an element by up to a few
+1e-3 on another CPU.  Measured: at most 1.7e-3 (an Intel Xeon against the AMD EPYC that
+recorded), while the losses agree to 4e-7 relative and the samples to 1e-6.  A changed
+behaviour shows in the losses (compared at 1e-5) long before the tensors; a changed seed
+moves the tensors by 1e-1 (`test_the_comparison_catches_a_changed_run`).
 
 Attention's q, k, v were one fused `qkv` Linear (cross-attention: `kv`) when these were
 recorded; the recorded checkpoint tensors are read in today's names and AdamW positions by
@@ -47,29 +60,30 @@ V0 = GOLDEN / "v0"
 RECORDED = json.loads((V0 / "golden.json").read_text())
 EXACT = all(RECORDED[k] == v for k, v in environment().items())
 TOL = 1e-5
+TRAINED_ATOL = 5e-3  # checkpoint tensors of a run trained today (see the module docstring)
 SCIPY_TOL = 1e-7  # floats on the recording machine: numpy / scipy versions may differ, and the
 # square root of a rank-deficient covariance product (8 samples) is good to about sqrt(eps)
 
 
-def same(a, b, what: str) -> None:
-    """Equal (bitwise on the recording machine, else to TOL) for tensors, arrays, numbers,
-    and lists / dicts of them."""
+def same(a, b, what: str, exact: bool = EXACT, atol: float = TOL) -> None:
+    """Equal (bitwise where `exact`, else to TOL, tensors to `atol` absolute) for tensors,
+    arrays, numbers, and lists / dicts of them."""
     if isinstance(a, dict):
         assert sorted(a) == sorted(b), f"{what}: keys {sorted(set(a) ^ set(b))}"
         for k in a:
-            same(a[k], b[k], f"{what}.{k}")
+            same(a[k], b[k], f"{what}.{k}", exact, atol)
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), f"{what}: {len(a)} != {len(b)} items"
         for i, (x, y) in enumerate(zip(a, b)):
-            same(x, y, f"{what}[{i}]")
+            same(x, y, f"{what}[{i}]", exact, atol)
     elif isinstance(a, (torch.Tensor, np.ndarray)):
         a, b = torch.as_tensor(np.asarray(a)), torch.as_tensor(np.asarray(b))
-        if EXACT or not a.is_floating_point():
+        if exact or not a.is_floating_point():
             assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), f"{what} differs"
         else:
-            torch.testing.assert_close(a, b, rtol=TOL, atol=TOL, msg=what)
+            torch.testing.assert_close(a, b, rtol=TOL, atol=atol, msg=what)
     elif isinstance(a, float):
-        tol = SCIPY_TOL if EXACT else TOL
+        tol = SCIPY_TOL if exact else TOL
         assert a == pytest.approx(b, rel=tol, abs=tol), what
     else:
         assert a == b, f"{what}: {a!r} != {b!r}"
@@ -175,14 +189,16 @@ def latest(run_dir: Path) -> Path:
     return run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
 
 
-def compare_read_back(root: Path, names, out: str, recorded_dir: Path, evaluations: dict) -> None:
+def compare_read_back(root: Path, names, out: str, recorded_dir: Path, evaluations: dict,
+                      exact: bool = EXACT) -> None:
+    """`exact`: the runs read are the recorded ones (on the recording machine), not trained today."""
     same(read_back(str(root.name), names, out), {k: v for k, v in evaluations.items()
-                                                 if k.split()[1].split("/")[-1] in names}, "evaluations")
+                                                 if k.split()[1].split("/")[-1] in names}, "evaluations", exact)
     for npz in sorted(Path(out).glob("*.npz")):
         old = np.load(recorded_dir / npz.name)
         new = np.load(npz)
-        same({k: new[k] for k in new.files}, {k: old[k] for k in old.files}, npz.name)
-    if EXACT:
+        same({k: new[k] for k in new.files}, {k: old[k] for k in old.files}, npz.name, exact)
+    if exact:
         for png in sorted(Path(out).glob("*.png")):
             assert pixels_sha(png) == RECORDED["previews"][f"{Path(out).name}/{png.name}"], png.name
 
@@ -199,21 +215,22 @@ def test_every_family_trains_as_it_did(workdir):
     for name in RUNS:
         cli(["train", *train_words(name)])
         run, old = workdir / "runs" / name, V0 / "runs" / name
-        same(metrics(run), metrics(old), f"{name} metrics")
+        same(metrics(run), metrics(old), f"{name} metrics", exact=False)
         recorded = in_todays_layout(latest(old), tensors(latest(old)), parameter_names(run))
-        same(tensors(latest(run)), recorded, f"{name} checkpoint")
+        same(tensors(latest(run)), recorded, f"{name} checkpoint", exact=False, atol=TRAINED_ATOL)
         if (old / "eval.json").exists():  # presets that score their run after training (eval_samples)
             same(json.loads((run / "eval.json").read_text()), json.loads((old / "eval.json").read_text()),
-                 f"{name} eval.json")
-        if EXACT:
-            for png in sorted(run.glob("samples/*.png")):
-                assert pixels_sha(png) == RECORDED["previews"][png.relative_to(workdir).as_posix()], png
+                 f"{name} eval.json", exact=False)
     (workdir / "readback").mkdir()
-    compare_read_back(workdir / "runs", list(RUNS), "readback", V0 / "readback", RECORDED["evaluations"])
+    compare_read_back(workdir / "runs", list(RUNS), "readback", V0 / "readback", RECORDED["evaluations"],
+                      exact=False)
 
 
 def test_every_family_trains_as_it_did_on_two_processes(workdir):
-    """Two gloo processes (ddp; zero1, zero2, zero3 for some): the same tensors and metrics."""
+    """Two gloo processes (ddp; zero1, zero2, zero3 for some): the same metrics and read-backs.
+    (Their checkpoints were recorded as hashes only, which training since the q, k, v split no
+    longer matches bitwise; `test_recorded_layout_hashes_give_back_a_reloaded_old_checkpoint` keeps the
+    hashes' layout honest.)"""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                            str(GOLDEN / "dist_train.py"), "runs2"], capture_output=True, text=True, env=env,
@@ -221,13 +238,10 @@ def test_every_family_trains_as_it_did_on_two_processes(workdir):
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-30000:]
     for name in RUNS:
         run = workdir / "runs2" / name
-        same(metrics(run), metrics(V0 / "runs2" / name), f"{name} metrics (2 processes)")
-        if EXACT:
-            recorded = RECORDED["checkpoints2"][name]
-            assert recorded_layout_hashes(run, recorded) == recorded, name
+        same(metrics(run), metrics(V0 / "runs2" / name), f"{name} metrics (2 processes)", exact=False)
     (workdir / "readback2").mkdir()
     compare_read_back(workdir / "runs2", ["vpred", "iddpm", "dit", "uvit"], "readback2", V0 / "readback2",
-                      RECORDED["evaluations2"])
+                      RECORDED["evaluations2"], exact=False)
 
 
 def test_old_checkpoints_load_and_sample_the_same(workdir):
@@ -239,13 +253,18 @@ def test_old_checkpoints_load_and_sample_the_same(workdir):
 
 
 def test_the_comparison_catches_a_changed_run(workdir):
-    """Harness: the same run under another seed is caught, in its tensors and its losses."""
+    """Harness: the same run under another seed is caught, in its tensors (at the trained
+    runs' TRAINED_ATOL) and its losses, and so is a changed learning rate."""
     name = "ddpm"
     cli(["train", *train_words(name), "seed=1"])
     with pytest.raises(AssertionError):
-        same(tensors(latest(workdir / "runs" / name)), tensors(latest(V0 / "runs" / name)), name)
+        same(tensors(latest(workdir / "runs" / name)), tensors(latest(V0 / "runs" / name)), name, exact=False,
+             atol=TRAINED_ATOL)
     with pytest.raises(AssertionError):
-        same(metrics(workdir / "runs" / name), metrics(V0 / "runs" / name), name)
+        same(metrics(workdir / "runs" / name), metrics(V0 / "runs" / name), name, exact=False)
+    cli(["train", *train_words(name, "lr"), "lr=0.0011"])
+    with pytest.raises(AssertionError):
+        same(metrics(workdir / "lr" / name), metrics(V0 / "runs" / name), name, exact=False)
 
 
 def resaved(run: Path, name: str, processes: int = 1, strategy: str | None = None) -> None:
