@@ -282,3 +282,50 @@ def test_captions_of_pooled_digits_agree_with_the_full_size_measurements():
     thick = (a.thickness == b.thickness).float().mean()
     slant = (a.slant == b.slant).float().mean()
     assert thick > 0.9 and slant > 0.8, (thick, slant)
+
+
+# --- the domains of mnist5k (adapting a trained model to them: LoRA, fine-tuning) ----------
+def test_mnist5k_inverted_is_minus_mnist5k_with_the_same_split():
+    from hirune.data import load_dataset
+    from hirune.data.dequantize import check_quantized
+
+    for split in ("train", "test"):
+        full, inverted = mnist5k(split), load_dataset("mnist5k-inverted", split)
+        assert torch.equal(inverted.data, -full.data) and inverted.name == "mnist5k-inverted"
+        assert torch.equal(inverted.labels, full.labels) and torch.equal(inverted.indices, full.indices)
+        assert len(inverted) == (DATASETS["mnist5k-inverted"].train_size if split == "train"
+                                 else DATASETS["mnist5k-inverted"].test_size)
+    check_quantized(inverted.data, DATASETS["mnist5k-inverted"].levels)  # -x of the 256 levels is on the grid
+    assert "mnist5k-inverted" in dataset_info()
+
+
+def test_mnist5k_thick_is_the_thickest_third_of_each_digit_of_each_split():
+    from hirune.data import load_dataset
+    from hirune.data.captions import attributes, ink_amount
+
+    parts = {}
+    for split in ("train", "test"):
+        full, thick = mnist5k(split), load_dataset("mnist5k-thick", split)
+        spec = DATASETS["mnist5k-thick"]
+        assert len(thick) == (spec.train_size if split == "train" else spec.test_size) == 10 * (len(full) // 30)
+        assert thick.labels.bincount().tolist() == [len(full) // 30] * 10
+        # the chosen examples are mnist5k's own (split, labels, pixels), in file order
+        assert set(thick.indices.tolist()) <= set(full.indices.tolist())
+        assert torch.equal(thick.indices, thick.indices.sort().values)
+        where = {int(i): k for k, i in enumerate(full.indices)}
+        rows = torch.tensor([where[int(i)] for i in thick.indices])
+        assert torch.equal(thick.data, full.data[rows]) and torch.equal(thick.labels, full.labels[rows])
+        # per digit, every chosen image has at least the ink of every image left out
+        ink, chosen = ink_amount(full.data), torch.zeros(len(full), dtype=torch.bool)
+        chosen[rows] = True
+        for digit in range(10):
+            mine = full.labels == digit
+            assert ink[mine & chosen].min() >= ink[mine & ~chosen].max()
+        # what the captions call thick (the heaviest quarter) is inside the thickest third
+        thickness, _ = attributes(full.data, full.labels)
+        assert bool(chosen[thickness == 2].all())
+        parts[split] = thick
+    assert not set(parts["train"].indices.tolist()) & set(parts["test"].indices.tolist())
+    everything = load_dataset("mnist5k-thick", "all")
+    assert len(everything) == len(parts["train"]) + len(parts["test"])
+    assert torch.equal(everything.indices, torch.cat([parts["train"].indices, parts["test"].indices]).sort().values)

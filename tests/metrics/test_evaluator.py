@@ -49,3 +49,19 @@ def test_bad_input():
         load_evaluator("cifar10")
     with pytest.raises(ValueError, match="expects"):
         features_and_logits(load_evaluator("digits"), torch.zeros(2, 1, 28, 28))
+
+
+def test_the_domains_of_mnist5k_are_read_by_its_evaluator():
+    """Inverted digits are read inverted back: the inverted test split scores as the test
+    split does, and plain digits are far from the inverted domain."""
+    train = load_dataset("mnist5k", "train")
+    g = torch.Generator().manual_seed(0)
+    real = train.images[torch.randperm(len(train), generator=g)[:500]]
+    net, inverted = load_evaluator("mnist5k"), load_evaluator("mnist5k-inverted")
+    assert torch.equal(features_and_logits(inverted, -real)[0], features_and_logits(net, real)[0])
+    near = evaluate_images("mnist5k-inverted", -real)
+    assert near["frechet_distance"] < 2 * near["frechet_real_vs_real"]
+    assert evaluate_images("mnist5k-inverted", real)["frechet_distance"] > 10 * near["frechet_distance"]
+    thick = load_dataset("mnist5k-thick", "train").images
+    assert evaluate_images("mnist5k-thick", thick[torch.randperm(len(thick), generator=g)[:500]])[
+        "frechet_distance"] < evaluate_images("mnist5k-thick", real)["frechet_distance"]

@@ -61,11 +61,17 @@ def training_vocabulary() -> list[str]:
     return sorted(seen)
 
 
+def ink_amount(images: Tensor) -> Tensor:
+    """The ink of each image (N, 1, H, W) in [-1, 1]: its mean brightness, (x + 1) / 2
+    clamped at 0, averaged over the pixels; (N,) float64.  Thickness is measured by it."""
+    return ((images[:, 0].double() + 1) / 2).clamp_min(0).mean(dim=(1, 2))
+
+
 def attributes(images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """(thickness, slant), each (N,) int64 in {0, 1, 2}, of images (N, 1, H, W) in [-1, 1]
     with labels (N,).  Thickness quartiles are per digit, over the images given."""
     w = ((images[:, 0].double() + 1) / 2).clamp_min(0)                      # ink weights (N, H, W)
-    ink = w.mean(dim=(1, 2))
+    ink = w.mean(dim=(1, 2))                                                 # = ink_amount(images)
     rows = torch.arange(w.shape[1], dtype=w.dtype)[None, :, None]
     cols = torch.arange(w.shape[2], dtype=w.dtype)[None, None, :]
     mass = w.sum(dim=(1, 2)).clamp_min(1e-12)

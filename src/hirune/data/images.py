@@ -122,6 +122,48 @@ def mnist5k_14(split: str = "train") -> ArrayDataset:
     return dataclasses.replace(full, name="mnist5k-14", data=pooled, levels=4 * 255 + 1)
 
 
+# --- domains of mnist5k, for adapting a trained model (LoRA, fine-tuning) -------------------
+def mnist5k_inverted(split: str = "train") -> ArrayDataset:
+    """mnist5k with the colours inverted, x -> -x (white background, black ink): the same
+    examples and split, (5000 | 4500 | 500, 1, 28, 28)."""
+    import dataclasses
+
+    full = mnist5k(split)
+    return dataclasses.replace(full, name="mnist5k-inverted", data=-full.data)
+
+
+def thickest_third(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The positions, in order, of the n // 3 images of each class with the most ink
+    (`captions.ink_amount`, by which captions call a digit thick; ties: the earlier image):
+    the thick third of every digit."""
+    from .captions import ink_amount
+
+    ink = ink_amount(images)
+    keep = []
+    for digit in labels.unique().tolist():
+        mine = torch.nonzero(labels == digit).flatten()
+        order = torch.sort(-ink[mine], stable=True).indices  # most ink first, ties by position
+        keep.append(mine[order[: len(mine) // 3]])
+    return torch.sort(torch.cat(keep)).values
+
+
+def mnist5k_thick(split: str = "train") -> ArrayDataset:
+    """The thick third of each digit of each mnist5k split (`thickest_third`): 150 of the
+    450 training images of a digit, 16 of its 50 test images; (1660 | 1500 | 160, 1, 28, 28)."""
+    import dataclasses
+
+    if split == "all":
+        train, test = mnist5k_thick("train"), mnist5k_thick("test")
+        order = torch.argsort(torch.cat([train.indices, test.indices]))
+        return dataclasses.replace(train, data=torch.cat([train.data, test.data])[order],
+                                   labels=torch.cat([train.labels, test.labels])[order],
+                                   indices=torch.cat([train.indices, test.indices])[order], split="all")
+    full = mnist5k(split)
+    keep = thickest_third(full.data, full.labels)
+    return dataclasses.replace(full, name="mnist5k-thick", data=full.data[keep], labels=full.labels[keep],
+                               indices=full.indices[keep])
+
+
 # --- a folder of images ----------------------------------------------------------------
 def _image_files(root: Path) -> list[Path]:
     """PNG/JPEG files under root (relative paths), recursively, sorted; hidden ones skipped."""

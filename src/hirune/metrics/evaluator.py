@@ -22,15 +22,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 ASSET = "evaluator_{}.safetensors"
-EVALUATED = ("digits", "mnist5k")
+# domains of mnist5k (data.images) read by mnist5k's evaluator: the thick digits as they
+# are, the inverted ones inverted back (x -> -x), so that its features are those it learned
+DOMAINS = {"mnist5k-thick": ("mnist5k", False), "mnist5k-inverted": ("mnist5k", True)}
+EVALUATED = ("digits", "mnist5k", *DOMAINS)
 
 
 class DigitClassifier(nn.Module):
     """Two conv blocks and a 128-d feature layer; input (B, 1, S, S) in [-1, 1]."""
 
-    def __init__(self, size: int, num_classes: int = 10, width: int = 32, features: int = 128):
+    def __init__(self, size: int, num_classes: int = 10, width: int = 32, features: int = 128, invert: bool = False):
         super().__init__()
-        self.size = size
+        self.size, self.invert = size, invert  # invert: read -x (a domain of inverted images)
         self.conv = nn.Sequential(
             nn.Conv2d(1, width, 3, padding=1), nn.GroupNorm(8, width), nn.SiLU(),
             nn.Conv2d(width, width, 3, padding=1), nn.GroupNorm(8, width), nn.SiLU(), nn.MaxPool2d(2),
@@ -42,7 +45,7 @@ class DigitClassifier(nn.Module):
     def embed(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.size or x.shape[1] != 1:
             raise ValueError(f"evaluator expects (B, 1, {self.size}, {self.size}) images, got {tuple(x.shape)}")
-        return self.features(self.conv(x))
+        return self.features(self.conv(-x if self.invert else x))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.embed(x))
@@ -53,16 +56,18 @@ def _asset_path(dataset: str) -> Path:
 
 
 def load_evaluator(dataset: str) -> DigitClassifier:
-    """The shipped evaluator of `dataset` (digits or mnist5k), in eval mode on the CPU."""
+    """The shipped evaluator of `dataset` (digits, mnist5k, or a domain of mnist5k: its
+    evaluator, reading inverted images inverted back), in eval mode on the CPU."""
     from safetensors.torch import load_file
 
     if dataset not in EVALUATED:
         raise ValueError(f"no evaluator for {dataset!r}; evaluators exist for {list(EVALUATED)}")
+    dataset, invert = DOMAINS.get(dataset, (dataset, False))
     path = _asset_path(dataset)
     if not path.exists():
         raise FileNotFoundError(f"evaluator weights missing: {path}; rebuild them with "
                                 f"`python -m hirune.metrics.evaluator --train {dataset}`")
-    net = DigitClassifier(8 if dataset == "digits" else 28)
+    net = DigitClassifier(8 if dataset == "digits" else 28, invert=invert)
     net.load_state_dict(load_file(str(path)))
     return net.eval()
 
@@ -153,7 +158,7 @@ if __name__ == "__main__":
     import argparse
 
     ap = argparse.ArgumentParser(description="retrain the shipped digit evaluators")
-    ap.add_argument("--train", choices=EVALUATED, nargs="+", required=True)
+    ap.add_argument("--train", choices=[d for d in EVALUATED if d not in DOMAINS], nargs="+", required=True)
     ap.add_argument("--epochs", type=int, default=8)
     args = ap.parse_args()
     for name in args.train:
