@@ -84,6 +84,16 @@ def unflatten_optimizer_state(tensors: dict[str, Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
+def weights_fingerprint(tensors: dict[str, Tensor]) -> str:
+    """A short name of a set of weights: the first 16 hex digits of the sha256 of their
+    safetensors serialisation (keys sorted, no metadata), the same wherever they were read
+    from (a checkpoint's EMA, an export)."""
+    from safetensors.torch import save
+
+    data = save({k: v.detach().contiguous().cpu() for k, v in sorted(tensors.items())})
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
 def rng_state() -> tuple[dict[str, Tensor], dict]:
     """The torch CPU (and CUDA) generator states as tensors."""
     tensors = {"torch_cpu": torch.get_rng_state()}

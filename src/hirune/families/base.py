@@ -11,12 +11,17 @@ The same object serves training and inference:
     out = family.loss(forward, batch, draw, step) -> objectives.Loss
     family.after_micro_batch(draw, out)           learning from the losses (IDDPM's time sampler)
     tensors, state = family.checkpoint(ema)       what a checkpoint holds beyond the weights
+    family.frozen_names()                         model state a reference provides, never saved
+    family.saved(run_dir, step, ema)              files written beside each checkpoint (rank 0)
     x = family.preview(n)                         a preview's samples (EMA weights applied)
     family.generate(n, ...), family.evaluate(n, ...)   a loaded run (`training.loading.load`)
 
 A family may build on other runs (`references`: latent diffusion's autoencoder, reflow's
-teacher, later a LoRA's base run); the trainer and the loader load them light and pass
-them in, so no family loads a run itself.  A family may bring a second player with its
+teacher, a fine-tuned run's base); the trainer and the loader load them light and pass
+them in, so no family loads a run itself.  Part of the network's state may come from a
+reference and stay out of the checkpoints (`frozen_names`: a LoRA run's base weights);
+the trainer leaves it out when saving and takes it from the built network when loading,
+and a checkpoint must lack exactly those keys.  A family may bring a second player with its
 own optimizer trained on the same micro-batches (`adversary`, an autoencoder's patch
 discriminator), which the loop steps generically.
 """
@@ -123,6 +128,12 @@ class Family:
         """What to say when the run of `role` does not exist at `path`."""
         return f"the {role} run {path} does not exist"
 
+    @classmethod
+    def kept_references(cls, config) -> dict[str, str]:
+        """The references whose weights a run keeps a copy of (RUN/references/<role>.safetensors),
+        so that it loads after they move: by default every one it samples through."""
+        return cls.reference_paths(config, training=False)
+
     def _build(self, kind: str, network_config: dict) -> nn.Module:
         from ..models import build_model
 
@@ -176,6 +187,16 @@ class Family:
 
     def restore_loaded(self, state: dict) -> None:
         """What a loaded (inference) run reads from its checkpoint's state beyond weights."""
+
+    def frozen_names(self) -> list[str]:
+        """The keys of `model.state_dict()` that a reference provides and checkpoints leave
+        out (a LoRA run's base weights, frozen): the built family already holds them, and a
+        checkpoint must lack exactly these (`training.loading.with_frozen`).  Default: none."""
+        return []
+
+    def saved(self, run_dir: Path, step: int, ema) -> None:
+        """Called on rank 0 after checkpoint `step` is committed: files the family keeps
+        beside its checkpoints (a LoRA run's adapter in peft's layout)."""
 
     # --- previews -------------------------------------------------------------------
     def preview(self, n: int) -> Tensor:

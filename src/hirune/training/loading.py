@@ -42,6 +42,25 @@ def reference_source(run_dir: str | Path, role: str, path: str) -> str:
     return str(copy) if copy.is_file() else path
 
 
+def with_frozen(model, saved: dict, frozen, where) -> dict:
+    """A checkpoint's model tensors completed with the state a reference provides (`frozen`:
+    `Family.frozen_names`, taken from `model`, which holds it since it was built).  The
+    checkpoint must lack exactly those keys; CheckpointError otherwise.  Nothing frozen:
+    `saved` as it is (a strict load then checks it)."""
+    frozen = set(frozen)
+    if not frozen:
+        return saved
+    own = model.state_dict()
+    missing = sorted(set(own) - set(saved) - frozen)
+    doubled = sorted(set(saved) & frozen)
+    if missing or doubled:
+        raise CheckpointError(f"{where} should hold every tensor of the network but the {len(frozen)} its base run "
+                              f"provides; " + (f"it lacks {missing[:4]}" if missing else "")
+                              + ("; " if missing and doubled else "")
+                              + (f"it holds base tensors {doubled[:4]}" if doubled else ""))
+    return {**saved, **{k: own[k] for k in frozen}}
+
+
 def saved_config(state: dict) -> TrainConfig:
     """The whole config of a checkpoint or export (of any version), for inference."""
     values = upgrade({**state.get("config", {}), **state.get("run_config", {})})
@@ -71,6 +90,7 @@ def load(path: str | Path, *, use_ema: bool = True, device: str | torch.device =
     with torch.random.fork_rng(devices=[]) if isolate_rng else nullcontext():
         torch.manual_seed(cfg.seed)
         run = family(cfg, config, data, torch.device(device), references, network_config=state.get("model_config"))
+    weights = with_frozen(run.model, weights, run.frozen_names(), path)
     try:
         run.model.load_state_dict(weights)
     except RuntimeError as e:  # weights of another shape or name

@@ -102,7 +102,7 @@ def keep_references(family, run_dir: Path) -> None:
     moved or deleted (`loading.load` prefers the copies)."""
     from .export import export_weights
 
-    for role, path in type(family).reference_paths(family.config, training=False).items():
+    for role, path in type(family).kept_references(family.config).items():
         copy = run_dir / REFERENCES / f"{role}.safetensors"
         if not copy.exists():
             export_weights(path, copy)

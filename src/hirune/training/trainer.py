@@ -30,7 +30,7 @@ from ..checkpoint import (CheckpointError, flatten_optimizer_state, load_checkpo
 from ..families import Batch, Context, get_family
 from .config import TrainConfig, check_config, upgrade
 from .ema import EMA
-from .loading import reference_source
+from .loading import reference_source, with_frozen
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -236,9 +236,13 @@ class Trainer:
             whole = full_state(self.model, self.optimizer, self.ema, self.world, cfg.strategy)
             if whole is not None:
                 model_sd, ema_sd, optim_sd = whole
+                frozen = set(self.family.frozen_names())  # what a reference provides (a LoRA's base)
+                model_sd = {k: v for k, v in model_sd.items() if k not in frozen}
                 opt_tensors, state["optimizer"] = flatten_optimizer_state(optim_sd)
                 tensors.update(model=model_sd, ema=ema_sd, optimizer=opt_tensors)
         path = save_checkpoint(cfg.out, self.step, tensors, state, staged=staged) if self.world.main else None
+        if self.world.main:
+            self.family.saved(Path(cfg.out), self.step, self.ema)
         if self.world.distributed:
             torch.distributed.barrier()  # nobody reads or overwrites a checkpoint half written
         return path
@@ -266,6 +270,7 @@ class Trainer:
             else:
                 model_sd, ema_sd = tensors["model"], tensors["ema"]
                 optim_sd = unflatten_optimizer_state(tensors["optimizer"], state["optimizer"])
+            model_sd = with_frozen(self.model, model_sd, self.family.frozen_names(), f"checkpoint {path}")
             try:
                 model_sd, ema_sd, optim_sd = split_fused_state(model_sd, ema_sd, optim_sd,
                                                                [n for n, _ in self.model.named_parameters()])
