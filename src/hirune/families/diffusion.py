@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from .. import objectives as O
 from ..process import Denoiser, make_process
 from ..process.denoiser import check_prediction_suits
-from . import diffusion_eval, diffusion_sampling, embedding, superres
+from . import diffusion_eval, diffusion_sampling, embedding, finetune, superres
 from .base import Batch, Context, Draw, Family, checked_process, register
 from .latent import FirstStage
 from .settings import Range, check_choices
@@ -52,6 +52,12 @@ class DiffusionConfig:
     p_text_drop: float = 0.5           # a text decoder's caption dropout (p_uncond drops the embedding)
     low_res: int = 0                   # super-resolution from low_res x low_res images (0: off; families.superres)
     noise_aug: float = 0.0             # SR: the largest noise augmentation level of the low-res input, in [0, 1]
+    base: str = ""                     # fine-tuning: a trained diffusion run to start from (families.finetune)
+    adapter: str = ""                  # with base: "" (full fine-tuning) | lora (the base frozen, adapters train)
+    lora_rank: int = 4
+    lora_alpha: float = 0.0            # the update's scale is lora_alpha / lora_rank; 0: alpha = rank (scale 1)
+    lora_targets: str = "attention"    # attention | attention+mlp | all-linear | all | regexes (models.lora)
+    lora_dropout: float = 0.0
 
 
 @dataclass
@@ -80,7 +86,7 @@ class Diffusion(Family):
     ranges = {"p_uncond": Range(0, 1, high_open=True), "min_snr_gamma": Range(0, low_open=True),
               "reflow_steps": Range(1, integer=True), "sample_steps": Range(1, integer=True),
               "p_text_drop": Range(0, 1, high_open=True),
-              "low_res": Range(0, integer=True), "noise_aug": Range(0, 1)}
+              "low_res": Range(0, integer=True), "noise_aug": Range(0, 1), **finetune.RANGES}
 
     def __init__(self, cfg, config, data, device, references=None, network_config=None):
         super().__init__(cfg, config, data, device, references)
@@ -104,7 +110,12 @@ class Diffusion(Family):
                 raise ValueError(f"the autoencoder {config.autoencoder} was trained on {self.first_stage.dataset}, "
                                  f"this run is on {data.name}")
             self.sample_shape = self.first_stage.latent_shape(tuple(data.shape))
+        self.base_identity = None
+        if network_config is None and "base" in self.references:  # fine-tuning: the base's network
+            network_config = finetune.network_config(self)
         self.model = self._build(cfg.model, network_config or self._network_config())
+        if "base" in self.references:
+            finetune.attach(self)
         learned = config.objective == "hybrid"
         clip = (-1.0, 1.0) if config.clip_x0 and data.kind == "image" and not config.autoencoder else None
         self.denoiser = Denoiser(self.model, self.process, self.prediction, learned_variance=learned, clip_x0=clip)
@@ -169,13 +180,21 @@ class Diffusion(Family):
             from ..data import example_shape
 
             superres.check(cfg, config, example_shape(cfg.dataset))
+        finetune.check(cfg, config)
 
     @classmethod
     def reference_paths(cls, config, training: bool) -> dict[str, str]:
         refs = {"first_stage": config.autoencoder} if config.autoencoder else {}
         if config.clip:
             refs["clip"] = config.clip
+        refs.update(finetune.reference_paths(config, training))
         return refs  # reflow's teacher is loaded by `prepare` only when its pairs are not stored yet
+
+    @classmethod
+    def kept_references(cls, config) -> dict[str, str]:
+        refs = super().kept_references(config)
+        refs.pop("base", None)  # an adapter names its base (path, step, fingerprint); it keeps no copy
+        return refs
 
     @classmethod
     def missing_reference(cls, role: str, path: str) -> str:
@@ -184,6 +203,8 @@ class Diffusion(Family):
                     "then pass autoencoder=runs/kl-ae-mnist5k")
         if role == "clip":
             return f"clip run {path} does not exist; train one first, e.g. `hirune train clip-mnist5k`"
+        if role == "base":
+            return finetune.missing_reference(path)
         return (f"reflow_from run {path} does not exist (and this run has no reflow pairs of its own); train the "
                 "teacher first, e.g. `hirune train flow-two-moons`")
 
@@ -303,12 +324,23 @@ class Diffusion(Family):
         tensors, state = super().checkpoint(ema)
         if self.loss_aware_times is not None:
             tensors["time_sampler"] = self.loss_aware_times.state_dict()
+        state.update(finetune.checkpoint_state(self))
         return tensors, state
 
     def restore(self, tensors: dict, state: dict) -> None:
+        finetune.check_identity(self, state)
         super().restore(tensors, state)
         if self.loss_aware_times is not None:
             self.loss_aware_times.load_state_dict(tensors["time_sampler"])
+
+    def restore_loaded(self, state: dict) -> None:
+        finetune.check_identity(self, state)
+
+    def frozen_names(self) -> list[str]:
+        return finetune.frozen_names(self)
+
+    def saved(self, run_dir: Path, step: int, ema) -> None:
+        finetune.write_adapter(self, run_dir, step, ema)
 
     def preview(self, n: int) -> Tensor:
         from ..data.captions import caption
@@ -357,3 +389,8 @@ class Diffusion(Family):
 
     def nll(self, n: int, seed: int = 0) -> dict:
         return diffusion_eval.nll_report(self, n, seed)
+
+    def use_adapters(self, adapters: list[tuple[str, float]], merge: bool = False) -> dict[str, float]:
+        """Sample through LoRA adapters trained on this run's base: [(path, weight)] (see
+        `finetune.use_adapters`)."""
+        return finetune.use_adapters(self, adapters, merge)

@@ -271,3 +271,47 @@ _PRIOR = dict(family="prior", model="prior", batch_size=128, lr=1e-3, warmup=50,
               log_every=25, sample_every=0, ckpt_every=250)
 PRESETS["prior-mnist5k"] = {**_PRIOR, "dataset": "mnist5k", "clip": "runs/clip-mnist5k", "steps": 800,
                             "model_config": {"width": 128, "depth": 4, "heads": 4}}
+
+# --- fine-tuning a trained run: `hirune train lora BASE_RUN` / `hirune train finetune BASE_RUN` ---
+# The base's own config (its run_config) with base=BASE_RUN and these defaults, every key
+# overridable (dataset=mnist5k-inverted: a new domain).  LoRA at a constant 1e-3 after a
+# short warmup (diffusers' LoRA scripts: a constant schedule, 1e-4 to 1e-3 by model size);
+# full fine-tuning at a tenth of that (every weight moves).  No previews or evaluation at the
+# end (`hirune eval RUN`, benchmarks/lora_domain.py).
+FINETUNE = {
+    "lora": dict(adapter="lora", lr=1e-3),
+    "finetune": dict(adapter="", lr=1e-4),
+}
+_FINETUNE_SHARED = dict(steps=500, warmup=20, lr_schedule="constant", sample_every=0, ckpt_every=250, eval_samples=0,
+                        resume=False)
+
+
+def finetune_config(kind: str, base: str, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The config of fine-tuning the trained diffusion run `base` (a run directory, a
+    checkpoint folder or an export): kind "lora" (adapter=lora) or "finetune" (all weights);
+    the run directory defaults to runs/<base's name>-<kind>."""
+    from pathlib import Path
+
+    from .export import checkpoint_weights
+    from .loading import run_directory, saved_config
+
+    if kind not in FINETUNE:
+        raise ValueError(f"{kind!r} is not valid; valid: {sorted(FINETUNE)}")
+    if not Path(base).exists():
+        raise FileNotFoundError(f"base run {base} does not exist")
+    _, state = checkpoint_weights(base)
+    saved = saved_config(state)
+    if saved.family != "diffusion":
+        raise ValueError(f"hirune train {kind} adapts a diffusion run; {base} is a {saved.family} run")
+    values = saved.to_dict()
+    section = values.pop("family_config")
+    family_keys = set(section)
+    overrides = dict(overrides or {})
+    section.update(base=str(base), **{k: v for k, v in FINETUNE[kind].items() if k in family_keys})
+    section.update(overrides.pop("family_config", {}))
+    section.update({k: overrides.pop(k) for k in list(overrides) if k in family_keys})
+    values.update(_FINETUNE_SHARED, out=f"runs/{run_directory(base).name}-{kind}",
+                  **{k: v for k, v in FINETUNE[kind].items() if k not in family_keys})
+    values.update(overrides)
+    values["family_config"] = section
+    return TrainConfig.from_dict(values)
