@@ -13,11 +13,16 @@ from .common import CLIError, _count, _positive_int
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a model from a preset (default: the main job)",
+    p = sub.add_parser("train", help="train a model from a preset (default: the main job), or fine-tune a run",
                        description="hirune train [PRESET] [key=value ...]; `hirune presets` lists "
                                    "the presets; every shared TrainConfig field and every setting of the "
-                                   "preset's family (family=... to change it) can be overridden.")
-    p.add_argument("items", nargs="*", metavar="PRESET | key=value")
+                                   "preset's family (family=... to change it) can be overridden.  "
+                                   "hirune train lora BASE_RUN [key=value ...]: LoRA adapters on a trained "
+                                   "diffusion run (its config, base=BASE_RUN, adapter=lora; out defaults to "
+                                   "runs/<base>-lora; lora_rank, lora_alpha, lora_targets, lora_dropout, "
+                                   "dataset=... for a new domain); hirune train finetune BASE_RUN: the same with "
+                                   "every weight trained.")
+    p.add_argument("items", nargs="*", metavar="PRESET | lora BASE_RUN | finetune BASE_RUN | key=value")
     p.add_argument("--nproc", type=int, default=0, metavar="N",
                    help="train with N processes on this machine: runs `torchrun --standalone "
                         "--nproc-per-node N -m hirune train ...` (one per GPU; gloo on CPUs); "
@@ -38,10 +43,19 @@ def _launch(nproc: int, items: list[str]) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from ..distributed import runtime
     from ..training.loop import train
-    from ..training.presets import parse_preset_args, preset_config
+    from ..training.presets import FINETUNE, finetune_config, parse_preset_args, preset_config
 
-    preset, overrides = parse_preset_args(args.items)
-    cfg = preset_config(preset, overrides)
+    if args.items and args.items[0] in FINETUNE:  # hirune train lora|finetune BASE_RUN [key=value ...]
+        if len(args.items) < 2 or "=" in args.items[1]:
+            raise CLIError(f"hirune train {args.items[0]} needs the base run: hirune train {args.items[0]} BASE_RUN "
+                           "[key=value ...]")
+        from ..training.config import parse_overrides
+
+        preset = f"{args.items[0]} of {args.items[1]}"
+        cfg = finetune_config(args.items[0], args.items[1], parse_overrides(args.items[2:], "diffusion"))
+    else:
+        preset, overrides = parse_preset_args(args.items)
+        cfg = preset_config(preset, overrides)
     if args.nproc:
         if args.nproc < 1:
             raise CLIError(f"--nproc must be >= 1, got {args.nproc}")
@@ -101,6 +115,11 @@ def _add_sample(sub) -> None:
                    help="normalizing flows: z ~ N(0, T^2 I); dalle: the softmax temperature of each token")
     p.add_argument("--prompt", default=None, help="text-conditioned runs: the caption, e.g. 'a thick seven'")
     p.add_argument("--out", default="samples.png", help=".png grid, .npz arrays or .gif trajectory")
+    a = p.add_argument_group("LoRA adapters (diffusion runs; RUN is their base run, or an adapter run)")
+    a.add_argument("--adapter", action="append", default=[], metavar="A[:W]",
+                   help="an adapter run (or adapter folder) trained on RUN's base, at weight W (default 1); "
+                        "repeat it for several (their updates add up)")
+    a.add_argument("--merge", action="store_true", help="merge the adapters into the weights before sampling")
     _add_guidance_options(p)
     t = p.add_argument_group("image tokens (dalle runs; --scale S != 1 is classifier-free guidance on the logits)")
     t.add_argument("--top-k", type=int, default=None, metavar="K", help="keep the K most likely codes (0: all)")
@@ -187,6 +206,37 @@ def _guided(run, args):
                  threshold=threshold, percentile=0.995 if percentile is None else percentile)
 
 
+def _adapter_spec(text: str) -> tuple[str, float]:
+    """--adapter A or A:W -> (A, W); a path that exists is taken whole (W = 1)."""
+    import math
+
+    if Path(text).exists() or ":" not in text:
+        return text, 1.0
+    path, weight = text.rsplit(":", 1)
+    try:
+        value = float(weight)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise CLIError(f"--adapter {text!r} is not valid; valid: A or A:W with a finite number W after the last ':' "
+                       "(e.g. runs/thick-lora:0.8), where A is an adapter run or folder")
+    return path, value
+
+
+def _use_adapters(run, args) -> None:
+    """--adapter / --merge: the run samples through the adapters (diffusion runs)."""
+    if not (args.adapter or args.merge):
+        return
+    if not hasattr(run, "use_adapters"):
+        raise CLIError(f"--adapter and --merge apply to diffusion runs, not a {run.name} run")
+    specs = [_adapter_spec(text) for text in args.adapter]
+    weights = run.use_adapters(specs, merge=args.merge)
+    if args.merge and not weights:
+        raise CLIError("--merge merges adapters: give --adapter A, or sample an adapter run")
+    print("adapters: " + ", ".join(f"{name} at {w:g}" for name, w in weights.items())
+          + (" (merged)" if args.merge else ""))
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -201,6 +251,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise CLIError("--rerank N needs --clip RUN (a CLIP run that scores the candidates), and --clip goes "
                        "with --rerank")
     run = load(args.run)
+    _use_adapters(run, args)
     options = _token_options(run, args)
     if not options:
         options = {"denoiser": _guided(run, args), "guided_labels": args.guidance == "classifier"}
