@@ -11,7 +11,7 @@ domain with the defaults of `hirune train lora` / `hirune train finetune` (LoRA:
 q, k, v, proj of every attention, alpha = rank; full: lr 1e-4, every weight), then draws n
 samples (DDIM, --sample-steps, seed 0) from its EMA weights.  Columns:
 
-* trainable: parameters that train, and their share of the network's;
+* trainable: parameters that train, and their share of the base network's;
 * file: the bytes a run must ship beyond the base -- adapter_model.safetensors (peft's layout)
   for LoRA, the network's weights (model.safetensors of the checkpoint) for full fine-tuning;
 * optimizer state: the bytes of AdamW's moments (and steps) after training;
@@ -73,6 +73,7 @@ def tune(name: str, kind: str, args, root: Path, **settings) -> dict:
     trainable, total = lora.trainable_count(trainer.model)
     shipped = out / "adapter" / lora.ADAPTER_WEIGHTS if kind == "lora" else latest_checkpoint(out) / "model.safetensors"
     row = {"name": name, "kind": kind, **settings, "trainable": trainable, "total": total,
+           "base_parameters": total - trainable if kind == "lora" else total,
            "file_bytes": shipped.stat().st_size, "optimizer_bytes": optimizer_bytes(trainer.optimizer),
            "ms_per_step": 1000 * statistics.median(times[1:] or times),
            "mean_loss_last_tenth": statistics.fmean(losses[-max(1, len(losses) // 10):])}
@@ -88,7 +89,7 @@ def table(base_fd: float, rows: list[dict], note: str) -> str:
              "|---|---|---|---|---|---|",
              f"| none (the base) | 0 | - | - | - | {base_fd:.2f} |"]
     for r in rows:
-        lines.append(f"| {r['name']} | {r['trainable']:,} ({r['trainable'] / r['total']:.2%}) | {r['file_bytes']:,} | "
+        lines.append(f"| {r['name']} | {r['trainable']:,} ({r['trainable'] / r['base_parameters']:.2%}) | {r['file_bytes']:,} | "
                      f"{r['optimizer_bytes']:,} | {r['ms_per_step']:.1f} | {r['frechet_distance']:.2f} |")
     lines.append(f"| real vs real | | | | | {rows[0]['frechet_real_vs_real']:.2f} |")
     return "\n".join(lines) + f"\n\n{note}\n"
