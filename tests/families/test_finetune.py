@@ -135,6 +135,13 @@ def test_an_adapter_run_loads_light_and_samples(base, tmp_path):
     assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
     out_x, _ = run.generate(4, steps=2)
     assert out_x.x.shape == (4, 1, 8, 8) and torch.isfinite(out_x.x).all()
+    # `hirune export`: the adapter's tensors and the base's identity in one small file, which loads the same
+    from hirune.training.export import export_weights
+
+    exported = export_weights(out)
+    assert exported.stat().st_size < 100_000
+    again = load(exported).model.state_dict()
+    assert all(torch.equal(again[k], got[k]) for k in got)
 
 
 def test_the_frozen_keys_must_be_exactly_the_missing_ones(base, tmp_path):
@@ -164,6 +171,9 @@ def test_an_adapter_on_a_changed_base_is_refused_naming_both(base, tmp_path):
         load(out)
     with pytest.raises(CheckpointError, match="trained on the base"):
         train(_lora(str(moved), out, steps=4, resume=True), progress=False)
+    shutil.rmtree(moved)  # gone: the adapter names it
+    with pytest.raises(FileNotFoundError, match=r"base run .*base does not exist \(a relative path"):
+        load(out)
 
 
 @pytest.mark.parametrize("overrides,message", [

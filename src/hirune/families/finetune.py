@@ -68,7 +68,8 @@ def reference_paths(config, training: bool) -> dict[str, str]:
 
 
 def missing_reference(path: str) -> str:
-    return f"base run {path} does not exist; train it first (e.g. `hirune train vpred-mnist5k`), then pass base=RUN"
+    return (f"base run {path} does not exist (a relative path is read from the working directory); train it first "
+            "(e.g. `hirune train vpred-mnist5k`), or run from the folder the path was given in")
 
 
 # --- building ---------------------------------------------------------------------------

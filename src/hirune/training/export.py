@@ -56,7 +56,7 @@ def export_weights(run: str | Path, out: str | Path | None = None, use_ema: bool
             "config": state["config"], "run_config": state.get("run_config", {}),
             "model_config": state.get("model_config", {}), "latent_stats": state.get("latent_stats"),
             "text_tokenizer": state.get("text_tokenizer"),
-            "data": state.get("data")}
+            "data": state.get("data"), "base": state.get("base")}
     out = Path(out) if out is not None else path.parent.parent / "weights.safetensors"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")

@@ -84,8 +84,12 @@ def load(path: str | Path, *, use_ema: bool = True, device: str | torch.device =
     config = cfg.section()
     family = get_family(cfg.family)
     run_dir = run_directory(path)
-    references = {role: load(reference_source(run_dir, role, ref), device=device, isolate_rng=isolate_rng)
-                  for role, ref in family.reference_paths(config, training=False).items()}
+    references = {}
+    for role, ref in family.reference_paths(config, training=False).items():
+        source = reference_source(run_dir, role, ref)
+        if not Path(source).exists():  # (a relative path is read from the working directory)
+            raise FileNotFoundError(family.missing_reference(role, ref))
+        references[role] = load(source, device=device, isolate_rng=isolate_rng)
     data = DataFormat.from_dict(state["data"]) if state.get("data") else data_format(cfg.dataset)
     with torch.random.fork_rng(devices=[]) if isolate_rng else nullcontext():
         torch.manual_seed(cfg.seed)
