@@ -89,7 +89,8 @@ def table(base_fd: float, rows: list[dict], note: str) -> str:
              "|---|---|---|---|---|---|",
              f"| none (the base) | 0 | - | - | - | {base_fd:.2f} |"]
     for r in rows:
-        lines.append(f"| {r['name']} | {r['trainable']:,} ({r['trainable'] / r['base_parameters']:.2%}) | {r['file_bytes']:,} | "
+        share = r["trainable"] / r["base_parameters"]
+        lines.append(f"| {r['name']} | {r['trainable']:,} ({share:.2%}) | {r['file_bytes']:,} | "
                      f"{r['optimizer_bytes']:,} | {r['ms_per_step']:.1f} | {r['frechet_distance']:.2f} |")
     lines.append(f"| real vs real | | | | | {rows[0]['frechet_real_vs_real']:.2f} |")
     return "\n".join(lines) + f"\n\n{note}\n"

@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from hirune.checkpoint import latest_checkpoint
 from hirune.cli import main

@@ -5,7 +5,8 @@ and the loader call through one interface (`base.Family`) without asking which i
     diffusion.py         DDPM, DDIM, IDDPM, v-prediction, score models and SDEs, flow matching
                          and reflow, on pixels or latents, unconditional, class or text
                          (+ diffusion_sampling.py, diffusion_eval.py; latent.py: the first
-                         stage; reflow.py: the teacher's pairs)
+                         stage; reflow.py: the teacher's pairs; finetune.py: fine-tuning
+                         a trained run, fully or with LoRA adapters)
     normalizing_flow.py  RealNVP, Glow, MAF: exact likelihood
     autoencoder.py       the first stage of latent diffusion (+ adversary.py: its optional
                          patch discriminator)

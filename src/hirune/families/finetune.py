@@ -98,8 +98,9 @@ def check_base(base, run) -> None:
                          f"{base.data.name})")
     differ = [k for k in SAME_AS_BASE if getattr(base.config, k) != getattr(run.config, k)]
     if differ:
-        raise ValueError(f"{', '.join(f'{k}={getattr(run.config, k)!r}' for k in differ)} is not valid for "
-                         f"base={where!r}; valid: the base's {', '.join(f'{k}={getattr(base.config, k)!r}' for k in differ)}")
+        mine = ", ".join(f"{k}={getattr(run.config, k)!r}" for k in differ)
+        theirs = ", ".join(f"{k}={getattr(base.config, k)!r}" for k in differ)
+        raise ValueError(f"{mine} is not valid for base={where!r}; valid: the base's {theirs}")
 
 
 def identity(base, path: str) -> dict:
@@ -162,10 +163,10 @@ def write_adapter(run, run_dir: Path, step: int, ema) -> Path | None:
         return None
     with ema.applied(run.model):  # (copies: the state dict's tensors are the parameters, restored after)
         tensors = {k: v.detach().clone() for k, v in lora.lora_state_dict(run.model).items()}
-    c = run.config
-    info = {"base": c.base, "base_step": run.base_identity["step"], "base_fingerprint": run.base_identity["fingerprint"],
-            "step": step, "dataset": run.data.name, "targets": c.lora_targets, "rank": c.lora_rank,
-            "alpha": c.lora_alpha or c.lora_rank, "network": run.cfg.model}
+    c, base = run.config, run.base_identity
+    info = {"base": c.base, "base_step": base["step"], "base_fingerprint": base["fingerprint"], "step": step,
+            "dataset": run.data.name, "network": run.cfg.model, "targets": c.lora_targets, "rank": c.lora_rank,
+            "alpha": c.lora_alpha or c.lora_rank}
     return lora.save_adapter(Path(run_dir) / ADAPTER_FOLDER, run.model, hirune=info, tensors=tensors)
 
 
@@ -205,7 +206,8 @@ def use_adapters(run, adapters: list[tuple[str, float]], merge: bool = False) ->
             continue
         config, tensors, info = lora.read_adapter(folder)
         if info.get("base_fingerprint") != base["fingerprint"]:
-            trained = {"path": info.get("base"), "step": info.get("base_step"), "fingerprint": info.get("base_fingerprint")}
+            trained = {"path": info.get("base"), "step": info.get("base_step"),
+                       "fingerprint": info.get("base_fingerprint")}
             raise ValueError(f"adapter {path} was trained on the base {_describe(trained)}, not on this run's "
                              f"{_describe(base)}")
         name = _free_name(run.model, Path(path).name)

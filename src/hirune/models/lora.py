@@ -53,13 +53,12 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
 TARGET_SETS = ("attention", "attention+mlp", "all-linear", "all")
 ADAPTER_WEIGHTS = "adapter_model.safetensors"     # peft's file names
 ADAPTER_CONFIG = "adapter_config.json"
-PEFT_PREFIX = "base_model.model."                  # the keys of peft's files name the wrapped model so
+PEFT_PREFIX = "base_model.model."                  # peft's files name tensors from the PeftModel around the network
 _ATTENTION_PROJECTIONS = ("q", "k", "v", "proj", "out")
 _FEED_FORWARD = re.compile(r"(?:^|.*\.)(?:mlp|mlps\.\d+)\.\d+|(?:^|.*\.)fc[12]")
 
@@ -77,13 +76,13 @@ def layers(model: nn.Module) -> dict[str, nn.Module]:
     """The layers an adapter can go on: every nn.Linear and nn.Conv2d by module name, in
     module order (a layer that already carries adapters by its own name: its base layer)."""
     out: dict[str, nn.Module] = {}
-    inside: tuple[str, ...] = ()
+    inside = None  # the prefix of a LoRA layer's own modules (its base layer, its adapters)
     for name, m in model.named_modules():
-        if inside and name.startswith(inside):
+        if inside is not None and name.startswith(inside):
             continue
         if hasattr(m, "base_layer") and hasattr(m, "lora_A"):   # a peft LoRA layer
             out[name] = m.get_base_layer()
-            inside = (f"{name}.",)
+            inside = f"{name}."
         elif isinstance(m, (nn.Linear, nn.Conv2d)):
             out[name] = m
     return out
@@ -101,7 +100,7 @@ def _attention_projections(model: nn.Module) -> set[str]:
     for name, m in model.named_modules():
         if hasattr(m, "fused_linears"):
             prefix = f"{name}." if name else ""
-            names |= {prefix + child for child in _ATTENTION_PROJECTIONS if isinstance(getattr(m, child, None), nn.Module)}
+            names |= {prefix + c for c in _ATTENTION_PROJECTIONS if isinstance(getattr(m, c, None), nn.Module)}
     return names
 
 
