@@ -21,8 +21,10 @@ def _add_train(sub) -> None:
                                    "diffusion run (its config, base=BASE_RUN, adapter=lora; out defaults to "
                                    "runs/<base>-lora; lora_rank, lora_alpha, lora_targets, lora_dropout, "
                                    "dataset=... for a new domain); hirune train finetune BASE_RUN: the same with "
-                                   "every weight trained.")
-    p.add_argument("items", nargs="*", metavar="PRESET | lora BASE_RUN | finetune BASE_RUN | key=value")
+                                   "every weight trained; hirune train textual-inversion BASE_RUN "
+                                   "instance=digit:7 initializer=seven [placeholder=<s*>]: a new word's "
+                                   "embedding alone (out: runs/<base>-ti).")
+    p.add_argument("items", nargs="*", metavar="PRESET | lora|finetune|textual-inversion BASE_RUN | key=value")
     p.add_argument("--nproc", type=int, default=0, metavar="N",
                    help="train with N processes on this machine: runs `torchrun --standalone "
                         "--nproc-per-node N -m hirune train ...` (one per GPU; gloo on CPUs); "
@@ -120,6 +122,9 @@ def _add_sample(sub) -> None:
                    help="an adapter run (or adapter folder) trained on RUN's base, at weight W (default 1); "
                         "repeat it for several (their updates add up)")
     a.add_argument("--merge", action="store_true", help="merge the adapters into the weights before sampling")
+    p.add_argument("--embedding", default=None, metavar="FILE",
+                   help="a learned word (textual inversion: FILE or its run) for this run's text encoder; "
+                        "use its placeholder in --prompt, e.g. 'an image of <s*>'")
     _add_guidance_options(p)
     t = p.add_argument_group("image tokens (dalle runs; --scale S != 1 is classifier-free guidance on the logits)")
     t.add_argument("--top-k", type=int, default=None, metavar="K", help="keep the K most likely codes (0: all)")
@@ -252,6 +257,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
                        "with --rerank")
     run = load(args.run)
     _use_adapters(run, args)
+    if args.embedding:
+        if not hasattr(run, "use_embedding"):
+            raise CLIError(f"--embedding applies to text-conditioned diffusion runs, not a {run.name} run")
+        print(f"learned word: {run.use_embedding(args.embedding)}")
     options = _token_options(run, args)
     if not options:
         options = {"denoiser": _guided(run, args), "guided_labels": args.guidance == "classifier"}

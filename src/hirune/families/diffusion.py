@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from .. import objectives as O
 from ..process import Denoiser, make_process
 from ..process.denoiser import check_prediction_suits
-from . import diffusion_eval, diffusion_sampling, embedding, finetune, superres
+from . import diffusion_eval, diffusion_sampling, embedding, finetune, superres, textual_inversion
 from .base import Batch, Context, Draw, Family, checked_process, register
 from .latent import FirstStage
 from .settings import Range, check_choices
@@ -58,6 +58,9 @@ class DiffusionConfig:
     lora_alpha: float = 0.0            # the update's scale is lora_alpha / lora_rank; 0: alpha = rank (scale 1)
     lora_targets: str = "attention"    # attention | attention+mlp | all-linear | all | regexes (models.lora)
     lora_dropout: float = 0.0
+    placeholder: str = ""              # textual inversion: a new word (e.g. <s*>) whose embedding alone trains
+    initializer: str = ""              # with placeholder: the one-token word its embedding starts from
+    instance: str = ""                 # with base: the images to learn (digit:7, thick:3, a folder, .npz)
 
 
 @dataclass
@@ -116,6 +119,8 @@ class Diffusion(Family):
         self.model = self._build(cfg.model, network_config or self._network_config())
         if "base" in self.references:
             finetune.attach(self)
+        if config.placeholder:  # textual inversion: everything frozen but the new word's row
+            textual_inversion.attach(self)
         learned = config.objective == "hybrid"
         clip = (-1.0, 1.0) if config.clip_x0 and data.kind == "image" and not config.autoencoder else None
         self.denoiser = Denoiser(self.model, self.process, self.prediction, learned_variance=learned, clip_x0=clip)
@@ -181,6 +186,7 @@ class Diffusion(Family):
 
             superres.check(cfg, config, example_shape(cfg.dataset))
         finetune.check(cfg, config)
+        textual_inversion.check(cfg, config)
 
     @classmethod
     def reference_paths(cls, config, training: bool) -> dict[str, str]:
@@ -188,6 +194,7 @@ class Diffusion(Family):
         if config.clip:
             refs["clip"] = config.clip
         refs.update(finetune.reference_paths(config, training))
+        refs.update(textual_inversion.reference_paths(config, training))
         return refs  # reflow's teacher is loaded by `prepare` only when its pairs are not stored yet
 
     @classmethod
@@ -210,8 +217,12 @@ class Diffusion(Family):
 
     # --- training -------------------------------------------------------------------
     def prepare(self, data, context: Context) -> None:
+        if self.config.instance:  # a few images of one subject, captioned from templates
+            data = textual_inversion.instance_data(self, data)
         super().prepare(data, context)
-        if self.text is not None:
+        if self.text is not None and self.config.instance:
+            self.captioner = textual_inversion.captioner(self)
+        elif self.text is not None:
             from ..data.captions import Captioner
 
             self.captioner = Captioner(data.data, data.labels)
@@ -266,7 +277,8 @@ class Diffusion(Family):
         if self.text is not None:
             from ..data.captions import TRAIN_TEMPLATES
 
-            d.template = torch.randint(len(TRAIN_TEMPLATES), (n,), generator=g, device=g.device).to(dev)
+            count = len(getattr(self.captioner, "templates", TRAIN_TEMPLATES))
+            d.template = torch.randint(count, (n,), generator=g, device=g.device).to(dev)
         shape, dtype = (n, *self.sample_shape), torch.float32
         if config.objective == "flow_matching" and config.coupling == "ot":  # noise first, as ot pairing draws it
             d.noise = torch.randn(shape, generator=g, dtype=dtype, device=dev)
@@ -329,18 +341,21 @@ class Diffusion(Family):
 
     def restore(self, tensors: dict, state: dict) -> None:
         finetune.check_identity(self, state)
+        textual_inversion.check_identity(self, state)
         super().restore(tensors, state)
         if self.loss_aware_times is not None:
             self.loss_aware_times.load_state_dict(tensors["time_sampler"])
 
     def restore_loaded(self, state: dict) -> None:
         finetune.check_identity(self, state)
+        textual_inversion.check_identity(self, state)
 
     def frozen_names(self) -> list[str]:
-        return finetune.frozen_names(self)
+        return finetune.frozen_names(self) or textual_inversion.frozen_names(self)
 
     def saved(self, run_dir: Path, step: int, ema) -> None:
         finetune.write_adapter(self, run_dir, step, ema)
+        textual_inversion.write_embedding(self, run_dir, step, ema)
 
     def preview(self, n: int) -> Tensor:
         from ..data.captions import caption
@@ -394,3 +409,8 @@ class Diffusion(Family):
         """Sample through LoRA adapters trained on this run's base: [(path, weight)] (see
         `finetune.use_adapters`)."""
         return finetune.use_adapters(self, adapters, merge)
+
+    def use_embedding(self, path: str | Path) -> str:
+        """Sample with a learned word: a textual-inversion embedding file (or run) learned for
+        this run's text encoder; returns its placeholder (see `textual_inversion.use_embedding`)."""
+        return textual_inversion.use_embedding(self, path)

@@ -281,7 +281,11 @@ PRESETS["prior-mnist5k"] = {**_PRIOR, "dataset": "mnist5k", "clip": "runs/clip-m
 FINETUNE = {
     "lora": dict(adapter="lora", lr=1e-3),
     "finetune": dict(adapter="", lr=1e-4),
+    # textual inversion: the new word's row alone, at 5e-3 (Gal et al.'s base rate, before their
+    # scaling by GPUs x batch), 500 steps at batch 16 on the 5 instance images; no caption dropout
+    "textual-inversion": dict(placeholder="<s*>", p_uncond=0.0, lr=5e-3, batch_size=16),
 }
+_OUT_SUFFIX = {"textual-inversion": "ti"}  # runs/<base>-ti
 _FINETUNE_SHARED = dict(steps=500, warmup=20, lr_schedule="constant", sample_every=0, ckpt_every=250, eval_samples=0,
                         resume=False)
 
@@ -310,7 +314,7 @@ def finetune_config(kind: str, base: str, overrides: dict[str, Any] | None = Non
     section.update(base=str(base), **{k: v for k, v in FINETUNE[kind].items() if k in family_keys})
     section.update(overrides.pop("family_config", {}))
     section.update({k: overrides.pop(k) for k in list(overrides) if k in family_keys})
-    values.update(_FINETUNE_SHARED, out=f"runs/{run_directory(base).name}-{kind}",
+    values.update(_FINETUNE_SHARED, out=f"runs/{run_directory(base).name}-{_OUT_SUFFIX.get(kind, kind)}",
                   **{k: v for k, v in FINETUNE[kind].items() if k not in family_keys})
     values.update(overrides)
     values["family_config"] = section
