@@ -186,7 +186,7 @@ def use_embedding(run, path: str | Path) -> str:
     mine, theirs = encoder_identity(run), info.get("encoder", {})
     if mine != theirs:
         raise ValueError(f"embedding {path} was learned for the text encoder {_encoder(theirs)} (base "
-                         f"{info.get('base')}); this run's is {_encoder(mine)}: valid: a run with the same encoder")
+                         f"{info.get('base')}); this run's is {_encoder(mine)}; valid: a run with the same encoder")
     if _placeholder_of(run) == info["placeholder"] and torch.equal(placeholder_row(run).cpu(), row[0].cpu()[None]):
         return info["placeholder"]  # a run's own embedding
     add_placeholder(run, info["placeholder"], row=row)
@@ -196,4 +196,4 @@ def use_embedding(run, path: str | Path) -> str:
 def _encoder(identity: dict) -> str:
     if not identity.get("kind"):
         return "none (no text conditioning)"
-    return ", ".join(f"{k} {v}" for k, v in identity.items())
+    return ", ".join(f"{k} {identity[k]}" for k in sorted(identity, key=lambda k: (k != "kind", k)))
