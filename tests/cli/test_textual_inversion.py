@@ -52,7 +52,8 @@ def test_sample_with_the_embedding_is_the_run_itself(runs, tmp_path):
 def test_a_placeholder_in_the_vocabulary_is_refused(runs, tmp_path, capsys):
     assert main(["train", "textual-inversion", str(runs / "base"), *TINY, "instance=digit:7", "initializer=seven",
                  "placeholder=digit", f"out={tmp_path / 'x'}"]) != 0
-    assert "placeholder='digit' is not valid: the tiny text encoder's vocabulary already has it" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "placeholder='digit' is not valid: the tiny text encoder's vocabulary already has it" in err
 
 
 def test_embedding_on_a_run_without_text_is_refused(runs, tmp_path, capsys):

@@ -143,7 +143,8 @@ def test_an_embedding_of_another_encoder_is_refused_naming_both(bases, tmp_path)
 
     theirs, mine = encoder_identity(load(base)), encoder_identity(load(other))
     assert theirs["vocabulary"] == mine["vocabulary"] and theirs["text_encoder"] != mine["text_encoder"]
-    with pytest.raises(ValueError, match=f"learned for the text encoder kind tiny, text_encoder {theirs['text_encoder']}"
+    with pytest.raises(ValueError, match=f"learned for the text encoder kind tiny, text_encoder "
+                                         f"{theirs['text_encoder']}"
                                          f".*this run's is kind tiny, text_encoder {mine['text_encoder']}"):
         load(other).use_embedding(tmp_path / "ti" / "embedding.safetensors")
     plain = preset_config("vpred-digits", {**TINY, "steps": 1, "ckpt_every": 1, "model_config": SMALL,
