@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from .. import objectives as O
 from ..process import Denoiser, make_process
 from ..process.denoiser import check_prediction_suits
-from . import diffusion_eval, diffusion_sampling, embedding, finetune, superres
+from . import diffusion_eval, diffusion_sampling, dreambooth, embedding, finetune, superres
 from .base import Batch, Context, Draw, Family, checked_process, register
 from .latent import FirstStage
 from .settings import Range, check_choices
@@ -58,6 +58,11 @@ class DiffusionConfig:
     lora_alpha: float = 0.0            # the update's scale is lora_alpha / lora_rank; 0: alpha = rank (scale 1)
     lora_targets: str = "attention"    # attention | attention+mlp | all-linear | all | regexes (models.lora)
     lora_dropout: float = 0.0
+    instance: str = ""                 # DreamBooth, with base: the subject's images (families.dreambooth)
+    instance_prompt: str = "a sks seven"
+    class_prompt: str = "a seven"
+    prior_weight: float = 1.0          # lambda of the prior-preservation loss (0: none)
+    class_images: int = 100            # generated once by the frozen base under class_prompt
 
 
 @dataclass
@@ -75,6 +80,8 @@ class DiffusionDraw(Draw):
     embed_drop: Tensor | None = None   # unCLIP decoder: the CLIP embedding set to zero (families.embedding)
     aug_level: Tensor | None = None    # super-resolution: the augmentation level a and noise eps' (families.superres)
     aug_noise: Tensor | None = None
+    example: Tensor | None = None      # DreamBooth: each row's instance or class image (families.dreambooth)
+    is_class: Tensor | None = None
 
 
 @register
@@ -86,7 +93,8 @@ class Diffusion(Family):
     ranges = {"p_uncond": Range(0, 1, high_open=True), "min_snr_gamma": Range(0, low_open=True),
               "reflow_steps": Range(1, integer=True), "sample_steps": Range(1, integer=True),
               "p_text_drop": Range(0, 1, high_open=True),
-              "low_res": Range(0, integer=True), "noise_aug": Range(0, 1), **finetune.RANGES}
+              "low_res": Range(0, integer=True), "noise_aug": Range(0, 1), **finetune.RANGES,
+              **dreambooth.RANGES}
 
     def __init__(self, cfg, config, data, device, references=None, network_config=None):
         super().__init__(cfg, config, data, device, references)
@@ -181,6 +189,7 @@ class Diffusion(Family):
 
             superres.check(cfg, config, example_shape(cfg.dataset))
         finetune.check(cfg, config)
+        dreambooth.check(cfg, config)
 
     @classmethod
     def reference_paths(cls, config, training: bool) -> dict[str, str]:
@@ -221,6 +230,8 @@ class Diffusion(Family):
             self.image_embeds = embedding.embed_training_images(self, data.data)
         if self.config.reflow_from:
             self._reflow(data, context)
+        if self.config.instance:  # DreamBooth: instance and class images, their prompts
+            dreambooth.prepare(self, data, context)
 
     def _reflow(self, data, context: Context) -> None:
         """The (noise, data) pairs of reflow: stored in the run directory, else drawn from the
@@ -282,9 +293,20 @@ class Diffusion(Family):
             d.embed_drop, d.drop = embedding.draw(self, n, g)
         if config.low_res:  # drawn last, so runs without super-resolution draw what they always drew
             d.aug_level, d.aug_noise = superres.draw(self, n, g)
+        if config.instance:  # drawn last, so runs without DreamBooth draw what they always drew
+            d = dreambooth.draw(self, d, n, g)
         return d
 
     def loss(self, forward: nn.Module, batch: Batch, draw: DiffusionDraw, step: int) -> O.Loss:
+        if self.config.instance:  # DreamBooth: the draw's rows; mean instance + lambda mean class loss
+            out = self._loss(forward, dreambooth.batch(self, draw), draw, step)
+            return dreambooth.prior_preserved(out, draw, self.config.prior_weight)
+        return self._loss(forward, batch, draw, step)
+
+    def logged_terms(self, terms: dict) -> dict[str, float]:
+        return dreambooth.logged_terms(terms)
+
+    def _loss(self, forward: nn.Module, batch: Batch, draw: DiffusionDraw, step: int) -> O.Loss:
         config, x0, y = self.config, batch.x, batch.y
         if self.first_stage is not None:  # latent diffusion: x0 holds posterior moments; draw the latents
             x0 = self.first_stage.sample(x0, draw.latent_noise)

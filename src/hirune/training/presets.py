@@ -281,6 +281,8 @@ PRESETS["prior-mnist5k"] = {**_PRIOR, "dataset": "mnist5k", "clip": "runs/clip-m
 FINETUNE = {
     "lora": dict(adapter="lora", lr=1e-3),
     "finetune": dict(adapter="", lr=1e-4),
+    # DreamBooth (families/dreambooth.py): the crossbar sevens as "a sks seven", prior_weight 1
+    "dreambooth": dict(adapter="", instance="crossbar-sevens", lr=1e-4, steps=400, ckpt_every=200),
 }
 _FINETUNE_SHARED = dict(steps=500, warmup=20, lr_schedule="constant", sample_every=0, ckpt_every=250, eval_samples=0,
                         resume=False)
@@ -312,6 +314,8 @@ def finetune_config(kind: str, base: str, overrides: dict[str, Any] | None = Non
     section.update({k: overrides.pop(k) for k in list(overrides) if k in family_keys})
     values.update(_FINETUNE_SHARED, out=f"runs/{run_directory(base).name}-{kind}",
                   **{k: v for k, v in FINETUNE[kind].items() if k not in family_keys})
+    if section.get("adapter") == "lora" and "lr" not in overrides:  # e.g. dreambooth adapter=lora: LoRA's rate
+        values["lr"] = FINETUNE["lora"]["lr"]
     values.update(overrides)
     values["family_config"] = section
     return TrainConfig.from_dict(values)
