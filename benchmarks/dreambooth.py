@@ -18,8 +18,8 @@ trains --steps steps with the defaults of `hirune train dreambooth` (full weight
 * other digits: text accuracy of "a handwritten <digit>" for the nine digits but seven (n
   samples in turn), read by the evaluator.
 
-The first row is the base before tuning.  The class images are drawn once (the lambda = 0
-run's) and copied to the other runs, which read them back.  Writes OUT.md, OUT.json and
+The first row is the base before tuning.  Every run draws its class images (the same
+seed: the same images, checked).  Writes OUT.md, OUT.json and
 OUT.png (rows: the instances; then per model 8 "a sks seven" | 8 "a seven" samples).
 """
 
@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from hirune.data.captions import caption
 from hirune.data.subjects import crossbar_sevens
@@ -74,13 +74,10 @@ def score(run, net, args) -> tuple[dict, torch.Tensor]:
     return row, torch.cat([sks[:8], seven[:8]])
 
 
-def tune(name: str, args, root: Path, class_images: Path | None, **settings) -> tuple[dict, Path]:
+def tune(name: str, args, root: Path, **settings) -> tuple[dict, Path]:
     out = root / name.replace(" ", "_").replace("=", "")
     cfg = finetune_config("dreambooth", args.base, {"steps": args.steps, "ckpt_every": args.steps, "out": str(out),
                                                     "seed": args.seed, **settings})
-    if class_images is not None:  # the same class images: read back, not drawn again
-        out.mkdir(parents=True, exist_ok=True)
-        shutil.copy(class_images, out / CLASS_IMAGES)
     t0 = time.perf_counter()
     train(cfg, progress=False)
     seconds = time.perf_counter() - t0
@@ -120,11 +117,13 @@ def main(argv=None) -> int:
     if args.lora:
         settings += [("LoRA, lambda=0", {"prior_weight": 0.0, "adapter": "lora"}),
                      ("LoRA, lambda=1", {"prior_weight": 1.0, "adapter": "lora"})]
-    class_images = None
+    class_images, same = None, True
     with tempfile.TemporaryDirectory() as tmp:
         for name, values in settings:
-            info, run_dir = tune(name, args, Path(tmp), class_images, class_images=args.class_images, **values)
-            class_images = class_images or run_dir / CLASS_IMAGES
+            info, run_dir = tune(name, args, Path(tmp), class_images=args.class_images, **values)
+            drawn = load_file(str(run_dir / CLASS_IMAGES))["images"]
+            same = same and (class_images is None or torch.equal(drawn, class_images))
+            class_images = drawn
             row, grid = score(load(run_dir), net, args)
             rows.append({**info, **row})
             grids.append(grid)
@@ -141,7 +140,8 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(text)
     out.with_suffix(".json").write_text(json.dumps({"base": args.base, "base_step": base.step, "steps": args.steps,
-                                                    "n": args.n, "scale": args.scale, "rows": rows}, indent=1))
+                                                    "n": args.n, "scale": args.scale, "rows": rows,
+                                                    "same_class_images": same}, indent=1))
     pad = torch.full((16 - len(instances), *instances.shape[1:]), -1.0)
     image_grid(torch.cat([instances, pad, *grids]), out.with_suffix(".png"), nrow=16)
     print(text)

@@ -41,5 +41,5 @@ def test_the_table_on_a_tiny_run(tmp_path, monkeypatch):
         for key in ("fidelity", "drift", "sks_read_as_seven", "other_digits_accuracy"):
             assert 0 <= r[key] <= 1
         assert r["diversity"] > 0
-    assert [d["prior_weight"] for d in drawn] == [0.0, 1.0]
+    assert [d["prior_weight"] for d in drawn] == [0.0, 1.0] and report["same_class_images"]
     assert "| full, lambda=1 |" in out.with_suffix(".md").read_text() and out.with_suffix(".png").is_file()
