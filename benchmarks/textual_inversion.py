@@ -115,7 +115,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         arms = [("textual inversion", "textual-inversion", TI_PROMPT, start, {"initializer": args.initializer}),
-                ("LoRA rank 4 (q, k, v, proj)", "lora", IDENTIFIER_CAPTION, base, {})]
+                ("LoRA rank 4 (q, k, v, proj)", "lora", IDENTIFIER_CAPTION, base,
+                 {"instance_prompt": IDENTIFIER_CAPTION, "prior_weight": 0.0})]
         for method, kind, prompt, before_run, settings in arms:
             before, xb = measure(before_run, prompt, digit, args)
             row = {"method": method, "prompt": prompt, **tune(kind, args, root / kind, **settings), "before": before}

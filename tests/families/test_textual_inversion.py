@@ -167,7 +167,7 @@ def test_a_placeholder_already_in_the_vocabulary_and_a_multi_token_initializer_a
     ({"adapter": "lora"}, "adapter='lora' is not valid with placeholder"),
     ({"placeholder": "", "initializer": "seven"}, "initializer='seven' is not valid without placeholder"),
     ({"instance": "digit:12"}, "instance='digit:12' is not valid"),
-    ({"instance": "nowhere/at/all"}, "a folder of PNGs"),
+    ({"instance": "nowhere"}, "digit:D or thick:D"),
 ])
 def test_refused_settings(bases, tmp_path, changes, message):
     with pytest.raises(ValueError, match=message):

@@ -23,8 +23,11 @@ def _add_train(sub) -> None:
                                    "dataset=... for a new domain); hirune train finetune BASE_RUN: the same with "
                                    "every weight trained; hirune train textual-inversion BASE_RUN "
                                    "instance=digit:7 initializer=seven [placeholder=<s*>]: a new word's "
-                                   "embedding alone (out: runs/<base>-ti).")
-    p.add_argument("items", nargs="*", metavar="PRESET | lora|finetune|textual-inversion BASE_RUN | key=value")
+                                   "embedding alone (out: runs/<base>-ti); hirune train dreambooth BASE_RUN "
+                                   "[instance=crossbar-sevens] [prior_weight=1] [adapter=lora]: DreamBooth on a "
+                                   "text-to-image run.")
+    p.add_argument("items", nargs="*",
+                   metavar="PRESET | lora|finetune|textual-inversion|dreambooth BASE_RUN | key=value")
     p.add_argument("--nproc", type=int, default=0, metavar="N",
                    help="train with N processes on this machine: runs `torchrun --standalone "
                         "--nproc-per-node N -m hirune train ...` (one per GPU; gloo on CPUs); "
@@ -47,7 +50,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..training.loop import train
     from ..training.presets import FINETUNE, finetune_config, parse_preset_args, preset_config
 
-    if args.items and args.items[0] in FINETUNE:  # hirune train lora|finetune BASE_RUN [key=value ...]
+    if args.items and args.items[0] in FINETUNE:  # hirune train lora|finetune|dreambooth BASE_RUN [key=value ...]
         if len(args.items) < 2 or "=" in args.items[1]:
             raise CLIError(f"hirune train {args.items[0]} needs the base run: hirune train {args.items[0]} BASE_RUN "
                            "[key=value ...]")

@@ -1,16 +1,17 @@
 """A few images of one subject (an "instance") and their captions, for teaching a trained
 text-to-image run a new word (textual inversion) or fine-tuning it on them.
 
+    instance=crossbar-sevens   a registered subject (`data.subjects.SUBJECTS`)
     instance=digit:7       the first 5 train-split sevens of the run's dataset
     instance=thick:3       the 5 train-split threes with the most ink (`captions.ink_amount`)
     instance=DIR           every PNG under DIR (scaled to the run's image size)
     instance=FILE.npz      its "images" array
     (digit:D:N, thick:D:N: N images instead of 5)
 
-Captions: with a placeholder, one of `TEMPLATES` filled with it ("an image of <s*>", as
-Gal et al.'s templates); without one (LoRA, full fine-tuning), DreamBooth's rare identifier
-and class noun, `IDENTIFIER_CAPTION` ("a sks digit").  This loader is meant to be small and
-replaceable (by a subject set, when there is one).
+Captions (textual inversion): one of `TEMPLATES` filled with the placeholder ("an image of
+<s*>", as Gal et al.'s templates).  Without a placeholder the images are DreamBooth's, whose
+prompts are its settings (`IDENTIFIER_CAPTION`, "a sks digit", is the benchmarks' identifier
+for a subject of any digit).
 """
 
 from __future__ import annotations
@@ -35,9 +36,24 @@ DEFAULT_COUNT = 5
 BUILT_IN = ("digit", "thick")
 
 
+def check_instance(spec: str) -> None:
+    """Refuse, before anything is read, an instance that is none of the module docstring's forms."""
+    from .subjects import instance_source
+
+    kind, _, rest = spec.partition(":")
+    if kind in BUILT_IN and rest:
+        _digit_and_count(spec, rest)
+    else:
+        instance_source(spec)
+
+
 def instance_images(spec: str, train: Tensor, labels: Tensor | None) -> Tensor:
     """The instance's images (N, C, H, W) in [-1, 1] for `spec` (see the module docstring),
     given the run's training images (M, C, H, W) and labels (M,)."""
+    from .subjects import SUBJECTS
+
+    if spec in SUBJECTS:
+        return SUBJECTS[spec]()
     kind, _, rest = spec.partition(":")
     if kind in BUILT_IN and rest:
         digit, count = _digit_and_count(spec, rest)

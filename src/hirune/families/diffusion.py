@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from .. import objectives as O
 from ..process import Denoiser, make_process
 from ..process.denoiser import check_prediction_suits
-from . import diffusion_eval, diffusion_sampling, embedding, finetune, superres, textual_inversion
+from . import diffusion_eval, diffusion_sampling, dreambooth, embedding, finetune, superres, textual_inversion
 from .base import Batch, Context, Draw, Family, checked_process, register
 from .latent import FirstStage
 from .settings import Range, check_choices
@@ -60,7 +60,12 @@ class DiffusionConfig:
     lora_dropout: float = 0.0
     placeholder: str = ""              # textual inversion: a new word (e.g. <s*>) whose embedding alone trains
     initializer: str = ""              # with placeholder: the one-token word its embedding starts from
-    instance: str = ""                 # with base: the images to learn (digit:7, thick:3, a folder, .npz)
+    instance: str = ""                 # with base: the subject's images (crossbar-sevens, digit:7, thick:3, a folder,
+    #                                    .npz; data.instances): a new word's (placeholder) or else DreamBooth's
+    instance_prompt: str = "a sks seven"
+    class_prompt: str = "a seven"
+    prior_weight: float = 1.0          # lambda of the prior-preservation loss (0: none)
+    class_images: int = 100            # generated once by the frozen base under class_prompt
 
 
 @dataclass
@@ -78,6 +83,8 @@ class DiffusionDraw(Draw):
     embed_drop: Tensor | None = None   # unCLIP decoder: the CLIP embedding set to zero (families.embedding)
     aug_level: Tensor | None = None    # super-resolution: the augmentation level a and noise eps' (families.superres)
     aug_noise: Tensor | None = None
+    example: Tensor | None = None      # DreamBooth: each row's instance or class image (families.dreambooth)
+    is_class: Tensor | None = None
 
 
 @register
@@ -89,7 +96,8 @@ class Diffusion(Family):
     ranges = {"p_uncond": Range(0, 1, high_open=True), "min_snr_gamma": Range(0, low_open=True),
               "reflow_steps": Range(1, integer=True), "sample_steps": Range(1, integer=True),
               "p_text_drop": Range(0, 1, high_open=True),
-              "low_res": Range(0, integer=True), "noise_aug": Range(0, 1), **finetune.RANGES}
+              "low_res": Range(0, integer=True), "noise_aug": Range(0, 1), **finetune.RANGES,
+              **dreambooth.RANGES}
 
     def __init__(self, cfg, config, data, device, references=None, network_config=None):
         super().__init__(cfg, config, data, device, references)
@@ -187,6 +195,7 @@ class Diffusion(Family):
             superres.check(cfg, config, example_shape(cfg.dataset))
         finetune.check(cfg, config)
         textual_inversion.check(cfg, config)
+        dreambooth.check(cfg, config)
 
     @classmethod
     def reference_paths(cls, config, training: bool) -> dict[str, str]:
@@ -217,10 +226,10 @@ class Diffusion(Family):
 
     # --- training -------------------------------------------------------------------
     def prepare(self, data, context: Context) -> None:
-        if self.config.instance:  # a few images of one subject, captioned from templates
+        if self.config.placeholder:  # textual inversion: the subject's images, captioned from templates
             data = textual_inversion.instance_data(self, data)
         super().prepare(data, context)
-        if self.text is not None and self.config.instance:
+        if self.text is not None and self.config.placeholder:
             self.captioner = textual_inversion.captioner(self)
         elif self.text is not None:
             from ..data.captions import Captioner
@@ -232,6 +241,8 @@ class Diffusion(Family):
             self.image_embeds = embedding.embed_training_images(self, data.data)
         if self.config.reflow_from:
             self._reflow(data, context)
+        if dreambooth.active(self.config):  # DreamBooth: instance and class images, their prompts
+            dreambooth.prepare(self, data, context)
 
     def _reflow(self, data, context: Context) -> None:
         """The (noise, data) pairs of reflow: stored in the run directory, else drawn from the
@@ -294,9 +305,20 @@ class Diffusion(Family):
             d.embed_drop, d.drop = embedding.draw(self, n, g)
         if config.low_res:  # drawn last, so runs without super-resolution draw what they always drew
             d.aug_level, d.aug_noise = superres.draw(self, n, g)
+        if dreambooth.active(config):  # drawn last, so runs without DreamBooth draw what they always drew
+            d = dreambooth.draw(self, d, n, g)
         return d
 
     def loss(self, forward: nn.Module, batch: Batch, draw: DiffusionDraw, step: int) -> O.Loss:
+        if dreambooth.active(self.config):  # DreamBooth: the draw's rows; mean instance + lambda mean class loss
+            out = self._loss(forward, dreambooth.batch(self, draw), draw, step)
+            return dreambooth.prior_preserved(out, draw, self.config.prior_weight)
+        return self._loss(forward, batch, draw, step)
+
+    def logged_terms(self, terms: dict) -> dict[str, float]:
+        return dreambooth.logged_terms(terms)
+
+    def _loss(self, forward: nn.Module, batch: Batch, draw: DiffusionDraw, step: int) -> O.Loss:
         config, x0, y = self.config, batch.x, batch.y
         if self.first_stage is not None:  # latent diffusion: x0 holds posterior moments; draw the latents
             x0 = self.first_stage.sample(x0, draw.latent_noise)

@@ -7,9 +7,9 @@ settings `placeholder`, `initializer` and `instance`, with `base=RUN` (families.
     instance="digit:7"   the few images it learns from (`data.instances`), captioned with
                          templates holding the placeholder ("an image of <s*>", ...)
 
-`instance` without a placeholder fine-tunes a run (adapter=lora or every weight) on the same
-images captioned "a sks digit" (DreamBooth's identifier), the comparison of
-benchmarks/textual_inversion.py.
+`instance` without a placeholder is DreamBooth (`families.dreambooth`: instance_prompt, and
+class images unless prior_weight=0); benchmarks/textual_inversion.py compares it (LoRA,
+"a sks digit", prior_weight 0) on the same images.
 
 The run's checkpoints hold the row alone (`frozen_names`: everything else, which the base
 provides; the base's identity is checked on resume and load), and at every checkpoint its EMA
@@ -32,8 +32,8 @@ PLACEHOLDER_KEYS = ("placeholder", "initializer")
 
 
 def check(cfg, config) -> None:
-    """placeholder needs base, text_encoder, initializer, instance and no adapter; initializer
-    needs a placeholder; instance needs a base."""
+    """placeholder needs base, text_encoder, initializer, a valid instance and no adapter;
+    initializer needs a placeholder (an instance without a placeholder is DreamBooth's)."""
     if config.placeholder:
         missing = [k for k in ("base", "text_encoder", "initializer", "instance") if not getattr(config, k)]
         if missing:
@@ -46,12 +46,10 @@ def check(cfg, config) -> None:
     elif config.initializer:
         raise ValueError(f"initializer={config.initializer!r} is not valid without placeholder; valid: "
                          "placeholder=<s*> (textual inversion)")
-    if config.instance and not config.base:
-        raise ValueError(f"instance={config.instance!r} is not valid without base; valid: base=RUN, the trained "
-                         "run that learns the instance (`hirune train textual-inversion|lora BASE_RUN`)")
-    if config.instance and not config.text_encoder:
-        raise ValueError(f"instance={config.instance!r} is not valid on a run without text (text_encoder=''); "
-                         "valid: a base trained with text_encoder tiny or minilm")
+    if config.placeholder:
+        from ..data.instances import check_instance
+
+        check_instance(config.instance)
 
 
 def reference_paths(config, training: bool) -> dict[str, str]:

@@ -102,7 +102,7 @@ def regression_loss(model, process: GaussianProcess, x0: Tensor, *, target: str 
     w = _weight(process, weighting, target, c, t, importance, min_snr_gamma)
     if w is not None:
         per_sample = per_sample * w.to(per_sample)
-    return Loss(per_sample.mean(), per_sample.detach(), t)
+    return Loss(per_sample.mean(), per_sample.detach(), t, rows=per_sample)
 
 
 def score_matching_loss(model, process: GaussianProcess, x0: Tensor, *, prediction: str = "score",
@@ -125,7 +125,7 @@ def score_matching_loss(model, process: GaussianProcess, x0: Tensor, *, predicti
     w = _weight(process, weighting, "eps", c, t, importance, 0.0)
     if w is not None:
         per_sample = per_sample * w.to(per_sample)
-    return Loss(per_sample.mean(), per_sample.detach(), t)
+    return Loss(per_sample.mean(), per_sample.detach(), t, rows=per_sample)
 
 
 COUPLINGS = ("independent", "ot")
@@ -237,7 +237,7 @@ def hybrid_loss(model, process: DiscreteVP, x0: Tensor, *, prediction: str = "ep
     if weights is not None:
         per_sample = per_sample * weights
     terms = {"simple": simple.mean().detach(), "vlb": vlb.mean().detach(), "vlb_per_sample": vlb.detach()}
-    return Loss(per_sample.mean(), per_sample.detach(), t, terms)
+    return Loss(per_sample.mean(), per_sample.detach(), t, terms, rows=per_sample)
 
 
 class LossAwareTimes:

@@ -14,3 +14,4 @@ class Loss:
     t: Tensor                    # (B,) the times drawn
     terms: dict[str, Tensor] = field(default_factory=dict)  # named scalar parts, detached
     reconstruction: Tensor | None = None  # autoencoders: x_hat, for the discriminator's step
+    rows: Tensor | None = None   # (B,) per_sample with its graph, for losses that weigh rows (prior preservation)

@@ -284,6 +284,8 @@ FINETUNE = {
     # textual inversion: the new word's row alone, at 5e-3 (Gal et al.'s base rate, before their
     # scaling by GPUs x batch), 500 steps at batch 16 on the 5 instance images; no caption dropout
     "textual-inversion": dict(placeholder="<s*>", p_uncond=0.0, lr=5e-3, batch_size=16),
+    # DreamBooth (families/dreambooth.py): the crossbar sevens as "a sks seven", prior_weight 1
+    "dreambooth": dict(adapter="", instance="crossbar-sevens", lr=1e-4, steps=400, ckpt_every=200),
 }
 _OUT_SUFFIX = {"textual-inversion": "ti"}  # runs/<base>-ti
 _FINETUNE_SHARED = dict(steps=500, warmup=20, lr_schedule="constant", sample_every=0, ckpt_every=250, eval_samples=0,
@@ -316,6 +318,8 @@ def finetune_config(kind: str, base: str, overrides: dict[str, Any] | None = Non
     section.update({k: overrides.pop(k) for k in list(overrides) if k in family_keys})
     values.update(_FINETUNE_SHARED, out=f"runs/{run_directory(base).name}-{_OUT_SUFFIX.get(kind, kind)}",
                   **{k: v for k, v in FINETUNE[kind].items() if k not in family_keys})
+    if section.get("adapter") == "lora" and "lr" not in overrides:  # e.g. dreambooth adapter=lora: LoRA's rate
+        values["lr"] = FINETUNE["lora"]["lr"]
     values.update(overrides)
     values["family_config"] = section
     return TrainConfig.from_dict(values)
