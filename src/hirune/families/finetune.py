@@ -142,13 +142,18 @@ def checkpoint_state(run) -> dict:
 def check_identity(run, state: dict) -> None:
     """An adapter is resumed or loaded only on the base it was trained on: the same step and
     fingerprint (CheckpointError naming both otherwise)."""
-    if run.config.adapter != "lora":
-        return
+    if run.config.adapter == "lora":
+        check_same_base(run, state, "adapter")
+
+
+def check_same_base(run, state: dict, what: str) -> None:
+    """The base a run's checkpoint `state` was trained on is the run's base now (step and
+    weights fingerprint); a CheckpointError names both otherwise.  `what`: what was trained."""
     saved, now = state.get("base") or {}, run.base_identity
     if (saved.get("step"), saved.get("fingerprint")) != (now["step"], now["fingerprint"]):
-        raise CheckpointError(f"this adapter was trained on the base {_describe(saved)}; the base is now "
+        raise CheckpointError(f"this {what} was trained on the base {_describe(saved)}; the base is now "
                               f"{_describe(now)}: another checkpoint or other weights (point base= at the "
-                              "checkpoint folder it was trained on, or train the adapter again)")
+                              f"checkpoint folder it was trained on, or train the {what} again)")
 
 
 def _describe(identity: dict) -> str:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import CheckpointError, weights_fingerprint
+from ..checkpoint import weights_fingerprint
 
 PLACEHOLDER_KEYS = ("placeholder", "initializer")
 
@@ -149,15 +149,10 @@ def encoder_identity(run) -> dict:
 
 def check_identity(run, state: dict) -> None:
     """A textual-inversion run is resumed or loaded only on the base it was trained on."""
-    if not run.config.placeholder:
-        return
-    from .finetune import _describe
+    if run.config.placeholder:
+        from .finetune import check_same_base
 
-    saved, now = state.get("base") or {}, run.base_identity
-    if (saved.get("step"), saved.get("fingerprint")) != (now["step"], now["fingerprint"]):
-        raise CheckpointError(f"this embedding was trained on the base {_describe(saved)}; the base is now "
-                              f"{_describe(now)}: another checkpoint or other weights (point base= at the "
-                              "checkpoint folder it was trained on, or train it again)")
+        check_same_base(run, state, "embedding")
 
 
 def write_embedding(run, run_dir: Path, step: int, ema) -> Path | None:
