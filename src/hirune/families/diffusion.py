@@ -203,7 +203,6 @@ class Diffusion(Family):
         if config.clip:
             refs["clip"] = config.clip
         refs.update(finetune.reference_paths(config, training))
-        refs.update(textual_inversion.reference_paths(config, training))
         return refs  # reflow's teacher is loaded by `prepare` only when its pairs are not stored yet
 
     @classmethod
@@ -363,14 +362,12 @@ class Diffusion(Family):
 
     def restore(self, tensors: dict, state: dict) -> None:
         finetune.check_identity(self, state)
-        textual_inversion.check_identity(self, state)
         super().restore(tensors, state)
         if self.loss_aware_times is not None:
             self.loss_aware_times.load_state_dict(tensors["time_sampler"])
 
     def restore_loaded(self, state: dict) -> None:
         finetune.check_identity(self, state)
-        textual_inversion.check_identity(self, state)
 
     def frozen_names(self) -> list[str]:
         return finetune.frozen_names(self) or textual_inversion.frozen_names(self)

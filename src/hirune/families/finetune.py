@@ -62,9 +62,15 @@ def check(cfg, config) -> None:
         raise ValueError("base= (fine-tuning) is not valid with reflow_from=; valid: one of them")
 
 
+def partial(config) -> str:
+    """What a run tuned from a base trains and saves alone, the base providing the rest: "adapter"
+    (adapter=lora), "embedding" (textual inversion: placeholder=), or "" (every weight)."""
+    return "adapter" if config.adapter == "lora" else "embedding" if config.placeholder else ""
+
+
 def reference_paths(config, training: bool) -> dict[str, str]:
-    """The base: to start training; an adapter run also samples through it."""
-    return {"base": config.base} if config.base and (training or config.adapter) else {}
+    """The base: to start training; a run that saves only a part (`partial`) also samples through it."""
+    return {"base": config.base} if config.base and (training or partial(config)) else {}
 
 
 def missing_reference(path: str) -> str:
@@ -140,10 +146,10 @@ def checkpoint_state(run) -> dict:
 
 
 def check_identity(run, state: dict) -> None:
-    """An adapter is resumed or loaded only on the base it was trained on: the same step and
-    fingerprint (CheckpointError naming both otherwise)."""
-    if run.config.adapter == "lora":
-        check_same_base(run, state, "adapter")
+    """An adapter or a learned word (`partial`) is resumed or loaded only on the base it was
+    trained on: the same step and fingerprint (CheckpointError naming both otherwise)."""
+    if partial(run.config):
+        check_same_base(run, state, partial(run.config))
 
 
 def check_same_base(run, state: dict, what: str) -> None:

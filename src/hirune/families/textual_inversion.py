@@ -52,11 +52,6 @@ def check(cfg, config) -> None:
         check_instance(config.instance)
 
 
-def reference_paths(config, training: bool) -> dict[str, str]:
-    """A textual-inversion run samples through its base (its checkpoints hold only the row)."""
-    return {"base": config.base} if config.placeholder and config.base else {}
-
-
 # --- the placeholder in a run's text encoder -----------------------------------------------
 def attach(run) -> None:
     """Freeze the network (started from the base by `finetune.attach`) and add the
@@ -145,14 +140,6 @@ def encoder_identity(run) -> dict:
         return {"kind": "tiny", "vocabulary": ti.vocabulary_fingerprint(tokenizer),
                 "text_encoder": weights_fingerprint(weights)}
     return {"kind": "minilm", "model": ti.MINILM_NAME, "dim": int(text.context_dim)}
-
-
-def check_identity(run, state: dict) -> None:
-    """A textual-inversion run is resumed or loaded only on the base it was trained on."""
-    if run.config.placeholder:
-        from .finetune import check_same_base
-
-        check_same_base(run, state, "embedding")
 
 
 def write_embedding(run, run_dir: Path, step: int, ema) -> Path | None:
