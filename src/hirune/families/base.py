@@ -266,6 +266,12 @@ def refuse_extras(run, nll: int = 0, text_accuracy: int = 0, denoising_error: in
 SAMPLE_CHUNK = 1000  # samples drawn at once: a larger count is drawn in chunks, the k-th seeded seed + k
 
 
+def spread(n: int, total: int) -> Tensor:
+    """n indices (n,) int64 spread evenly over range(total), first and last included (n = 1: the first):
+    the test examples an evaluation scores (sorted by class on mnist5k, so every class comes up)."""
+    return torch.linspace(0, total - 1, n).round().long()
+
+
 def sample_chunks(n: int, seed: int) -> list[tuple[slice, int]]:
     """The rows and the seed of each chunk of n samples: seed + k for the k-th, so a count
     of at most SAMPLE_CHUNK is one draw with `seed`, exactly as before chunks existed."""

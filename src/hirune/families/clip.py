@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from ..data.captions import HELD_OUT_TEMPLATES, TRAIN_TEMPLATES
 from ..models.text import TEXT_ENCODERS
 from ..objectives import Loss
-from .base import Batch, Context, Draw, Family, check_eval_counts, refuse_extras, register
+from .base import Batch, Context, Draw, Family, check_eval_counts, refuse_extras, register, spread
 from .settings import check_choices
 
 EMBED_CHUNK = 500                    # images or captions embedded at once
@@ -172,7 +172,7 @@ class Clip(Family):
                              "(its evaluation gives zero-shot accuracy with the training and held-out phrasings)")
         refuse_extras(self, nll, text_accuracy, denoising_error)
         test = load_dataset(self.data.name, "test")
-        idx = torch.linspace(0, len(test.data) - 1, n).round().long() if n > 1 else torch.zeros(1, dtype=torch.long)
+        idx = spread(n, len(test.data))
         images, labels = test.data[idx], test.labels[idx].long()
         image_emb = self.embed_image(images)
         report = zero_shot_report(image_emb, self.embed_text, labels,

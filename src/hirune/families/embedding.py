@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .base import spread
+
 NETWORKS = ("unet",)            # the networks with embedding conditioning (UNetConfig.embed_dim)
 
 
@@ -124,7 +126,7 @@ def preview_condition(run, n: int) -> dict[str, Tensor]:
     (so a text decoder's preview captions name the digits drawn)."""
     labels = run.train_data.labels
     if labels is None:
-        idx = torch.linspace(0, len(run.image_embeds) - 1, n).round().long()
+        idx = spread(n, len(run.image_embeds))
     else:
         order = [torch.nonzero(labels == k).flatten() for k in range(10)]
         idx = torch.stack([order[i % 10][(i // 10) % len(order[i % 10])] for i in range(n)])
@@ -138,7 +140,7 @@ def test_embeddings(run, n: int) -> tuple[Tensor, Tensor | None]:
     from ..data import load_dataset
 
     test = load_dataset(run.data.name, "test")
-    idx = torch.linspace(0, len(test.data) - 1, n).round().long() if n > 1 else torch.zeros(1, dtype=torch.long)
+    idx = spread(n, len(test.data))
     return run.clip.embed_image(test.data[idx]), None if test.labels is None else test.labels[idx].long()
 
 

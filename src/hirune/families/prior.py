@@ -36,7 +36,7 @@ from .. import objectives as O
 from ..process import Denoiser, make_process
 from ..process.denoiser import check_prediction_suits
 from .base import (Batch, Context, Draw, Family, check_eval_counts, checked_process, refuse_extras, register,
-                   sample_chunks)
+                   sample_chunks, spread)
 from .settings import Range, check_choices
 
 PREDICTIONS = ("x0", "eps", "v")
@@ -284,7 +284,7 @@ class Prior(Family):
         n = check_eval_counts(self, self.data, n, nll, text_accuracy, denoising_error)
         refuse_extras(self, nll, text_accuracy, denoising_error)
         test = load_dataset(self.data.name, "test")
-        idx = torch.linspace(0, len(test.data) - 1, n).round().long() if n > 1 else torch.zeros(1, dtype=torch.long)
+        idx = spread(n, len(test.data))
         labels = test.labels[idx].long()
         true = self.clip.embed_image(test.data[idx])
         classes = class_embeddings(self.clip.embed_text, [CLASS_PROMPT], self.data.num_classes)
