@@ -40,7 +40,7 @@ class DiffusionConfig:
     min_snr_gamma: float = 5.0
     class_conditional: bool = False
     p_uncond: float = 0.1              # condition dropout for classifier-free guidance (class or text)
-    text_encoder: str = ""             # text-to-image from captions: "" (off) | tiny | minilm (models.text)
+    text_encoder: str = ""             # captions: "" (off) | tiny | minilm | tiny+minilm (both; models.text)
     autoencoder: str = ""              # latent diffusion: a trained autoencoder run's directory (families.latent)
     coupling: str = "independent"      # flow matching: independent | ot (minibatch optimal transport)
     reflow_from: str = ""              # rectified-flow reflow: a trained flow-matching run (the teacher)
@@ -172,10 +172,11 @@ class Diffusion(Family):
         prediction = "velocity" if config.objective == "flow_matching" else config.prediction
         check_prediction_suits(prediction, checked_process(config))
         if config.text_encoder:
-            from ..models.text import TEXT_ENCODERS
+            from ..models.text import TEXT_CONDITIONERS
 
-            if config.text_encoder not in TEXT_ENCODERS:
-                raise ValueError(f"text_encoder={config.text_encoder!r} is not valid; valid: {['', *TEXT_ENCODERS]}")
+            if config.text_encoder not in TEXT_CONDITIONERS:
+                raise ValueError(f"text_encoder={config.text_encoder!r} is not valid; valid: "
+                                 f"{['', *TEXT_CONDITIONERS]}")
             if cfg.model == "mlp" or config.class_conditional:
                 raise ValueError("text conditioning (text_encoder) needs model='unet', 'dit' or 'uvit' and "
                                  f"class_conditional=false; got model={cfg.model!r}, "

@@ -40,6 +40,7 @@ def check(cfg, config) -> None:
             raise ValueError(f"placeholder={config.placeholder!r} (textual inversion) is not valid without "
                              f"{', '.join(missing)}; valid: `hirune train textual-inversion BASE_RUN "
                              "instance=digit:7 initializer=seven` (BASE_RUN: a text-conditioned diffusion run)")
+        check_encoder(config.text_encoder)
         if config.adapter:
             raise ValueError(f"adapter={config.adapter!r} is not valid with placeholder= (textual inversion trains "
                              "the placeholder's embedding alone); valid: adapter=''")
@@ -50,6 +51,13 @@ def check(cfg, config) -> None:
         from ..data.instances import check_instance
 
         check_instance(config.instance)
+
+
+def check_encoder(text_encoder: str) -> None:
+    """A learned word lives in one encoder's table: two at once ("tiny+minilm") are refused."""
+    if text_encoder not in ("tiny", "minilm"):
+        raise ValueError(f"text_encoder={text_encoder!r} is not valid for textual inversion (a learned word is a "
+                         "row of one encoder's embedding table); valid: 'tiny', 'minilm'")
 
 
 # --- the placeholder in a run's text encoder -----------------------------------------------
@@ -70,6 +78,7 @@ def add_placeholder(run, placeholder: str, row: torch.Tensor | None = None, init
     if text is None:
         raise ValueError(f"this {run.cfg.model} run has no text encoder (text_encoder=''); valid: a text-"
                          "conditioned run for a learned word")
+    check_encoder(text.kind)
     if _placeholder_of(run) is not None:
         raise ValueError(f"placeholder={placeholder!r} is not valid here: this run already has the learned word "
                          f"{_placeholder_of(run)!r} (one per run)")

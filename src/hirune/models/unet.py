@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..nn import (ContextEmbedding, CrossAttention2d, SelfAttention2d, check_context, group_norm,
-                  timestep_embedding, zero_)
+from ..nn import (ContextEmbedding, CrossAttention2d, SelfAttention2d, check_context, check_word_fields,
+                  group_norm, timestep_embedding, zero_)
 from .config import check_fields
 
 
@@ -59,6 +59,10 @@ class UNetConfig:
         (`hirune.nn.context`).  context_vocab: the network embeds token ids itself with a
         small trainable text transformer of that vocabulary (else the context is a frozen
         encoder's float embeddings).  context_len: the most tokens it embeds.
+    word_vocab, word_dim, word_len: two text encoders at once (SDXL; `hirune.nn.context`):
+        beside a frozen encoder's float context, `words` (B, W) token ids of that vocabulary,
+        embedded at width word_dim (at most word_len tokens), projected to context_dim and
+        appended to the context's tokens; the pooled vector reads the context alone.
     embed_dim: unCLIP's decoder (DALL-E 2 sec. 2.1, after GLIDE): the width D of a CLIP image
         embedding `image_embed` (B, D).  A linear projection of it joins the time embedding
         (as the pooled text does), and another makes `embed_tokens` extra context tokens for
@@ -95,6 +99,9 @@ class UNetConfig:
     context_dim: int | None = None
     context_vocab: int | None = None
     context_len: int = 32
+    word_vocab: int | None = None
+    word_dim: int = 128
+    word_len: int = 16
     embed_dim: int | None = None
     embed_tokens: int = 4
     cond_channels: int = 0
@@ -107,6 +114,7 @@ class UNetConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"UNetConfig.{name} must be positive, got {value}")
+        check_word_fields(self)
         if self.cond_channels < 0:
             raise ValueError(f"UNetConfig.cond_channels must be >= 0, got {self.cond_channels}")
         if self.num_res_blocks < 0:
@@ -276,8 +284,8 @@ class UNet(nn.Module):
             nn.Linear(c.channels, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
         # one row per class plus the null label (index num_classes) for classifier-free guidance
         self.class_embed = nn.Embedding(c.num_classes + 1, emb_ch) if c.num_classes else None
-        self.context = ContextEmbedding(c.context_dim, emb_ch, c.context_vocab, c.context_len) if c.context_dim \
-            else None
+        self.context = ContextEmbedding(c.context_dim, emb_ch, c.context_vocab, c.context_len, c.word_vocab, c.word_dim,
+                                        c.word_len) if c.context_dim else None
         self.clip_embed = ImageEmbedding(c.embed_dim, emb_ch, c.embed_tokens, c.cross_dim) if c.embed_dim else None
         # noise conditioning augmentation: the level a, embedded like t, zero at the start
         self.aug_embed = nn.Sequential(nn.Linear(c.channels, emb_ch), nn.SiLU(), zero_(nn.Linear(emb_ch, emb_ch))) \
@@ -379,9 +387,11 @@ class UNet(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, context: Tensor | None = None,
                 context_mask: Tensor | None = None, image_embed: Tensor | None = None, low_res: Tensor | None = None,
-                aug_level: Tensor | None = None) -> Tensor:
+                aug_level: Tensor | None = None, words: Tensor | None = None,
+                words_mask: Tensor | None = None) -> Tensor:
         """context (B, M, context_dim) float or (B, M) token ids, context_mask (B, M) bool:
-        the text condition of a text-conditioned UNet (see `UNetConfig.context_dim`).
+        the text condition of a text-conditioned UNet (see `UNetConfig.context_dim`); words
+        (B, W) int64, words_mask (B, W) bool: the second encoder's (`UNetConfig.word_vocab`).
         image_embed (B, embed_dim): an unCLIP decoder's CLIP image embedding (`embed_dim`).
         low_res (B, cond_channels, H, W), aug_level (B,): a super-resolution UNet's
         upsampled (and augmented) low-resolution image and its augmentation level."""
@@ -389,7 +399,9 @@ class UNet(nn.Module):
         x = self._with_low_res(x, low_res)
         pooled = None
         if self.context is not None:
-            context, pooled = self.context(context, context_mask)
+            context, context_mask, pooled = self.context(context, context_mask, words, words_mask)
+        elif words is not None:
+            raise ValueError("words given to a UNet without text conditioning (context_dim=None)")
         ctx, pooled = self._with_image_embed(image_embed, context, context_mask, pooled)
         if (aug_level is not None) != (self.aug_embed is not None):
             raise ValueError("aug_level goes with a UNet built with aug_level=True, and such a UNet needs it"

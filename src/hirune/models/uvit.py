@@ -42,7 +42,9 @@ of `hirune.nn.context`) go through a linear to D and join the sequence after the
 token: [time, M text tokens, patch tokens].  Padded caption tokens are masked out as keys
 in every self-attention, so they change nothing; their own outputs are dropped with the
 time token's.  No pooled vector and no cross-attention: attention over the one sequence is
-how U-ViT reads the condition.
+how U-ViT reads the condition.  With two text encoders (`word_vocab`, `hirune.nn.context`)
+the word_len word tokens, projected to context_dim, follow the M context tokens:
+[time, M + word_len text tokens, patch tokens].
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..nn import (Attention, ContextEmbedding, PatchEmbed, check_context, check_patch_size,
+from ..nn import (Attention, ContextEmbedding, PatchEmbed, check_context, check_patch_size, check_word_fields,
                   sincos_position_embedding, timestep_embedding, unpatchify, zero_)
 from ..nn.attention import init_linears_
 from .config import check_fields
@@ -68,8 +70,9 @@ class UViTConfig:
     """Fields as in `DiTConfig`; depth: all blocks (odd: in, mid, out).  conv: the extra
     3x3 conv on the output image.  U-ViT's attention has no qkv bias.  context_dim,
     context_vocab, context_len: text conditioning as in `UNetConfig`, read as context_len
-    extra tokens (see the module docstring).  pos_init: the start of the learned position
-    table, one of `POS_INITS`."""
+    extra tokens (see the module docstring).  word_vocab, word_dim, word_len: a second text
+    encoder's words, as in `UNetConfig`, read as word_len more tokens.  pos_init: the start
+    of the learned position table, one of `POS_INITS`."""
 
     in_channels: int = 3
     out_channels: int | None = None
@@ -87,6 +90,9 @@ class UViTConfig:
     context_dim: int | None = None
     context_vocab: int | None = None
     context_len: int = 32
+    word_vocab: int | None = None
+    word_dim: int = 128
+    word_len: int = 16
     pos_init: str = "sincos"
 
     def __post_init__(self):
@@ -101,6 +107,7 @@ class UViTConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"UViTConfig.{name} must be positive, got {value}")
+        check_word_fields(self)
         check_patch_size(self.image_size, self.patch_size)
         if self.depth % 2 == 0:
             raise ValueError(f"UViTConfig.depth counts in + mid + out blocks and must be odd, got {self.depth}")
@@ -164,10 +171,13 @@ class UViT(nn.Module):
         self.patch_embed = PatchEmbed(c.in_channels, D, p)
         # one row per class plus the null label (index num_classes) for classifier-free guidance
         self.class_embed = nn.Embedding(c.num_classes + 1, D) if c.num_classes else None
-        self.context = ContextEmbedding(c.context_dim, None, c.context_vocab, c.context_len) if c.context_dim else None
+        self.context = ContextEmbedding(c.context_dim, None, c.context_vocab, c.context_len, c.word_vocab, c.word_dim,
+                                        c.word_len) if c.context_dim else None
         self.context_embed = nn.Linear(c.context_dim, D) if c.context_dim else None
         # tokens before the patches: time, the class (when num_classes), the caption's context_len tokens
-        self.extras = 1 + (1 if c.num_classes else 0) + (c.context_len if c.context_dim else 0)
+        # (and word_len word tokens with a second text encoder)
+        self.text_tokens = (c.context_len + (c.word_len if c.word_vocab else 0)) if c.context_dim else 0
+        self.extras = 1 + (1 if c.num_classes else 0) + self.text_tokens
         self.pos_embed = nn.Parameter(torch.zeros(1, self.extras + (c.image_size // p) ** 2, D))
 
         def block(skip: bool = False) -> UViTBlock:
@@ -213,9 +223,11 @@ class UViT(nn.Module):
         return torch.cat(tokens, dim=1) + self.pos_embed
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, context: Tensor | None = None,
-                context_mask: Tensor | None = None) -> Tensor:
+                context_mask: Tensor | None = None, words: Tensor | None = None,
+                words_mask: Tensor | None = None) -> Tensor:
         """context (B, context_len, context_dim) float or (B, context_len) token ids,
-        context_mask (B, context_len) bool: the caption of a text-conditioned UViT."""
+        context_mask (B, context_len) bool: the caption of a text-conditioned UViT; words
+        (B, word_len) int64, words_mask (B, word_len) bool: the second encoder's (`word_vocab`)."""
         c, size = self.config, self.config.image_size
         if x.shape[-2:] != (size, size):
             raise ValueError(f"this UViT was built for {size} x {size} images, got {tuple(x.shape[-2:])}")
@@ -225,12 +237,17 @@ class UViT(nn.Module):
             if context.shape[1] != c.context_len:
                 raise ValueError(f"this UViT reads captions of exactly {c.context_len} tokens (its position "
                                  f"table), got {context.shape[1]}")
-            context, _ = self.context(context, context_mask)
+            if words is not None and words.shape[1] != c.word_len:
+                raise ValueError(f"this UViT reads exactly {c.word_len} word tokens (its position table), got "
+                                 f"{words.shape[1]}")
+            context, context_mask, _ = self.context(context, context_mask, words, words_mask)
             if context_mask is not None:       # every token but the padded caption tokens is a key
                 mask = torch.ones(x.shape[0], self.extras + (size // c.patch_size) ** 2, dtype=torch.bool,
                                   device=x.device)
-                first = self.extras - c.context_len
-                mask[:, first:first + c.context_len] = context_mask
+                first = self.extras - self.text_tokens
+                mask[:, first:first + self.text_tokens] = context_mask
+        elif words is not None:
+            raise ValueError("words given to a UViT without text conditioning (context_dim=None)")
         h = self.tokens(x, t, y, context)
         skips = []
         for block in self.in_blocks:

@@ -13,7 +13,21 @@ Two ways a network reads the context, as in latent diffusion / Stable Diffusion 
 
 `ContextEmbedding` is the part every text-conditioned network owns: it takes either float
 embeddings from a frozen encoder (`hirune.text.MiniLM`) or token ids, which it embeds
-with a small trainable transformer (`TextTransformer`, trained with the network).
+with a small trainable transformer (`TextTransformer`, trained with the network) -- or both
+at once, as SDXL reads two text encoders (Podell et al. 2023, sec. 2.1): see `word_vocab`.
+
+Two encoders, one sequence.  SDXL concatenates its two encoders' per-token outputs along
+the *features* (768 + 1280 = 2048 per token), which is sound there because both use the
+same tokenizer, so token i is the same word in both.  hirune's pair does not share one: the
+word tokenizer gives "[BOS] a thick seven" where MiniLM's WordPiece gives "[CLS] a thick
+seven [SEP]", and longer captions split words into pieces, so position i holds different
+words and a feature concatenation would glue unrelated halves into one key.  Here they are
+concatenated along the *sequence*: the word tokens, embedded at their own width, go through
+a Linear to the frozen encoder's width and follow its tokens, the masks concatenated, so
+every key the cross-attention reads is one real token of one encoder.  The pooled vector is
+the frozen encoder's alone, as SDXL's is its bigger encoder's (OpenCLIP bigG's pooled
+output): the masked mean of all-MiniLM-L6-v2's tokens is that model's own sentence
+embedding (it was trained with mean pooling).
 """
 
 from __future__ import annotations
@@ -59,20 +73,35 @@ class TextTransformer(nn.Module):
 
 
 class ContextEmbedding(nn.Module):
-    """context -> (tokens for cross-attention (B, M, context_dim), pooled (B, emb_dim)).
+    """context -> (tokens for cross-attention (B, M, context_dim), their mask, pooled (B, emb_dim)).
 
     vocab_size None: `context` is float (B, M, context_dim) from a frozen encoder.
     vocab_size set: `context` is token ids (B, M), embedded by a `TextTransformer`.
     emb_dim None: no pooled vector (U-ViT reads the caption as tokens only); pooled is None.
+    word_vocab set (two encoders, the module docstring): `context` is a frozen encoder's
+    float tokens and `words` (B, W) token ids of a word tokenizer, embedded by a
+    `TextTransformer` of width word_dim and at most word_len tokens (`words`), then by a
+    Linear to context_dim (`words_proj`): the tokens are (B, M + W, context_dim), the context's
+    first, the mask (B, M + W); pooled reads the context's tokens alone.
     """
 
-    def __init__(self, context_dim: int, emb_dim: int | None, vocab_size: int | None = None, max_len: int = 32):
+    def __init__(self, context_dim: int, emb_dim: int | None, vocab_size: int | None = None, max_len: int = 32,
+                 word_vocab: int | None = None, word_dim: int = 128, word_len: int = 16):
         super().__init__()
         self.encoder = TextTransformer(vocab_size, context_dim, max_len=max_len) if vocab_size else None
         self.pooled = nn.Sequential(nn.Linear(context_dim, emb_dim), nn.SiLU(),
                                     nn.Linear(emb_dim, emb_dim)) if emb_dim else None
+        if word_vocab and vocab_size:
+            raise ValueError("two text encoders read a frozen encoder's float context beside the words: "
+                             "vocab_size (token ids as the context) and word_vocab cannot both be set")
+        self.words = TextTransformer(word_vocab, word_dim, max_len=word_len) if word_vocab else None
+        self.words_proj = nn.Linear(word_dim, context_dim) if word_vocab else None
 
-    def forward(self, context: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    def forward(self, context: Tensor, mask: Tensor | None, words: Tensor | None = None,
+                words_mask: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """(tokens, mask, pooled); the mask is the one given (None stays None) unless words
+        are appended."""
+        given = mask
         if mask is None:
             mask = torch.ones(context.shape[:2], dtype=torch.bool, device=context.device)
         if self.encoder is not None:
@@ -82,7 +111,19 @@ class ContextEmbedding(nn.Module):
             context = self.encoder(context, mask)
         elif not context.is_floating_point():
             raise TypeError("this network reads a frozen encoder's embeddings: context must be float (B, M, D)")
-        return context, None if self.pooled is None else self.pooled(masked_mean(context, mask))
+        pooled = None if self.pooled is None else self.pooled(masked_mean(context, mask))
+        if (words is not None) != (self.words is not None):
+            raise ValueError("words (B, W) token ids go with a network built with word_vocab (two text encoders, "
+                             "text_encoder='tiny+minilm'), and such a network needs them "
+                             f"(words given: {words is not None}, word_vocab set: {self.words is not None})")
+        if words is None:
+            return context, given, pooled
+        if words.dtype != torch.long:
+            raise TypeError(f"words must be token ids (int64), got {words.dtype}")
+        if words_mask is None:
+            words_mask = torch.ones(words.shape, dtype=torch.bool, device=words.device)
+        tokens = self.words_proj(self.words(words, words_mask)).to(context.dtype)
+        return torch.cat([context, tokens], 1), torch.cat([mask, words_mask.to(mask.device)], 1), pooled
 
 
 class CrossAttention2d(nn.Module):
@@ -103,6 +144,22 @@ class CrossAttention2d(nn.Module):
         return x + out.transpose(1, 2).reshape(B, C, H, W)
 
 
+def check_word_fields(config) -> None:
+    """A network config's two-encoder fields (word_vocab, word_dim, word_len; see
+    `ContextEmbedding`): positive, and word_vocab only beside a frozen encoder's float context
+    (context_dim set, context_vocab None)."""
+    name = type(config).__name__
+    if config.word_vocab is None:
+        return
+    for field in ("word_vocab", "word_dim", "word_len"):
+        if getattr(config, field) < 1:
+            raise ValueError(f"{name}.{field}={getattr(config, field)} is not valid; valid: a positive int")
+    if not config.context_dim or config.context_vocab:
+        raise ValueError(f"{name}.word_vocab={config.word_vocab} is not valid with context_dim={config.context_dim}, "
+                         f"context_vocab={config.context_vocab}; valid: word_vocab beside a frozen encoder's float "
+                         "context (context_dim set, context_vocab=None), or word_vocab=None")
+
+
 def check_context(has_context: bool, context: Tensor | None, name: str) -> None:
     if has_context and context is None:
         raise ValueError(f"this {name} is text-conditioned: pass context (the null condition is the "
@@ -111,4 +168,5 @@ def check_context(has_context: bool, context: Tensor | None, name: str) -> None:
         raise ValueError(f"context given to a {name} without text conditioning (context_dim=None)")
 
 
-__all__ = ["ContextEmbedding", "CrossAttention2d", "TextTransformer", "check_context", "masked_mean"]
+__all__ = ["ContextEmbedding", "CrossAttention2d", "TextTransformer", "check_context", "check_word_fields",
+           "masked_mean"]
