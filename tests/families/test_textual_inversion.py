@@ -174,6 +174,15 @@ def test_refused_settings(bases, tmp_path, changes, message):
         Trainer(_ti(_base(bases, "tiny"), tmp_path / "r", **changes))
 
 
+def test_two_text_encoders_are_refused_by_name(tmp_path):
+    config = preset_config("text-digits", {"text_encoder": "tiny+minilm", "base": str(tmp_path / "base"),
+                                           "placeholder": "<s*>", "initializer": "seven", "instance": "digit:7",
+                                           "out": str(tmp_path / "r")})
+    with pytest.raises(ValueError, match=r"text_encoder='tiny\+minilm' is not valid for textual inversion.*"
+                                         r"valid: 'tiny', 'minilm'"):
+        Trainer(config)
+
+
 def test_the_instance_images(bases):
     from hirune.data import load_dataset
     from hirune.data.captions import ink_amount

@@ -197,7 +197,8 @@ def test_text_runs_invert_under_a_caption_and_edit_by_prompt(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"text_encoder": "bert"}, "text_encoder='bert' is not valid; valid: ['', 'tiny', 'minilm']"),
+    ({"text_encoder": "bert"}, "text_encoder='bert' is not valid; valid: ['', 'tiny', 'minilm', 'tiny+minilm']"),
+    ({"text_encoder": "tiny+minilm", "model": "mlp", "dataset": "two_moons"}, "needs model='unet', 'dit' or 'uvit'"),
     ({"text_encoder": "tiny", "class_conditional": True}, "class_conditional=false"),
     ({"text_encoder": "tiny", "model": "mlp", "dataset": "two_moons"}, "needs model='unet', 'dit' or 'uvit'"),
 ])
@@ -258,3 +259,78 @@ def test_minilm_gives_per_token_embeddings_with_a_fixed_length():
     assert cos(seven, seven2, dim=0) > cos(seven, one, dim=0)
     with pytest.warns(UserWarning, match="truncated"):
         text(["seven " * 40])
+
+
+# --- two text encoders at once: text_encoder="tiny+minilm" (SDXL sec. 2.1; nn/context.py) -------
+@pytest.mark.skipif(not HAS_MINILM, reason="the optional extra hirune[text] is not installed")
+def test_tiny_plus_minilm_gives_both_encoders_and_an_empty_caption_through_both_as_the_null():
+    pair, tiny, minilm = TextConditioner("tiny+minilm"), TextConditioner("tiny"), TextConditioner("minilm")
+    captions = ["a thick handwritten seven, slanted left", "a one"]
+    cond = pair(captions)
+    assert set(cond) == {"context", "context_mask", "words", "words_mask"}
+    assert cond["context"].shape == (2, 32, 384) and cond["words"].shape == (2, 16)
+    for key, value in minilm(captions).items():
+        assert torch.equal(cond[key], value), key
+    assert torch.equal(cond["words"], tiny(captions)["context"])
+    assert torch.equal(cond["words_mask"], tiny(captions)["context_mask"])
+    null = pair.null()
+    assert torch.equal(null["context"], minilm.null()["context"])
+    assert null["words"].tolist() == [[BOS] + [PAD] * 15] and null["words_mask"].sum() == 1
+    assert pair.model_config() == {"context_dim": 384, "context_len": 32, "word_vocab": tiny.vocab_size,
+                                   "word_dim": 128, "word_len": 16}
+
+
+@pytest.mark.skipif(not HAS_MINILM, reason="the optional extra hirune[text] is not installed")
+def test_a_tiny_plus_minilm_run_trains_saves_loads_exports_samples_and_guides(tmp_path, capsys):
+    import json
+
+    from hirune.cli import main
+    from hirune.inference.generate import generate, guide
+    from hirune.training.loading import load
+
+    trainer = _train(tmp_path, text_encoder="tiny+minilm", steps=2, ckpt_every=2, sample_every=2, num_samples=4)
+    assert trainer.family.text.kind == "tiny+minilm"
+    assert (tmp_path / "run" / "samples" / "step_00000002.png").exists()
+    run = load(tmp_path / "run")
+    assert run.model.config.word_vocab == run.text.words.vocab_size and run.model.context.words is not None
+    prompts = ["a thick handwritten seven", "the digit 1"]
+    cond = generate(run, 2, "ddim", 3, prompts=prompts, progress=False)[0].x
+    assert torch.allclose(generate(run, 2, "ddim", 3, prompts=prompts, denoiser=guide(run, "cfg", 1.0),
+                                   progress=False)[0].x, cond, atol=1e-5)
+    null = generate(run, 2, "ddim", 3, prompts=["", ""], progress=False)[0].x
+    assert torch.allclose(generate(run, 2, "ddim", 3, prompts=prompts, denoiser=guide(run, "cfg", 0.0),
+                                   progress=False)[0].x, null, atol=1e-5)
+    assert main(["export", str(tmp_path / "run")]) == 0
+    exported = load(tmp_path / "run" / "weights.safetensors")
+    assert torch.allclose(generate(exported, 2, "ddim", 3, prompts=prompts, progress=False)[0].x, cond, atol=1e-6)
+    out = tmp_path / "s.png"
+    assert main(["sample", str(tmp_path / "run"), "--prompt", "a thick seven", "--n", "2", "--steps", "2",
+                 "--guidance", "cfg", "--scale", "2", "--out", str(out)]) == 0 and out.exists()
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run"), "--n", "10", "--steps", "2", "--text-accuracy", "10"]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0 <= metrics["held_out_phrasing_accuracy"] <= 1
+    from hirune.families import textual_inversion   # a learned word is one encoder's row: refused by name
+
+    for learn in (lambda: textual_inversion.add_placeholder(run, "<s*>", initializer="seven"),
+                  lambda: run.use_embedding(tmp_path / "nowhere.safetensors")):
+        with pytest.raises(ValueError, match=r"text_encoder='tiny\+minilm' is not valid for textual inversion"):
+            learn()
+
+
+@pytest.mark.skipif(not HAS_MINILM, reason="the optional extra hirune[text] is not installed")
+@pytest.mark.parametrize("model, config", [("dit", {"size": "T/2", "depth": 2}),
+                                           ("uvit", {"hidden_size": 64, "depth": 3, "num_heads": 4})])
+def test_tiny_plus_minilm_on_the_transformers(tmp_path, model, config):
+    from hirune.inference.generate import generate, guide
+    from hirune.training.loading import load
+
+    _train(tmp_path, text_encoder="tiny+minilm", model=model, model_config=config, lr=1e-3, steps=2, ckpt_every=2,
+           sample_every=0)
+    run = load(tmp_path / "run")
+    if model == "uvit":
+        assert run.model.extras == 1 + 32 + 16                 # time + MiniLM's tokens + the words
+    prompts = ["a thick handwritten seven", "the digit 1"]
+    cond = generate(run, 2, "ddim", 2, prompts=prompts, progress=False)[0].x
+    assert torch.allclose(generate(run, 2, "ddim", 2, prompts=prompts, denoiser=guide(run, "cfg", 1.0),
+                                   progress=False)[0].x, cond, atol=1e-5)

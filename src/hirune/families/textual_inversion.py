@@ -171,6 +171,8 @@ def use_embedding(run, path: str | Path) -> str:
     returns its placeholder.  An embedding of another encoder is refused, naming both."""
     from ..models import textual_inversion as ti
 
+    if run.text is not None:
+        check_encoder(run.text.kind)
     row, info = ti.read_embedding(path)
     mine, theirs = encoder_identity(run), info.get("encoder", {})
     if mine != theirs:

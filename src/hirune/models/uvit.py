@@ -237,7 +237,7 @@ class UViT(nn.Module):
             if context.shape[1] != c.context_len:
                 raise ValueError(f"this UViT reads captions of exactly {c.context_len} tokens (its position "
                                  f"table), got {context.shape[1]}")
-            if words is not None and words.shape[1] != c.word_len:
+            if words is not None and c.word_vocab and words.shape[1] != c.word_len:
                 raise ValueError(f"this UViT reads exactly {c.word_len} word tokens (its position table), got "
                                  f"{words.shape[1]}")
             context, context_mask, _ = self.context(context, context_mask, words, words_mask)
