@@ -221,3 +221,13 @@ def test_bad_settings_are_refused(tmp_path):
 def load_plain(tmp_path):
     train(_cfg(tmp_path / "p", micro_conditioning=False, micro_min_size=0, micro_crop=0), progress=False)
     return load(tmp_path / "p")
+
+
+def test_inversion_and_likelihood_see_the_default_conditions(run):
+    """Code that asks the run for its condition (editing, NLL) gets full size, uncropped."""
+    from hirune.inference.editing import invert
+
+    cond = run.condition()
+    assert torch.equal(cond["micro"], torch.tensor([[8.0, 8, 0, 0, 8, 8]]))
+    x = torch.rand(2, 1, 8, 8) * 2 - 1
+    assert invert(run, x, steps=2).x.shape == x.shape

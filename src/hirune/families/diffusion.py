@@ -434,7 +434,9 @@ class Diffusion(Family):
     # --- inference: diffusion_sampling.py and diffusion_eval.py ----------------------
     def condition(self, labels: Tensor | None = None, prompts: list[str] | None = None,
                   embeddings: Tensor | None = None) -> dict:
-        return {**diffusion_sampling.condition(self, labels, prompts), **embedding.condition(self, embeddings)}
+        n = next((len(c) for c in (labels, prompts, embeddings) if c is not None), 1)
+        return {**diffusion_sampling.condition(self, labels, prompts), **embedding.condition(self, embeddings),
+                **micro.sampling_condition(self, n, None, None)}  # SDXL: full size, uncropped
 
     def class_labels(self, n: int, label: int | None = None, per_class: bool = False) -> Tensor:
         return diffusion_sampling.class_labels(self, n, label, per_class)
