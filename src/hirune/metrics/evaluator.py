@@ -23,8 +23,10 @@ from torch import Tensor, nn
 
 ASSET = "evaluator_{}.safetensors"
 # domains of mnist5k (data.images) read by mnist5k's evaluator: the thick digits as they
-# are, the inverted ones inverted back (x -> -x), so that its features are those it learned
-DOMAINS = {"mnist5k-thick": ("mnist5k", False), "mnist5k-inverted": ("mnist5k", True)}
+# are, the inverted ones inverted back (x -> -x), so that its features are those it learned;
+# the aspect buckets' images centred back to 28 x 28 (`features_and_logits`)
+DOMAINS = {"mnist5k-thick": ("mnist5k", False), "mnist5k-inverted": ("mnist5k", True),
+           "mnist5k-aspect": ("mnist5k", False)}
 EVALUATED = ("digits", "mnist5k", *DOMAINS)
 
 
@@ -74,9 +76,15 @@ def load_evaluator(dataset: str) -> DigitClassifier:
 
 @torch.no_grad()
 def features_and_logits(net: DigitClassifier, images: Tensor, batch: int = 500) -> tuple[Tensor, Tensor]:
+    """The evaluator's features (N, 128) float64 and logits (N, 10) of images (N, 1, H, W);
+    images of another size than the evaluator's (an aspect bucket, its 32 x 32 canvas) are
+    cropped or padded with background about their centre to it (`data.buckets.recentre`)."""
+    from ..data.buckets import recentre
+
     feats, logits = [], []
     for i in range(0, len(images), batch):
-        f = net.embed(images[i: i + batch].float().cpu().clamp(-1, 1))
+        x = images[i: i + batch].float().cpu().clamp(-1, 1)
+        f = net.embed(recentre(x, (net.size, net.size)) if x.shape[-2:] != (net.size, net.size) else x)
         feats.append(f.double())
         logits.append(net.head(f))
     return torch.cat(feats), torch.cat(logits)
