@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from .. import objectives as O
 from ..process import Denoiser, make_process
 from ..process.denoiser import check_prediction_suits
-from . import diffusion_eval, diffusion_sampling, dreambooth, embedding, finetune, superres, textual_inversion
+from . import buckets, diffusion_eval, diffusion_sampling, dreambooth, embedding, finetune, superres, textual_inversion
 from .base import Batch, Context, Draw, Family, checked_process, register
 from .latent import FirstStage
 from .settings import Range, check_choices
@@ -66,6 +66,7 @@ class DiffusionConfig:
     class_prompt: str = "a seven"
     prior_weight: float = 1.0          # lambda of the prior-preservation loss (0: none)
     class_images: int = 100            # generated once by the frozen base under class_prompt
+    buckets: bool = False              # aspect-ratio buckets: each batch one bucket of a bucketed dataset (families.buckets)
 
 
 @dataclass
@@ -85,6 +86,8 @@ class DiffusionDraw(Draw):
     aug_noise: Tensor | None = None
     example: Tensor | None = None      # DreamBooth: each row's instance or class image (families.dreambooth)
     is_class: Tensor | None = None
+    bucket: Tensor | None = None       # aspect-ratio buckets: the batch's bucket and rows (families.buckets)
+    bucket_example: Tensor | None = None
 
 
 @register
@@ -196,6 +199,7 @@ class Diffusion(Family):
         finetune.check(cfg, config)
         textual_inversion.check(cfg, config)
         dreambooth.check(cfg, config)
+        buckets.check(cfg, config)
 
     @classmethod
     def reference_paths(cls, config, training: bool) -> dict[str, str]:
@@ -242,6 +246,8 @@ class Diffusion(Family):
             self._reflow(data, context)
         if dreambooth.active(self.config):  # DreamBooth: instance and class images, their prompts
             dreambooth.prepare(self, data, context)
+        if self.config.buckets:  # aspect-ratio buckets: each bucket's members
+            buckets.prepare(self, data)
 
     def _reflow(self, data, context: Context) -> None:
         """The (noise, data) pairs of reflow: stored in the run directory, else drawn from the
@@ -306,12 +312,16 @@ class Diffusion(Family):
             d.aug_level, d.aug_noise = superres.draw(self, n, g)
         if dreambooth.active(config):  # drawn last, so runs without DreamBooth draw what they always drew
             d = dreambooth.draw(self, d, n, g)
+        if config.buckets:  # drawn last, so runs without buckets draw what they always drew
+            d = buckets.draw(self, d, n, g)
         return d
 
     def loss(self, forward: nn.Module, batch: Batch, draw: DiffusionDraw, step: int) -> O.Loss:
         if dreambooth.active(self.config):  # DreamBooth: the draw's rows; mean instance + lambda mean class loss
             out = self._loss(forward, dreambooth.batch(self, draw), draw, step)
             return dreambooth.prior_preserved(out, draw, self.config.prior_weight)
+        if self.config.buckets:  # the draw's bucket: its rows, and the noise cut to its shape
+            batch, draw = buckets.batch(self, draw)
         return self._loss(forward, batch, draw, step)
 
     def logged_terms(self, terms: dict) -> dict[str, float]:
@@ -390,6 +400,8 @@ class Diffusion(Family):
         if self.config.low_res:  # the held-out images of those digits, downsampled
             labels = torch.arange(n) % 10 if self.data.num_classes else None
             cond = {**cond, **superres.sampling_condition(self, superres.test_low_res(self, labels, n), 0.0, 0)}
+        if self.config.buckets:  # the buckets in turn, centred on the canvas
+            return buckets.preview(self, n, cond)
         x = sample(self.denoiser, (n, *self.sample_shape), self.config.sampler, self.config.sample_steps,
                    seed=self.cfg.seed, device=self.device, cond=cond).x
         return self.decode(x)
