@@ -93,18 +93,18 @@ def test_the_format_keeps_the_buckets_and_old_formats_read_the_same(aspect):
 
 
 def test_the_evaluator_reads_any_bucket_centred_to_its_size(aspect):
-    from hirune.metrics.evaluator import evaluate_images, features_and_logits, load_evaluator
+    from hirune.metrics.evaluator import evaluate_images, evaluator_view, features_and_logits, load_evaluator
 
     net = load_evaluator("mnist5k-aspect")
     every = torch.arange(0, 4500, 9)                            # 500 of every class (the split is sorted by class)
     x, bucket = aspect.data[every], aspect.bucket[every]
-    f_canvas, logits = features_and_logits(net, x)
-    f_square, _ = features_and_logits(net, recentre(x, (28, 28)))
-    assert torch.equal(f_canvas, f_square)
+    view = evaluator_view(net, "mnist5k-aspect", x)
+    assert torch.equal(view, recentre(x, (28, 28)))
+    _, logits = features_and_logits(net, view)
     assert (logits.argmax(1) == aspect.labels[every]).float().mean() > 0.95
     tall = x[bucket == 1]
-    f_tall, _ = features_and_logits(net, recentre(tall, (32, 24)))
-    assert torch.equal(f_tall, features_and_logits(net, recentre(tall, (28, 28)))[0])
+    assert torch.equal(evaluator_view(net, "mnist5k-aspect", recentre(tall, (32, 24))), recentre(tall, (28, 28)))
+    assert evaluator_view(net, "mnist5k", x) is x             # other datasets: as they are
     # training digits as the evaluator sees them: as far from the test split as real data are
     scores = evaluate_images("mnist5k-aspect", x)
     assert scores["frechet_distance"] < 1.5 * scores["frechet_real_vs_real"]
