@@ -231,3 +231,31 @@ def test_inversion_and_likelihood_see_the_default_conditions(run):
     assert torch.equal(cond["micro"], torch.tensor([[8.0, 8, 0, 0, 8, 8]]))
     x = torch.rand(2, 1, 8, 8) * 2 - 1
     assert invert(run, x, steps=2).x.shape == x.shape
+
+
+def test_with_aspect_buckets_the_target_size_is_the_bucket(tmp_path):
+    """micro_conditioning on a bucketed run tells each batch its bucket (H, W) as the original
+    and target size; sampling at a bucket tells that bucket."""
+    from hirune.families import buckets
+    from hirune.training.trainer import Trainer
+
+    values = {"steps": 1, "batch_size": 8, "sample_every": 1, "num_samples": 3, "sample_steps": 2, "ckpt_every": 1,
+              "eval_samples": 0, "model_config": TINY, "micro_conditioning": True}
+    trainer = Trainer(preset_config("aspect-mnist5k", {**values, "out": str(tmp_path / "t")}), distributed=False)
+    family, g, sizes = trainer.family, torch.Generator().manual_seed(3), set()
+    for _ in range(6):
+        d = family.draw(8, g)
+        spy = Spy()
+        family.loss(spy, None, d, 0)
+        h, w = buckets.batch_shape(family, d)
+        sizes.add((h, w))
+        assert spy.x.shape[-2:] == (h, w)
+        assert torch.equal(spy.cond["micro"], torch.tensor([[h, w, 0, 0, h, w]], dtype=torch.float32).expand(8, -1))
+    assert len(sizes) > 1
+    train(preset_config("aspect-mnist5k", {**values, "out": str(tmp_path / "b")}), progress=False)   # with previews
+    run = load(tmp_path / "b")
+    cond = micro.sampling_condition(run, 2, None, None, (32, 24))
+    assert torch.equal(cond["micro"][0], torch.tensor([32.0, 24, 0, 0, 32, 24]))
+    assert run.generate(2, steps=2, size=(24, 32), progress=False)[0].x.shape == (2, 1, 24, 32)
+    with pytest.raises(ValueError, match="micro_min_size and micro_crop are not valid with buckets"):
+        check_config(preset_config("aspect-mnist5k", {"micro_min_size": 8, "out": str(tmp_path / "c")}))

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from .common import CLIError, _count, _positive_int
+from .common import CLIError, _count, _positive_int, _size
 
 
 def _add_train(sub) -> None:
@@ -119,6 +119,9 @@ def _add_sample(sub) -> None:
     p.add_argument("--temperature", type=float, default=1.0,
                    help="normalizing flows: z ~ N(0, T^2 I); dalle: the softmax temperature of each token")
     p.add_argument("--prompt", default=None, help="text-conditioned runs: the caption, e.g. 'a thick seven'")
+    p.add_argument("--size", type=_size, default=None, metavar="HxW",
+                   help="a run with aspect-ratio buckets (buckets=true): the samples' height x width, one of its "
+                        "buckets (default: the first)")
     p.add_argument("--out", default="samples.png", help=".png grid, .npz arrays or .gif trajectory")
     a = p.add_argument_group("LoRA adapters (diffusion runs; RUN is their base run, or an adapter run)")
     a.add_argument("--adapter", action="append", default=[], metavar="A[:W]",
@@ -316,6 +319,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     elif args.refiner or args.original_size or args.crop:
         raise CLIError("--refiner, --original-size and --crop apply to diffusion runs")
     options["temperature"] = args.temperature
+    if args.size is not None:
+        if not hasattr(getattr(run, "config", None), "buckets"):
+            raise CLIError(f"--size applies to diffusion runs with aspect-ratio buckets (buckets=true), not a "
+                           f"{run.name} run")
+        options["size"] = args.size
     if args.rerank is not None:
         if args.label is not None or args.class_grid or out_path.suffix == ".gif":
             raise CLIError("--rerank draws prompts (--prompt, or the digits in turn); not with --class, "

@@ -23,7 +23,8 @@ from torch import Tensor, nn
 from .. import objectives as O
 from ..process import Denoiser, make_process
 from ..process.denoiser import check_prediction_suits
-from . import diffusion_eval, diffusion_sampling, dreambooth, embedding, finetune, micro, superres, textual_inversion
+from . import (buckets, diffusion_eval, diffusion_sampling, dreambooth, embedding, finetune, micro, superres,
+               textual_inversion)
 from .base import Batch, Context, Draw, Family, checked_process, register
 from .latent import FirstStage
 from .settings import Range, check_choices
@@ -67,6 +68,7 @@ class DiffusionConfig:
     class_prompt: str = "a seven"
     prior_weight: float = 1.0          # lambda of the prior-preservation loss (0: none)
     class_images: int = 100            # generated once by the frozen base under class_prompt
+    buckets: bool = False              # aspect-ratio buckets: each batch one bucket of a bucketed dataset (families.buckets)
     micro_conditioning: bool = False   # SDXL: the network told original size, crop and target size (families.micro)
     micro_min_size: int = 0            # augmentation: original heights ~ U{micro_min_size .. H}, upscaled (0: off)
     micro_crop: int = 0                # augmentation: crops at offsets ~ U{-micro_crop .. micro_crop}^2 (0: off)
@@ -94,6 +96,8 @@ class DiffusionDraw(Draw):
     offset_noise: Tensor | None = None     # noise offset's eps_c (B, C, 1, 1)
     example: Tensor | None = None      # DreamBooth: each row's instance or class image (families.dreambooth)
     is_class: Tensor | None = None
+    bucket: Tensor | None = None       # aspect-ratio buckets: the batch's bucket and rows (families.buckets)
+    bucket_example: Tensor | None = None
 
 
 @register
@@ -215,6 +219,7 @@ class Diffusion(Family):
         finetune.check(cfg, config)
         textual_inversion.check(cfg, config)
         dreambooth.check(cfg, config)
+        buckets.check(cfg, config)
 
     @classmethod
     def reference_paths(cls, config, training: bool) -> dict[str, str]:
@@ -261,6 +266,8 @@ class Diffusion(Family):
             self._reflow(data, context)
         if dreambooth.active(self.config):  # DreamBooth: instance and class images, their prompts
             dreambooth.prepare(self, data, context)
+        if self.config.buckets:  # aspect-ratio buckets: each bucket's members
+            buckets.prepare(self, data)
 
     def _reflow(self, data, context: Context) -> None:
         """The (noise, data) pairs of reflow: stored in the run directory, else drawn from the
@@ -323,6 +330,8 @@ class Diffusion(Family):
             d.aug_level, d.aug_noise = superres.draw(self, n, g)
         if dreambooth.active(config):  # drawn last, so runs without DreamBooth draw what they always drew
             d = dreambooth.draw(self, d, n, g)
+        if config.buckets:  # drawn last, so runs without buckets draw what they always drew
+            d = buckets.draw(self, d, n, g)
         if micro.augments(config) or config.micro_conditioning:  # SDXL's sizes and crops, drawn last
             d.original_height, d.crop = micro.draw(self, n, g)
         if config.noise_offset:
@@ -333,6 +342,8 @@ class Diffusion(Family):
         if dreambooth.active(self.config):  # DreamBooth: the draw's rows; mean instance + lambda mean class loss
             out = self._loss(forward, dreambooth.batch(self, draw), draw, step)
             return dreambooth.prior_preserved(out, draw, self.config.prior_weight)
+        if self.config.buckets:  # the draw's bucket: its rows, and the noise cut to its shape
+            batch, draw = buckets.batch(self, draw)
         return self._loss(forward, batch, draw, step)
 
     def logged_terms(self, terms: dict) -> dict[str, float]:
@@ -417,6 +428,8 @@ class Diffusion(Family):
             labels = torch.arange(n) % 10 if self.data.num_classes else None
             cond = {**cond, **superres.sampling_condition(self, superres.test_low_res(self, labels, n), 0.0, 0)}
         cond = {**cond, **micro.sampling_condition(self, n, None, None)}  # SDXL: full size, uncropped
+        if self.config.buckets:  # the buckets in turn, centred on the canvas
+            return buckets.preview(self, n, cond)
         x = sample(self.denoiser, (n, *self.sample_shape), self.config.sampler, self.config.sample_steps,
                    seed=self.cfg.seed, device=self.device, cond=cond).x
         return self.decode(x)

@@ -123,6 +123,9 @@ def check(cfg, config, shape: tuple[int, ...] | None) -> None:
         return
     if config.micro_conditioning and cfg.model not in NETWORKS:
         raise ValueError(f"model={cfg.model!r} is not valid with micro_conditioning; valid: {list(NETWORKS)}")
+    if getattr(config, "buckets", False) and augments(config):
+        raise ValueError("micro_min_size and micro_crop are not valid with buckets=true (each bucket's images keep "
+                         "their own size); valid: micro_conditioning alone, which tells the bucket's target size")
     if config.autoencoder or config.low_res:
         raise ValueError("micro_min_size, micro_crop and micro_conditioning are not valid with autoencoder= or "
                          "low_res (they act on the dataset's own pixels); valid: a pixel-space run")
@@ -170,21 +173,25 @@ def offset_noise(run, noise: Tensor, eps_c: Tensor | None) -> Tensor:
 
 def training_batch(run, x0: Tensor, heights: Tensor, offsets: Tensor) -> tuple[Tensor, dict]:
     """A batch x0 (B, C, H, W) degraded to its original sizes and cut at its offsets, and the
-    network's keywords ({"micro": (B, 6)} when it is told them)."""
+    network's keywords ({"micro": (B, 6)} when it is told them).  Heights above H (a bucket
+    smaller than the canvas: `families.buckets`) are H: the target size is the batch's."""
+    heights = heights.clamp(max=x0.shape[-2])
     x = shift(degrade(x0, heights), offsets, run.config.micro_crop)
     cond = {"micro": micro_vector(heights, offsets, tuple(x0.shape[-2:])).to(x0.device)} \
         if run.config.micro_conditioning else {}
     return x, cond
 
 
-def sampling_condition(run, n: int, original_size, crop) -> dict:
-    """The keywords of sampling: original size (h, w) (an int: h = w; default: the image's size,
-    SDXL's "as sharp as the data") and crop (top, left) (default (0, 0), uncropped)."""
+def sampling_condition(run, n: int, original_size, crop, size: tuple[int, int] | None = None) -> dict:
+    """The keywords of sampling at the target `size` (H, W) (default: the run's image size; a
+    bucket's with aspect-ratio buckets): original size (h, w) (an int h: the width keeps the
+    aspect; default: the target size, SDXL's "as sharp as the data") and crop (top, left)
+    (default (0, 0), uncropped)."""
     if not run.config.micro_conditioning:
         if original_size is not None or crop is not None:
             raise ValueError("original_size and crop go with a micro-conditioned run (micro_conditioning=true)")
         return {}
-    H, W = run.sample_shape[1:]
+    H, W = tuple(size) if size is not None else run.sample_shape[1:]
     if original_size is None:
         original_size = (H, W)
     elif isinstance(original_size, int):

@@ -207,6 +207,12 @@ PRESETS["dalle-mnist5k"] = {**_DALLE, "dataset": "mnist5k", "tokenizer": "runs/v
 PRESETS["dalle-digits"] = {**_DALLE, "dataset": "digits", "tokenizer": "runs/vq-ae-digits", "steps": 1500,
                            "model_config": {"width": 64, "depth": 3, "heads": 4}}
 
+# SDXL's multi-aspect training (sec. 2.3): the main job's recipe, class-conditional, on the
+# digits of mnist5k-aspect in their aspect-ratio buckets (28 x 28, 32 x 24, 24 x 32), a whole
+# batch from one bucket at a time (families.buckets); `hirune sample RUN --size 32x24`.
+PRESETS["aspect-mnist5k"] = {**PRESETS["vpred-mnist5k"], "dataset": "mnist5k-aspect", "buckets": True,
+                             "class_conditional": True}
+
 DEFAULT_PRESET = "vpred-mnist5k"
 
 
