@@ -12,8 +12,10 @@ that names no digit, so "before" is what the base draws for an unnamed digit) wi
 defaults of `hirune train textual-inversion` (lr 5e-3, batch 16, no caption dropout), and
 samples "an image of <s*>".  LoRA (`hirune train lora`'s defaults, lr 1e-3, rank 4 on q, k, v,
 proj, batch 16 too) trains on the same images captioned "a sks digit" (DreamBooth's rare
-identifier and class noun) and samples that caption.  DreamBooth (the whole network with a
-prior-preservation loss) is not merged yet, so it is not compared here.
+identifier and class noun) and samples that caption; DreamBooth (`hirune train dreambooth`'s
+defaults: every weight at lr 1e-4, prior preservation with lambda = 1 on 100 class images
+that the base draws for "a digit" first) on the same images and caption, batch 16 too (half
+of its rows class images).
 
 Columns: trainable parameters, the file a result ships (embedding.safetensors /
 adapter_model.safetensors), ms per step (median), and per prompt, before and after training:
@@ -34,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from hirune.checkpoint import latest_checkpoint
 from hirune.data import load_dataset
 from hirune.data.captions import ink_amount
 from hirune.data.instances import IDENTIFIER_CAPTION, instance_images
@@ -64,7 +67,7 @@ def measure(run, prompt: str, digit: int, args) -> tuple[dict, torch.Tensor]:
 
 
 def tune(kind: str, args, out: Path, **settings) -> dict:
-    """Train `kind` (textual-inversion | lora) on the instance, timing its steps."""
+    """Train `kind` (textual-inversion | lora | dreambooth) on the instance, timing its steps."""
     cfg = finetune_config(kind, args.base, {"instance": args.instance, "steps": args.steps, "ckpt_every": args.steps,
                                             "batch_size": args.batch, "out": str(out), "seed": args.seed,
                                             **settings})
@@ -78,7 +81,8 @@ def tune(kind: str, args, out: Path, **settings) -> dict:
         times.append(time.perf_counter() - t0)
     trainer.save()
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    shipped = out / (EMBEDDING_FILE if kind == "textual-inversion" else f"adapter/{lora.ADAPTER_WEIGHTS}")
+    shipped = {"textual-inversion": out / EMBEDDING_FILE, "lora": out / "adapter" / lora.ADAPTER_WEIGHTS,
+               "dreambooth": latest_checkpoint(out) / "model.safetensors"}[kind]
     return {"trainable": trainable, "file_bytes": shipped.stat().st_size,
             "ms_per_step": 1000 * statistics.median(times[1:] or times)}
 
@@ -116,7 +120,9 @@ def main(argv=None) -> int:
         root = Path(tmp)
         arms = [("textual inversion", "textual-inversion", TI_PROMPT, start, {"initializer": args.initializer}),
                 ("LoRA rank 4 (q, k, v, proj)", "lora", IDENTIFIER_CAPTION, base,
-                 {"instance_prompt": IDENTIFIER_CAPTION, "prior_weight": 0.0})]
+                 {"instance_prompt": IDENTIFIER_CAPTION, "prior_weight": 0.0}),
+                ("DreamBooth (every weight, lambda = 1)", "dreambooth", IDENTIFIER_CAPTION, base,
+                 {"instance_prompt": IDENTIFIER_CAPTION, "class_prompt": "a digit"})]
         for method, kind, prompt, before_run, settings in arms:
             before, xb = measure(before_run, prompt, digit, args)
             row = {"method": method, "prompt": prompt, **tune(kind, args, root / kind, **settings), "before": before}
@@ -127,10 +133,11 @@ def main(argv=None) -> int:
             grids += [xb[:16], xa[:16]]
     note = (f"Base {args.base} (step {base.step}, {base.cfg.model}, text_encoder {base.config.text_encoder}) taught "
             f"{args.instance} ({len(images)} images) for {args.steps} steps at batch {args.batch}; textual inversion "
-            f"from \"{args.initializer}\" at lr 5e-3, LoRA at lr 1e-3; {args.n} samples per cell, DDIM "
+            f"from \"{args.initializer}\" at lr 5e-3, LoRA at lr 1e-3, DreamBooth at 1e-4; {args.n} samples per "
+            f"cell, DDIM "
             f"{args.sample_steps} steps, no guidance; shares read by the shipped {base.data.name} evaluator; ms / "
-            f"step: median on {torch.get_num_threads()} threads, {'CUDA' if torch.cuda.is_available() else 'CPU'}.  "
-            "DreamBooth is not merged yet: LoRA only.")
+            f"step: median on {torch.get_num_threads()} threads, {'CUDA' if torch.cuda.is_available() else 'CPU'} "
+            "(DreamBooth's class images, drawn before its first step, are not in it).")
     text = table(rows, float(ink_amount(images).mean()), note)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

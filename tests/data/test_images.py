@@ -329,3 +329,23 @@ def test_mnist5k_thick_is_the_thickest_third_of_each_digit_of_each_split():
     everything = load_dataset("mnist5k-thick", "all")
     assert len(everything) == len(parts["train"]) + len(parts["test"])
     assert torch.equal(everything.indices, torch.cat([parts["train"].indices, parts["test"].indices]).sort().values)
+
+
+def test_mnist5k_brightness_is_an_affine_map_per_image_with_a_fixed_brightness():
+    """x -> b + (1 - |b|) x with b in [-0.6, 0.6] per example, the same b for an example in
+    every split that holds it; pixels stay in [-1, 1]; image means spread (noise offset's data)."""
+    from hirune.data import load_dataset
+
+    full = mnist5k("test")
+    bright = load_dataset("mnist5k-brightness", "test")
+    assert torch.equal(bright.indices, full.indices) and bright.data.min() >= -1 and bright.data.max() <= 1
+    x, y = full.data.flatten(1), bright.data.flatten(1)
+    lo, hi = x.min(1).values, x.max(1).values              # both -1 and 1 in every digit
+    scale = (y.max(1).values - y.min(1).values) / (hi - lo)  # 1 - |b|
+    b = y.max(1).values - scale * hi
+    assert torch.allclose(y, b[:, None] + scale[:, None] * x, atol=1e-6)
+    assert torch.allclose(scale, 1 - b.abs(), atol=1e-6) and b.abs().max() <= 0.6 + 1e-6
+    assert y.mean(1).std() > 4 * x.mean(1).std()
+    again = load_dataset("mnist5k-brightness", "all")
+    rows = torch.nonzero(torch.isin(again.indices, full.indices)).flatten()
+    assert torch.equal(again.data[rows], bright.data)

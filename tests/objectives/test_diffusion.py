@@ -208,3 +208,19 @@ def test_bad_input():
         O.hybrid_loss(lambda x, t: x, H.VPSDE(), x0)
     with pytest.raises(ValueError, match="channels"):
         O.hybrid_loss(lambda x, t: x, process, x0)
+
+
+def test_training_times_until_a_fraction_of_the_range():
+    """A refiner's times: the lowest fraction only; until = 1 draws exactly what it always drew."""
+    from hirune import DiscreteVP, VPSDE
+    from hirune.objectives import sample_times
+
+    d, v = DiscreteVP("linear"), VPSDE()
+    g = lambda: torch.Generator().manual_seed(0)   # noqa: E731
+    assert torch.equal(sample_times(d, 100, g()), sample_times(d, 100, g(), until=1.0))
+    t = sample_times(d, 5000, g(), until=0.2)
+    assert t.min() == 0 and t.max() == 199 and t.dtype == torch.float64
+    t = sample_times(v, 5000, g(), until=0.25)
+    assert v.t_min <= t.min() and t.max() <= v.t_min + 0.25 * (v.t_max - v.t_min) and t.max() > 0.24
+    with pytest.raises(ValueError, match="until=0.0 is not valid"):
+        sample_times(d, 2, g(), until=0.0)

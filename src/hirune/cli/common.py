@@ -26,6 +26,14 @@ def _positive_int(text: str) -> int:
     return _integer_at_least(text, 1, "a positive integer")
 
 
+def _size(text: str) -> tuple[int, int]:
+    """HxW (e.g. 32x24) -> (H, W), two positive integers."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected HxW, two positive integers such as 32x24, got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
 def _count(text: str) -> int:
     """A count where 0 turns the option off."""
     return _integer_at_least(text, 0, "a non-negative integer (0: off)")

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from .common import CLIError, _count, _positive_int
+from .common import CLIError, _count, _positive_int, _size
 
 
 def _add_train(sub) -> None:
@@ -119,6 +119,9 @@ def _add_sample(sub) -> None:
     p.add_argument("--temperature", type=float, default=1.0,
                    help="normalizing flows: z ~ N(0, T^2 I); dalle: the softmax temperature of each token")
     p.add_argument("--prompt", default=None, help="text-conditioned runs: the caption, e.g. 'a thick seven'")
+    p.add_argument("--size", type=_size, default=None, metavar="HxW",
+                   help="a run with aspect-ratio buckets (buckets=true): the samples' height x width, one of its "
+                        "buckets (default: the first)")
     p.add_argument("--out", default="samples.png", help=".png grid, .npz arrays or .gif trajectory")
     a = p.add_argument_group("LoRA adapters (diffusion runs; RUN is their base run, or an adapter run)")
     a.add_argument("--adapter", action="append", default=[], metavar="A[:W]",
@@ -128,6 +131,16 @@ def _add_sample(sub) -> None:
     p.add_argument("--embedding", default=None, metavar="FILE",
                    help="a learned word (textual inversion: FILE or its run) for this run's text encoder; "
                         "use its placeholder in --prompt, e.g. 'an image of <s*>'")
+    x = p.add_argument_group("SDXL (diffusion runs)")
+    x.add_argument("--refiner", default=None, metavar="RUN",
+                   help="a refiner run (train_until < 1) that continues the sampling below the switch")
+    x.add_argument("--switch", type=float, default=None, metavar="F",
+                   help="with --refiner: the hand-over, a fraction of the time range (default: the refiner's "
+                        "train_until)")
+    x.add_argument("--original-size", type=_size_pair, default=None, metavar="H[,W]",
+                   help="micro-conditioned runs: the original size asked for (default: the image's size)")
+    x.add_argument("--crop", type=_size_pair, default=None, metavar="TOP,LEFT",
+                   help="micro-conditioned runs: the crop offsets asked for (default 0,0: uncropped)")
     _add_guidance_options(p)
     t = p.add_argument_group("image tokens (dalle runs; --scale S != 1 is classifier-free guidance on the logits)")
     t.add_argument("--top-k", type=int, default=None, metavar="K", help="keep the K most likely codes (0: all)")
@@ -214,6 +227,41 @@ def _guided(run, args):
                  threshold=threshold, percentile=0.995 if percentile is None else percentile)
 
 
+def _size_pair(text: str) -> tuple[int, ...]:
+    """'H' -> (H,), 'H,W' -> (H, W) (integers; offsets may be negative)."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if not 1 <= len(values) <= 2:
+        raise argparse.ArgumentTypeError(f"{text!r} is not valid; valid: H or H,W (integers)")
+    return values
+
+
+def _sdxl_options(run, args, denoiser) -> dict:
+    """generate's keywords for a refiner (the denoiser handed over at the switch) and the
+    micro-conditions (original size, crop)."""
+    from ..training.loading import load
+
+    out = {}
+    if args.switch is not None and not args.refiner:
+        raise CLIError("--switch goes with --refiner RUN")
+    if args.refiner:
+        from ..inference.refine import refined
+
+        refiner = load(args.refiner)
+        out["denoiser"] = refined(run, refiner, args.switch, base_denoiser=denoiser,
+                                  refiner_denoiser=_guided(refiner, args))
+    if args.original_size is not None:
+        size = args.original_size
+        out["original_size"] = size[0] if len(size) == 1 else size
+    if args.crop is not None:
+        if len(args.crop) != 2:
+            raise CLIError(f"--crop {args.crop} is not valid; valid: TOP,LEFT")
+        out["crop"] = args.crop
+    return out
+
+
 def _adapter_spec(text: str) -> tuple[str, float]:
     """--adapter A or A:W -> (A, W); a path that exists is taken whole (W = 1)."""
     import math
@@ -267,7 +315,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
     options = _token_options(run, args)
     if not options:
         options = {"denoiser": _guided(run, args), "guided_labels": args.guidance == "classifier"}
+        options.update(_sdxl_options(run, args, options["denoiser"]))
+    elif args.refiner or args.original_size or args.crop:
+        raise CLIError("--refiner, --original-size and --crop apply to diffusion runs")
     options["temperature"] = args.temperature
+    if args.size is not None:
+        if not hasattr(getattr(run, "config", None), "buckets"):
+            raise CLIError(f"--size applies to diffusion runs with aspect-ratio buckets (buckets=true), not a "
+                           f"{run.name} run")
+        options["size"] = args.size
     if args.rerank is not None:
         if args.label is not None or args.class_grid or out_path.suffix == ".gif":
             raise CLIError("--rerank draws prompts (--prompt, or the digits in turn); not with --class, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -17,18 +18,29 @@ SPLITS = ("train", "test", "all")
 class DataFormat:
     """What a model needs to know of its data without holding it: the dataset's name, its
     kind ("image" or "toy"), the shape of one example, its number of classes (0: none) and
-    its quantization `levels` (None: continuous).  Saved with every checkpoint, so a
-    trained run loads without reading its dataset."""
+    its quantization `levels` (None: continuous), and for a dataset of aspect-ratio buckets
+    (`data.buckets`) the buckets' (H, W), `shape` then being the canvas they all fit in.
+    Saved with every checkpoint, so a trained run loads without reading its dataset."""
 
     name: str
     kind: str
     shape: tuple[int, ...]
     num_classes: int = 0
     levels: int | None = None
+    buckets: tuple[tuple[int, int], ...] = ()
 
     @classmethod
     def from_dict(cls, values: dict) -> DataFormat:
-        return cls(**{**values, "shape": tuple(values["shape"])})
+        buckets = tuple(tuple(b) for b in values.get("buckets", ()))
+        return cls(**{**values, "shape": tuple(values["shape"]), "buckets": buckets})
+
+    def to_dict(self) -> dict:
+        """Plain data for a checkpoint; `buckets` only where there are some (so the state of
+        every other run is what it always was)."""
+        out = dataclasses.asdict(self)
+        if not self.buckets:
+            del out["buckets"]
+        return out
 
 
 @dataclass(eq=False)
@@ -43,6 +55,8 @@ class ArrayDataset(torch.utils.data.Dataset):
     levels: how many evenly spaced values a pixel takes in [-1, 1] (17 for the 0..16
         digits, 256 for 8-bit images); likelihoods dequantize with it.  None for toys and
         for continuous-valued images (float .npz arrays off the 8-bit grid).
+    buckets, bucket: a dataset of aspect-ratio buckets (`data.buckets`): the buckets' (H, W),
+        and (N,) int64 each example's bucket, its canvas centred in `data`; else () and None.
     Indexing gives (x, label), label -1 when unlabelled, so a DataLoader sees one structure.
     """
 
@@ -56,6 +70,8 @@ class ArrayDataset(torch.utils.data.Dataset):
     indices: Tensor | None = None
     class_names: tuple[str, ...] | None = None
     levels: int | None = None
+    buckets: tuple[tuple[int, int], ...] = ()
+    bucket: Tensor | None = None
 
     @property
     def images(self) -> Tensor:
@@ -76,7 +92,7 @@ class ArrayDataset(torch.utils.data.Dataset):
 
     @property
     def format(self) -> DataFormat:
-        return DataFormat(self.name, self.kind, self.shape, self.num_classes, self.levels)
+        return DataFormat(self.name, self.kind, self.shape, self.num_classes, self.levels, self.buckets)
 
     def __len__(self) -> int:
         return self.data.shape[0]

@@ -21,6 +21,10 @@ Built in (their files ship inside installed packages; nothing is downloaded):
   are not comparable with mnist5k's).  Captions still make sense: the
   captioner's thickness is mean ink ranked within each digit (pooling keeps the mean) and
   its slant a ratio of second moments (scale-free).
+- `mnist5k-aspect`: mnist5k in aspect-ratio buckets (SDXL's multi-aspect training,
+  `data.buckets`): each digit's ink centred on a 28 x 28, tall 32 x 24 or wide 24 x 32 canvas
+  (the one its aspect fits best; 1889 / 2878 / 233 of the 5000), stored centred in 1 x 32 x 32
+  arrays (background -1) with each example's bucket.  The same split, labels and levels.
 
 Both come with the `data` extra: pip install -e ".[data]" (scripts/setup.sh installs it).
 
@@ -132,6 +136,19 @@ def mnist5k_inverted(split: str = "train") -> ArrayDataset:
     return dataclasses.replace(full, name="mnist5k-inverted", data=-full.data)
 
 
+def mnist5k_brightness(split: str = "train") -> ArrayDataset:
+    """mnist5k at a random brightness per image (noise offset's test data, SDXL): x -> b + (1 -
+    |b|) x with b ~ U[-0.6, 0.6] fixed per example (seeded by its index in mnist5k): pixels in
+    [2b - 1, 1] for b >= 0 (a grey background), [-1, 1 + 2b] for b < 0 (grey ink), and the std
+    of the image means 0.38 instead of mnist5k's 0.08."""
+    import dataclasses
+
+    full = mnist5k(split)
+    b = (torch.rand(5000, generator=torch.Generator().manual_seed(20230))[full.indices] * 1.2 - 0.6)
+    b = b.view(-1, 1, 1, 1).to(full.data.dtype)
+    return dataclasses.replace(full, name="mnist5k-brightness", data=b + (1 - b.abs()) * full.data)
+
+
 def thickest_third(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The positions, in order, of the n // 3 images of each class with the most ink
     (`captions.ink_amount`, by which captions call a digit thick; ties: the earlier image):
@@ -162,6 +179,20 @@ def mnist5k_thick(split: str = "train") -> ArrayDataset:
     keep = thickest_third(full.data, full.labels)
     return dataclasses.replace(full, name="mnist5k-thick", data=full.data[keep], labels=full.labels[keep],
                                indices=full.indices[keep])
+
+
+def mnist5k_aspect(split: str = "train") -> ArrayDataset:
+    """mnist5k on canvases of three aspect ratios (`data.buckets`): each digit's ink centred on
+    the bucket of ASPECT_BUCKETS (28 x 28, tall 32 x 24, wide 24 x 32) its aspect fits best,
+    stored centred in 32 x 32 arrays with each example's bucket: (5000 | 4500 | 500, 1, 32, 32),
+    the same examples, labels, split and 256 levels."""
+    import dataclasses
+
+    from .buckets import ASPECT_BUCKETS, bucket_images
+
+    full = mnist5k(split)
+    data, bucket = bucket_images(full.data, ASPECT_BUCKETS)
+    return dataclasses.replace(full, name="mnist5k-aspect", data=data, buckets=ASPECT_BUCKETS, bucket=bucket)
 
 
 # --- a folder of images ----------------------------------------------------------------

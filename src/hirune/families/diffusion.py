@@ -13,6 +13,7 @@ evaluation and its likelihood are here too (`generate`, `guide`, `evaluate`, `nl
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,8 @@ from torch import Tensor, nn
 from .. import objectives as O
 from ..process import Denoiser, make_process
 from ..process.denoiser import check_prediction_suits
-from . import diffusion_eval, diffusion_sampling, dreambooth, embedding, finetune, superres, textual_inversion
+from . import (buckets, diffusion_eval, diffusion_sampling, dreambooth, embedding, finetune, micro, superres,
+               textual_inversion)
 from .base import Batch, Context, Draw, Family, checked_process, register
 from .latent import FirstStage
 from .settings import Range, check_choices
@@ -66,6 +68,12 @@ class DiffusionConfig:
     class_prompt: str = "a seven"
     prior_weight: float = 1.0          # lambda of the prior-preservation loss (0: none)
     class_images: int = 100            # generated once by the frozen base under class_prompt
+    buckets: bool = False              # aspect-ratio buckets: each batch one bucket of a bucketed dataset (families.buckets)
+    micro_conditioning: bool = False   # SDXL: the network told original size, crop and target size (families.micro)
+    micro_min_size: int = 0            # augmentation: original heights ~ U{micro_min_size .. H}, upscaled (0: off)
+    micro_crop: int = 0                # augmentation: crops at offsets ~ U{-micro_crop .. micro_crop}^2 (0: off)
+    noise_offset: float = 0.0          # training noise eps + noise_offset x N(0, 1) per image and channel
+    train_until: float = 1.0           # a refiner (SDXL): training times from the lowest fraction of the range only
 
 
 @dataclass
@@ -83,8 +91,13 @@ class DiffusionDraw(Draw):
     embed_drop: Tensor | None = None   # unCLIP decoder: the CLIP embedding set to zero (families.embedding)
     aug_level: Tensor | None = None    # super-resolution: the augmentation level a and noise eps' (families.superres)
     aug_noise: Tensor | None = None
+    original_height: Tensor | None = None  # SDXL's micro-conditioning: sizes and crop offsets (families.micro)
+    crop: Tensor | None = None
+    offset_noise: Tensor | None = None     # noise offset's eps_c (B, C, 1, 1)
     example: Tensor | None = None      # DreamBooth: each row's instance or class image (families.dreambooth)
     is_class: Tensor | None = None
+    bucket: Tensor | None = None       # aspect-ratio buckets: the batch's bucket and rows (families.buckets)
+    bucket_example: Tensor | None = None
 
 
 @register
@@ -97,7 +110,8 @@ class Diffusion(Family):
               "reflow_steps": Range(1, integer=True), "sample_steps": Range(1, integer=True),
               "p_text_drop": Range(0, 1, high_open=True),
               "low_res": Range(0, integer=True), "noise_aug": Range(0, 1), **finetune.RANGES,
-              **dreambooth.RANGES}
+              **dreambooth.RANGES, **micro.RANGES,
+              "train_until": Range(0, 1, low_open=True)}
 
     def __init__(self, cfg, config, data, device, references=None, network_config=None):
         super().__init__(cfg, config, data, device, references)
@@ -158,6 +172,8 @@ class Diffusion(Family):
             if config.low_res:
                 for key, value in superres.network_config(self).items():
                     out.setdefault(key, value)
+            for key, value in micro.network_config(self).items():
+                out.setdefault(key, value)
             if self.cfg.model in ("dit", "uvit"):  # transformers: a position per patch of a fixed size
                 out.setdefault("image_size", self.sample_shape[1])
         return out
@@ -190,13 +206,21 @@ class Diffusion(Family):
             raise ValueError("coupling and reflow_from apply to objective='flow_matching'")
         if config.clip:
             embedding.check(cfg, config)
+        if config.train_until < 1 and (config.objective == "hybrid" or config.weighting == "likelihood"):
+            raise ValueError(f"train_until={config.train_until} is not valid with objective={config.objective!r}, "
+                             f"weighting={config.weighting!r} (they draw their own times); valid: 1.0")
         if config.low_res or config.noise_aug:
             from ..data import example_shape
 
             superres.check(cfg, config, example_shape(cfg.dataset))
+        if micro.augments(config) or config.micro_conditioning or config.noise_offset:
+            from ..data import example_shape
+
+            micro.check(cfg, config, example_shape(cfg.dataset))
         finetune.check(cfg, config)
         textual_inversion.check(cfg, config)
         dreambooth.check(cfg, config)
+        buckets.check(cfg, config)
 
     @classmethod
     def reference_paths(cls, config, training: bool) -> dict[str, str]:
@@ -243,12 +267,12 @@ class Diffusion(Family):
             self._reflow(data, context)
         if dreambooth.active(self.config):  # DreamBooth: instance and class images, their prompts
             dreambooth.prepare(self, data, context)
+        if self.config.buckets:  # aspect-ratio buckets: each bucket's members
+            buckets.prepare(self, data)
 
     def _reflow(self, data, context: Context) -> None:
         """The (noise, data) pairs of reflow: stored in the run directory, else drawn from the
         teacher and stored.  The data become the teacher's samples."""
-        import dataclasses
-
         from . import reflow
 
         origin = {"teacher": self.config.reflow_from, "steps": self.config.reflow_steps, "seed": self.cfg.seed,
@@ -298,7 +322,7 @@ class Diffusion(Family):
         elif config.weighting == "likelihood":
             d.t = O.sample_likelihood_times(self.process, n, g, dev)
         else:
-            d.t = O.sample_times(self.process, n, g, dev)
+            d.t = O.sample_times(self.process, n, g, dev, until=config.train_until)
         if d.noise is None and self.reflow_noise is None:
             d.noise = torch.randn(shape, generator=g, dtype=dtype, device=dev)
         if config.clip:  # drawn last, so other runs draw what they always drew
@@ -307,12 +331,20 @@ class Diffusion(Family):
             d.aug_level, d.aug_noise = superres.draw(self, n, g)
         if dreambooth.active(config):  # drawn last, so runs without DreamBooth draw what they always drew
             d = dreambooth.draw(self, d, n, g)
+        if config.buckets:  # drawn last, so runs without buckets draw what they always drew
+            d = buckets.draw(self, d, n, g)
+        if micro.augments(config) or config.micro_conditioning:  # SDXL's sizes and crops, drawn last
+            d.original_height, d.crop = micro.draw(self, n, g)
+        if config.noise_offset:
+            d.offset_noise = micro.draw_offset(self, n, g)
         return d
 
     def loss(self, forward: nn.Module, batch: Batch, draw: DiffusionDraw, step: int) -> O.Loss:
         if dreambooth.active(self.config):  # DreamBooth: the draw's rows; mean instance + lambda mean class loss
             out = self._loss(forward, dreambooth.batch(self, draw), draw, step)
             return dreambooth.prior_preserved(out, draw, self.config.prior_weight)
+        if self.config.buckets:  # the draw's bucket: its rows, and the noise cut to its shape
+            batch, draw = buckets.batch(self, draw)
         return self._loss(forward, batch, draw, step)
 
     def logged_terms(self, terms: dict) -> dict[str, float]:
@@ -332,6 +364,11 @@ class Diffusion(Family):
             kw["cond"] = {**(kw["cond"] or {}), **embedding.training_condition(self, batch.idx, draw.embed_drop)}
         if config.low_res:  # the low-resolution input is never dropped: CFG guides the text alone
             kw["cond"] = {**(kw["cond"] or {}), **superres.training_condition(self, x0, draw.aug_level, draw.aug_noise)}
+        if draw.original_height is not None:  # SDXL: the images at their original sizes and crops, told or not
+            x0, told = micro.training_batch(self, x0, draw.original_height, draw.crop)
+            kw["cond"] = {**(kw["cond"] or {}), **told} or None
+        if draw.offset_noise is not None:
+            draw = dataclasses.replace(draw, noise=micro.offset_noise(self, draw.noise, draw.offset_noise))
         if config.objective == "regression":
             return O.regression_loss(forward, self.process, x0, target=config.prediction, weighting=config.weighting,
                                      min_snr_gamma=config.min_snr_gamma, noise=draw.noise,
@@ -391,6 +428,9 @@ class Diffusion(Family):
         if self.config.low_res:  # the held-out images of those digits, downsampled
             labels = torch.arange(n) % 10 if self.data.num_classes else None
             cond = {**cond, **superres.sampling_condition(self, superres.test_low_res(self, labels, n), 0.0, 0)}
+        cond = {**cond, **micro.sampling_condition(self, n, None, None)}  # SDXL: full size, uncropped
+        if self.config.buckets:  # the buckets in turn, centred on the canvas
+            return buckets.preview(self, n, cond)
         x = sample(self.denoiser, (n, *self.sample_shape), self.config.sampler, self.config.sample_steps,
                    seed=self.cfg.seed, device=self.device, cond=cond).x
         return self.decode(x)
@@ -408,7 +448,9 @@ class Diffusion(Family):
     # --- inference: diffusion_sampling.py and diffusion_eval.py ----------------------
     def condition(self, labels: Tensor | None = None, prompts: list[str] | None = None,
                   embeddings: Tensor | None = None) -> dict:
-        return {**diffusion_sampling.condition(self, labels, prompts), **embedding.condition(self, embeddings)}
+        n = next((len(c) for c in (labels, prompts, embeddings) if c is not None), 1)
+        return {**diffusion_sampling.condition(self, labels, prompts), **embedding.condition(self, embeddings),
+                **micro.sampling_condition(self, n, None, None)}  # SDXL: full size, uncropped
 
     def class_labels(self, n: int, label: int | None = None, per_class: bool = False) -> Tensor:
         return diffusion_sampling.class_labels(self, n, label, per_class)

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..data.sizes import check_count
 from ..sampling import SampleOutput
-from . import embedding, superres
+from . import buckets, embedding, micro, superres
 from .base import check_sample_count, sample_chunks
 
 GUIDANCE = ("none", "cfg", "classifier")
@@ -103,6 +103,7 @@ def guide(run, method: str = "none", scale: float = 1.0, *, classifier=None, res
         null = run.text.null(run.device) if run.text is not None else {} if config.clip else {"y": run.data.num_classes}
         null = {**null, **embedding.null_condition(run)}  # an unCLIP decoder's zero CLIP embedding
         null = {**null, **superres.null_condition(run)}  # a super-resolution run's low-res input: both branches
+        null = {**null, **micro.null_condition(run)}  # SDXL's sizes and crop: both branches
         return ClassifierFreeGuidance(run.denoiser, scale, null, rescale=rescale, interval=interval)
     if classifier is None:
         raise ValueError("classifier guidance needs a trained classifier run (--classifier RUN)")
@@ -126,7 +127,8 @@ def generate(run, n: int, sampler: str | None = None, steps: int | None = None, 
              label: int | None = None, per_class: bool = False, prompt: str | None = None,
              guided_labels: bool = False, trajectory: bool = False, progress: bool = True,
              temperature: float = 1.0, embeddings: Tensor | None = None, low_res: Tensor | None = None,
-             aug_level: float = 0.0):
+             aug_level: float = 0.0, size: tuple[int, int] | None = None,
+             original_size: int | tuple[int, int] | None = None, crop: tuple[int, int] | None = None):
     """n samples of a run (its EMA weights as loaded) in data space; returns (SampleOutput,
     labels or None).
 
@@ -146,11 +148,19 @@ def generate(run, n: int, sampler: str | None = None, steps: int | None = None, 
 
     A super-resolution run (low_res > 0) reads `low_res`, one low-resolution image (C,
     low_res, low_res) per sample, augmented at the fixed level `aug_level` (noise seeded by
-    the chunk's seed); by default the held-out test images of the labels, downsampled."""
+    the chunk's seed); by default the held-out test images of the labels, downsampled.
+
+    A run with aspect-ratio buckets (buckets=true) samples at `size` (H, W), one of its
+    buckets (default: the first; `families.buckets.sample_shape`).
+
+
+    A micro-conditioned run (SDXL, `families.micro`) is told `original_size` (h, w) or h
+    (default: the image's size) and `crop` (top, left) (default (0, 0): uncropped)."""
     if temperature != 1.0:
         raise ValueError("temperature applies to normalizing flows")
     if steps is not None:
         check_count("steps", steps, note=" (None: the run's sample_steps)")
+    shape = buckets.sample_shape(run, size)
     if labels is None and prompts is None:
         check_sample_count(run.data, n, trajectory)  # before a label is made
         labels, prompts = _default_condition(run, n, label, per_class, prompt, guided_labels)
@@ -173,20 +183,22 @@ def generate(run, n: int, sampler: str | None = None, steps: int | None = None, 
         cond = {**cond, **embedding.condition(run, embeddings[rows] if embeddings is not None else None)}
         cond = {**cond, **superres.sampling_condition(run, low_res[rows] if low_res is not None else None,
                                                       aug_level, chunk_seed)}
-        outs.append(_sample(run, d, rows.stop - rows.start, cond, sampler, steps, spacing, chunk_seed, trajectory,
-                            progress))
+        cond = {**cond, **micro.sampling_condition(run, rows.stop - rows.start, original_size, crop, shape[1:])}
+        outs.append(_sample(run, d, (rows.stop - rows.start, *shape), cond, sampler, steps, spacing, chunk_seed,
+                            trajectory, progress))
     if len(outs) == 1:
         return outs[0], labels
     return SampleOutput(torch.cat([o.x for o in outs]), max(o.nfe for o in outs)), labels
 
 
-def _sample(run, denoiser, n: int, cond: dict, sampler: str, steps: int, spacing, seed: int, trajectory: bool,
-            progress: bool):
-    """n samples from `seed` under the network's condition keywords `cond`, in data space."""
+def _sample(run, denoiser, shape: tuple[int, ...], cond: dict, sampler: str, steps: int, spacing, seed: int,
+            trajectory: bool, progress: bool):
+    """Samples of `shape` (n, ...) in the diffusion's space, from `seed` under the network's
+    condition keywords `cond`, in data space."""
     from ..sampling import sample
 
     with torch.no_grad():
-        out = sample(denoiser, (n, *run.sample_shape), sampler, steps, spacing, seed=seed, cond=cond,
+        out = sample(denoiser, shape, sampler, steps, spacing, seed=seed, cond=cond,
                      device=run.device, return_trajectory=trajectory, progress=progress)
         if run.first_stage is not None:  # latent diffusion: decode the latents (and the trajectory)
             frames = [run.decode(f) for f in out.trajectory] if out.trajectory is not None else None

@@ -23,8 +23,10 @@ from torch import Tensor, nn
 
 ASSET = "evaluator_{}.safetensors"
 # domains of mnist5k (data.images) read by mnist5k's evaluator: the thick digits as they
-# are, the inverted ones inverted back (x -> -x), so that its features are those it learned
-DOMAINS = {"mnist5k-thick": ("mnist5k", False), "mnist5k-inverted": ("mnist5k", True)}
+# are, the inverted ones inverted back (x -> -x), so that its features are those it learned;
+# a dataset of aspect-ratio buckets (mnist5k-aspect) read centred to 28 x 28 (`evaluator_view`)
+DOMAINS = {"mnist5k-thick": ("mnist5k", False), "mnist5k-inverted": ("mnist5k", True),
+           "mnist5k-brightness": ("mnist5k", False), "mnist5k-aspect": ("mnist5k", False)}
 EVALUATED = ("digits", "mnist5k", *DOMAINS)
 
 
@@ -95,6 +97,17 @@ def frechet_distance(a: Tensor, b: Tensor) -> float:
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * tr_covmean)
 
 
+def evaluator_view(net: DigitClassifier, dataset: str, images: Tensor) -> Tensor:
+    """Images as the evaluator reads them: on a dataset of aspect-ratio buckets, any bucket's
+    (or the 32 x 32 canvas') cropped or padded with background about the centre to the
+    evaluator's size (`data.buckets.recentre`; the digits are centred, so only background
+    goes); other datasets' images unchanged (a wrong size is refused by the evaluator)."""
+    from ..data import dataset_buckets
+    from ..data.buckets import recentre
+
+    return recentre(images, (net.size, net.size)) if dataset_buckets(dataset) else images
+
+
 def evaluate_images(dataset: str, images: Tensor, labels: Tensor | None = None) -> dict:
     """Frechet distance of `images` to the test split in evaluator features, the real-vs-real
     reference (train-split images vs test split, same count), and, given the intended
@@ -102,8 +115,9 @@ def evaluate_images(dataset: str, images: Tensor, labels: Tensor | None = None) 
     from ..data import load_dataset
 
     net = load_evaluator(dataset)
-    test = load_dataset(dataset, "test").images
-    train = load_dataset(dataset, "train").images
+    images = evaluator_view(net, dataset, images)
+    test = evaluator_view(net, dataset, load_dataset(dataset, "test").images)
+    train = evaluator_view(net, dataset, load_dataset(dataset, "train").images)
     f_test, _ = features_and_logits(net, test)
     f_gen, logits = features_and_logits(net, images)
     n = min(len(images), len(train))

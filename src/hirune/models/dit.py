@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..nn import (Attention, ContextEmbedding, CrossAttention, PatchEmbed, check_context, check_patch_size,
-                  check_word_fields, sincos_position_embedding, timestep_embedding)
+from ..nn import (Attention, ContextEmbedding, CrossAttention, MicroEmbedding, PatchEmbed, check_context,
+                  check_patch_size, check_word_fields, sincos_position_embedding, timestep_embedding)
 from ..nn import unpatchify
 from ..nn.attention import init_linears_
 from .config import check_fields
@@ -53,6 +53,9 @@ class DiTConfig:
     context_dim, context_vocab, context_len: text conditioning as in `UNetConfig`: each
         block gets a cross-attention to the context after its self-attention (PixArt-alpha's
         placement; its output projection starts at zero), and the pooled context joins c.
+    micro_conditions: SDXL's micro-conditioning as in `UNetConfig`: K scalars `micro` (B, K),
+        each embedded by FREQUENCY_DIM sinusoids, mapped to D by an MLP whose last layer starts
+        at zero (`hirune.nn.MicroEmbedding`), added to c.
     word_vocab, word_dim, word_len: a second text encoder's words, as in `UNetConfig`.
     """
 
@@ -71,12 +74,15 @@ class DiTConfig:
     context_dim: int | None = None
     context_vocab: int | None = None
     context_len: int = 32
+    micro_conditions: int = 0
     word_vocab: int | None = None
     word_dim: int = 128
     word_len: int = 16
 
     def __post_init__(self):
         check_fields(self)
+        if self.micro_conditions < 0:
+            raise ValueError(f"DiTConfig.micro_conditions must be >= 0, got {self.micro_conditions}")
         for name in ("in_channels", "out_channels", "image_size", "patch_size", "hidden_size", "depth",
                      "num_heads", "num_classes", "context_dim", "context_vocab"):
             value = getattr(self, name)
@@ -176,6 +182,7 @@ class DiT(nn.Module):
         self.blocks = nn.ModuleList(DiTBlock(D, c.num_heads, c.mlp_ratio, c.qk_norm, c.context_dim)
                                     for _ in range(c.depth))
         self.final_layer = FinalLayer(D, p * p * c.output_channels)
+        self.micro_embed = MicroEmbedding(c.micro_conditions, FREQUENCY_DIM, D) if c.micro_conditions else None
         self.initialize_weights()
 
     @torch.no_grad()
@@ -192,6 +199,9 @@ class DiT(nn.Module):
                 self.final_layer.adaLN_modulation[-1], self.final_layer.linear]:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+        if self.micro_embed is not None:  # starts as a no-op (see MicroEmbedding)
+            nn.init.zeros_(self.micro_embed.mlp[-1].weight)
+            nn.init.zeros_(self.micro_embed.mlp[-1].bias)
 
     def embed(self, t: Tensor, y: Tensor | None, pooled: Tensor | None = None) -> Tensor:
         """c = time MLP(sinusoids(t * time_scale)) + class embedding(y) [+ pooled text]: (B, D)."""
@@ -206,11 +216,12 @@ class DiT(nn.Module):
         return c if pooled is None else c + pooled
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, context: Tensor | None = None,
-                context_mask: Tensor | None = None, words: Tensor | None = None,
+                context_mask: Tensor | None = None, micro: Tensor | None = None, words: Tensor | None = None,
                 words_mask: Tensor | None = None) -> Tensor:
         """context (B, M, context_dim) float or (B, M) token ids, context_mask (B, M) bool:
-        the text condition of a text-conditioned DiT (see `DiTConfig.context_dim`); words
-        (B, W) int64, words_mask (B, W) bool: the second encoder's (`DiTConfig.word_vocab`)."""
+        the text condition of a text-conditioned DiT (see `DiTConfig.context_dim`).
+        micro (B, micro_conditions): SDXL's micro-conditions (`DiTConfig.micro_conditions`).
+        words (B, W) int64, words_mask (B, W) bool: the second encoder's (`DiTConfig.word_vocab`)."""
         size = self.config.image_size
         if x.shape[-2:] != (size, size):
             raise ValueError(f"this DiT was built for {size} x {size} images, got {tuple(x.shape[-2:])}")
@@ -220,6 +231,12 @@ class DiT(nn.Module):
             context, context_mask, pooled = self.context(context, context_mask, words, words_mask)
         elif words is not None:
             raise ValueError("words given to a DiT without text conditioning (context_dim=None)")
+        if (micro is not None) != (self.micro_embed is not None):
+            raise ValueError("micro goes with a DiT built with micro_conditions > 0, and such a DiT needs it "
+                             f"(micro given: {micro is not None}, micro_conditions={self.config.micro_conditions})")
+        if micro is not None:
+            vector = self.micro_embed(micro.to(x.device).expand(len(t), -1))
+            pooled = vector if pooled is None else pooled + vector
         c = self.embed(t, y, pooled)
         h = self.patch_embed(x) + self.pos_embed                               # (B, N, D)
         for block in self.blocks:

@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..nn import (ContextEmbedding, CrossAttention2d, SelfAttention2d, check_context, check_word_fields,
-                  group_norm, timestep_embedding, zero_)
+from ..nn import (ContextEmbedding, CrossAttention2d, MicroEmbedding, SelfAttention2d, check_context,
+                  check_word_fields, group_norm, timestep_embedding, zero_)
 from .config import check_fields
 
 
@@ -77,6 +77,10 @@ class UNetConfig:
         embedding.  Its last layer starts at zero, so a fresh network is the same function of
         (x, t, low_res) whatever a is (the adaLN-Zero / ControlNet argument: a new input
         starts as a no-op and learns how much to matter).
+    micro_conditions: SDXL's micro-conditioning: the number K of scalars `micro` (B, K) per image
+        (hirune's six: original height, width, crop top, left, target height, width), each
+        embedded by sinusoids of width `channels` and mapped to the time embedding's width by an
+        MLP whose last layer starts at zero (`hirune.nn.MicroEmbedding`), added to it.
 
     Keep the lowest level at 2 x 2 pixels or more: over a 1 x 1 map, a GroupNorm with one
     channel per group outputs its bias alone (8 x 8 inputs: at most three levels).
@@ -106,6 +110,7 @@ class UNetConfig:
     embed_tokens: int = 4
     cond_channels: int = 0
     aug_level: bool = False
+    micro_conditions: int = 0
 
     def __post_init__(self):
         check_fields(self)
@@ -115,8 +120,9 @@ class UNetConfig:
             if value is not None and value < 1:
                 raise ValueError(f"UNetConfig.{name} must be positive, got {value}")
         check_word_fields(self)
-        if self.cond_channels < 0:
-            raise ValueError(f"UNetConfig.cond_channels must be >= 0, got {self.cond_channels}")
+        if self.cond_channels < 0 or self.micro_conditions < 0:
+            raise ValueError(f"UNetConfig.cond_channels and micro_conditions must be >= 0, got {self.cond_channels} "
+                             f"and {self.micro_conditions}")
         if self.num_res_blocks < 0:
             raise ValueError(f"UNetConfig.num_res_blocks must be >= 0, got {self.num_res_blocks}")
         if not self.channel_mult or min(self.channel_mult) < 1:
@@ -290,6 +296,7 @@ class UNet(nn.Module):
         # noise conditioning augmentation: the level a, embedded like t, zero at the start
         self.aug_embed = nn.Sequential(nn.Linear(c.channels, emb_ch), nn.SiLU(), zero_(nn.Linear(emb_ch, emb_ch))) \
             if c.aug_level else None
+        self.micro_embed = MicroEmbedding(c.micro_conditions, c.channels, emb_ch) if c.micro_conditions else None
 
         def res(cin: int, cout: int, resample: str | None = None) -> ResBlock:
             return ResBlock(cin, cout, emb_ch, c.dropout, c.use_scale_shift_norm, resample)
@@ -387,14 +394,15 @@ class UNet(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, context: Tensor | None = None,
                 context_mask: Tensor | None = None, image_embed: Tensor | None = None, low_res: Tensor | None = None,
-                aug_level: Tensor | None = None, words: Tensor | None = None,
+                aug_level: Tensor | None = None, micro: Tensor | None = None, words: Tensor | None = None,
                 words_mask: Tensor | None = None) -> Tensor:
         """context (B, M, context_dim) float or (B, M) token ids, context_mask (B, M) bool:
         the text condition of a text-conditioned UNet (see `UNetConfig.context_dim`); words
         (B, W) int64, words_mask (B, W) bool: the second encoder's (`UNetConfig.word_vocab`).
         image_embed (B, embed_dim): an unCLIP decoder's CLIP image embedding (`embed_dim`).
         low_res (B, cond_channels, H, W), aug_level (B,): a super-resolution UNet's
-        upsampled (and augmented) low-resolution image and its augmentation level."""
+        upsampled (and augmented) low-resolution image and its augmentation level.
+        micro (B, micro_conditions): SDXL's micro-conditions (`UNetConfig.micro_conditions`)."""
         check_context(self.context is not None, context, "UNet")
         x = self._with_low_res(x, low_res)
         pooled = None
@@ -410,6 +418,12 @@ class UNet(nn.Module):
             freqs = timestep_embedding(aug_level.float().expand(len(t)) * 1000.0, self.config.channels)
             aug = self.aug_embed(freqs.to(self.input_conv.weight.dtype))
             pooled = aug if pooled is None else pooled + aug
+        if (micro is not None) != (self.micro_embed is not None):
+            raise ValueError("micro goes with a UNet built with micro_conditions > 0, and such a UNet needs it "
+                             f"(micro given: {micro is not None}, micro_conditions={self.config.micro_conditions})")
+        if micro is not None:  # sizes and crops, embedded like t, added with the pooled text
+            vector = self.micro_embed(micro.to(x.device).expand(len(t), -1))
+            pooled = vector if pooled is None else pooled + vector
         emb = self.embed(t, y, pooled)
         h = self.input_conv(x)
         skips = [h]

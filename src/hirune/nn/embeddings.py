@@ -1,4 +1,4 @@
-"""Time embeddings."""
+"""Time embeddings, and the embedding of SDXL's micro-conditions (sizes and crops) that joins them."""
 
 from __future__ import annotations
 
@@ -26,3 +26,32 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Ten
         if dim % 2:
             emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
     return emb
+
+
+class MicroEmbedding(torch.nn.Module):
+    """SDXL's micro-conditioning (Podell et al. 2023, sec. 2.2): K scalars per image --
+    original height and width, crop top and left, target height and width -- each embedded
+    by sinusoids of width `dim` (like t, in their own units: pixels), concatenated and mapped
+    by a two-layer MLP to the time embedding's width, to be added to it (SDXL concatenates
+    them with the pooled text embedding before one MLP; adding them is the same thing
+    split in two).  micro (B, K) -> (B, emb_dim).
+
+    The last layer starts at zero, so a fresh network is the same function whatever the
+    scalars are (as the augmentation level of super-resolution: a new input starts as a
+    no-op and learns how much it matters)."""
+
+    def __init__(self, count: int, dim: int, emb_dim: int):
+        super().__init__()
+        self.count, self.dim = count, dim
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(count * dim, emb_dim), torch.nn.SiLU(),
+                                       torch.nn.Linear(emb_dim, emb_dim))
+        torch.nn.init.zeros_(self.mlp[-1].weight)
+        torch.nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, micro: Tensor) -> Tensor:
+        if micro.dim() != 2 or micro.shape[1] != self.count:
+            raise ValueError(f"micro of shape {tuple(micro.shape)} is not valid; valid: (B, {self.count}), the "
+                             "micro-conditions (original height, width, crop top, left, target height, width)")
+        B = len(micro)
+        freqs = timestep_embedding(micro.float().reshape(-1), self.dim).reshape(B, self.count * self.dim)
+        return self.mlp(freqs.to(self.mlp[0].weight.dtype))

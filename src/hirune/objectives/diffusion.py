@@ -35,14 +35,19 @@ REGRESSION_TARGETS = ("eps", "x0", "v", "velocity")
 
 
 def sample_times(process: GaussianProcess, batch: int, generator: torch.Generator | None = None,
-                 device: torch.device | str = "cpu") -> Tensor:
+                 device: torch.device | str = "cpu", until: float = 1.0) -> Tensor:
     """Training times: uniform integers 0..T-1 for discrete schedules, uniform on
-    [t_min, t_max] otherwise (float64, (B,))."""
+    [t_min, t_max] otherwise (float64, (B,)).  until < 1: only the lowest fraction of that
+    range (a refiner's, SDXL: integers 0..ceil(until T) - 1, or [t_min, t_min + until
+    (t_max - t_min)]); the draws are the same numbers of the generator either way."""
     where = generator.device if generator is not None else torch.device(device)  # draw where the generator lives
+    if not 0.0 < until <= 1.0:
+        raise ValueError(f"until={until} is not valid; valid: a fraction of the time range in (0, 1]")
     if process.discrete:
-        return torch.randint(0, process.T, (batch,), generator=generator, device=where).to(device, torch.float64)
+        high = process.T if until == 1.0 else max(1, math.ceil(until * process.T))
+        return torch.randint(0, high, (batch,), generator=generator, device=where).to(device, torch.float64)
     u = torch.rand(batch, generator=generator, dtype=torch.float64, device=where)
-    return (process.t_min + u * (process.t_max - process.t_min)).to(device)
+    return (process.t_min + u * until * (process.t_max - process.t_min)).to(device)
 
 
 def _noisy(process, x0, t, noise, generator):

@@ -207,6 +207,12 @@ PRESETS["dalle-mnist5k"] = {**_DALLE, "dataset": "mnist5k", "tokenizer": "runs/v
 PRESETS["dalle-digits"] = {**_DALLE, "dataset": "digits", "tokenizer": "runs/vq-ae-digits", "steps": 1500,
                            "model_config": {"width": 64, "depth": 3, "heads": 4}}
 
+# SDXL's multi-aspect training (sec. 2.3): the main job's recipe, class-conditional, on the
+# digits of mnist5k-aspect in their aspect-ratio buckets (28 x 28, 32 x 24, 24 x 32), a whole
+# batch from one bucket at a time (families.buckets); `hirune sample RUN --size 32x24`.
+PRESETS["aspect-mnist5k"] = {**PRESETS["vpred-mnist5k"], "dataset": "mnist5k-aspect", "buckets": True,
+                             "class_conditional": True}
+
 DEFAULT_PRESET = "vpred-mnist5k"
 
 
@@ -323,3 +329,16 @@ def finetune_config(kind: str, base: str, overrides: dict[str, Any] | None = Non
     values.update(overrides)
     values["family_config"] = section
     return TrainConfig.from_dict(values)
+
+# --- SDXL's conditioning tricks at digit scale (Podell et al. 2023; families/micro.py,
+# inference/refine.py; benchmarks/sdxl.py measures them).  Micro-conditioning: the main job's
+# recipe with each image shrunk to an original height of 7..28 pixels and upscaled, and cut at
+# offsets of up to 4 pixels, the network told both (original size, crop, target size).  Noise
+# offset: on digits at a random brightness (mnist5k-brightness), Stable Diffusion's own recipe
+# (eps prediction, linear schedule), offset 0.1 as in Guttenberg's post.  A refiner: the main
+# job's recipe trained on the 200 lowest of the 1000 levels only (SDXL), sampled after a base
+# run (`hirune sample BASE --refiner runs/refiner-mnist5k`), so no previews or evaluation alone.
+PRESETS["sdxl-micro-mnist5k"] = {**PRESETS["vpred-mnist5k"], "micro_conditioning": True, "micro_min_size": 7,
+                                 "micro_crop": 4}
+PRESETS["offset-noise-mnist5k"] = {**PRESETS["ddpm-mnist5k"], "dataset": "mnist5k-brightness", "noise_offset": 0.1}
+PRESETS["refiner-mnist5k"] = {**PRESETS["vpred-mnist5k"], "train_until": 0.2, "eval_samples": 0, "sample_every": 0}

@@ -215,7 +215,7 @@ class Trainer:
         state = {"config": cfg.identity(), "run_config": cfg.to_dict(), "world_size": self.world.size,
                  "strategy": cfg.strategy, "ema_updates": self.ema.num_updates,
                  "model_config": dataclasses.asdict(self.model.config),
-                 "data": dataclasses.asdict(self.family.data)}
+                 "data": self.family.data.to_dict()}
         tensors = {"rng": {"noise": self.noise_rng.get_state(), "torch_cpu": torch.get_rng_state()}}
         if self.scaler.is_enabled():  # fp16's loss scale and its growth counter
             state["grad_scaler"] = {k: float(v) if isinstance(v, torch.Tensor) else v
