@@ -50,7 +50,7 @@ def cmd_invert(args: argparse.Namespace) -> int:
             raise ValueError("a text run needs --prompt for an image that is not test:N / train:N")
         prompts = [prompt]
     elif args.prompt is not None:
-        raise ValueError("--prompt needs a text-conditioned run (text_encoder=tiny|minilm)")
+        raise ValueError("--prompt needs a text-conditioned run (text_encoder=tiny|minilm|tiny+minilm)")
     d = _guided(run, args)
     inv = invert(run, x, labels=labels, prompts=prompts, denoiser=d, steps=args.steps, exact=not args.plain)
     back = regenerate(run, inv.x, labels=labels, prompts=prompts, denoiser=d, steps=args.steps)

@@ -257,7 +257,7 @@ def refuse_extras(run, nll: int = 0, text_accuracy: int = 0, denoising_error: in
         raise ValueError(f"a {run.name} run has no density: --nll needs a normalizing flow, diffusion, score or "
                          "flow-matching run")
     if text_accuracy:
-        raise ValueError("text accuracy needs a text-conditioned run (text_encoder=tiny|minilm)")
+        raise ValueError("text accuracy needs a text-conditioned run (text_encoder=tiny|minilm|tiny+minilm)")
     if denoising_error:
         raise ValueError(f"the denoising error needs a diffusion, score or flow-matching run, not a {run.name} run")
 

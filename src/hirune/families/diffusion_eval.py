@@ -68,7 +68,7 @@ def text_report(run, n: int = 200, sampler: str | None = None, steps: int | None
                 denoiser=None) -> dict:
     """`evaluation.text_accuracy` of a text run: n samples per phrasing, seed + k for the k-th."""
     if run.text is None:
-        raise ValueError("text accuracy needs a text-conditioned run (text_encoder=tiny|minilm)")
+        raise ValueError("text accuracy needs a text-conditioned run (text_encoder=tiny|minilm|tiny+minilm)")
 
     def generate(prompts, k):
         return run.generate(n, sampler, steps, None, seed + k, denoiser=denoiser, prompts=prompts,

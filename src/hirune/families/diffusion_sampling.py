@@ -49,8 +49,8 @@ def condition(run, labels: Tensor | None = None, prompts: list[str] | None = Non
     """The network's condition keywords: class labels `y` (checked against the classes), or
     a text run's encoded `prompts` (which such a run needs, and no other run takes), or none."""
     if (prompts is not None) != (run.text is not None):
-        raise ValueError("prompts go with a text-conditioned run (text_encoder=tiny|minilm), and such a run "
-                         "needs them")
+        raise ValueError("prompts go with a text-conditioned run (text_encoder=tiny|minilm|tiny+minilm), and such "
+                         "a run needs them")
     if prompts is not None:
         return run.text(list(prompts), run.device)
     if labels is None:
@@ -95,7 +95,7 @@ def guide(run, method: str = "none", scale: float = 1.0, *, classifier=None, res
     if method == "cfg":
         if not (config.class_conditional or run.text is not None or config.clip):
             raise ValueError("cfg guidance needs a class- or text-conditional run (class_conditional=true or "
-                             "text_encoder=tiny|minilm)")
+                             "text_encoder=tiny|minilm|tiny+minilm)")
         if config.p_uncond <= 0:
             raise ValueError("cfg guidance needs a run trained with condition dropout (p_uncond > 0): "
                              "its null condition was never trained")
@@ -213,7 +213,7 @@ def _default_condition(run, n, label, per_class, prompt, guided_labels) -> tuple
         labels = None if prompt is not None else class_labels(run, n, label, per_class)
         return labels, [prompt] * n if prompt is not None else [caption(int(k)) for k in labels]
     if prompt is not None:
-        raise ValueError("--prompt needs a text-conditioned run (text_encoder=tiny|minilm)")
+        raise ValueError("--prompt needs a text-conditioned run (text_encoder=tiny|minilm|tiny+minilm)")
     if run.config.class_conditional or guided_labels:
         return class_labels(run, n, label, per_class), None
     if label is not None or per_class:

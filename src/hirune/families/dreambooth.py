@@ -76,8 +76,8 @@ def check(cfg, config) -> None:
                          "run (e.g. `hirune train dreambooth runs/text-mnist5k`)")
     if not config.text_encoder:
         raise ValueError(f"{where} needs a text-conditioned base; base={config.base!r} has text_encoder='' "
-                         "(class-conditional or unconditional); valid: a run trained with text_encoder=tiny|minilm "
-                         "(e.g. the preset text-mnist5k)")
+                         "(class-conditional or unconditional); valid: a run trained with "
+                         "text_encoder=tiny|minilm|tiny+minilm (e.g. the preset text-mnist5k)")
     for key in ("autoencoder", "clip", "low_res"):
         if getattr(config, key):
             raise ValueError(f"{where} is not valid with {key}={getattr(config, key)!r}: DreamBooth here tunes a "

@@ -74,7 +74,7 @@ class NormalizingFlow(Family):
         if labels is not None or label is not None or per_class:
             raise ValueError("flows here are unconditional: no labels or guidance")
         if prompt is not None or unused.get("prompts") is not None:
-            raise ValueError("--prompt needs a text-conditioned run (text_encoder=tiny|minilm)")
+            raise ValueError("--prompt needs a text-conditioned run (text_encoder=tiny|minilm|tiny+minilm)")
         n = check_sample_count(self.data, n, trajectory)
         xs = []
         for rows, chunk_seed in sample_chunks(n, seed):

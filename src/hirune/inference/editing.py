@@ -140,7 +140,7 @@ def edit(run, x0: Tensor, source, target, *, scale: float = 1.0, steps: int = 50
             cond[name] = {"labels": value}
     else:
         raise ValueError("editing needs a class-conditional run (class_conditional=true) or a text-conditioned "
-                         "one (text_encoder=tiny|minilm)")
+                         "one (text_encoder=tiny|minilm|tiny+minilm)")
     d = run.guide("cfg", scale) if scale != 1 else run.denoiser
     noise = invert(run, x0, **cond["source"], denoiser=d, steps=steps, strength=strength, exact=exact).x
     out = regenerate(run, noise, **cond["target"], denoiser=d, steps=steps, strength=strength)
