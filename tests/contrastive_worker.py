@@ -70,3 +70,6 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     main(Path(sys.argv[1]))
+    from hirune.distributed.runtime import leave
+
+    leave(0)

@@ -30,6 +30,7 @@ import hirune.families.adversary as AD
 import hirune.distributed.strategy as S
 import hirune.training.trainer as T
 from hirune.cli import main
+from hirune.distributed.runtime import leave
 
 
 def sum_grads() -> None:
@@ -155,4 +156,4 @@ def run() -> int:
 if __name__ == "__main__":
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    sys.exit(run())
+    leave(run())

@@ -9,6 +9,7 @@ one process group (nccl on GPUs, gloo on CPUs) and pins each process to its GPU.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -96,6 +97,19 @@ def teardown(finished: bool = False) -> None:
         if finished:
             dist.barrier()
         dist.destroy_process_group()
+
+
+def leave(code: int | None) -> None:
+    """End the process with `code`.  A torchrun worker (WORLD_SIZE set) flushes its output and
+    leaves through os._exit, skipping the interpreter's teardown: after the process group is
+    gone, C++ destructors of PyTorch's gloo / thread-pool threads were seen to abort a rank now
+    and then under load ("terminate called without an active exception", SIGABRT), turning a
+    finished run into a failed one.  Every file hirune writes is closed before this point."""
+    if os.environ.get("WORLD_SIZE") is None:
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
 
 
 def gather(world: World, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
