@@ -126,14 +126,7 @@ def test_a_text_run_trains_samples_from_prompts_and_guides(tmp_path, capsys):
     losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(v) for v in losses)
     run = load(tmp_path / "run")
-    prompts = ["a thick handwritten seven", "the digit 1"]
-    # classifier-free guidance: s = 1 is the conditional model, s = 0 the empty caption's
-    cond = generate(run, 2, "ddim", 3, prompts=prompts, progress=False)[0].x
-    assert torch.allclose(generate(run, 2, "ddim", 3, prompts=prompts, denoiser=guide(run, "cfg", 1.0),
-                                   progress=False)[0].x, cond, atol=1e-5)
-    null = generate(run, 2, "ddim", 3, prompts=["", ""], progress=False)[0].x
-    assert torch.allclose(generate(run, 2, "ddim", 3, prompts=prompts, denoiser=guide(run, "cfg", 0.0),
-                                   progress=False)[0].x, null, atol=1e-5)
+    check_cfg_ends(run)
     out = tmp_path / "s.png"
     assert main(["sample", str(tmp_path / "run"), "--prompt", "a thick seven", "--n", "4", "--steps", "2",
                  "--guidance", "cfg", "--scale", "2", "--out", str(out)]) == 0 and out.exists()
@@ -293,13 +286,7 @@ def test_a_tiny_plus_minilm_run_trains_saves_loads_exports_samples_and_guides(tm
     assert (tmp_path / "run" / "samples" / "step_00000002.png").exists()
     run = load(tmp_path / "run")
     assert run.model.config.word_vocab == run.text.words.vocab_size and run.model.context.words is not None
-    prompts = ["a thick handwritten seven", "the digit 1"]
-    cond = generate(run, 2, "ddim", 3, prompts=prompts, progress=False)[0].x
-    assert torch.allclose(generate(run, 2, "ddim", 3, prompts=prompts, denoiser=guide(run, "cfg", 1.0),
-                                   progress=False)[0].x, cond, atol=1e-5)
-    null = generate(run, 2, "ddim", 3, prompts=["", ""], progress=False)[0].x
-    assert torch.allclose(generate(run, 2, "ddim", 3, prompts=prompts, denoiser=guide(run, "cfg", 0.0),
-                                   progress=False)[0].x, null, atol=1e-5)
+    prompts, cond = ["a thick handwritten seven", "the digit 1"], check_cfg_ends(run)
     assert main(["export", str(tmp_path / "run")]) == 0
     exported = load(tmp_path / "run" / "weights.safetensors")
     assert torch.allclose(generate(exported, 2, "ddim", 3, prompts=prompts, progress=False)[0].x, cond, atol=1e-6)
@@ -334,3 +321,18 @@ def test_tiny_plus_minilm_on_the_transformers(tmp_path, model, config):
     cond = generate(run, 2, "ddim", 2, prompts=prompts, progress=False)[0].x
     assert torch.allclose(generate(run, 2, "ddim", 2, prompts=prompts, denoiser=guide(run, "cfg", 1.0),
                                    progress=False)[0].x, cond, atol=1e-5)
+
+
+def check_cfg_ends(run) -> torch.Tensor:
+    """Classifier-free guidance at s = 1 is the conditional model, at s = 0 the empty caption's;
+    returns the conditional samples of two prompts."""
+    from hirune.inference.generate import generate, guide
+
+    prompts = ["a thick handwritten seven", "the digit 1"]
+    cond = generate(run, 2, "ddim", 3, prompts=prompts, progress=False)[0].x
+    assert torch.allclose(generate(run, 2, "ddim", 3, prompts=prompts, denoiser=guide(run, "cfg", 1.0),
+                                   progress=False)[0].x, cond, atol=1e-5)
+    null = generate(run, 2, "ddim", 3, prompts=["", ""], progress=False)[0].x
+    assert torch.allclose(generate(run, 2, "ddim", 3, prompts=prompts, denoiser=guide(run, "cfg", 0.0),
+                                   progress=False)[0].x, null, atol=1e-5)
+    return cond
