@@ -1,7 +1,7 @@
 """SDXL's conditioning tricks at digit scale (Podell et al. 2023), each measured on what it is for.
 
     python benchmarks/sdxl.py [--parts micro offset refiner] [--root runs/sdxl] [--n 300]
-        [--steps-scale 1.0] [--out bench_out/sdxl]
+        [--steps-scale 1.0] [--micro-model unet|dit] [--out bench_out/sdxl]
 
 Trains (or reuses, when RUN/checkpoints exist) small runs under ROOT, then measures:
 
@@ -44,6 +44,8 @@ from hirune.viz import image_grid
 UNET = {"channels": 32, "channel_mult": [1, 2, 2], "num_res_blocks": 1, "attention_resolutions": [4],
         "head_channels": 32}
 STEPS = 25
+# the DiT of dit-mnist5k (1.57 M parameters, 4 x 4 patches), at its preset's learning rate
+DIT = {"model": "dit", "lr": 1e-3, "model_config": {"hidden_size": 128, "depth": 5, "num_heads": 4, "patch_size": 4}}
 
 
 def trained(root: Path, name: str, preset: str, steps: int, **extra):
@@ -67,8 +69,10 @@ def fd(images: torch.Tensor, dataset: str) -> float:
 
 def micro_part(args, root: Path) -> tuple[list[str], dict]:
     steps = round(800 * args.steps_scale)
-    told = load(trained(root, "micro-told", "sdxl-micro-mnist5k", steps))
-    untold = load(trained(root, "micro-untold", "sdxl-micro-mnist5k", steps, micro_conditioning=False))
+    suffix, network = ("", {}) if args.micro_model == "unet" else ("-dit", DIT)
+    told = load(trained(root, "micro-told" + suffix, "sdxl-micro-mnist5k", steps, **network))
+    untold = load(trained(root, "micro-untold" + suffix, "sdxl-micro-mnist5k", steps, micro_conditioning=False,
+                          **network))
     test = load_dataset("mnist5k", "test").data
     out, rows, grid = {}, [], []
     rows += ["| original height asked | samples' high-frequency energy | test digits at that height |",
@@ -104,7 +108,7 @@ def micro_part(args, root: Path) -> tuple[list[str], dict]:
     out["fd_told"], out["fd_untold"] = fd(draw(told, args.n), "mnist5k"), fd(x_untold, "mnist5k")
     rows.append(f"Frechet distance at the full size, uncropped: told {out['fd_told']:.2f}, untold "
                 f"{out['fd_untold']:.2f} ({steps} steps each, {args.n} samples).")
-    image_grid(torch.cat(grid), args.out.parent / f"{args.out.name}_micro.png", nrow=10)
+    image_grid(torch.cat(grid), args.out.parent / f"{args.out.name}_micro{suffix}.png", nrow=10)
     return rows, out
 
 
@@ -152,6 +156,8 @@ def main(argv=None) -> int:
     p.add_argument("--root", type=Path, default=Path("runs/sdxl"))
     p.add_argument("--n", type=int, default=300)
     p.add_argument("--steps-scale", type=float, default=1.0, help="multiplies every run's steps (0.05: a smoke run)")
+    p.add_argument("--micro-model", choices=["unet", "dit"], default="unet",
+                   help="the network of the micro part (dit: the DiT of dit-mnist5k, which has absolute positions)")
     p.add_argument("--out", type=Path, default=Path("bench_out/sdxl"))
     args = p.parse_args(argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
