@@ -4,19 +4,14 @@ torch's FlopCounterMode sees, dropping the attention term is caught, a training 
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from hirune.models import build_model
+from benchmark_scripts import load_benchmark
 
-_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "dit_speed.py"
-_spec = importlib.util.spec_from_file_location("dit_speed", _PATH)
-dit_speed = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(dit_speed)
+dit_speed = load_benchmark("dit_speed")
 
 
 def tiny_dit():

@@ -3,17 +3,13 @@ row and lambda = 0 and 1, each column a share or a distance, the class images dr
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 from hirune.training.loop import train
 from hirune.training.presets import preset_config
+from benchmark_scripts import load_benchmark
 
-_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "dreambooth.py"
-_spec = importlib.util.spec_from_file_location("dreambooth_benchmark", _PATH)
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
+bench = load_benchmark("dreambooth", "dreambooth_benchmark")
 
 
 def test_the_table_on_a_tiny_run(tmp_path, monkeypatch):

@@ -3,21 +3,17 @@ rank, full fine-tuning and the equal-parameter pair, with the sizes each row cla
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 from hirune.training.loop import train
 from hirune.training.presets import preset_config
+from benchmark_scripts import load_benchmark
 
 pytest.importorskip("peft")
 
-_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "lora_domain.py"
-_spec = importlib.util.spec_from_file_location("lora_domain", _PATH)
-lora_domain = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(lora_domain)
+lora_domain = load_benchmark("lora_domain")
 
 
 def test_the_table_on_a_tiny_run(tmp_path, capsys):

@@ -3,21 +3,17 @@ what each ships and trains, and the PNG."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 from hirune.training.loop import train
 from hirune.training.presets import preset_config
+from benchmark_scripts import load_benchmark
 
 pytest.importorskip("peft")
 
-_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "textual_inversion.py"
-_spec = importlib.util.spec_from_file_location("textual_inversion_bench", _PATH)
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
+bench = load_benchmark("textual_inversion", "textual_inversion_bench")
 
 
 def test_the_table_on_a_tiny_run(tmp_path):

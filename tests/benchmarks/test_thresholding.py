@@ -3,18 +3,14 @@ to end on a tiny class-conditional digits run (table, JSON, picture)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import torch
 
 from hirune.cli import main as hirune
+from benchmark_scripts import load_benchmark
 
-_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "thresholding.py"
-_spec = importlib.util.spec_from_file_location("thresholding_bench", _PATH)
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
+bench = load_benchmark("thresholding", "thresholding_bench")
 
 
 def test_saturation_shares_on_hand_made_values():

@@ -4,7 +4,6 @@ and both pictures are written, and the shares are shares."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,11 +11,9 @@ import torch
 
 from hirune.inference.unclip import UnCLIP
 from hirune.training import load, preset_config, train
+from benchmark_scripts import load_benchmark
 
-_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "unclip_eval.py"
-_spec = importlib.util.spec_from_file_location("unclip_eval", _PATH)
-unclip_eval = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(unclip_eval)
+unclip_eval = load_benchmark("unclip_eval")
 
 
 class TextPrior:
