@@ -34,6 +34,17 @@ def _size(text: str) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
+def _size_pair(text: str) -> tuple[int, ...]:
+    """'H' -> (H,), 'H,W' -> (H, W) (integers; offsets may be negative)."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if not 1 <= len(values) <= 2:
+        raise argparse.ArgumentTypeError(f"{text!r} is not valid; valid: H or H,W (integers)")
+    return values
+
+
 def _count(text: str) -> int:
     """A count where 0 turns the option off."""
     return _integer_at_least(text, 0, "a non-negative integer (0: off)")

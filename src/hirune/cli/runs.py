@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from .common import CLIError, _count, _positive_int, _size
+from .common import CLIError, _count, _positive_int, _size, _size_pair
 
 
 def _add_train(sub) -> None:
@@ -225,17 +225,6 @@ def _guided(run, args):
                  rescale=getattr(args, "rescale", 0.0),
                  interval=tuple(args.interval) if getattr(args, "interval", None) else None,
                  threshold=threshold, percentile=0.995 if percentile is None else percentile)
-
-
-def _size_pair(text: str) -> tuple[int, ...]:
-    """'H' -> (H,), 'H,W' -> (H, W) (integers; offsets may be negative)."""
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if not 1 <= len(values) <= 2:
-        raise argparse.ArgumentTypeError(f"{text!r} is not valid; valid: H or H,W (integers)")
-    return values
 
 
 def _sdxl_options(run, args, denoiser) -> dict:

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from ..data.buckets import format_sizes, recentre
+from . import micro
 from .base import Batch
 
 # the diffusion settings buckets are not combined with (each reads images of one shape)
@@ -133,10 +134,9 @@ def preview(run, n: int, cond: dict) -> Tensor:
     for b, size in enumerate(buckets):
         rows = torch.arange(b, n, len(buckets), device=run.device)
         if len(rows):
-            rows_cond = {k: v[rows] for k, v in cond.items()}
-            if "micro" in rows_cond:  # SDXL's micro-conditions: this bucket's size as original and target
-                rows_cond["micro"] = rows_cond["micro"].clone()
-                rows_cond["micro"][:, [0, 1, 4, 5]] = torch.tensor([*size, *size], dtype=torch.float32)
+            # SDXL's micro-conditions (where the run has them): this bucket's size, uncropped
+            rows_cond = {**{k: v[rows] for k, v in cond.items()},
+                         **micro.sampling_condition(run, len(rows), None, None, size)}
             x = sample(run.denoiser, (len(rows), run.sample_shape[0], *size), config.sampler, config.sample_steps,
                        seed=run.cfg.seed, device=run.device, cond=rows_cond).x
             out[rows] = recentre(x, tuple(run.sample_shape[1:])).to(out)

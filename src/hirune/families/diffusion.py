@@ -213,7 +213,7 @@ class Diffusion(Family):
             from ..data import example_shape
 
             superres.check(cfg, config, example_shape(cfg.dataset))
-        if micro.augments(config) or config.micro_conditioning or config.noise_offset:
+        if micro.active(config) or config.noise_offset:
             from ..data import example_shape
 
             micro.check(cfg, config, example_shape(cfg.dataset))
@@ -333,7 +333,7 @@ class Diffusion(Family):
             d = dreambooth.draw(self, d, n, g)
         if config.buckets:  # drawn last, so runs without buckets draw what they always drew
             d = buckets.draw(self, d, n, g)
-        if micro.augments(config) or config.micro_conditioning:  # SDXL's sizes and crops, drawn last
+        if micro.active(config):  # SDXL's sizes and crops, drawn last
             d.original_height, d.crop = micro.draw(self, n, g)
         if config.noise_offset:
             d.offset_noise = micro.draw_offset(self, n, g)

@@ -153,7 +153,6 @@ def generate(run, n: int, sampler: str | None = None, steps: int | None = None, 
     A run with aspect-ratio buckets (buckets=true) samples at `size` (H, W), one of its
     buckets (default: the first; `families.buckets.sample_shape`).
 
-
     A micro-conditioned run (SDXL, `families.micro`) is told `original_size` (h, w) or h
     (default: the image's size) and `crop` (top, left) (default (0, 0): uncropped)."""
     if temperature != 1.0:

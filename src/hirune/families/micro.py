@@ -112,6 +112,11 @@ def augments(config) -> bool:
     return bool(config.micro_min_size or config.micro_crop)
 
 
+def active(config) -> bool:
+    """Whether a run draws sizes and crops: it augments, or tells the network, or both."""
+    return augments(config) or config.micro_conditioning
+
+
 def check(cfg, config, shape: tuple[int, ...] | None) -> None:
     """micro_* on images of the dataset's own pixels (no latent diffusion, no super-resolution),
     the size and crop within the image; micro_conditioning on a UNet or DiT; noise_offset with
@@ -119,7 +124,7 @@ def check(cfg, config, shape: tuple[int, ...] | None) -> None:
     if config.noise_offset and config.reflow_from:
         raise ValueError(f"noise_offset={config.noise_offset} is not valid with reflow_from (its noise is the "
                          "teacher's); valid: 0")
-    if not (augments(config) or config.micro_conditioning):
+    if not active(config):
         return
     if config.micro_conditioning and cfg.model not in NETWORKS:
         raise ValueError(f"model={cfg.model!r} is not valid with micro_conditioning; valid: {list(NETWORKS)}")
