@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..nn import (Attention, ContextEmbedding, CrossAttention, MicroEmbedding, PatchEmbed, check_context,
+from ..nn import (Attention, ContextEmbedding, CrossAttention, MicroEmbedding, PatchEmbed, add_micro, check_context,
                   check_patch_size, check_word_fields, sincos_position_embedding, timestep_embedding)
 from ..nn import unpatchify
 from ..nn.attention import init_linears_
@@ -200,8 +200,7 @@ class DiT(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
         if self.micro_embed is not None:  # starts as a no-op (see MicroEmbedding)
-            nn.init.zeros_(self.micro_embed.mlp[-1].weight)
-            nn.init.zeros_(self.micro_embed.mlp[-1].bias)
+            self.micro_embed.zero_last_()
 
     def embed(self, t: Tensor, y: Tensor | None, pooled: Tensor | None = None) -> Tensor:
         """c = time MLP(sinusoids(t * time_scale)) + class embedding(y) [+ pooled text]: (B, D)."""
@@ -231,12 +230,7 @@ class DiT(nn.Module):
             context, context_mask, pooled = self.context(context, context_mask, words, words_mask)
         elif words is not None:
             raise ValueError("words given to a DiT without text conditioning (context_dim=None)")
-        if (micro is not None) != (self.micro_embed is not None):
-            raise ValueError("micro goes with a DiT built with micro_conditions > 0, and such a DiT needs it "
-                             f"(micro given: {micro is not None}, micro_conditions={self.config.micro_conditions})")
-        if micro is not None:
-            vector = self.micro_embed(micro.to(x.device).expand(len(t), -1))
-            pooled = vector if pooled is None else pooled + vector
+        pooled = add_micro(self.micro_embed, micro, pooled, len(t), "DiT")
         c = self.embed(t, y, pooled)
         h = self.patch_embed(x) + self.pos_embed                               # (B, N, D)
         for block in self.blocks:

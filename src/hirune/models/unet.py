@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..nn import (ContextEmbedding, CrossAttention2d, MicroEmbedding, SelfAttention2d, check_context,
+from ..nn import (ContextEmbedding, CrossAttention2d, MicroEmbedding, SelfAttention2d, add_micro, check_context,
                   check_word_fields, group_norm, timestep_embedding, zero_)
 from .config import check_fields
 
@@ -418,12 +418,7 @@ class UNet(nn.Module):
             freqs = timestep_embedding(aug_level.float().expand(len(t)) * 1000.0, self.config.channels)
             aug = self.aug_embed(freqs.to(self.input_conv.weight.dtype))
             pooled = aug if pooled is None else pooled + aug
-        if (micro is not None) != (self.micro_embed is not None):
-            raise ValueError("micro goes with a UNet built with micro_conditions > 0, and such a UNet needs it "
-                             f"(micro given: {micro is not None}, micro_conditions={self.config.micro_conditions})")
-        if micro is not None:  # sizes and crops, embedded like t, added with the pooled text
-            vector = self.micro_embed(micro.to(x.device).expand(len(t), -1))
-            pooled = vector if pooled is None else pooled + vector
+        pooled = add_micro(self.micro_embed, micro, pooled, len(t), "UNet")  # sizes and crops, with the pooled text
         emb = self.embed(t, y, pooled)
         h = self.input_conv(x)
         skips = [h]

@@ -3,11 +3,11 @@
 from .attention import Attention, CrossAttention, SelfAttention2d
 from .context import (ContextEmbedding, CrossAttention2d, TextTransformer, check_context, check_word_fields,
                       masked_mean)
-from .embeddings import MicroEmbedding, timestep_embedding
+from .embeddings import MicroEmbedding, add_micro, timestep_embedding
 from .layers import group_norm, norm_groups, zero_
 from .patches import PatchEmbed, check_patch_size, patchify, sincos_position_embedding, unpatchify
 
-__all__ = ["Attention", "ContextEmbedding", "CrossAttention", "CrossAttention2d", "MicroEmbedding", "TextTransformer",
-           "check_context", "check_word_fields", "masked_mean", "PatchEmbed", "SelfAttention2d", "check_patch_size",
-           "group_norm",
-           "norm_groups", "patchify", "sincos_position_embedding", "timestep_embedding", "unpatchify", "zero_"]
+__all__ = ["Attention", "ContextEmbedding", "CrossAttention", "CrossAttention2d", "MicroEmbedding",
+           "TextTransformer", "add_micro", "check_context", "check_word_fields", "masked_mean", "PatchEmbed",
+           "SelfAttention2d", "check_patch_size", "group_norm", "norm_groups", "patchify",
+           "sincos_position_embedding", "timestep_embedding", "unpatchify", "zero_"]

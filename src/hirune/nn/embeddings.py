@@ -45,6 +45,11 @@ class MicroEmbedding(torch.nn.Module):
         self.count, self.dim = count, dim
         self.mlp = torch.nn.Sequential(torch.nn.Linear(count * dim, emb_dim), torch.nn.SiLU(),
                                        torch.nn.Linear(emb_dim, emb_dim))
+        self.zero_last_()
+
+    @torch.no_grad()
+    def zero_last_(self) -> None:
+        """The last layer at zero: the embedding starts as a no-op (again, after a network's own init)."""
         torch.nn.init.zeros_(self.mlp[-1].weight)
         torch.nn.init.zeros_(self.mlp[-1].bias)
 
@@ -55,3 +60,17 @@ class MicroEmbedding(torch.nn.Module):
         B = len(micro)
         freqs = timestep_embedding(micro.float().reshape(-1), self.dim).reshape(B, self.count * self.dim)
         return self.mlp(freqs.to(self.mlp[0].weight.dtype))
+
+
+def add_micro(embed: MicroEmbedding | None, micro: Tensor | None, pooled: Tensor | None, batch: int,
+              network: str) -> Tensor | None:
+    """`pooled` (the vector joining the time embedding, or None) plus the micro-conditions'
+    embedding, micro (B, K) or (1, K) broadcast to `batch` rows; a network built with
+    `embed` needs micro, and one built without refuses it."""
+    if (micro is not None) != (embed is not None):
+        raise ValueError(f"micro goes with a {network} built with micro_conditions > 0, and such a {network} needs it "
+                         f"(micro given: {micro is not None}, micro_conditions={embed.count if embed else 0})")
+    if micro is None:
+        return pooled
+    vector = embed(micro.to(embed.mlp[0].weight.device).expand(batch, -1))
+    return vector if pooled is None else pooled + vector
