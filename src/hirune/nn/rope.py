@@ -27,9 +27,14 @@ Positions (`video_positions`).  "extrapolate": integer coordinates 0, 1, 2, ... 
 axis, so a larger grid than the training one reaches angles never seen.  "interpolate":
 the coordinates of a grid of `size` tokens along an axis are scaled onto a base grid of
 `base` tokens, i * base / size, so any resolution spans the angles of the base (position
-interpolation, Chen et al. 2023, on each axis; diffusers' CogVideoX 1.0 pipeline maps the
-spatial grid onto the base the same way, `get_resize_crop_region_for_grid`, and CogVideoX
-trains progressively from low to high resolution).  At size = base both are the integers.
+interpolation, Chen et al. 2023, on each axis; CogVideoX trains progressively from low to
+high resolution).  At size = base both are the integers.  diffusers' CogVideoX 1.0 pipeline
+(`get_resize_crop_region_for_grid` + `get_3d_rotary_pos_embed`) maps the spatial grid onto
+the base too, and agrees with this for a grid of the base's aspect ratio; it keeps time at
+integers.  A grid of another aspect ratio it fits into a centred crop of the base instead of
+scaling each axis, and there its `linspace(top, (top + height) (g - 1) / g, g)` is not the
+crop's own grid (HunyuanDiT's `np.linspace(top, top + height, g, endpoint=False)`): a 2 x 4
+grid on a 4 x 4 base gets rows 1, 1.5 and columns 0, 1, 2, 3.
 """
 
 from __future__ import annotations
