@@ -352,3 +352,20 @@ def test_named_sizes_and_their_parameter_counts():
                                                  num_layers=s["depth"], time_embed_dim=512,
                                                  use_rotary_positional_embeddings=True)
         assert count(ours) == count(theirs) == expected, size
+
+
+def test_recomputed_blocks_give_exactly_the_plain_gradients():
+    """The expert blocks return (video, text): activation recomputation wraps them unchanged."""
+    from hirune.models.recompute import recompute_blocks
+
+    model = randomized(small())
+    x, t, context = inputs()
+
+    def grads():
+        model.zero_grad()
+        model(x, t, context=context, frames=torch.tensor([3, 2])).square().mean().backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    plain = grads()
+    assert recompute_blocks(model) == 2
+    assert all(torch.equal(a, b) for a, b in zip(plain, grads()))
