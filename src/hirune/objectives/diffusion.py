@@ -104,10 +104,12 @@ def _weight(process, weighting: str, target: str, c, t: Tensor, importance: bool
 def regression_loss(model, process: GaussianProcess, x0: Tensor, *, target: str = "eps",
                     weighting: str = "none", min_snr_gamma: float = 5.0, cond: dict | None = None,
                     generator=None, t: Tensor | None = None, noise: Tensor | None = None,
-                    t_importance: bool = False) -> Loss:
+                    t_importance: bool = False, mask: Tensor | None = None) -> Loss:
     """E_t,eps w(t) || model(x_t, t) - target(x0, eps, t) ||^2, the mean over dimensions.
     weighting (`hirune.weighting`): none | min_snr | likelihood (importance-sampled t,
-    unless t is given: then t counts as uniform draws)."""
+    unless t is given: then t counts as uniform draws).  mask: 1 where an element counts,
+    0 where it is padding (frame packing: the frames a shorter clip lacks), broadcastable to
+    x0; each sample's loss is then the mean over its own elements."""
     if target not in REGRESSION_TARGETS:
         raise ValueError(f"unknown target {target!r}; valid: {list(REGRESSION_TARGETS)}")
     _check_weighting(weighting, process)
@@ -116,7 +118,12 @@ def regression_loss(model, process: GaussianProcess, x0: Tensor, *, target: str 
     pred = model(x_t, time_batch(t, x_t), **(cond or {}))
     if pred.shape != x0.shape:
         raise ValueError(f"model output {tuple(pred.shape)} does not match data {tuple(x0.shape)}")
-    per_sample = _mean_per_sample((pred - from_x0_eps(target, x0, noise, c)) ** 2)
+    err = (pred - from_x0_eps(target, x0, noise, c)) ** 2
+    if mask is None:
+        per_sample = _mean_per_sample(err)
+    else:
+        mask = mask.to(err).expand_as(err)
+        per_sample = (err * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp_min(1)
     w = _weight(process, weighting, target, c, t, importance, min_snr_gamma)
     if w is not None:
         per_sample = per_sample * w.to(per_sample)
