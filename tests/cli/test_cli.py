@@ -378,7 +378,7 @@ def test_a_sample_count_beyond_memory_is_refused(toy_run, tmp_path, capsys):
 
 def test_sample_out_and_nproc_errors_are_one_line(toy_run, tmp_path, capsys):
     assert main(["sample", toy_run, "--out", str(tmp_path / "s.jpg")]) == 2
-    assert "--out must end in .png, .npz or .gif" in _one_error_line(capsys, "sample")
+    assert "--out must end in .png, .npz, .gif or .mp4" in _one_error_line(capsys, "sample")
     assert main(["train", "ddpm-two-moons", "--nproc", "-1"]) == 2
     assert "--nproc must be >= 1" in _one_error_line(capsys, "train")
 
