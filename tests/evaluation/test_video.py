@@ -1,14 +1,15 @@
 """hirune.evaluation.video: the measures of moving-digit clips.  On real test clips the
 direction (bounced clips included: what the caption says) and smooth motion are exact and
 the frame accuracy is the evaluator's; broken variants -- frames shuffled in time, played
-backwards, the digit swapped mid-clip, a still digit -- are caught."""
+backwards, the digit swapped mid-clip, a still digit -- are caught; the direction is the
+first leg's."""
 
 import pytest
 import torch
 
-from hirune.data import load_dataset
+from hirune.data import load_dataset, mnist5k
 from hirune.data.captions import words
-from hirune.data.moving import DIRECTIONS
+from hirune.data.moving import DIRECTIONS, downscale_digits
 from hirune.data.video_captions import VideoCaptioner
 from hirune.evaluation.video import (centres_of_mass, frame_cutouts, motion_direction, smooth_motion, video_measures,
                                      video_report)
@@ -33,15 +34,25 @@ def test_direction_is_recovered_on_every_real_clip_and_matches_the_caption(clips
     assert smooth_motion(clips.data).all() and smooth_motion(long.data).all()
 
 
-def test_still_and_barely_moving_clips_have_no_direction(clips):
-    still = clips.data[:4, :, :1].expand(-1, -1, 9, -1, -1)
-    assert (motion_direction(still) == -1).all()
-    nudged = still.clone()
-    nudged[:, :, -1] = torch.roll(still[:, :, -1], 1, dims=-1)           # one px right at the end
-    assert (motion_direction(nudged) == -1).all() and (motion_direction(nudged, min_motion=0.5) == 1).all()
+def slide(digit: torch.Tensor, cols: list[int]) -> torch.Tensor:
+    """(1, 1, T, 32, 32): a 16 x 16 digit at row 8, at column 8 + cols[t] in frame t."""
+    x = torch.full((1, 1, len(cols), 32, 32), -1.0)
+    for t, c in enumerate(cols):
+        x[0, 0, t, 8:24, 8 + c: 24 + c] = digit
+    return x
+
+
+def test_the_first_leg_names_the_direction_and_a_still_clip_has_none(clips):
+    digit = downscale_digits(mnist5k("test").data[:1])[0, 0]
+    assert motion_direction(slide(digit, [0] * 9)) == -1
+    assert motion_direction(slide(digit, [0] * 8 + [2])) == -1                 # 2 px: under LEG
+    assert motion_direction(slide(digit, [0] * 8 + [2]), leg=1.5) == DIRECTIONS.index("right")
+    # 4 px left, then 10 right: the first leg is left (the largest excursion, right, is not what it did first)
+    assert motion_direction(slide(digit, [0, -1, -2, -3, -4, -2, 0, 3, 6])) == DIRECTIONS.index("left")
+    assert motion_direction(slide(digit, [0, 0, 1, 0, 0, -1, -2, -3, -5])) == DIRECTIONS.index("left")  # jitter first
     blank = torch.full((2, 1, 9, 32, 32), -1.0)
-    assert (motion_direction(blank) == -1).all() and torch.equal(centres_of_mass(blank)[0, 0], torch.tensor([15.5, 15.5],
-                                                                                                        dtype=torch.float64))
+    assert (motion_direction(blank) == -1).all()
+    assert torch.equal(centres_of_mass(blank)[0, 0], torch.tensor([15.5, 15.5], dtype=torch.float64))
 
 
 def test_cutouts_centre_the_digit_where_mnist_does(clips):

@@ -19,10 +19,12 @@ bouncing) at digit scale and with motions a caption can name.
 
 What "moving left" means for a clip that bounces: the direction of its first leg, the one
 its caption names ("a seven bouncing left": it goes left, hits the left edge, comes back).
-The start is drawn so that this leg is the clip's largest excursion from where it began:
-the digit travels >= MIN_EXCURSION px towards the named edge and less far the other way
-(`start_distances`).  So the displacement of the frame farthest from the first frame points
-the named way on every clip, bounced or not, and the measure recovers the caption exactly.
+The start is drawn so that this leg is long and the clip's largest excursion from where it
+began: the digit travels >= MIN_EXCURSION px towards the named edge before any turn, and
+less far the other way (`start_distances`).  The measure reads the first leg (the
+displacement when the digit first gets 3 px from its start: `evaluation.video.
+motion_direction`), so it recovers the caption on every clip, bounced or not; and most of
+what a viewer sees of the clip goes the named way.
 
 Each clip's parameters are kept as per-example integer `attributes` (`ArrayDataset`):
 label, direction (index into DIRECTIONS), speed (px / frame), bounced (0 / 1), thickness

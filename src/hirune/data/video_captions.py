@@ -7,8 +7,8 @@
     speed      (nothing) for slow 1 px / frame, "fast" / "quickly" for 2 px / frame
     motion     "moving left" for a clip that never reaches the edge it heads for; "bouncing
                left" for one that reaches the left edge and comes back.  The direction is
-               always the first leg's, the clip's largest excursion, which is what the
-               measure reads (`evaluation.video.motion_direction`)
+               always the first leg's (the dataset makes it the clip's largest
+               excursion), which is what the measure reads (`evaluation.video.motion_direction`)
     still      a one-frame video (`mnist5k-frames`, no "direction" attribute) says nothing
                of motion: "a thick seven"
 
