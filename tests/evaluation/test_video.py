@@ -85,6 +85,8 @@ def test_measures_on_real_clips_and_broken_variants(clips):
     assert m["still"]["direction_accuracy"] == 0 and m["still"]["temporal_consistency"] == 1
     names = [DIRECTIONS[int(d)] for d in motions]
     assert video_measures(x, labels, names)[0] == real                   # names or indices
+    phrases = [("bouncing " if b else "moving ") + d for d, b in zip(names, clips.attributes["bounced"][keep])]
+    assert video_measures(x, labels, phrases)[0] == real                 # or what a prompt says (MOTIONS)
     with pytest.raises(ValueError, match="3 motions for 100 videos"):
         video_measures(x, labels, names[:3])
     with pytest.raises(ValueError, match=r"videos must be \(N, 1, T, H, W\)"):
@@ -101,3 +103,16 @@ def test_video_report_gives_the_real_reference(clips):
     blank = video_report(torch.full((n, 1, 9, 32, 32), -1.0), clips.labels[keep], clips.attributes["direction"][keep])
     assert blank["frechet_distance_frames"] > 10 * out["frechet_real_vs_real_frames"]
     assert blank["direction_accuracy"] == 0 and blank["real_frame_accuracy"] == out["real_frame_accuracy"]
+
+
+def test_real_video_report_spreads_over_the_digits():
+    from hirune.evaluation.video import real_video_report, spread
+
+    assert spread(500, 4).tolist() == [0, 125, 250, 375] and spread(5, None).tolist() == list(range(5))
+    out = real_video_report("moving-mnist5k", 20)
+    assert out["num_videos"] == 20 and out["direction_accuracy"] == 1 and out["smooth_motion"] == 1
+    assert out["frame_accuracy"] > 0.9 and out["frechet_distance_frames"] > 0
+    frames = real_video_report("mnist5k-frames", 10)
+    assert frames["direction_accuracy"] == 1 and frames["temporal_consistency"] == 1   # still: none named, none read
+    with pytest.raises(ValueError, match="dataset='mnist5k' is not valid; valid: a moving-digit video dataset"):
+        real_video_report("mnist5k", 10)

@@ -54,30 +54,49 @@ VIDEO_HELD_OUT_TEMPLATES = (
 )
 
 
-def video_caption(label: int, motion: int | str | None, speed: int = SPEEDS[0], bounced: bool = False,
+# the motions a prompt can name: "moving left" ... "bouncing down" (`video_caption` also takes
+# a bare direction, "left", or its index in DIRECTIONS)
+MOTIONS = tuple(f"{verb} {d}" for verb in ("moving", "bouncing") for d in DIRECTIONS)
+
+
+def video_caption(label: int, motion: int | str | None, speed: int = SPEEDS[0], bounced: bool | None = None,
                   thickness: int = 1, template: str = VIDEO_TRAIN_TEMPLATES[0]) -> str:
-    """The caption of one digit's clip: label 0..9; motion a direction of `DIRECTIONS` (its
-    name or index; None or -1: a still frame, nothing said of motion); speed in px / frame
-    (SPEEDS: 1 slow, 2 fast); bounced; thickness 0 / 1 / 2."""
-    d = motion_index(motion)
+    """The caption of one digit's clip: label 0..9; motion one of MOTIONS ("bouncing left"),
+    a direction of DIRECTIONS ("left") or its index (None, -1 or "none": a still frame,
+    nothing said of motion or speed); speed in px / frame (SPEEDS: 1 slow, 2 fast); bounced
+    (None: as the motion says, else False); thickness 0 / 1 / 2."""
+    d, says_bounced = parse_motion(motion)
+    if says_bounced is not None and bounced is not None and bool(bounced) != says_bounced:
+        raise ValueError(f"motion={motion!r} and bounced={bounced!r} disagree; give one of them")
     if speed not in SPEEDS:
         raise ValueError(f"speed={speed!r} is not valid; valid: {list(SPEEDS)} (px per frame)")
-    fast, b = SPEEDS.index(speed), int(bool(bounced))
+    fast = SPEEDS.index(speed) if d >= 0 else 0                  # a still frame is neither slow nor fast
+    b = int(bool(bounced if says_bounced is None else says_bounced))
     phrases = {key: "" if d < 0 else " " + forms[b].format(d=DIRECTIONS[d]) for key, forms in _MOTIONS.items()}
     return template.format(name=NAMES[label], digit=label, adj=_ADJ[thickness], strokes=_STROKES[thickness],
                            speed=_SPEED[fast], pace=_PACE[fast], rapidly=_RAPIDLY[fast], **phrases)
 
 
+def parse_motion(motion: int | str | None) -> tuple[int, bool | None]:
+    """(direction index in DIRECTIONS or -1 for none, bounced as the motion says or None):
+    "bouncing left" -> (0, True), "moving up" -> (2, False), "left" or 0 -> (0, None),
+    None / -1 / "none" -> (-1, None)."""
+    if motion is None or motion == "none" or (isinstance(motion, int) and not isinstance(motion, bool)
+                                              and motion == -1):
+        return -1, None
+    if isinstance(motion, str):
+        verb, _, direction = motion.strip().rpartition(" ")
+        if direction in DIRECTIONS and verb in ("", "moving", "bouncing"):
+            return DIRECTIONS.index(direction), None if not verb else verb == "bouncing"
+    elif not isinstance(motion, bool) and isinstance(motion, int) and 0 <= motion < len(DIRECTIONS):
+        return motion, None
+    raise ValueError(f"motion={motion!r} is not valid; valid: {list(MOTIONS)}, a direction {list(DIRECTIONS)} "
+                     "or its index 0..3, or None / 'none' / -1 (still)")
+
+
 def motion_index(motion: int | str | None) -> int:
-    """A direction as its index in DIRECTIONS; -1 for none (None, -1 or "none")."""
-    if motion is None or motion == "none" or motion == -1:
-        return -1
-    if isinstance(motion, str) and motion in DIRECTIONS:
-        return DIRECTIONS.index(motion)
-    if not isinstance(motion, bool) and isinstance(motion, int) and 0 <= motion < len(DIRECTIONS):
-        return motion
-    raise ValueError(f"motion={motion!r} is not valid; valid: {list(DIRECTIONS)}, their indices 0..3, "
-                     "or None / 'none' / -1 (still)")
+    """A motion's direction as its index in DIRECTIONS; -1 for none (see `parse_motion`)."""
+    return parse_motion(motion)[0]
 
 
 def video_training_vocabulary() -> list[str]:
@@ -116,15 +135,19 @@ class VideoCaptioner:
             attrs.get(key + suffix, torch.full((n,), value)) for key, value in default.items()]
         return torch.stack([c.long().cpu() for c in columns], 1).tolist()
 
-    def caption(self, i: int, template: str) -> str:
-        """Example i's caption in one phrasing."""
-        return " and ".join(video_caption(label, d, s, bool(b), th, template)
+    def caption(self, i: int, template: str, still: bool = False) -> str:
+        """Example i's caption in one phrasing; `still`: of its first frame alone (a one-frame
+        video: the digits as they look, nothing of motion or speed)."""
+        return " and ".join(video_caption(label, -1 if still else d, s, bool(b), th, template)
                             for label, d, s, b, th in (layer[i] for layer in self.layers))
 
     def captions(self, idx: Tensor, template: Tensor, drop: Tensor | None = None,
-                 templates: tuple[str, ...] = VIDEO_TRAIN_TEMPLATES) -> list[str]:
+                 templates: tuple[str, ...] = VIDEO_TRAIN_TEMPLATES, still: Tensor | None = None) -> list[str]:
         """The captions of examples `idx` (B,) with template indices (B,); where `drop` is
-        True the caption is empty (the null condition of classifier-free guidance)."""
+        True the caption is empty (the null condition of classifier-free guidance); where
+        `still` (B,) is True, the caption of the clip's first frame alone (frame packing)."""
         idx, template = idx.cpu().tolist(), template.cpu().tolist()
         dropped = drop.cpu().tolist() if drop is not None else [False] * len(idx)
-        return ["" if d else self.caption(i, templates[k % len(templates)]) for i, k, d in zip(idx, template, dropped)]
+        stills = still.cpu().tolist() if still is not None else [False] * len(idx)
+        return ["" if d else self.caption(i, templates[k % len(templates)], bool(f))
+                for i, k, d, f in zip(idx, template, dropped, stills)]

@@ -186,3 +186,35 @@ def video_report(videos: Tensor, labels: Tensor, motions, frechet: bool = True, 
         out["frechet_distance_frames"] = frechet_distance(feats, test_feats)
         out["frechet_real_vs_real_frames"] = frechet_distance(train_feats, test_feats)
     return out
+
+
+def spread(count: int, n: int | None) -> Tensor:
+    """n indices evenly spread over 0..count-1 (every class of a class-sorted split); None or
+    n >= count: all."""
+    if n is None or n >= count:
+        return torch.arange(count)
+    return (torch.arange(n) * count) // n
+
+
+def real_video_report(dataset: str, n: int | None = None, seed: int = 0) -> dict:
+    """The measures of `video_measures` on n real test clips of a registered video dataset
+    (spread over the class-sorted split; None: all), and the per-frame Frechet distance of n
+    training clips' frames (drawn with `seed`) to all test clips' frames: what real data
+    scores on everything `video_report` measures (prefix its keys with "real_")."""
+    from ..data import load_dataset
+    from ..metrics.evaluator import frechet_distance, load_evaluator
+
+    net = load_evaluator(EVALUATOR)
+    test = load_dataset(dataset, "test")
+    if test.kind != "video" or not test.attributes:
+        raise ValueError(f"dataset={dataset!r} is not valid; valid: a moving-digit video dataset "
+                         "(moving-mnist5k, moving-mnist5k-17, moving-mnist5k-two, mnist5k-frames)")
+    keep = spread(len(test), n)
+    motions = test.attributes.get("direction", torch.full((len(test),), -1))
+    out, _ = video_measures(test.data[keep], test.labels[keep], motions[keep], net)
+    _, test_feats = frame_classes(test.data, net)
+    train = load_dataset(dataset, "train")
+    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[: len(keep)]
+    _, train_feats = frame_classes(train.data[pick], net)
+    out.update(num_videos=len(keep), frechet_distance_frames=frechet_distance(train_feats, test_feats))
+    return out
