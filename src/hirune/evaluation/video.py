@@ -12,7 +12,8 @@ one digit per clip):
                           frame (the digit does not morph into another)
     smooth motion         the share of clips whose centre of mass never jumps more than
                           MAX_STEP px between frames (the real clips move <= 2 px per frame;
-                          frames out of order jump)
+                          frames out of order jump).  Alone it says little -- a still digit
+                          and pure noise are smooth -- so read it beside the direction
     Frechet distance      per frame, in the evaluator's features of the cut-out frames,
                           against the real test clips' frames (FVD needs an I3D network that
                           cannot be fetched here; this is the frame-wise FID of the shipped
