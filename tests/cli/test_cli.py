@@ -124,8 +124,9 @@ def test_python_dash_m_entry_point():
 def test_datasets_lists_the_embedded_data(capsys):
     assert main(["datasets"]) == 0
     out = capsys.readouterr().out
-    for name in ("digits", "mnist5k", "two_moons", "checkerboard"):
+    for name in ("digits", "mnist5k", "two_moons", "checkerboard", "moving-mnist5k", "mnist5k-frames"):
         assert name in out
+    assert "video  1x9x32x32" in out
 
 
 def test_train_preset_with_overrides(tmp_path):
