@@ -69,10 +69,9 @@ def test_every_frame_matches_a_step_by_step_simulation(test_clips):
     path, _ = simulate(int(a["row"][i]), int(a["col"][i]), int(a["direction"][i]), int(a["speed"][i]), 9)
     clamped = [(min(max(r, 0), ROOM), min(max(c, 0), ROOM)) for r, c in path]
     assert clamped == path  # the simulation stays on the canvas ...
-    r0, c0 = int(a["row"][i]), int(a["col"][i])
+    r0, c0, s = int(a["row"][i]), int(a["col"][i]), int(a["speed"][i])
     dr, dc = STEP[DIRECTIONS[int(a["direction"][i])]]
-    stopped = [(min(max(r0 + dr * int(a["speed"][i]) * t, 0), ROOM), min(max(c0 + dc * int(a["speed"][i]) * t, 0), ROOM))
-               for t in range(9)]
+    stopped = [(min(max(r0 + dr * s * t, 0), ROOM), min(max(c0 + dc * s * t, 0), ROOM)) for t in range(9)]
     assert stopped != path  # ... and a digit stopping at the edge is not what it does
 
 
