@@ -120,6 +120,9 @@ def test_splits_keep_train_and_test_digits_apart(test_clips):
     other = moving_digits("test", seed=1)
     assert not torch.equal(other.data, test_clips.data)
     assert torch.equal(other.labels, test_clips.labels)
+    twice = moving_digits("test", clips_per_digit=2)
+    assert len(twice) == 1000 and torch.equal(twice.attributes["digit"][::2], twice.attributes["digit"][1::2])
+    assert not torch.equal(twice.data[::2], twice.data[1::2])                   # two different clips of each digit
 
 
 def test_two_digits_overlay_with_max():
