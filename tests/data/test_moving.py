@@ -69,10 +69,9 @@ def test_every_frame_matches_a_step_by_step_simulation(test_clips):
     path, _ = simulate(int(a["row"][i]), int(a["col"][i]), int(a["direction"][i]), int(a["speed"][i]), 9)
     clamped = [(min(max(r, 0), ROOM), min(max(c, 0), ROOM)) for r, c in path]
     assert clamped == path  # the simulation stays on the canvas ...
-    r0, c0 = int(a["row"][i]), int(a["col"][i])
+    r0, c0, s = int(a["row"][i]), int(a["col"][i]), int(a["speed"][i])
     dr, dc = STEP[DIRECTIONS[int(a["direction"][i])]]
-    stopped = [(min(max(r0 + dr * int(a["speed"][i]) * t, 0), ROOM), min(max(c0 + dc * int(a["speed"][i]) * t, 0), ROOM))
-               for t in range(9)]
+    stopped = [(min(max(r0 + dr * s * t, 0), ROOM), min(max(c0 + dc * s * t, 0), ROOM)) for t in range(9)]
     assert stopped != path  # ... and a digit stopping at the edge is not what it does
 
 
@@ -121,6 +120,9 @@ def test_splits_keep_train_and_test_digits_apart(test_clips):
     other = moving_digits("test", seed=1)
     assert not torch.equal(other.data, test_clips.data)
     assert torch.equal(other.labels, test_clips.labels)
+    twice = moving_digits("test", clips_per_digit=2)
+    assert len(twice) == 1000 and torch.equal(twice.attributes["digit"][::2], twice.attributes["digit"][1::2])
+    assert not torch.equal(twice.data[::2], twice.data[1::2])                   # two different clips of each digit
 
 
 def test_two_digits_overlay_with_max():

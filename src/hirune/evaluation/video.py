@@ -79,7 +79,7 @@ def motion_direction(videos: Tensor, leg: float = LEG) -> Tensor:
     com = centres_of_mass(videos)
     shift = com - com[:, :1]                                                   # (N, T, 2)
     away = shift.norm(dim=-1) >= leg                                           # (N, T)
-    first = away.to(torch.uint8).argmax(1)                                     # the first frame away (argmax: first max)
+    first = away.to(torch.uint8).argmax(1)                                     # the first frame away (first max)
     d = shift[torch.arange(len(shift)), first]                                 # (N, 2): (d row, d col)
     horizontal = d[:, 1].abs() >= d[:, 0].abs()
     out = torch.where(horizontal, torch.where(d[:, 1] < 0, DIRECTIONS.index("left"), DIRECTIONS.index("right")),
