@@ -118,3 +118,16 @@ def test_tiny_pixel_run_end_to_end(tmp_path):
     report = run.evaluate(4, steps=2)
     for key in ("frame_accuracy", "direction_accuracy", "temporal_consistency", "real_frame_accuracy"):
         assert 0.0 <= report[key] <= 1.0
+
+
+def test_the_word_tokenizer_knows_the_motions(tmp_path):
+    """The tiny text encoder of a video run reads every word of the clips' captions (the digit captions' vocabulary
+    would turn 'moving', 'bouncing', 'fast' into [UNK])."""
+    from hirune.data.captions import training_vocabulary
+    from hirune.data.video_captions import video_caption
+    from hirune.models.text import UNK, WordTokenizer
+
+    family = Trainer(_cfg(tmp_path)).family
+    caption = [video_caption(7, "bouncing left")]
+    assert UNK not in family.text.encode(caption)[0][0].tolist()
+    assert UNK in WordTokenizer(training_vocabulary())(caption)[0][0].tolist()  # the check can fail

@@ -124,7 +124,7 @@ class Diffusion(Family):
         if config.text_encoder:  # captions written from labels and measured attributes, encoded per batch
             from ..models.text import TextConditioner
 
-            self.text = TextConditioner(config.text_encoder)
+            self.text = TextConditioner(config.text_encoder, self.caption_vocabulary())
         # latent diffusion: the diffusion's data are the scaled latents of a frozen autoencoder
         self.clip = self.image_embeds = None
         if config.clip:  # unCLIP's decoder: conditioned on the CLIP image embedding
@@ -271,6 +271,10 @@ class Diffusion(Family):
             dreambooth.prepare(self, data, context)
         if self.config.buckets:  # aspect-ratio buckets: each bucket's members
             buckets.prepare(self, data)
+
+    def caption_vocabulary(self) -> list[str] | None:
+        """The word tokenizer's vocabulary (None: the digit captions', `data.captions`)."""
+        return None
 
     def make_captioner(self, data):
         """The captions of the training examples (digit images: label, thickness, slant)."""

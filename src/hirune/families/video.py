@@ -97,6 +97,11 @@ class Video(Diffusion):
         return out
 
     # --- training -------------------------------------------------------------------
+    def caption_vocabulary(self) -> list[str]:
+        from ..data.video_captions import video_training_vocabulary
+
+        return video_training_vocabulary()
+
     def make_captioner(self, data):
         from ..data.video_captions import VideoCaptioner
 
