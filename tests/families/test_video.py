@@ -131,3 +131,9 @@ def test_the_word_tokenizer_knows_the_motions(tmp_path):
     caption = [video_caption(7, "bouncing left")]
     assert UNK not in family.text.encode(caption)[0][0].tolist()
     assert UNK in WordTokenizer(training_vocabulary())(caption)[0][0].tolist()  # the check can fail
+
+
+def test_clips_go_to_the_video_family(tmp_path):
+    with pytest.raises(ValueError, match="dataset='moving-mnist5k' holds video data, which family 'diffusion' does "
+                                         "not model; valid: family=video"):
+        Trainer(preset_config("vpred-mnist5k", {"dataset": "moving-mnist5k", "out": str(tmp_path)}))

@@ -77,6 +77,18 @@ class DiffusionConfig:
     explicit_uniform: bool = False     # CogVideoX: row i of the batch draws its time from stratum i of the range
 
 
+def check_data_kind(family: str, dataset: str) -> None:
+    """Clips go to the video family, images and points to the others."""
+    from ..data.registry import DATASETS
+
+    spec = DATASETS.get(dataset)
+    if spec is not None and (spec.kind == "video") != (family == "video"):
+        valid = "family=video (e.g. `hirune train cogvideox-moving-mnist5k`)" if spec.kind == "video" else \
+            "a dataset of clips (moving-mnist5k, ...)"
+        raise ValueError(f"dataset={dataset!r} holds {spec.kind} data, which family {family!r} does not model; "
+                         f"valid: {valid}")
+
+
 @dataclass
 class DiffusionDraw(Draw):
     """drop: condition dropped (B,) bool; latent_noise: the first stage's posterior sample
@@ -184,6 +196,7 @@ class Diffusion(Family):
         from ..sampling import SAMPLERS
 
         super().check(cfg, config)
+        check_data_kind(cls.name, cfg.dataset)
         check_choices(config, {"objective": OBJECTIVES, "weighting": O.WEIGHTINGS, "coupling": O.COUPLINGS,
                                "sampler": tuple(SAMPLERS)})
         prediction = "velocity" if config.objective == "flow_matching" else config.prediction
