@@ -249,7 +249,12 @@ def latent_statistics(model, images: Tensor, num_images: int = 1000, seed: int =
 
 def originals_over_reconstructions(x: Tensor, x_hat: Tensor, per_row: int = 8) -> Tensor:
     """Interleave rows of `per_row` originals with the rows of their reconstructions, for a
-    grid of `per_row` columns.  x, x_hat: (N, C, H, W) with N a multiple of per_row."""
+    grid of `per_row` columns.  x, x_hat: (N, C, H, W) with N a multiple of per_row.
+    Videos (N, C, T, H, W): the T frames of each clip over the T frames of its
+    reconstruction, (2 N T, C, H, W) for a grid of T columns."""
+    if x.dim() == 5:
+        pairs = torch.stack([x, x_hat], 1).transpose(2, 3)   # (N, 2, T, C, H, W)
+        return pairs.flatten(0, 2)
     rows = len(x) // per_row
     pairs = torch.stack([x.reshape(rows, per_row, *x.shape[1:]), x_hat.reshape(rows, per_row, *x.shape[1:])], 1)
     return pairs.flatten(0, 2)
