@@ -428,7 +428,8 @@ def test_vq_ema_codebook_resumes_exactly(tmp_path):
 
 
 @pytest.mark.parametrize("fields, match", [
-    ({"model": "unet"}, r"family 'autoencoder' trains model in \['kl_autoencoder', 'vq_autoencoder', 'dvae'\], not 'unet'"),
+    ({"model": "unet"}, r"family 'autoencoder' trains model in \['kl_autoencoder', 'vq_autoencoder', 'dvae', "
+                        r"'video_kl'\], not 'unet'"),
     # the autoencoder family has no settings of its own: no diffusion objective, no conditioning
     ({"objective": "regression"}, r"unknown config key\(s\) \['objective'\] for family 'autoencoder'"),
     ({"class_conditional": True}, r"unknown config key\(s\) \['class_conditional'\] for family 'autoencoder'"),

@@ -2,12 +2,13 @@
 VQ autoencoder), trained to reconstruct with the losses of `objectives.autoencoder` and,
 optionally, a patch discriminator (`adversary.py`); and DALL-E's discrete VAE, an image
 tokenizer trained through the Gumbel-softmax relaxation with the loss of `objectives.dvae`
-(its KL weight warmed up and its temperature annealed as functions of the step).  Its
+(its KL weight warmed up and its temperature annealed as functions of the step); and
+CogVideoX's 3D causal VAE (model "video_kl", `models.video_vae`) on video data.  Its
 checkpoints carry the latent statistics of their EMA weights (the scale factor latent
-diffusion multiplies by); its previews are originals over reconstructions; its evaluation
-is the reconstruction report.  The loss weights (and the dVAE's schedules) live in the
-network's config (`models.autoencoder`, `models.dvae`), so the family has no section of
-its own."""
+diffusion multiplies by); its previews are originals over reconstructions (videos: frame
+strips); its evaluation is the reconstruction report (videos: PSNR per frame too).  The
+loss weights (and the dVAE's schedules) live in the network's config (`models.autoencoder`,
+`models.dvae`, `models.video_vae`), so the family has no section of its own."""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ from .base import Batch, Context, Draw, Family, check_eval_counts, refuse_extras
 
 @dataclass
 class AutoencoderDraw(Draw):
-    """noise: a KL autoencoder's posterior sample noise (B, z, h, w), a dVAE's Gumbel draws
-    (B, K, h, w); VQ draws nothing."""
+    """noise: a KL autoencoder's posterior sample noise (B, z, h, w) (video_kl: (B, z, t, h, w)),
+    a dVAE's Gumbel draws (B, K, h, w); VQ draws nothing."""
 
     noise: Tensor | None = None
 
@@ -31,15 +32,19 @@ class AutoencoderDraw(Draw):
 @register
 class Autoencoder(Family):
     name = "autoencoder"
-    networks = ("kl_autoencoder", "vq_autoencoder", "dvae")
+    networks = ("kl_autoencoder", "vq_autoencoder", "dvae", "video_kl")
     evaluates_test_examples = True  # the reconstructions of n test images
 
     def __init__(self, cfg, config, data, device, references=None, network_config=None):
         super().__init__(cfg, config, data, device, references)
-        if data.kind != "image":
-            raise ValueError(f"an autoencoder needs images; {data.name} holds {data.kind} data")
-        self.model = self._build(cfg.model, network_config or {"in_channels": data.shape[0],
-                                                               "image_size": data.shape[1], **cfg.model_config})
+        video = cfg.model == "video_kl"  # CogVideoX's VAE: videos, or images as one-frame videos
+        if data.kind not in (("video", "image") if video else ("image",)):
+            need = "model=video_kl needs videos or images" if video else "an autoencoder needs images"
+            raise ValueError(f"{need}; {data.name} holds {data.kind} data")
+        shape = {"in_channels": data.shape[0], "image_size": data.shape[-2]}
+        if data.kind == "video":
+            shape["frames"] = data.shape[1]  # (C, T, H, W)
+        self.model = self._build(cfg.model, network_config or {**shape, **cfg.model_config})
         self.latent_stats = None  # `objectives.autoencoder.latent_statistics`, saved with each checkpoint
 
     def prepare(self, data, context: Context) -> None:
@@ -105,18 +110,21 @@ class Autoencoder(Family):
         self.latent_stats = state.get("latent_stats")
 
     def preview(self, n: int) -> Tensor:
-        """Originals over reconstructions, eight per row, spread over the data."""
+        """Originals over reconstructions, eight per row, spread over the data; videos: a
+        strip of frames per clip, each clip's original over its reconstruction (n / 16 clips,
+        at least 2)."""
         from ..objectives.autoencoder import originals_over_reconstructions
 
         data = self.train_data.data
-        idx = torch.linspace(0, len(data) - 1, 8 * max(1, n // 16)).long()
+        video = data.dim() == 5
+        idx = torch.linspace(0, len(data) - 1, max(2, n // 16) if video else 8 * max(1, n // 16)).long()
         x0 = data[idx].to(self.device)
         return originals_over_reconstructions(x0, self.model(x0, sample=False).reconstruction)
 
     def write_preview(self, x: Tensor, path, step: int):
         from ..viz import image_grid
 
-        return image_grid(x, path, nrow=8)
+        return image_grid(x, path, nrow=self.data.shape[1] if self.data.kind == "video" else 8)
 
     # --- inference ------------------------------------------------------------------
     def generate(self, n: int, *args, **options):

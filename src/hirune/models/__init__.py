@@ -12,6 +12,7 @@ y: (B,) int64 labels; `num_classes` is the null label, y=None means all-null.
     build_model("cogvideox", size="tiny", in_channels=4, context_dim=384)   # video latents (B, C, T, H, W)
     build_model("kl_autoencoder", size="f4", in_channels=1)   # autoencoders: encode(x), decode(z)
     build_model("vq_autoencoder", size="f2", in_channels=1, codebook_size=128)
+    build_model("video_kl", size="tiny", in_channels=1)   # CogVideoX's 3D causal VAE: (B, C, 4k+1, H, W) videos
     build_model("dvae", size="f4", in_channels=1, codebook_size=256)   # tokenizers: encode_codes, decode_codes
     build_model("dalle", text_vocab=64, num_codes=256, image_len=49)   # model(text, codes) -> logits
     PatchDiscriminator(in_channels=1, channels=32, n_layers=1)   # their optional GAN loss: patch logits
@@ -44,6 +45,7 @@ from .mlp import MLP, MLPConfig
 from .prior import PriorConfig, PriorTransformer
 from .unet import UNET_SIZES, UNet, UNetConfig
 from .uvit import UVIT_SIZES, UViT, UViTConfig
+from .video_vae import VIDEO_KL_SIZES, VideoKLAutoencoder, VideoKLConfig
 
 MODELS: dict[str, tuple[type[nn.Module], type, dict[str, dict]]] = {
     # kind: (network, config, named sizes)
@@ -58,13 +60,14 @@ MODELS: dict[str, tuple[type[nn.Module], type, dict[str, dict]]] = {
     "kl_autoencoder": (KLAutoencoder, KLAutoencoderConfig, AUTOENCODER_SIZES),
     "vq_autoencoder": (VQAutoencoder, VQAutoencoderConfig, AUTOENCODER_SIZES),  # VQGAN
     "dvae": (DVAE, DVAEConfig, AUTOENCODER_SIZES),          # DALL-E's discrete VAE (Ramesh et al. 2021)
+    "video_kl": (VideoKLAutoencoder, VideoKLConfig, VIDEO_KL_SIZES),  # CogVideoX's 3D causal VAE (Yang et al. 2024)
     "clip": (CLIP, CLIPConfig, {}),                         # image and text towers (Radford et al. 2021)
     # DALL-E's causal transformer over [text tokens | image codes] (Ramesh et al. 2021)
     "dalle": (DalleTransformer, DalleConfig, {}),
     # unCLIP's diffusion prior over CLIP image embeddings (Ramesh et al. 2022)
     "prior": (PriorTransformer, PriorConfig, {}),
 }
-AUTOENCODERS = ("kl_autoencoder", "vq_autoencoder", "dvae")
+AUTOENCODERS = ("kl_autoencoder", "vq_autoencoder", "dvae", "video_kl")
 
 
 def blocks(model: nn.Module) -> list[nn.Module]:
@@ -84,7 +87,7 @@ def blocks(model: nn.Module) -> list[nn.Module]:
 def model_config(kind: str, config: Mapping[str, Any] | None = None, /, **overrides):
     """The config dataclass of `kind` from a dict and/or keywords.  The key `size` starts
     from a named size (`UNET_SIZES`, `DIT_SIZES`, `UVIT_SIZES`, `AUTOENCODER_SIZES`,
-    `COGVIDEOX_SIZES`); the other keys override it."""
+    `COGVIDEOX_SIZES`, `VIDEO_KL_SIZES`); the other keys override it."""
     if kind not in MODELS:
         raise ValueError(f"unknown model kind {kind!r}; valid: {sorted(MODELS)}")
     _, config_cls, sizes = MODELS[kind]
@@ -107,5 +110,5 @@ __all__ = ["AUTOENCODERS", "AUTOENCODER_SIZES", "DIT_SIZES", "MLP", "MODELS", "U
            "CLIP", "CLIPConfig", "ClassifierConfig", "DVAE", "DVAEConfig", "DalleConfig", "DalleTransformer", "DiT", "DiTConfig",
            "KLAutoencoder", "KLAutoencoderConfig", "MLPConfig",
            "NoisyClassifier", "PatchDiscriminator", "PriorConfig", "PriorTransformer", "UNet", "UNetConfig", "UViT", "UViTConfig",
-           "VQAutoencoder", "VQAutoencoderConfig", "build_model", "model_config",
-           "COGVIDEOX_SIZES", "CogVideoX", "CogVideoXConfig"]
+           "VIDEO_KL_SIZES", "VQAutoencoder", "VQAutoencoderConfig", "VideoKLAutoencoder", "VideoKLConfig",
+           "build_model", "model_config", "COGVIDEOX_SIZES", "CogVideoX", "CogVideoXConfig"]

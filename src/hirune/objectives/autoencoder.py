@@ -216,7 +216,7 @@ def frozen(module: nn.Module):
 
 @torch.no_grad()
 def encode_latents(model, images: Tensor, batch: int = 256, generator: torch.Generator | None = None) -> Tensor:
-    """The latents the diffusion stage would see, (N, z, h, w): a posterior sample for KL
+    """The latents the diffusion stage would see, (N, z, h, w) (videos: (N, z, t, h, w)): a posterior sample for KL
     autoencoders (as LDM's `get_first_stage_encoding`), the quantised codes for VQ ones.
     The model is evaluated in eval mode (no codebook update) and put back as it was."""
     was_training = model.training
@@ -233,7 +233,7 @@ def encode_latents(model, images: Tensor, batch: int = 256, generator: torch.Gen
 
 
 def latent_statistics(model, images: Tensor, num_images: int = 1000, seed: int = 0) -> dict:
-    """Statistics of the latents of up to `num_images` images (a seeded random subset):
+    """Statistics of the latents of up to `num_images` images or videos (a seeded random subset):
     scale_factor = 1 / std over every latent element (LDM's scale_by_std), the overall
     mean and std, and per-channel means and stds.  Plain numbers, for JSON."""
     g = torch.Generator().manual_seed(seed)
@@ -241,15 +241,20 @@ def latent_statistics(model, images: Tensor, num_images: int = 1000, seed: int =
     device = next(model.parameters()).device
     sample_g = torch.Generator(device=device).manual_seed(seed)
     z = encode_latents(model, images[idx], generator=sample_g).double()
-    std = float(z.std())
+    std, others = float(z.std()), (0, *range(2, z.dim()))  # per channel: over examples and (T,) h, w
     return {"scale_factor": 1.0 / std, "std": std, "mean": float(z.mean()),
-            "channel_mean": z.mean((0, 2, 3)).tolist(), "channel_std": z.std((0, 2, 3)).tolist(),
+            "channel_mean": z.mean(others).tolist(), "channel_std": z.std(others).tolist(),
             "latent_shape": list(z.shape[1:]), "num_images": len(z), "seed": seed}
 
 
 def originals_over_reconstructions(x: Tensor, x_hat: Tensor, per_row: int = 8) -> Tensor:
     """Interleave rows of `per_row` originals with the rows of their reconstructions, for a
-    grid of `per_row` columns.  x, x_hat: (N, C, H, W) with N a multiple of per_row."""
+    grid of `per_row` columns.  x, x_hat: (N, C, H, W) with N a multiple of per_row.
+    Videos (N, C, T, H, W): the T frames of each clip over the T frames of its
+    reconstruction, (2 N T, C, H, W) for a grid of T columns."""
+    if x.dim() == 5:
+        pairs = torch.stack([x, x_hat], 1).transpose(2, 3)   # (N, 2, T, C, H, W)
+        return pairs.flatten(0, 2)
     rows = len(x) // per_row
     pairs = torch.stack([x.reshape(rows, per_row, *x.shape[1:]), x_hat.reshape(rows, per_row, *x.shape[1:])], 1)
     return pairs.flatten(0, 2)
