@@ -1,7 +1,7 @@
 """CogVideoX in miniature (Yang et al. 2024): text to video on the moving digits, and its ablations.
 
     python benchmarks/video.py [--variants cogvideox shared learned iid packed] [--root runs/video]
-        [--n 200] [--steps-scale 1.0] [--vae RUN] [--out bench_out/video]
+        [--n 200] [--steps-scale 1.0] [--scale 4] [--vae RUN] [--out bench_out/video]
 
 Trains (or reuses, when RUN/checkpoints exist) under ROOT: the 3D causal VAE
 (`video-vae-moving-mnist5k`), then the expert transformer (`cogvideox-moving-mnist5k`) on its
@@ -14,7 +14,7 @@ latents in each variant, all at the same steps, batch and CPU budget:
 * packed    -- a quarter of each batch trained as one-frame images (frame packing, `image_share=0.25`).
 
 Each is scored on N clips, the prompts naming every digit and motion in turn (DDIM, 50
-steps, seed 0): the shipped evaluator's accuracy of the named digit per frame, the share of
+steps, seed 0, classifier-free guidance at SCALE, 4 by default): the shipped evaluator's accuracy of the named digit per frame, the share of
 clips whose centre-of-mass path goes the named way, temporal consistency (the class read in
 every frame the same), the per-frame Frechet distance; beside the same measures on real
 test clips.  The loss's step-to-step spread is the std of each step's loss around its
@@ -71,6 +71,7 @@ def main(argv=None) -> int:
     p.add_argument("--root", type=Path, default=Path("runs/video"))
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--steps-scale", type=float, default=1.0, help="multiplies every run's steps (0.02: a smoke run)")
+    p.add_argument("--scale", type=float, default=4.0, help="classifier-free guidance scale of the scored clips")
     p.add_argument("--vae", type=Path, default=None, help="a trained video VAE run (default: train ROOT/vae)")
     p.add_argument("--out", type=Path, default=Path("bench_out/video"))
     args = p.parse_args(argv)
@@ -85,11 +86,12 @@ def main(argv=None) -> int:
         run_dir = trained(args.root, name, "cogvideox-moving-mnist5k", scaled(1500), autoencoder=str(vae),
                           log_every=1, **extra)
         run = load(run_dir)
-        metrics = run.evaluate(args.n, steps=50, seed=0)
+        guided = run.guide("cfg", args.scale) if args.scale != 1.0 else None
+        metrics = run.evaluate(args.n, steps=50, seed=0, denoiser=guided)
         metrics["parameters"] = sum(p.numel() for p in run.model.parameters())
         metrics["loss_spread"] = loss_spread(run_dir)
         results[name] = metrics
-        out, _ = run.generate(20, steps=50, seed=0, progress=False)
+        out, _ = run.generate(20, steps=50, seed=0, progress=False, denoiser=guided)
         write_gif(out.x, args.out.parent / f"{args.out.name}_{name}.gif")
         rows.append(f"| {name} | {metrics['parameters']:,} | {metrics['frame_accuracy']:.3f} | "
                     f"{metrics['direction_accuracy']:.3f} | {metrics['temporal_consistency']:.3f} | "
