@@ -59,28 +59,46 @@ class SymmetricConv3d(CausalConv3d):
 
 # --- the causal convolution ---------------------------------------------------------------
 
+def _dense(conv):
+    """Every time tap random (the layer starts inflated: past taps 0, which would hide what these tests look for)."""
+    torch.nn.init.normal_(conv.conv.weight, std=0.2)
+    return conv
+
+
+def test_causal_conv_starts_as_the_2d_conv_on_each_frame():
+    """Inflated start: on a clip, each output frame is the 2-D conv (the kernel summed over time) of its own frame."""
+    torch.manual_seed(0)
+    conv, x = CausalConv3d(2, 3, (3, 3, 3)), torch.randn(2, 2, 5, 6, 6)
+    w, b = conv.conv.weight, conv.conv.bias
+    assert (w[:, :, :-1] == 0).all()
+    for t in range(5):
+        torch.testing.assert_close(conv(x)[:, :, t], F.conv2d(x[:, :, t], w.sum(2), b, padding=1), atol=1e-6, rtol=0)
+    dense = _dense(CausalConv3d(2, 3, (3, 3, 3)))  # the check can fail: a dense kernel mixes the past in
+    assert (dense(x)[:, :, 2] - F.conv2d(x[:, :, 2], dense.conv.weight.sum(2), dense.conv.bias, padding=1)).abs().max() > 1e-2
+
+
 def test_causal_conv_output_frame_t_sees_input_frames_up_to_t_only():
     torch.manual_seed(0)
-    conv, x = CausalConv3d(2, 3, (3, 3, 3)), torch.randn(2, 2, 7, 6, 6)
+    conv, x = _dense(CausalConv3d(2, 3, (3, 3, 3))), torch.randn(2, 2, 7, 6, 6)
     for k in range(7):
         assert unchanged(conv, x, k) == [not k <= t <= k + 2 for t in range(7)]   # changed: frames k .. k + kt - 1
-    broken = SymmetricConv3d(2, 3, (3, 3, 3))
+    broken = _dense(SymmetricConv3d(2, 3, (3, 3, 3)))
     assert unchanged(broken, x, 3) == [True, True, False, False, False, True, True]  # frame 2 sees frame 3: caught
 
 
 def test_causal_conv_on_one_frame_is_the_2d_conv_of_the_kernel_summed_over_time():
     torch.manual_seed(0)
     for kernel in [(3, 3, 3), (2, 3, 3), (4, 1, 1), (3, 5, 3)]:
-        conv, x = CausalConv3d(3, 5, kernel), torch.randn(2, 3, 1, 8, 9)
+        conv, x = _dense(CausalConv3d(3, 5, kernel)), torch.randn(2, 3, 1, 8, 9)
         w, b = conv.conv.weight, conv.conv.bias
         closed = F.conv2d(x[:, :, 0], w.sum(2), b, padding=(kernel[1] // 2, kernel[2] // 2))
-        torch.testing.assert_close(conv(x)[:, :, 0], closed, atol=1e-6, rtol=0)
+        torch.testing.assert_close(conv(x)[:, :, 0], closed, atol=1e-5, rtol=0)
 
     class ZeroPadded(CausalConv3d):  # the broken variant: zeros in the past instead of the first frame
         def forward(self, x):
             return self.conv(F.pad(x, (0, 0, 0, 0, self.time_pad, 0)))
 
-    broken, x = ZeroPadded(3, 5, 3), torch.randn(2, 3, 1, 8, 8)
+    broken, x = _dense(ZeroPadded(3, 5, 3)), torch.randn(2, 3, 1, 8, 8)
     closed = F.conv2d(x[:, :, 0], broken.conv.weight.sum(2), broken.conv.bias, padding=1)
     assert (broken(x)[:, :, 0] - closed).abs().max() > 1e-2
 

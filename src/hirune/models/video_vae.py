@@ -75,6 +75,21 @@ class CausalConv3d(nn.Module):
                              "odd (the spatial padding is symmetric)")
         self.time_pad = kt - 1
         self.conv = nn.Conv3d(in_channels, out_channels, (kt, kh, kw), padding=(0, kh // 2, kw // 2))
+        self.inflate_()
+
+    @torch.no_grad()
+    def inflate_(self) -> None:
+        """Start as a 2-D conv on the current frame: the kernel summed over time into its
+        last tap (the current frame), the past taps zero -- the inflation of 2-D kernels
+        into 3-D ones (Carreira & Zisserman 2017, I3D), put on the causal tap.  hirune's
+        default: with PyTorch's init every tap starts equal, each output mixes the digit at
+        three places of its path, and on moving digits the autoencoder sat at the
+        all-background reconstruction (L1 0.095 after 300 steps overfitting 8 clips, against
+        0.043 with this start at time compression 1).  On one frame it changes nothing (the
+        taps see the same frame and are summed)."""
+        w = self.conv.weight
+        w[:, :, -1] = w.sum(2)
+        w[:, :, :-1] = 0
 
     def forward(self, x: Tensor) -> Tensor:
         if self.time_pad:
