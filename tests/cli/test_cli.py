@@ -169,10 +169,15 @@ def test_every_preset_builds(tmp_path):
                                               "out": str(tokenizers[data])}), progress=False)
     clip = tmp_path / "clip-mnist5k"  # prior and unCLIP decoder presets need a trained clip run: one step of one
     train(preset_config("clip-mnist5k", {"steps": 1, "ckpt_every": 1, "out": str(clip)}), progress=False)
+    video_ae = tmp_path / "video-vae"  # video presets need a video autoencoder: one step of two clips
+    train(preset_config("video-vae-moving-mnist5k", {"steps": 1, "batch_size": 2, "sample_every": 0, "ckpt_every": 1,
+                                                     "out": str(video_ae)}), progress=False)
     for name in PRESETS:
         if name.startswith("text-minilm") and not has_minilm:
             continue  # the optional extra hirune[text]; tests/test_text.py covers the message
         extra = {"autoencoder": str(ae)} if PRESETS[name].get("autoencoder") else {}
+        if PRESETS[name].get("family") == "video":
+            extra = {"autoencoder": str(video_ae)}
         if PRESETS[name].get("tokenizer"):
             extra = {"tokenizer": str(tokenizers[PRESETS[name]["dataset"]])}
         if PRESETS[name].get("clip"):
