@@ -90,7 +90,8 @@ def main() -> None:
     tiny = {k: v for k, v in preset["model_config"].items() if k != "size"}
     size = {"channels": 16, "channel_mult": [1, 2, 2], "num_res_blocks": 1, "mid_attention": False}
     for z in args.image_z:
-        cfg = preset_config("kl-ae-mnist5k", {**common, "dataset": FRAMES_SET, "batch_size": preset["batch_size"] * clips.shape[2],
+        frames_a_step = preset["batch_size"] * clips.shape[2]
+        cfg = preset_config("kl-ae-mnist5k", {**common, "dataset": FRAMES_SET, "batch_size": frames_a_step,
                                               "warmup": preset["warmup"], "out": str(out / f"image-z{z}"),
                                               "model_config": {**size, **tiny, "z_channels": z}})
         run, minutes = trained(cfg)
