@@ -15,7 +15,7 @@ ROOT = Path(hirune.__file__).parent
 
 # bottom to top; a module may import from its own layer and the layers below it
 LAYERS = [
-    ("nn", "checkpoint", "viz"),   # network pieces; the checkpoint format; pictures
+    ("nn", "checkpoint", "viz", "video_io"),  # network pieces; the checkpoint format; pictures; video files
     ("process",),                  # forward processes, parameterizations, the denoiser protocol
     ("data",),                     # datasets, captions, dequantization
     ("models",),                   # networks (they take t as numbers: no process)

@@ -124,8 +124,9 @@ def test_python_dash_m_entry_point():
 def test_datasets_lists_the_embedded_data(capsys):
     assert main(["datasets"]) == 0
     out = capsys.readouterr().out
-    for name in ("digits", "mnist5k", "two_moons", "checkerboard"):
+    for name in ("digits", "mnist5k", "two_moons", "checkerboard", "moving-mnist5k", "mnist5k-frames"):
         assert name in out
+    assert "video  1x9x32x32" in out
 
 
 def test_train_preset_with_overrides(tmp_path):
@@ -378,7 +379,7 @@ def test_a_sample_count_beyond_memory_is_refused(toy_run, tmp_path, capsys):
 
 def test_sample_out_and_nproc_errors_are_one_line(toy_run, tmp_path, capsys):
     assert main(["sample", toy_run, "--out", str(tmp_path / "s.jpg")]) == 2
-    assert "--out must end in .png, .npz or .gif" in _one_error_line(capsys, "sample")
+    assert "--out must end in .png, .npz, .gif or .mp4" in _one_error_line(capsys, "sample")
     assert main(["train", "ddpm-two-moons", "--nproc", "-1"]) == 2
     assert "--nproc must be >= 1" in _one_error_line(capsys, "train")
 

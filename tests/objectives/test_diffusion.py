@@ -224,3 +224,37 @@ def test_training_times_until_a_fraction_of_the_range():
     assert v.t_min <= t.min() and t.max() <= v.t_min + 0.25 * (v.t_max - v.t_min) and t.max() > 0.24
     with pytest.raises(ValueError, match="until=0.0 is not valid"):
         sample_times(d, 2, g(), until=0.0)
+
+
+def _stratum_check(times: Tensor, high: float) -> tuple[bool, float]:
+    """(every row in its own stratum, variance of the batch mean of t / high over the batches): times (K, B)."""
+    K, B = times.shape
+    u = times / high
+    rows = torch.arange(B, dtype=torch.float64)
+    in_stratum = bool(((u >= rows / B - 1e-12) & (u < (rows + 1) / B)).all())
+    return in_stratum, float(u.mean(1).var())
+
+
+@pytest.mark.parametrize("broken", [False, True], ids=["explicit-uniform", "iid-relabelled"])
+def test_explicit_uniform_times_one_per_stratum(broken):
+    """CogVideoX's explicit uniform times: row i from stratum i; the batch mean of U[0, 1) then has variance
+    1 / (12 B^3) (each row's variance 1 / (12 B^2)), against 1 / (12 B) for i.i.d. times.  The broken variant
+    (i.i.d. draws, sorted and relabelled) passes the stratum check by luck only rarely and keeps the i.i.d.
+    variance, which the check rejects."""
+    from hirune import VPSDE, DiscreteVP
+    from hirune.objectives import sample_times
+
+    B, K = 8, 4000
+    g = torch.Generator().manual_seed(0)
+    for process, high in ((VPSDE(), None), (DiscreteVP("linear"), 1000.0)):
+        if broken:
+            t = torch.stack([sample_times(process, B, g).sort().values for _ in range(K)])
+        else:
+            t = torch.stack([sample_times(process, B, g, stratified=True) for _ in range(K)])
+        if high is None:  # continuous: [t_min, t_max]
+            t, high = t - process.t_min, process.t_max - process.t_min
+        in_stratum, var = _stratum_check(t, high)
+        expected = 1 / (12 * B**3) if high != 1000.0 else 1 / (12 * B**3) + 1 / (12 * 1000**2)  # + rounding
+        ok = in_stratum and abs(var / expected - 1) < 0.15
+        assert ok != broken, (process, in_stratum, var, expected)
+    assert t.dtype == torch.float64 and float(t.min()) >= 0 and float(t.max()) <= 999

@@ -277,3 +277,37 @@ def test_invalid_betas(betas):
 def test_explicit_betas_accepted():
     p = DiscreteVP(betas=[0.1, 0.5, 1.0])
     assert p.schedule == "custom" and p.T == 3 and p.zero_terminal_snr
+
+
+# --- the SNR shift (SD3 sec. 5.3.2, as CogVideoX applies it to a discrete schedule) -----------------------------
+
+@pytest.mark.parametrize("shift", [0.5, 3.0])
+def test_snr_shift_divides_every_snr(shift):
+    plain, shifted = DiscreteVP("scaled_linear"), DiscreteVP("scaled_linear", snr_shift=shift)
+    snr = lambda ab: ab / (1 - ab)  # noqa: E731
+    torch.testing.assert_close(snr(shifted.alphas_cumprod), snr(plain.alphas_cumprod) / shift, rtol=1e-10, atol=0)
+
+
+def _shifted_then_rescaled_alphabar(shift: float, rescale_first: bool = False):
+    betas = make_betas("scaled_linear", 1000)
+    if rescale_first:  # the broken order: rescaled to zero terminal SNR, then shifted (the end stays 0 either way)
+        ab = torch.cumprod(1 - rescale_zero_terminal_snr(betas), 0)
+        return ab / (shift + (1 - shift) * ab)
+    return DiscreteVP("scaled_linear", zero_terminal_snr=True, snr_shift=shift).alphas_cumprod
+
+
+@pytest.mark.parametrize("broken", [False, True], ids=["hirune", "rescaled-before-shift"])
+def test_snr_shift_matches_cogvideox_scheduler(broken):
+    """diffusers' CogVideoXDDIMScheduler (scaled_linear 0.00085..0.012, SNR shift 3, zero terminal SNR) is the
+    oracle; applying the rescale before the shift gives another schedule, which the same check rejects."""
+    diffusers = pytest.importorskip("diffusers")
+    oracle = diffusers.CogVideoXDDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                              snr_shift_scale=3.0, rescale_betas_zero_snr=True).alphas_cumprod
+    ours = _shifted_then_rescaled_alphabar(3.0, rescale_first=broken)
+    close = torch.allclose(ours.float(), oracle.float(), rtol=1e-5, atol=1e-6)
+    assert close != broken
+
+
+def test_snr_shift_must_be_positive():
+    with pytest.raises(ValueError, match="snr_shift=0.0 is not valid; valid: a number > 0"):
+        DiscreteVP("linear", snr_shift=0.0)

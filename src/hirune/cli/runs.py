@@ -119,10 +119,13 @@ def _add_sample(sub) -> None:
     p.add_argument("--temperature", type=float, default=1.0,
                    help="normalizing flows: z ~ N(0, T^2 I); dalle: the softmax temperature of each token")
     p.add_argument("--prompt", default=None, help="text-conditioned runs: the caption, e.g. 'a thick seven'")
+    p.add_argument("--motion", default=None, help="video runs: the motion of the prompts drawn in turn, "
+                   "e.g. 'moving left' (with --class: that digit)")
     p.add_argument("--size", type=_size, default=None, metavar="HxW",
                    help="a run with aspect-ratio buckets (buckets=true): the samples' height x width, one of its "
                         "buckets (default: the first)")
-    p.add_argument("--out", default="samples.png", help=".png grid, .npz arrays or .gif trajectory")
+    p.add_argument("--out", default="samples.png", help=".png grid, .npz arrays or .gif trajectory; video runs: "
+                   ".gif / .mp4 (the clips playing in a grid) or .png (one frame strip per clip)")
     a = p.add_argument_group("LoRA adapters (diffusion runs; RUN is their base run, or an adapter run)")
     a.add_argument("--adapter", action="append", default=[], metavar="A[:W]",
                    help="an adapter run (or adapter folder) trained on RUN's base, at weight W (default 1); "
@@ -282,6 +285,28 @@ def _use_adapters(run, args) -> None:
           + (" (merged)" if args.merge else ""))
 
 
+def _sample_video(run, args, options: dict, out_path: Path) -> int:
+    """hirune sample on a video run: clips of the prompt (or of the digits and motions in
+    turn), written as a GIF or MP4 grid, a PNG frame strip per clip, or .npz arrays."""
+    import numpy as np
+
+    from ..inference.generate import generate
+    from ..video_io import frame_strip, write_gif, write_mp4
+
+    options.pop("temperature")
+    if args.rerank is not None or args.class_grid or args.size is not None:
+        raise CLIError("--rerank, --class-grid and --size do not apply to video runs")
+    out, labels = generate(run, args.n, args.sampler, args.steps, args.spacing, args.seed, label=args.label,
+                           motion=args.motion, prompt=args.prompt, **options)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if out_path.suffix == ".npz":
+        np.savez(out_path, samples=out.x.numpy(), **({"labels": labels.numpy()} if labels is not None else {}))
+    else:
+        {".gif": write_gif, ".mp4": write_mp4, ".png": frame_strip}[out_path.suffix](out.x, out_path)
+    print(f"wrote {out_path} ({out.nfe} network evaluations)")
+    return 0
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -290,8 +315,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from ..viz import image_grid, scatter_grid, trajectory_gif
 
     out_path = Path(args.out)
-    if out_path.suffix not in (".png", ".npz", ".gif"):
-        raise CLIError(f"--out must end in .png, .npz or .gif, got {args.out!r}")
+    if out_path.suffix not in (".png", ".npz", ".gif", ".mp4"):
+        raise CLIError(f"--out must end in .png, .npz, .gif or .mp4 (video runs), got {args.out!r}")
     if (args.rerank is None) != (args.clip is None):
         raise CLIError("--rerank N needs --clip RUN (a CLIP run that scores the candidates), and --clip goes "
                        "with --rerank")
@@ -308,6 +333,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     elif args.refiner or args.original_size or args.crop:
         raise CLIError("--refiner, --original-size and --crop apply to diffusion runs")
     options["temperature"] = args.temperature
+    if run.data.kind == "video":
+        return _sample_video(run, args, options, out_path)
+    if args.motion is not None or out_path.suffix == ".mp4":
+        raise CLIError(f"--motion and .mp4 apply to video runs, not a run on {run.data.name}")
     if args.size is not None:
         if not hasattr(getattr(run, "config", None), "buckets"):
             raise CLIError(f"--size applies to diffusion runs with aspect-ratio buckets (buckets=true), not a "

@@ -1,7 +1,7 @@
 """Data that ships with hirune: 2-D toys generated in code and small image datasets read from
 files inside installed packages (nothing is downloaded), plus loaders for user image folders
-and .npz files. Every loader returns an `ArrayDataset` (images (N, C, H, W) in [-1, 1], or
-toy points (N, 2)) with fixed, documented train/test splits.
+and .npz files. Every loader returns an `ArrayDataset` (images (N, C, H, W) in [-1, 1], videos
+(N, C, T, H, W) in [-1, 1], or toy points (N, 2)) with fixed, documented train/test splits.
 
     from hirune.data import load_dataset
     train = load_dataset("mnist5k", "train")       # 4500 x 1 x 28 x 28, labels 0..9
@@ -11,7 +11,9 @@ toy points (N, 2)) with fixed, documented train/test splits.
 Modules: `toys` (the 2-D distributions, their scaling and exact mixture densities), `images`
 (digits, mnist5k, image_folder, npz_dataset; the split rule), `registry` (DATASETS,
 load_dataset, data_format, dataset_source, example_shape, dataset_info), `dataset`
-(ArrayDataset, DataFormat, split_indices), `captions` (captions of the digits), `dequantize`
+(ArrayDataset, DataFormat, split_indices), `captions` (captions of the digits), `moving` (moving-digit
+clips: moving-mnist5k, its 17-frame and two-digit variants, mnist5k-frames), `video_captions`
+(captions of the clips), `dequantize`
 (discrete data for likelihoods), `buckets` (aspect-ratio buckets: the bucket of an
 image's ink, canvases, centred crops and pads), `sizes` (counts of examples checked: in range, no more than
 there are, an array that fits in memory).

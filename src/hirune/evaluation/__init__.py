@@ -10,6 +10,8 @@
     reconstruction.py  an autoencoder's reconstructions: PSNR, KL or codebook use, rFID
     classifier.py      a noise-aware classifier's accuracy across noise levels
     text.py            text-to-image: does the sample show the digit the caption names?
+    video.py           moving-digit clips: per-frame class accuracy, motion direction, temporal
+                       consistency, smooth motion, per-frame Frechet distance (`video_report`)
 """
 
 from .denoising import NOISE_FRACTIONS, denoising_error, fraction_time

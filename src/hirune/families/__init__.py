@@ -14,6 +14,8 @@ and the loader call through one interface (`base.Family`) without asking which i
     clip.py              CLIP: contrastive image-text embeddings, zero-shot classification
     dalle.py             DALL-E's text-to-image transformer over a tokenizer run's image codes
                          (+ dalle_tokens.py: image and text tokenizers; dalle_sampling.py)
+    video.py             CogVideoX-style text to video: the expert transformer on a causal
+                         video VAE's latents (a diffusion family over clips)
 
 Adding a family is one new module with a registered `Family` subclass, imported here.
 """
@@ -26,6 +28,7 @@ from .dalle import Dalle
 from .diffusion import Diffusion, DiffusionConfig
 from .normalizing_flow import NormalizingFlow
 from .prior import Prior
+from .video import Video
 
 __all__ = ["FAMILIES", "Autoencoder", "Batch", "Classifier", "Clip", "Context", "Dalle", "Diffusion", "DiffusionConfig",
-           "Draw", "Family", "NormalizingFlow", "get_family", "register"]
+           "Draw", "Family", "NormalizingFlow", "Video", "get_family", "register"]

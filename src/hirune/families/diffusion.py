@@ -74,6 +74,19 @@ class DiffusionConfig:
     micro_crop: int = 0                # augmentation: crops at offsets ~ U{-micro_crop .. micro_crop}^2 (0: off)
     noise_offset: float = 0.0          # training noise eps + noise_offset x N(0, 1) per image and channel
     train_until: float = 1.0           # a refiner (SDXL): training times from the lowest fraction of the range only
+    explicit_uniform: bool = False     # CogVideoX: row i of the batch draws its time from stratum i of the range
+
+
+def check_data_kind(family: str, dataset: str) -> None:
+    """Clips go to the video family, images and points to the others."""
+    from ..data.registry import DATASETS
+
+    spec = DATASETS.get(dataset)
+    if spec is not None and (spec.kind == "video") != (family == "video"):
+        valid = "family=video (e.g. `hirune train cogvideox-moving-mnist5k`)" if spec.kind == "video" else \
+            "a dataset of clips (moving-mnist5k, ...)"
+        raise ValueError(f"dataset={dataset!r} holds {spec.kind} data, which family {family!r} does not model; "
+                         f"valid: {valid}")
 
 
 @dataclass
@@ -123,7 +136,7 @@ class Diffusion(Family):
         if config.text_encoder:  # captions written from labels and measured attributes, encoded per batch
             from ..models.text import TextConditioner
 
-            self.text = TextConditioner(config.text_encoder)
+            self.text = TextConditioner(config.text_encoder, self.caption_vocabulary())
         # latent diffusion: the diffusion's data are the scaled latents of a frozen autoencoder
         self.clip = self.image_embeds = None
         if config.clip:  # unCLIP's decoder: conditioned on the CLIP image embedding
@@ -183,6 +196,7 @@ class Diffusion(Family):
         from ..sampling import SAMPLERS
 
         super().check(cfg, config)
+        check_data_kind(cls.name, cfg.dataset)
         check_choices(config, {"objective": OBJECTIVES, "weighting": O.WEIGHTINGS, "coupling": O.COUPLINGS,
                                "sampler": tuple(SAMPLERS)})
         prediction = "velocity" if config.objective == "flow_matching" else config.prediction
@@ -209,6 +223,9 @@ class Diffusion(Family):
         if config.train_until < 1 and (config.objective == "hybrid" or config.weighting == "likelihood"):
             raise ValueError(f"train_until={config.train_until} is not valid with objective={config.objective!r}, "
                              f"weighting={config.weighting!r} (they draw their own times); valid: 1.0")
+        if config.explicit_uniform and (config.objective == "hybrid" or config.weighting == "likelihood"):
+            raise ValueError(f"explicit_uniform=true is not valid with objective={config.objective!r}, "
+                             f"weighting={config.weighting!r} (they draw their own times); valid: false")
         if config.low_res or config.noise_aug:
             from ..data import example_shape
 
@@ -256,9 +273,7 @@ class Diffusion(Family):
         if self.text is not None and self.config.placeholder:
             self.captioner = textual_inversion.captioner(self)
         elif self.text is not None:
-            from ..data.captions import Captioner
-
-            self.captioner = Captioner(data.data, data.labels)
+            self.captioner = self.make_captioner(data)
         if self.first_stage is not None:  # KL: (mean, std) on the channels, scaled
             self.latents = self.first_stage.moments(data.data).cpu()
         if self.clip is not None:  # the pixels' CLIP embeddings, once
@@ -269,6 +284,16 @@ class Diffusion(Family):
             dreambooth.prepare(self, data, context)
         if self.config.buckets:  # aspect-ratio buckets: each bucket's members
             buckets.prepare(self, data)
+
+    def caption_vocabulary(self) -> list[str] | None:
+        """The word tokenizer's vocabulary (None: the digit captions', `data.captions`)."""
+        return None
+
+    def make_captioner(self, data):
+        """The captions of the training examples (digit images: label, thickness, slant)."""
+        from ..data.captions import Captioner
+
+        return Captioner(data.data, data.labels)
 
     def _reflow(self, data, context: Context) -> None:
         """The (noise, data) pairs of reflow: stored in the run directory, else drawn from the
@@ -322,7 +347,7 @@ class Diffusion(Family):
         elif config.weighting == "likelihood":
             d.t = O.sample_likelihood_times(self.process, n, g, dev)
         else:
-            d.t = O.sample_times(self.process, n, g, dev, until=config.train_until)
+            d.t = O.sample_times(self.process, n, g, dev, until=config.train_until, stratified=config.explicit_uniform)
         if d.noise is None and self.reflow_noise is None:
             d.noise = torch.randn(shape, generator=g, dtype=dtype, device=dev)
         if config.clip:  # drawn last, so other runs draw what they always drew

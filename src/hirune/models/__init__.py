@@ -9,6 +9,7 @@ y: (B,) int64 labels; `num_classes` is the null label, y=None means all-null.
     build_model("classifier", in_channels=1, num_classes=10)   # classifier(x_t, t) -> logits
     build_model("dit", size="T/2", in_channels=1, image_size=8)   # transformers: DiT, U-ViT
     build_model("uvit", size="tiny", in_channels=1, image_size=28, patch_size=4)
+    build_model("cogvideox", size="tiny", in_channels=4, context_dim=384)   # video latents (B, C, T, H, W)
     build_model("kl_autoencoder", size="f4", in_channels=1)   # autoencoders: encode(x), decode(z)
     build_model("vq_autoencoder", size="f2", in_channels=1, codebook_size=128)
     build_model("video_kl", size="tiny", in_channels=1)   # CogVideoX's 3D causal VAE: (B, C, 4k+1, H, W) videos
@@ -34,6 +35,7 @@ from .autoencoder import (AUTOENCODER_SIZES, KLAutoencoder, KLAutoencoderConfig,
                           VQAutoencoderConfig)
 from .classifier import ClassifierConfig, NoisyClassifier
 from .clip import CLIP, CLIPConfig
+from .cogvideox import COGVIDEOX_SIZES, CogVideoX, CogVideoXConfig
 from .config import config_from_dict
 from .dalle import DalleConfig, DalleTransformer
 from .discriminator import PatchDiscriminator
@@ -51,6 +53,7 @@ MODELS: dict[str, tuple[type[nn.Module], type, dict[str, dict]]] = {
     "unet": (UNet, UNetConfig, UNET_SIZES),
     "dit": (DiT, DiTConfig, DIT_SIZES),                     # Peebles & Xie 2023
     "uvit": (UViT, UViTConfig, UVIT_SIZES),                 # Bao et al. 2023
+    "cogvideox": (CogVideoX, CogVideoXConfig, COGVIDEOX_SIZES),  # video: Yang et al. 2024 (expert transformer)
     "classifier": (NoisyClassifier, ClassifierConfig, {}),  # p(y | x_t, t) for classifier guidance
     "normalizing_flow": (Flow, FlowConfig, {}),             # RealNVP, Glow, MAF (normalizing_flow.py)
     # autoencoders for latent diffusion, model(x) -> AutoencoderOutput (Rombach et al. 2022)
@@ -83,8 +86,8 @@ def blocks(model: nn.Module) -> list[nn.Module]:
 
 def model_config(kind: str, config: Mapping[str, Any] | None = None, /, **overrides):
     """The config dataclass of `kind` from a dict and/or keywords.  The key `size` starts
-    from a named size (`UNET_SIZES`, `DIT_SIZES`, `UVIT_SIZES`, `AUTOENCODER_SIZES`, `VIDEO_KL_SIZES`); the other
-    keys override it."""
+    from a named size (`UNET_SIZES`, `DIT_SIZES`, `UVIT_SIZES`, `AUTOENCODER_SIZES`,
+    `COGVIDEOX_SIZES`, `VIDEO_KL_SIZES`); the other keys override it."""
     if kind not in MODELS:
         raise ValueError(f"unknown model kind {kind!r}; valid: {sorted(MODELS)}")
     _, config_cls, sizes = MODELS[kind]
@@ -108,4 +111,4 @@ __all__ = ["AUTOENCODERS", "AUTOENCODER_SIZES", "DIT_SIZES", "MLP", "MODELS", "U
            "KLAutoencoder", "KLAutoencoderConfig", "MLPConfig",
            "NoisyClassifier", "PatchDiscriminator", "PriorConfig", "PriorTransformer", "UNet", "UNetConfig", "UViT", "UViTConfig",
            "VIDEO_KL_SIZES", "VQAutoencoder", "VQAutoencoderConfig", "VideoKLAutoencoder", "VideoKLConfig",
-           "build_model", "model_config"]
+           "build_model", "model_config", "COGVIDEOX_SIZES", "CogVideoX", "CogVideoXConfig"]

@@ -112,18 +112,21 @@ def shared_minilm() -> MiniLM:
 class TextConditioner:
     """captions -> the network's keyword arguments (see the module docstring)."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, vocabulary: list[str] | None = None):
+        """vocabulary: the word tokenizer's (tiny, tiny+minilm); default the digit captions'
+        (`data.captions.training_vocabulary`), the clips' for video runs."""
         if kind not in TEXT_CONDITIONERS:
             raise ValueError(f"text_encoder={kind!r} is not valid; valid: {list(TEXT_CONDITIONERS)}")
         self.kind, self.words = kind, None
+        vocabulary = training_vocabulary() if vocabulary is None else vocabulary
         if kind == "tiny":
-            self.encode = WordTokenizer(training_vocabulary())
+            self.encode = WordTokenizer(vocabulary)
             self.context_dim, self.vocab_size, self.max_len = TINY_DIM, self.encode.vocab_size, self.encode.max_len
         else:
             self.encode = shared_minilm()
             self.context_dim, self.vocab_size, self.max_len = MiniLM.dim, None, self.encode.max_len
         if kind == "tiny+minilm":
-            self.words = WordTokenizer(training_vocabulary())
+            self.words = WordTokenizer(vocabulary)
 
     def model_config(self) -> dict:
         """What the network needs to know: context width, for "tiny" its vocabulary, and

@@ -35,14 +35,27 @@ REGRESSION_TARGETS = ("eps", "x0", "v", "velocity")
 
 
 def sample_times(process: GaussianProcess, batch: int, generator: torch.Generator | None = None,
-                 device: torch.device | str = "cpu", until: float = 1.0) -> Tensor:
+                 device: torch.device | str = "cpu", until: float = 1.0, stratified: bool = False) -> Tensor:
     """Training times: uniform integers 0..T-1 for discrete schedules, uniform on
     [t_min, t_max] otherwise (float64, (B,)).  until < 1: only the lowest fraction of that
     range (a refiner's, SDXL: integers 0..ceil(until T) - 1, or [t_min, t_min + until
-    (t_max - t_min)]); the draws are the same numbers of the generator either way."""
+    (t_max - t_min)]); the draws are the same numbers of the generator either way.
+
+    stratified: CogVideoX's explicit uniform sampling (Yang et al. 2024, sec. 3.3): the
+    range cut into `batch` equal strata and row i drawn uniformly from stratum i, so the
+    rows cover the range evenly and the batch's mean loss varies less from step to step.
+    Rows are given to ranks in contiguous slices, so each rank draws from its own
+    contiguous stratum, as the paper does, whatever the number of ranks."""
     where = generator.device if generator is not None else torch.device(device)  # draw where the generator lives
     if not 0.0 < until <= 1.0:
         raise ValueError(f"until={until} is not valid; valid: a fraction of the time range in (0, 1]")
+    if stratified:
+        u = torch.rand(batch, generator=generator, dtype=torch.float64, device=where)
+        u = (torch.arange(batch, dtype=torch.float64, device=where) + u) / batch  # row i in [i / B, (i + 1) / B)
+        if process.discrete:
+            high = process.T if until == 1.0 else max(1, math.ceil(until * process.T))
+            return (u * high).floor().clamp(max=high - 1).to(device)
+        return (process.t_min + u * until * (process.t_max - process.t_min)).to(device)
     if process.discrete:
         high = process.T if until == 1.0 else max(1, math.ceil(until * process.T))
         return torch.randint(0, high, (batch,), generator=generator, device=where).to(device, torch.float64)
@@ -91,10 +104,12 @@ def _weight(process, weighting: str, target: str, c, t: Tensor, importance: bool
 def regression_loss(model, process: GaussianProcess, x0: Tensor, *, target: str = "eps",
                     weighting: str = "none", min_snr_gamma: float = 5.0, cond: dict | None = None,
                     generator=None, t: Tensor | None = None, noise: Tensor | None = None,
-                    t_importance: bool = False) -> Loss:
+                    t_importance: bool = False, mask: Tensor | None = None) -> Loss:
     """E_t,eps w(t) || model(x_t, t) - target(x0, eps, t) ||^2, the mean over dimensions.
     weighting (`hirune.weighting`): none | min_snr | likelihood (importance-sampled t,
-    unless t is given: then t counts as uniform draws)."""
+    unless t is given: then t counts as uniform draws).  mask: 1 where an element counts,
+    0 where it is padding (frame packing: the frames a shorter clip lacks), broadcastable to
+    x0; each sample's loss is then the mean over its own elements."""
     if target not in REGRESSION_TARGETS:
         raise ValueError(f"unknown target {target!r}; valid: {list(REGRESSION_TARGETS)}")
     _check_weighting(weighting, process)
@@ -103,7 +118,12 @@ def regression_loss(model, process: GaussianProcess, x0: Tensor, *, target: str 
     pred = model(x_t, time_batch(t, x_t), **(cond or {}))
     if pred.shape != x0.shape:
         raise ValueError(f"model output {tuple(pred.shape)} does not match data {tuple(x0.shape)}")
-    per_sample = _mean_per_sample((pred - from_x0_eps(target, x0, noise, c)) ** 2)
+    err = (pred - from_x0_eps(target, x0, noise, c)) ** 2
+    if mask is None:
+        per_sample = _mean_per_sample(err)
+    else:
+        mask = mask.to(err).expand_as(err)
+        per_sample = (err * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp_min(1)
     w = _weight(process, weighting, target, c, t, importance, min_snr_gamma)
     if w is not None:
         per_sample = per_sample * w.to(per_sample)

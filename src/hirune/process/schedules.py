@@ -69,13 +69,31 @@ def rescale_zero_terminal_snr(betas: Tensor) -> Tensor:
     return 1 - alphas
 
 
-def make_betas(name: str, T: int = 1000, zero_terminal_snr: bool = False, **kwargs) -> Tensor:
-    """Betas of a named schedule (see `BETA_SCHEDULES`)."""
+def shift_snr(betas: Tensor, shift: float) -> Tensor:
+    """The SNR shift of SD3 (Esser et al. 2024, sec. 5.3.2) as CogVideoX applies it to a
+    discrete schedule (Yang et al. 2024, sec. 3.3): every SNR divided by `shift`,
+    alpha_bar' = alpha_bar / (shift + (1 - shift) alpha_bar), so that alpha_bar' / (1 -
+    alpha_bar') = SNR / shift.  shift > 1 spends more of the steps at high noise, which
+    larger inputs (videos, high resolution) need: the same noise destroys less of a signal
+    with more, redundant, pixels.  Returns the betas of the shifted schedule."""
+    if not shift > 0:
+        raise ValueError(f"snr_shift={shift} is not valid; valid: a number > 0 (1: no shift)")
+    alpha_bar = torch.cumprod(1 - betas.double(), 0)
+    alpha_bar = alpha_bar / (shift + (1 - shift) * alpha_bar)
+    return 1 - torch.cat([alpha_bar[:1], alpha_bar[1:] / alpha_bar[:-1]])
+
+
+def make_betas(name: str, T: int = 1000, zero_terminal_snr: bool = False, snr_shift: float = 1.0,
+               **kwargs) -> Tensor:
+    """Betas of a named schedule (see `BETA_SCHEDULES`), its SNR divided by `snr_shift`
+    (`shift_snr`), then rescaled to zero terminal SNR if asked (the order of CogVideoX)."""
     if name not in BETA_SCHEDULES:
         raise ValueError(f"unknown schedule {name!r}; valid: {sorted(BETA_SCHEDULES)}")
     if not isinstance(T, int) or T < 2:
         raise ValueError(f"number of timesteps T must be an integer >= 2, got {T!r}")
     betas = BETA_SCHEDULES[name](T, **kwargs)
+    if snr_shift != 1.0:
+        betas = shift_snr(betas, snr_shift)
     return rescale_zero_terminal_snr(betas) if zero_terminal_snr else betas
 
 
@@ -91,10 +109,10 @@ class DiscreteVP(GaussianProcess):
 
     def __init__(
         self, schedule: str = "linear", T: int = 1000, *, zero_terminal_snr: bool = False,
-        betas: Tensor | None = None, **schedule_kwargs,
+        snr_shift: float = 1.0, betas: Tensor | None = None, **schedule_kwargs,
     ):
         if betas is None:
-            betas = make_betas(schedule, T, zero_terminal_snr, **schedule_kwargs)
+            betas = make_betas(schedule, T, zero_terminal_snr, snr_shift, **schedule_kwargs)
         else:
             schedule = "custom"
         betas = torch.as_tensor(betas, dtype=torch.float64)

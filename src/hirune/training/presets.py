@@ -354,3 +354,16 @@ PRESETS["sdxl-micro-mnist5k"] = {**PRESETS["vpred-mnist5k"], "micro_conditioning
                                  "micro_crop": 4}
 PRESETS["offset-noise-mnist5k"] = {**PRESETS["ddpm-mnist5k"], "dataset": "mnist5k-brightness", "noise_offset": 0.1}
 PRESETS["refiner-mnist5k"] = {**PRESETS["vpred-mnist5k"], "train_until": 0.2, "eval_samples": 0, "sample_every": 0}
+
+# CogVideoX in miniature (family "video"): the expert transformer on the latents of a causal
+# video VAE -- train it first: `hirune train video-vae-moving-mnist5k` -- conditioned on the
+# clips' captions ("a seven moving left") through the tiny text encoder.  CogVideoX's
+# process: scaled_linear betas, every SNR divided by the shift, rescaled to zero terminal
+# SNR; v prediction; explicit uniform times; DDIM on trailing spacing.
+_COGVIDEOX_PROCESS = dict(process="ddpm", process_config={"schedule": "scaled_linear", "zero_terminal_snr": True,
+                                                          "snr_shift": 1.0},
+                          objective="regression", prediction="v", sampler="ddim", sample_steps=50)
+PRESETS["cogvideox-moving-mnist5k"] = dict(
+    family="video", model="cogvideox", dataset="moving-mnist5k", autoencoder="runs/video-vae-moving-mnist5k",
+    text_encoder="tiny", explicit_uniform=True, **_COGVIDEOX_PROCESS, batch_size=32, lr=1e-3, warmup=100,
+    ema_decay=0.995, steps=1500, log_every=50, sample_every=500, ckpt_every=500, num_samples=10)
