@@ -9,9 +9,10 @@ Trains the preset video-vae-moving-mnist5k (tiny: 16, 32, 32 channels, 4x time a
 convs, no middle attention) on the frames of the same training clips, z channels a frame:
 8 x 8 x z numbers a frame, 576 z a clip (z = 1: 576, fewer than the video VAE's 768; z = 4:
 2304, the video VAE's latent per frame without the time compression).  The image runs see the
-same frames a step (the preset's clips x 9 frames) for as many steps.  Then the PSNR of each frame index over the first
---n test clips (posterior means), the mean over clips, the minutes of training (one thread:
-OMP_NUM_THREADS=1), and the parameters.  Prints one markdown table and writes OUT.md, OUT.json.
+same frames a step (the preset's clips x 9 frames) for as many steps.  Then the PSNR of each
+frame index over the first --n test clips (posterior means), the mean over clips, the minutes
+of training (one thread: OMP_NUM_THREADS=1; a run whose final checkpoint exists under OUT is
+reused), and the parameters.  Prints one markdown table and writes OUT.md, OUT.json.
 """
 
 from __future__ import annotations
@@ -61,7 +62,10 @@ def per_frame_psnr(reconstruct, clips: torch.Tensor, batch: int = 32) -> list[fl
     return frames + [float(psnr(out, clips).mean())]
 
 
-def trained(cfg) -> tuple[object, float]:
+def trained(cfg) -> tuple[object, float | None]:
+    """The run trained (reused, with minutes None, when its final checkpoint exists) and loaded."""
+    if (Path(cfg.out) / "checkpoints" / f"step_{cfg.steps:08d}").exists():
+        return load(cfg.out), None
     start = time.time()
     train(cfg, progress=False)
     return load(cfg.out), (time.time() - start) / 60
@@ -112,7 +116,7 @@ def main() -> None:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["model"], "x".join(map(str, r["latent"])), str(r["numbers"]), f"{r['params']:,}",
-                 f"{r['minutes']:.1f}"] + [f"{v:.2f}" for v in r["psnr"]]
+                 "reused" if r["minutes"] is None else f"{r['minutes']:.1f}"] + [f"{v:.2f}" for v in r["psnr"]]
         lines.append("| " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     note = (f"\nPSNR (dB) per frame index over the first {len(clips)} test clips of {preset['dataset']}, "
