@@ -33,6 +33,8 @@ def test_settings_refused_by_name(tmp_path):
         Trainer(_cfg(tmp_path, micro_crop=2))
     with pytest.raises(ValueError, match="class_conditional=true is not valid"):
         Trainer(_cfg(tmp_path, class_conditional=True, text_encoder=""))
+    with pytest.raises(ValueError, match="weighting='likelihood' is not valid for family 'video'"):
+        Trainer(_cfg(tmp_path, weighting="likelihood", explicit_uniform=False))
     with pytest.raises(ValueError, match="image_share=0.5 needs a causal video autoencoder"):
         Trainer(_cfg(tmp_path, image_share=0.5))
     with pytest.raises(ValueError, match="frames=8 is not valid; valid: 4k\\+1"):

@@ -77,6 +77,8 @@ class Video(Diffusion):
         super().check(cfg, config)
         if config.objective != "regression":
             raise ValueError(f"objective={config.objective!r} is not valid for family 'video'; valid: 'regression'")
+        if config.weighting == "likelihood":
+            raise ValueError("weighting='likelihood' is not valid for family 'video'; valid: 'none', 'min_snr'")
         if config.class_conditional:
             raise ValueError("class_conditional=true is not valid for family 'video'; valid: false (a video run "
                              "is conditioned on captions: text_encoder=tiny|minilm, or unconditional)")
