@@ -49,17 +49,15 @@ def sample_times(process: GaussianProcess, batch: int, generator: torch.Generato
     where = generator.device if generator is not None else torch.device(device)  # draw where the generator lives
     if not 0.0 < until <= 1.0:
         raise ValueError(f"until={until} is not valid; valid: a fraction of the time range in (0, 1]")
-    if stratified:
-        u = torch.rand(batch, generator=generator, dtype=torch.float64, device=where)
-        u = (torch.arange(batch, dtype=torch.float64, device=where) + u) / batch  # row i in [i / B, (i + 1) / B)
-        if process.discrete:
-            high = process.T if until == 1.0 else max(1, math.ceil(until * process.T))
-            return (u * high).floor().clamp(max=high - 1).to(device)
-        return (process.t_min + u * until * (process.t_max - process.t_min)).to(device)
-    if process.discrete:
+    if process.discrete:  # times 0..high - 1
         high = process.T if until == 1.0 else max(1, math.ceil(until * process.T))
-        return torch.randint(0, high, (batch,), generator=generator, device=where).to(device, torch.float64)
+        if not stratified:
+            return torch.randint(0, high, (batch,), generator=generator, device=where).to(device, torch.float64)
     u = torch.rand(batch, generator=generator, dtype=torch.float64, device=where)
+    if stratified:
+        u = (torch.arange(batch, dtype=torch.float64, device=where) + u) / batch  # row i in [i / B, (i + 1) / B)
+    if process.discrete:
+        return (u * high).floor().clamp(max=high - 1).to(device)
     return (process.t_min + u * until * (process.t_max - process.t_min)).to(device)
 
 
