@@ -209,5 +209,8 @@ def packed_frames(still: Tensor, frames: int) -> Tensor:
 
 
 def frame_mask(frames: Tensor, total: int) -> Tensor:
-    """(B, total) float: 1 for each row's first frames[b] frames, 0 after."""
-    return (torch.arange(total, device=frames.device)[None, :] < frames[:, None]).float()
+    """(B, total) float: 1 for each row's first frames[b] frames, 0 after (the network's
+    `real_frames`, as the loss's weights)."""
+    from ..models.cogvideox import real_frames
+
+    return real_frames(frames, total).float()

@@ -211,6 +211,12 @@ COGVIDEOX_SIZES: dict[str, dict] = {
 }
 
 
+def real_frames(frames: Tensor, total: int) -> Tensor:
+    """(B, total) bool: True on each example's first frames[b] frames (frame packing), False
+    on the padding after them."""
+    return torch.arange(total, device=frames.device)[None] < frames[:, None]
+
+
 def sincos_3d(dim: int, frames: int, rows: int, cols: int) -> Tensor:
     """The 3-D sin-cos table of CogVideoX's fixed positions: (frames, rows, cols, dim), the
     frame's `sincos_1d` on the first dim/4 channels, `sincos_position_embedding` of (i, j)
@@ -388,7 +394,7 @@ class CogVideoX(nn.Module):
             text_mask = torch.ones(batch, text_len, dtype=torch.bool, device=device)
         video = torch.ones(batch, T * per_frame, dtype=torch.bool, device=device)
         if frames is not None:
-            video = (torch.arange(T, device=device)[None] < frames.to(device)[:, None]).repeat_interleave(per_frame, 1)
+            video = real_frames(frames.to(device), T).repeat_interleave(per_frame, 1)
         return torch.cat([text_mask.to(device), video], dim=1)
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, context: Tensor | None = None,
@@ -422,5 +428,5 @@ class CogVideoX(nn.Module):
         out = unpatchify(patches, p, H, W).unflatten(0, (B, T)).transpose(1, 2)     # (B, out, T, H, W)
         if frames is None:
             return out
-        real = torch.arange(T, device=x.device)[None] < frames.to(x.device)[:, None]
+        real = real_frames(frames.to(x.device), T)
         return out.masked_fill(~real[:, None, :, None, None], 0.0)                   # padding frames: 0
