@@ -205,7 +205,7 @@ def check_video_first_stage(path: str, first_stage) -> None:
 
 def packed_frames(still: Tensor, frames: int) -> Tensor:
     """Each row's number of real latent frames: 1 for a still row, all of them otherwise."""
-    return torch.where(still, torch.ones_like(still, dtype=torch.long), torch.full_like(still, frames, dtype=torch.long))
+    return torch.where(still, 1, frames).long()
 
 
 def frame_mask(frames: Tensor, total: int) -> Tensor:
