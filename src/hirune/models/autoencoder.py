@@ -198,13 +198,15 @@ class Downsample(nn.Module):
         return self.conv(F.pad(x, (0, 1, 0, 1)))
 
 
-def _middle(ch: int, c: AutoencoderConfig) -> nn.Sequential:
-    layers = [ResnetBlock(ch, ch, c.dropout)]
+def mid_blocks(ch: int, c: AutoencoderConfig, block: type[nn.Module] = ResnetBlock,
+               attention: type[nn.Module] = SelfAttention2d) -> nn.Sequential:
+    """The middle: a ResNet block, optional self-attention, a ResNet block (`block` and
+    `attention` their classes: the video VAE passes its per-frame ones)."""
+    layers = [block(ch, ch, c.dropout)]
     if c.mid_attention:
-        attention = SelfAttention2d(ch, 1)
-        attention.norm.eps = 1e-6
-        layers.append(attention)
-    return nn.Sequential(*layers, ResnetBlock(ch, ch, c.dropout))
+        layers.append(attention(ch, 1))
+        layers[-1].norm.eps = 1e-6
+    return nn.Sequential(*layers, block(ch, ch, c.dropout))
 
 
 class Encoder(nn.Module):
@@ -223,7 +225,7 @@ class Encoder(nn.Module):
             if level < len(c.channel_mult) - 1:
                 layers.append(Downsample(ch))
             self.down.append(nn.Sequential(*layers))
-        self.mid = _middle(ch, c)
+        self.mid = mid_blocks(ch, c)
         self.out = nn.Sequential(_norm(ch), nn.SiLU(), nn.Conv2d(ch, out_channels, 3, padding=1))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -240,7 +242,7 @@ class Decoder(nn.Module):
         super().__init__()
         ch = c.channels * c.channel_mult[-1]
         self.conv_in = nn.Conv2d(c.z_channels, ch, 3, padding=1)
-        self.mid = _middle(ch, c)
+        self.mid = mid_blocks(ch, c)
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(c.channel_mult))):
             layers = []

@@ -46,7 +46,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn import SelfAttention2d, norm_groups
-from .autoencoder import AutoencoderOutput, DiagonalGaussian, KLAutoencoderConfig
+from .autoencoder import AutoencoderOutput, DiagonalGaussian, Downsample, KLAutoencoderConfig, mid_blocks
+from .unet import Upsample
 
 
 # --- the layers ------------------------------------------------------------------------
@@ -152,34 +153,33 @@ def repeat_time(x: Tensor) -> Tensor:
     return torch.cat([x[:, :, :1], x[:, :, 1:].repeat_interleave(2, dim=2)], dim=2)
 
 
-class Downsample3d(nn.Module):
-    """`pool_time` where compress_time, then in each frame LDM's downsampling: one pixel of
-    zeros right and bottom, a 3x3 conv of stride 2 (CogVideoXDownsample3D)."""
+class Downsample3d(Downsample):
+    """`pool_time` where compress_time, then in each frame the image autoencoder's
+    downsampling: one pixel of zeros right and bottom, a 3x3 conv of stride 2
+    (CogVideoXDownsample3D)."""
 
     def __init__(self, channels: int, compress_time: bool):
-        super().__init__()
+        super().__init__(channels)
         self.compress_time = compress_time
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.compress_time:
             x = pool_time(x)
-        return per_frame(lambda f: self.conv(F.pad(f, (0, 1, 0, 1))), x)
+        return per_frame(super().forward, x)
 
 
-class Upsample3d(nn.Module):
-    """`repeat_time` where compress_time, then in each frame nearest-neighbour 2x and a 3x3
-    conv (CogVideoXUpsample3D)."""
+class Upsample3d(Upsample):
+    """`repeat_time` where compress_time, then in each frame the image autoencoder's
+    upsampling: nearest-neighbour 2x and a 3x3 conv (CogVideoXUpsample3D)."""
 
     def __init__(self, channels: int, compress_time: bool):
-        super().__init__()
+        super().__init__(channels)
         self.compress_time = compress_time
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.compress_time:
             x = repeat_time(x)
-        return per_frame(lambda f: self.conv(F.interpolate(f, scale_factor=2.0, mode="nearest")), x)
+        return per_frame(super().forward, x)
 
 
 # --- the config ------------------------------------------------------------------------
@@ -251,15 +251,6 @@ VIDEO_KL_SIZES: dict[str, dict] = {
 
 # --- encoder, decoder, the autoencoder -------------------------------------------------
 
-def _middle(ch: int, c: VideoKLConfig) -> nn.Sequential:
-    layers = [ResnetBlock3d(ch, ch, c.dropout)]
-    if c.mid_attention:
-        attention = FrameAttention(ch, 1)
-        attention.norm.eps = 1e-6
-        layers.append(attention)
-    return nn.Sequential(*layers, ResnetBlock3d(ch, ch, c.dropout))
-
-
 class VideoEncoder(nn.Module):
     """x (B, in_channels, T, H, W) -> (B, 2 z, 1 + (T - 1) / time_compression, H / f, W / f):
     a causal conv, per level `num_res_blocks` ResnetBlock3d and a Downsample3d (all levels
@@ -279,7 +270,7 @@ class VideoEncoder(nn.Module):
             if level < len(c.channel_mult) - 1:
                 layers.append(Downsample3d(ch, compress_time=level < c.time_levels))
             self.down.append(nn.Sequential(*layers))
-        self.mid = _middle(ch, c)
+        self.mid = mid_blocks(ch, c, ResnetBlock3d, FrameAttention)
         self.out = nn.Sequential(_norm(ch), nn.SiLU(), CausalConv3d(ch, 2 * c.z_channels, 3))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -298,7 +289,7 @@ class VideoDecoder(nn.Module):
         super().__init__()
         ch = c.channels * c.channel_mult[-1]
         self.conv_in = CausalConv3d(c.z_channels, ch, 3)
-        self.mid = _middle(ch, c)
+        self.mid = mid_blocks(ch, c, ResnetBlock3d, FrameAttention)
         self.up = nn.ModuleList()
         for i, (level, mult) in enumerate(reversed(list(enumerate(c.channel_mult)))):
             layers = []
