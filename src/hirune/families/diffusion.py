@@ -77,16 +77,19 @@ class DiffusionConfig:
     explicit_uniform: bool = False     # CogVideoX: row i of the batch draws its time from stratum i of the range
 
 
-def check_data_kind(family: str, dataset: str) -> None:
-    """Clips go to the video family, images and points to the others."""
+def check_data_kind(family: str, dataset: str):
+    """Clips go to the video family, images and points to the others (a dataset outside the
+    registry, a folder or an .npz, holds images).  Returns the dataset's registry entry."""
     from ..data.registry import DATASETS
 
     spec = DATASETS.get(dataset)
-    if spec is not None and (spec.kind == "video") != (family == "video"):
-        valid = "family=video (e.g. `hirune train cogvideox-moving-mnist5k`)" if spec.kind == "video" else \
-            "a dataset of clips (moving-mnist5k, ...)"
-        raise ValueError(f"dataset={dataset!r} holds {spec.kind} data, which family {family!r} does not model; "
-                         f"valid: {valid}")
+    if family == "video" and (spec is None or spec.kind != "video"):
+        videos = sorted(name for name, s in DATASETS.items() if s.kind == "video")
+        raise ValueError(f"dataset={dataset!r} is not valid for family 'video'; valid: {videos}")
+    if family != "video" and spec is not None and spec.kind == "video":
+        raise ValueError(f"dataset={dataset!r} holds video data, which family {family!r} does not model; valid: "
+                         "family=video (e.g. `hirune train cogvideox-moving-mnist5k`)")
+    return spec
 
 
 @dataclass

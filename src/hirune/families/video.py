@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from .. import objectives as O
 from .base import Batch, register
-from .diffusion import Diffusion, DiffusionConfig, DiffusionDraw
+from .diffusion import Diffusion, DiffusionConfig, DiffusionDraw, check_data_kind
 from .settings import Range
 
 # settings of image runs that have no meaning for clips (refused by name)
@@ -62,13 +62,7 @@ class Video(Diffusion):
     # --- the settings ---------------------------------------------------------------
     @classmethod
     def check(cls, cfg, config) -> None:
-        from ..data.registry import DATASETS
-
-        spec = DATASETS.get(cfg.dataset)
-        if spec is None or spec.kind != "video":
-            videos = sorted(name for name, s in DATASETS.items() if s.kind == "video")
-            raise ValueError(f"dataset={cfg.dataset!r} is not valid for family 'video'; valid: {videos}")
-        check_frames(spec.shape[1])
+        check_frames(check_data_kind(cls.name, cfg.dataset).shape[1])  # before the image-only settings
         defaults = DiffusionConfig()
         for key in _IMAGE_ONLY:
             if getattr(config, key) != getattr(defaults, key):
