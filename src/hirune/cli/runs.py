@@ -285,11 +285,16 @@ def _use_adapters(run, args) -> None:
           + (" (merged)" if args.merge else ""))
 
 
+def _save_npz(out_path: Path, out, labels) -> None:
+    """--out X.npz: the samples, and their labels where there are some."""
+    import numpy as np
+
+    np.savez(out_path, samples=out.x.numpy(), **({"labels": labels.numpy()} if labels is not None else {}))
+
+
 def _sample_video(run, args, options: dict, out_path: Path) -> int:
     """hirune sample on a video run: clips of the prompt (or of the digits and motions in
     turn), written as a GIF or MP4 grid, a PNG frame strip per clip, or .npz arrays."""
-    import numpy as np
-
     from ..inference.generate import generate
     from ..video_io import frame_strip, write_gif, write_mp4
 
@@ -300,7 +305,7 @@ def _sample_video(run, args, options: dict, out_path: Path) -> int:
                            motion=args.motion, prompt=args.prompt, **options)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if out_path.suffix == ".npz":
-        np.savez(out_path, samples=out.x.numpy(), **({"labels": labels.numpy()} if labels is not None else {}))
+        _save_npz(out_path, out, labels)
     else:
         {".gif": write_gif, ".mp4": write_mp4, ".png": frame_strip}[out_path.suffix](out.x, out_path)
     print(f"wrote {out_path} ({out.nfe} network evaluations)")
@@ -308,8 +313,6 @@ def _sample_video(run, args, options: dict, out_path: Path) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from ..inference.generate import generate
     from ..training.loading import load
     from ..viz import image_grid, scatter_grid, trajectory_gif
@@ -353,7 +356,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
                                prompt=args.prompt, **options)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if out_path.suffix == ".npz":
-        np.savez(out_path, samples=out.x.numpy(), **({"labels": labels.numpy()} if labels is not None else {}))
+        _save_npz(out_path, out, labels)
     elif out_path.suffix == ".gif":
         frames = out.trajectory if run.data.kind == "toy" else None
         if frames is None:

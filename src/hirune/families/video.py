@@ -190,9 +190,9 @@ def check_frames(frames: int) -> None:
 
 def check_video_first_stage(path: str, first_stage) -> None:
     """A video run's autoencoder must encode clips: an image autoencoder is refused by name."""
-    kind = getattr(first_stage, "data", None)
-    if kind is None or kind.kind != "video":
-        trained = getattr(kind, "name", "?")
+    data = getattr(first_stage, "data", None)  # the DataFormat it was trained on
+    if data is None or data.kind != "video":
+        trained = getattr(data, "name", "?")
         raise ValueError(f"autoencoder={path!r} is an image autoencoder (trained on {trained}); a video run needs "
                          "a video autoencoder (model video_kl, e.g. `hirune train video-vae-moving-mnist5k`)")
 
