@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .video_io import tile
+
 
 def _points(x: Tensor, max_points: int | None = None) -> Tensor:
     """x as a (N, 2) float64 CPU tensor, keeping at most `max_points` (the first ones)."""
@@ -128,14 +130,9 @@ def image_grid(images: Tensor, path: str | Path, nrow: int | None = None, pad: i
     from PIL import Image
 
     x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    n, c, h, w = x.shape
-    nrow = nrow or max(1, int(math.ceil(math.sqrt(n))))
-    rows = int(math.ceil(n / nrow))
-    grid = torch.zeros(c, rows * (h + pad) + pad, nrow * (w + pad) + pad, dtype=torch.uint8)
-    for i in range(n):
-        r, col = divmod(i, nrow)
-        grid[:, pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = x[i]
-    array = grid[0].numpy() if c == 1 else grid.permute(1, 2, 0).numpy()
+    n, c = x.shape[:2]
+    grid = tile(x.permute(0, 2, 3, 1), nrow or max(1, int(math.ceil(math.sqrt(n)))), pad, pad_value=0)
+    array = grid[..., 0].numpy() if c == 1 else grid.numpy()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path)
