@@ -285,6 +285,50 @@ def test_packed_examples_get_the_output_they_get_alone(settings):
     assert (forgetful[1:2, :, :1] - packed[1:2, :, :1]).abs().max() > 1e-3
 
 
+# ---------------------------------------------------------------- reference attention
+
+@pytest.mark.parametrize("settings", [dict(), dict(rope_scaling="interpolate"), dict(positions="learned")],
+                         ids=["extrapolate", "interpolate", "learned"])
+def test_reference_attention_of_a_row_to_itself_changes_nothing(settings):
+    """reference=True with each row its own reference: every score appears twice, so the
+    rows get exactly their plain output (1e-5), with padded captions and packed frames; the
+    references always get the output they get alone.  With another reference the rows
+    change.  A variant whose reference keys are rotated one frame off is caught."""
+    model = randomized(small(**settings)).eval()
+    x, t, context = inputs(B=2, T=3, M=6)
+    cond = dict(context=context, context_mask=torch.tensor([[True] * 6, [True] * 3 + [False] * 3]),
+                frames=torch.tensor([3, 2]))
+    twice = {k: torch.cat([v, v]) for k, v in cond.items()}
+    with torch.no_grad():
+        plain = model(x, t, **cond)
+        own = model(torch.cat([x, x]), torch.cat([t, t]), **twice, reference=True)
+        other = model(torch.cat([x, x.flip(2)]), torch.cat([t, t]), **twice, reference=True)
+        flipped_alone = model(x.flip(2), t, **cond)
+    assert (own[:2] - plain).abs().max() < 1e-5 and (own[2:] - plain).abs().max() < 1e-5
+    assert (other[2:] - flipped_alone).abs().max() < 1e-5          # the references read nothing of the rows
+    assert (other[:2] - plain).abs().max() > 1e-3                   # the rows read the references
+    if settings.get("positions") == "learned":
+        return
+    rope = model.rope
+
+    def one_frame_off(T, rows, cols, frames, device):             # the reference's block rotated by another table
+        cos, sin = rope(T, rows, cols, None, device)
+        shift = rows * cols
+        return (torch.stack([cos, cos, cos.roll(shift, 0), cos.roll(shift, 0)]),
+                torch.stack([sin, sin, sin.roll(shift, 0), sin.roll(shift, 0)]))
+
+    model.rope = one_frame_off
+    with torch.no_grad():
+        off = model(torch.cat([x, x]), torch.cat([t, t]), **twice, reference=True)
+    assert (off[:2] - plain).abs().max() > 1e-3
+
+
+def test_reference_attention_needs_an_even_batch():
+    x, t, context = inputs(B=3)
+    with pytest.raises(ValueError, match="even batch"):
+        small()(x, t, context=context, reference=True)
+
+
 def test_bad_input_is_refused_naming_what_is_valid():
     model = small()
     x, t, context = inputs()

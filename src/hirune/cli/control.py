@@ -20,7 +20,10 @@ def _add_invert(sub) -> None:
                    help="condition (text runs; default: test:N / train:N's caption, written as in training)")
     p.add_argument("--steps", type=_positive_int, default=50)
     p.add_argument("--plain", action="store_true", help="plain inversion instead of the exact fixed-point one")
-    p.add_argument("--out", default="inversion.png", help="PNG: original | noise | reconstruction (+ .npz noise)")
+    p.add_argument("--reference", action="store_true",
+                   help="video runs: reconstruct with reference attention to the inversion's trajectory")
+    p.add_argument("--out", default="inversion.png",
+                   help="PNG: original | noise | reconstruction (+ .npz noise); video runs: .gif, .mp4 or .png")
     _add_guidance_options(p)
     p.set_defaults(func=cmd_invert)
 
@@ -35,6 +38,12 @@ def cmd_invert(args: argparse.Namespace) -> int:
     from ..viz import image_grid
 
     run = load(args.run)
+    if run.name == "video":
+        from .video_control import invert_clip
+
+        return invert_clip(run, args)
+    if args.reference:
+        raise ValueError("--reference is valid for video runs only (reference attention of a video transformer)")
     x, known = load_image_for(run, args.image)
     conditional = run.config.class_conditional
     if args.label is not None and not (conditional or args.guidance == "classifier"):
@@ -99,7 +108,11 @@ def _add_edit(sub) -> None:
     p.add_argument("--strength", type=float, default=1.0,
                    help="fraction of the noise range to invert (SDEdit style; < 1 keeps more of the image)")
     p.add_argument("--steps", type=_positive_int, default=50)
-    p.add_argument("--out", default="edit.png", help="PNG: original | edit")
+    p.add_argument("--out", default="edit.png", help="PNG: original | edit; video runs: .gif, .mp4 or .png")
+    v = p.add_argument_group("video runs (DDIM inversion of video)")
+    v.add_argument("--plain", action="store_true", help="plain inversion instead of the exact fixed-point one")
+    v.add_argument("--no-reference", action="store_true",
+                   help="resample without reference attention to the inversion's trajectory")
     p.set_defaults(func=cmd_edit)
 
 
@@ -112,6 +125,12 @@ def cmd_edit(args: argparse.Namespace) -> int:
     from ..viz import image_grid
 
     run = load(args.run)
+    if run.name == "video":
+        from .video_control import edit_clip
+
+        return edit_clip(run, args)
+    if args.plain or args.no_reference:
+        raise ValueError("--plain and --no-reference are valid for video runs only; image edits invert exactly")
     x, known = load_image_for(run, args.image)
     if run.text is not None:   # prompts
         source = args.source if args.source is not None else caption_for(run, args.image)

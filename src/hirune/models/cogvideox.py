@@ -64,6 +64,17 @@ frames' tokens are masked as keys in every attention, as padded caption tokens a
 their outputs are 0; each example's real tokens then get the output they would get alone.
 Under "interpolate" each example's time axis is interpolated over its own frame count.
 
+Reference attention (DDIM inversion of video; the LittleNyima development note on CogVideoX).
+Sampling from DDIM-inverted noise under another prompt, or under classifier-free guidance,
+does not return the clip.  The note's fix keeps the inversion's trajectory and, while
+reconstructing, lets every self-attention also read the keys and values of the reference
+latent at the same noise level.  With `reference=True` the batch is [rows; references]:
+row i's queries attend to [its text, its video, the reference's text, the reference's
+video], each video block rotated by the same RoPE table (the same place in the clip has the
+same position in both), and the references attend to themselves alone, so they compute the
+keys and values the inversion saw.  A row that is its own reference gets the output it gets
+alone: every score appears twice, and the softmax weights halve (tested).
+
 The protocol is DiT's: `model(x, t, y=None, context=..., context_mask=..., frames=None)`;
 t: (B,) float32 in the process's time units times `time_scale`; y: class labels with the
 null label `num_classes` (num_classes set), added to c; learned_sigma doubles the output
@@ -247,18 +258,31 @@ class ExpertAdaLN(nn.Module):
                 gate[:, None], text_gate[:, None])
 
 
-def joint_attention(attn: Attention, x: Tensor, text_len: int, rope: Rotary | None, mask: Tensor | None) -> Tensor:
+def joint_attention(attn: Attention, x: Tensor, text_len: int, rope: Rotary | None, mask: Tensor | None,
+                    reference: bool = False) -> Tensor:
     """`attn` over the sequence x = [text, video] (B, M + N, D), the video part of q and k
     rotated by `rope` (cos, sin each (N, d/2) or (B, N, d/2)) after qk-norm; mask: (B, M + N)
-    bool key padding mask or None."""
+    bool key padding mask or None.
+
+    reference: the second half of the batch is a reference for the first (module docstring,
+    "Reference attention"): row i < B/2 attends to its own keys and values and to those of
+    row B/2 + i, [text, video | ref text, ref video]; the reference rows attend to themselves
+    only.  Each block of video keys is rotated by the same table before they are joined."""
     q, k, v = attn.heads(x)                                                    # (B, heads, M + N, d)
     if rope is not None:
         if rope[0].dim() == 3:                                                 # per example: broadcast over heads
             rope = (rope[0][:, None], rope[1][:, None])
         q = torch.cat([q[:, :, :text_len], apply_rotary(q[:, :, text_len:], rope)], dim=2)
         k = torch.cat([k[:, :, :text_len], apply_rotary(k[:, :, text_len:], rope)], dim=2)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_padding(mask, x))
-    return attn.proj(merge_heads(out))
+    keep = key_padding(mask, x)
+    if not reference:
+        return attn.proj(merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=keep)))
+    (q, q_ref), (k, k_ref), (v, v_ref) = (t.chunk(2) for t in (q, k, v))
+    keep, keep_ref = keep.chunk(2) if keep is not None else (None, None)
+    joined = torch.cat([keep, keep_ref], dim=-1) if keep is not None else None
+    out = F.scaled_dot_product_attention(q, torch.cat([k, k_ref], 2), torch.cat([v, v_ref], 2), attn_mask=joined)
+    out_ref = F.scaled_dot_product_attention(q_ref, k_ref, v_ref, attn_mask=keep_ref)
+    return attn.proj(merge_heads(torch.cat([out, out_ref])))
 
 
 class ExpertBlock(nn.Module):
@@ -275,10 +299,10 @@ class ExpertBlock(nn.Module):
                                  nn.Linear(int(dim * mlp_ratio), dim))
 
     def forward(self, video: Tensor, text: Tensor, c: Tensor, rope: Rotary | None = None,
-                mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                mask: Tensor | None = None, reference: bool = False) -> tuple[Tensor, Tensor]:
         M = text.shape[1]
         v, s, gate, text_gate = self.norm1(video, text, c)
-        out = joint_attention(self.attn, torch.cat([s, v], dim=1), M, rope, mask)
+        out = joint_attention(self.attn, torch.cat([s, v], dim=1), M, rope, mask, reference)
         video, text = torch.addcmul(video, gate, out[:, M:]), torch.addcmul(text, text_gate, out[:, :M])
         v, s, gate, text_gate = self.norm2(video, text, c)
         out = self.mlp(torch.cat([s, v], dim=1))
@@ -399,12 +423,16 @@ class CogVideoX(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, context: Tensor | None = None,
                 context_mask: Tensor | None = None, frames: Tensor | None = None, words: Tensor | None = None,
-                words_mask: Tensor | None = None) -> Tensor:
+                words_mask: Tensor | None = None, reference: bool = False) -> Tensor:
         """context (B, M, context_dim) float or (B, M) token ids, context_mask (B, M) bool (True
         = a real token); frames (B,) int64: each example's real latent frames (frame packing);
-        words (B, W) int64, words_mask (B, W) bool: the second encoder's (`word_vocab`)."""
+        words (B, W) int64, words_mask (B, W) bool: the second encoder's (`word_vocab`);
+        reference: the second half of the batch is the reference of the first (reference
+        attention, module docstring)."""
         c = self.config
         self.check_input(x, frames)
+        if reference and x.shape[0] % 2:
+            raise ValueError(f"reference=True needs an even batch [rows; their references], got {x.shape[0]} rows")
         B, _, T, H, W = x.shape
         p = c.patch_size
         rows, cols = H // p, W // p
@@ -423,7 +451,7 @@ class CogVideoX(nn.Module):
         rope = self.rope(T, rows, cols, frames, x.device)
         mask = self.key_mask(text_mask, frames, B, text.shape[1], T, rows * cols, x.device)
         for block in self.blocks:
-            video, text = block(video, text, emb, rope, mask)
+            video, text = block(video, text, emb, rope, mask, reference)
         patches = self.final_layer(video, emb).reshape(B * T, rows * cols, -1)
         out = unpatchify(patches, p, H, W).unflatten(0, (B, T)).transpose(1, 2)     # (B, out, T, H, W)
         if frames is None:
