@@ -17,9 +17,11 @@ their own captions (scale 1, DDIM on the run's trailing grid of STEPS steps), th
   per frame, the share of clips moving the new way, and PSNR outside the original digit;
 
 for plain inversion, plain inversion with reference attention (from the inverted noise and
-from fresh noise), and exact inversion.  The VAE's own reconstruction PSNR bounds them all.
+from fresh noise), exact inversion (at scale 1, as the others), and exact inversion under the
+guidance of the resampling (both walks in the same field, as `hirune edit` does for images).  The VAE's own reconstruction PSNR bounds them all.
 Writes OUT.md, OUT.json and a GIF (rows: the clips, then for plain inversion, with reference
-attention, and exact inversion: the reconstruction, the digit edit, the motion edit).
+attention, exact inversion and exact under guidance: the reconstruction, the digit edit, the
+motion edit).
 """
 
 from __future__ import annotations
@@ -84,16 +86,20 @@ def main(argv=None) -> dict:
         vae = run.decode(run.encode(clips)).clamp(-1, 1)
     rows.append({"method": "the VAE alone (encode, decode)", **scores(clips, vae, outside)})
     inversions = {"plain": V.invert(run, clips, same, steps=args.steps),
-                  "exact": V.invert(run, clips, same, steps=args.steps, exact=True)}
+                  "exact": V.invert(run, clips, same, steps=args.steps, exact=True),
+                  "guided": V.invert(run, clips, same, steps=args.steps, exact=True, scale=args.scale)}
     methods = [("plain inversion", "plain", False, None), ("plain + reference attention", "plain", True, None),
-               ("fresh noise + reference attention", "plain", True, fresh), ("exact inversion", "exact", False, None)]
+               ("fresh noise + reference attention", "plain", True, fresh), ("exact inversion", "exact", False, None),
+               (f"exact inversion under guidance {args.scale:g}", "guided", False, None)]
     for name, inv_name, reference, noise in methods:
         inv = inversions[inv_name]
         for scale, prompts, label in ((1.0, same, "same caption, scale 1"), (args.scale, same,
                                                                               f"same caption, scale {args.scale:g}")):
+            if inv_name == "guided" and scale == 1.0:
+                continue
             recon, _ = V.reconstruct(run, inv, prompts, scale=scale, reference=reference, noise=noise)
             rows.append({"method": name, "setting": label, **scores(clips, recon, outside)})
-            if scale == 1.0 and noise is None:
+            if (scale == 1.0 or inv_name == "guided") and noise is None:
                 shown.append(recon)
             print(rows[-1], flush=True)
         if noise is not None:
@@ -125,7 +131,7 @@ def main(argv=None) -> dict:
     lines += [f"| {r['method']} | {r.get('setting', '')} | {r['psnr']:.2f} | {r['psnr_outside']:.2f} |" for r in rows]
     lines += ["", f"Edits at scale {args.scale:g} (the real clips: frame accuracy {real['frame_accuracy']:.3f}, "
               f"direction {real['direction_accuracy']:.3f}):", "",
-              "| method | edit | frame accuracy (new digit) | direction (new motion) | PSNR outside the digit (dB) |",
+              "| method | edit | frame accuracy (the asked digit) | direction (the asked motion) | PSNR outside the digit (dB) |",
               "|---|---|---|---|---|"]
     lines += [f"| {e['method']} | {e['edit']} | {e['frame_accuracy']:.3f} | {e['direction_accuracy']:.3f} | "
               f"{e['psnr_outside']:.2f} |" for e in edits]

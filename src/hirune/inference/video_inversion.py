@@ -84,11 +84,21 @@ def inverse_process(run, drop_snr_shift: bool = False):
     return make_process(run.config.process, **{**kwargs, "snr_shift": 1.0})
 
 
+def guided(run, network, process, scale: float):
+    """The denoiser of `network` on `process`, under classifier-free guidance at `scale`
+    (the empty caption as the null condition; 1: the conditional model alone)."""
+    from ..sampling.guidance import ClassifierFreeGuidance
+
+    denoiser = Denoiser(network, process, run.prediction)
+    return ClassifierFreeGuidance(denoiser, scale, run.text.null(run.device)) if scale != 1 else denoiser
+
+
 def invert(run, clips: Tensor, prompts: list[str], *, steps: int = 50, exact: bool = False,
-           drop_snr_shift: bool = False) -> Inversion:
-    """DDIM inversion of clips (B, C, T, H, W) in [-1, 1] under their captions (scale 1):
-    encode to the VAE's latents, walk the run's trailing grid upwards (plain, or `exact`
-    fixed-point), keep every latent on the way."""
+           drop_snr_shift: bool = False, scale: float = 1.0) -> Inversion:
+    """DDIM inversion of clips (B, C, T, H, W) in [-1, 1] under their captions: encode to
+    the VAE's latents, walk the run's trailing grid upwards (plain, or `exact` fixed-point)
+    with classifier-free guidance at `scale` (1, the usual: the conditional model), keep
+    every latent on the way."""
     check_video_run(run)
     if len(prompts) != len(clips):
         raise ValueError(f"{len(prompts)} prompts for {len(clips)} clips; give one per clip")
@@ -97,7 +107,7 @@ def invert(run, clips: Tensor, prompts: list[str], *, steps: int = 50, exact: bo
     cond = run.condition(None, list(prompts))
     with torch.no_grad():
         latents = run.encode(clips.to(run.device))
-        out = ddim_invert(Denoiser(run.model, process, run.prediction), latents, ts, exact=exact, cond=cond,
+        out = ddim_invert(guided(run, run.model, process, scale), latents, ts, exact=exact, cond=cond,
                           return_trajectory=True)
     times = ts.flip(0).tolist()  # the trajectory: the latents, then one entry per time, increasing
     trajectory = {t: x for t, x in zip(times, out.trajectory[1:])}
@@ -133,16 +143,12 @@ def reconstruct(run, inversion: Inversion, prompts: list[str], *, scale: float =
     under `prompts` with classifier-free guidance at `scale` (1: the conditional model),
     with reference attention to its trajectory or not.  Returns (clips in data space,
     latents)."""
-    from ..sampling.guidance import ClassifierFreeGuidance
-
     check_video_run(run)
     start = inversion.noise if noise is None else noise
     if len(prompts) != len(start):
         raise ValueError(f"{len(prompts)} prompts for {len(start)} clips; give one per clip")
     network = ReferenceAttention(run.model, inversion) if reference else run.model
-    denoiser = Denoiser(network, run.process, run.prediction)
-    if scale != 1:
-        denoiser = ClassifierFreeGuidance(denoiser, scale, run.text.null(run.device))
+    denoiser = guided(run, network, run.process, scale)
     with torch.no_grad():
         latents = ddim(denoiser, start, inversion.ts, cond=run.condition(None, list(prompts))).x
         return run.decode(latents).clamp(-1, 1), latents
@@ -191,5 +197,5 @@ def psnr(a: Tensor, b: Tensor, where: Tensor | None = None, data_range: float = 
     return 10 * torch.log10(data_range ** 2 / mse.clamp(min=1e-30))
 
 
-__all__ = ["Inversion", "ReferenceAttention", "check_video_run", "edit", "inverse_process", "invert", "load_clip",
+__all__ = ["Inversion", "ReferenceAttention", "check_video_run", "edit", "guided", "inverse_process", "invert", "load_clip",
            "outside_digit", "psnr", "reconstruct"]
