@@ -16,17 +16,20 @@ their own captions (scale 1, DDIM on the run's trailing grid of STEPS steps), th
   the motion reversed (left <-> right, up <-> down): the evaluator's accuracy of the new digit
   per frame, the share of clips moving the new way, and PSNR outside the original digit;
 
-for plain inversion, plain inversion with reference attention (from the inverted noise and
+for plain inversion (and resampled from its latent one step below the end, which leaves the
+step into zero terminal SNR out), plain inversion with reference attention (from the inverted noise and
 from fresh noise), exact inversion (at scale 1, as the others), and exact inversion under the
 guidance of the resampling (both walks in the same field, as `hirune edit` does for images).  The VAE's own reconstruction PSNR bounds them all.
-Writes OUT.md, OUT.json and a GIF (rows: the clips, then for plain inversion, with reference
-attention, exact inversion and exact under guidance: the reconstruction, the digit edit, the
-motion edit).
+The clips are every digit in turn (`evaluation.video.spread`).  Writes OUT.md, OUT.json and a
+GIF of the first 6 clips, one row each: the clips; plain inversion at scale 1 and at SCALE;
+reference attention at SCALE; exact inversion at 1; exact under guidance at SCALE; then the
+motion edits of plain inversion, reference attention and exact inversion.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -35,7 +38,7 @@ import torch
 from hirune.data import load_dataset
 from hirune.data.moving import DIRECTIONS
 from hirune.data.video_captions import video_caption
-from hirune.evaluation.video import video_measures
+from hirune.evaluation.video import spread, video_measures
 from hirune.inference import video_inversion as V
 from hirune.training import load
 from hirune.video_io import write_gif
@@ -75,13 +78,15 @@ def main(argv=None) -> dict:
     torch.manual_seed(0)
     run = load(args.run)
     test = load_dataset(run.data.name, "test")
-    clips = test.data[: args.n]
+    pick = spread(len(test.data), args.n)              # every digit in turn (the split is sorted by class)
+    clips = test.data[pick]
     outside = V.outside_digit(clips)
-    same, labels, dirs = captions(test.attributes, args.n)
-    digit, digit_labels, _ = captions(test.attributes, args.n, label_shift=5)
-    motion, _, motion_dirs = captions(test.attributes, args.n, reverse=True)
+    attrs = {k: v[pick] for k, v in test.attributes.items()}
+    same, labels, dirs = captions(attrs, args.n)
+    digit, digit_labels, _ = captions(attrs, args.n, label_shift=5)
+    motion, _, motion_dirs = captions(attrs, args.n, reverse=True)
     fresh = torch.randn(args.n, *run.sample_shape, generator=torch.Generator().manual_seed(1))
-    rows, edits, shown = [], [], [clips]
+    rows, edits, shown = [], [], {"clip": clips}
     with torch.no_grad():
         vae = run.decode(run.encode(clips)).clamp(-1, 1)
     rows.append({"method": "the VAE alone (encode, decode)", **scores(clips, vae, outside)})
@@ -91,6 +96,9 @@ def main(argv=None) -> dict:
     methods = [("plain inversion", "plain", False, None), ("plain + reference attention", "plain", True, None),
                ("fresh noise + reference attention", "plain", True, fresh), ("exact inversion", "exact", False, None),
                (f"exact inversion under guidance {args.scale:g}", "guided", False, None)]
+    plain = inversions["plain"]  # resampled from one step below its end: the zero-SNR step left out
+    inversions["below"] = dataclasses.replace(plain, noise=plain.at(float(plain.ts[1])), ts=plain.ts[1:])
+    methods.insert(1, ("plain inversion, the zero-SNR step left out", "below", False, None))
     for name, inv_name, reference, noise in methods:
         inv = inversions[inv_name]
         for scale, prompts, label in ((1.0, same, "same caption, scale 1"), (args.scale, same,
@@ -99,10 +107,9 @@ def main(argv=None) -> dict:
                 continue
             recon, _ = V.reconstruct(run, inv, prompts, scale=scale, reference=reference, noise=noise)
             rows.append({"method": name, "setting": label, **scores(clips, recon, outside)})
-            if (scale == 1.0 or inv_name == "guided") and noise is None:
-                shown.append(recon)
+            shown[(name, label)] = recon
             print(rows[-1], flush=True)
-        if noise is not None:
+        if noise is not None or inv_name == "below":
             continue
         for what, prompts, want_labels, want_dirs in (("digit", digit, digit_labels, dirs),
                                                       ("motion", motion, labels, motion_dirs)):
@@ -111,7 +118,7 @@ def main(argv=None) -> dict:
             edits.append({"method": name, "edit": what, "frame_accuracy": measures["frame_accuracy"],
                           "direction_accuracy": measures["direction_accuracy"],
                           "psnr_outside": float(V.psnr(edited, clips, outside).mean())})
-            shown.append(edited)
+            shown[(name, what)] = edited
             print(edits[-1], flush=True)
     if args.shifted:
         shifted = load(args.shifted)
@@ -138,7 +145,12 @@ def main(argv=None) -> dict:
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     k = min(args.n, 6)
-    grid = torch.cat([x[:k] for x in shown])           # one row per method, k clips each
+    guided = f"exact inversion under guidance {args.scale:g}"
+    scaled = f"same caption, scale {args.scale:g}"
+    order = ["clip", ("plain inversion", "same caption, scale 1"), ("plain inversion", scaled),
+             ("plain + reference attention", scaled), ("exact inversion", "same caption, scale 1"), (guided, scaled),
+             ("plain inversion", "motion"), ("plain + reference attention", "motion"), ("exact inversion", "motion")]
+    grid = torch.cat([shown[key][:k] for key in order])  # one row each, k clips (GIF_ROWS)
     write_gif(grid, args.gif or out.with_suffix(".gif"), nrow=k, scale=2)
     return result
 

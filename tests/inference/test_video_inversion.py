@@ -101,6 +101,22 @@ def test_the_inverse_process_without_the_snr_shift(run):
     assert V.inverse_process(run) is run.process
 
 
+def test_diffusers_inverse_scheduler_drops_the_shift_as_inverse_process_does(run):
+    """The note's inverse scheduler, `DDIMInverseScheduler(**CogVideoXDDIMScheduler.config)`,
+    takes the config without a word and walks the unshifted schedule: its alphas_cumprod are
+    `inverse_process(drop_snr_shift=True)`'s, not the sampler's."""
+    diffusers = pytest.importorskip("diffusers")
+    sampler = diffusers.CogVideoXDDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                               snr_shift_scale=3.0, rescale_betas_zero_snr=True,
+                                               timestep_spacing="trailing", prediction_type="v_prediction")
+    inverse = diffusers.DDIMInverseScheduler(**sampler.config)
+    assert "snr_shift_scale" not in inverse.config
+    dropped, shifted = V.inverse_process(run, drop_snr_shift=True), run.process
+    assert torch.allclose(dropped.alphas_cumprod.float(), inverse.alphas_cumprod.float(), rtol=1e-5, atol=1e-6)
+    assert torch.allclose(shifted.alphas_cumprod.float(), sampler.alphas_cumprod.float(), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(shifted.alphas_cumprod.float(), inverse.alphas_cumprod.float(), rtol=1e-2)
+
+
 def test_masks_psnr_and_refusals(run):
     clip = -torch.ones(1, 1, 2, 16, 16)
     clip[0, 0, 0, 8, 8] = 1.0                                                 # one ink pixel in frame 0
