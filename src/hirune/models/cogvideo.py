@@ -181,11 +181,13 @@ class CogVideoTransformer(nn.Module):
 
     def load_image_weights(self, state: dict[str, Tensor]) -> None:
         """Copy an image model's state dict in; ValueError unless it fills exactly the image part."""
-        missing, unexpected = self.load_state_dict(state, strict=False)
-        new = set(self.new_parameter_names())
-        if unexpected or set(missing) != new:
-            raise ValueError(f"not the image model of this video model: unexpected keys {sorted(unexpected)}, "
-                             f"missing image keys {sorted(set(missing) - new)}")
+        own = self.state_dict()
+        image = {k: v.shape for k, v in own.items() if k not in set(self.new_parameter_names())}
+        given = {k: v.shape for k, v in state.items()}
+        if given != image:
+            raise ValueError(f"not the image model of this video model: keys or shapes differ at "
+                             f"{sorted(set(given.items()) ^ set(image.items()))[:4]}")
+        self.load_state_dict({**own, **state})
 
     def new_parameter_names(self) -> list[str]:
         """The parameters the image model does not have: temporal channels, gates, rate and time tables."""
