@@ -75,7 +75,8 @@ def _options(run, temperature, top_k, top_p, scale, use_cache) -> dict:
     top_p = run.config.top_p if top_p is None else top_p
     check_sampling_options(temperature, top_k, top_p, scale)
     if scale != 1.0 and run.config.p_uncond <= 0:
-        raise ValueError("classifier-free guidance (scale != 1) needs a run trained with caption dropout (p_uncond > 0)")
+        raise ValueError("classifier-free guidance (scale != 1) needs a run trained with caption dropout "
+                         "(p_uncond > 0)")
     return dict(temperature=temperature, top_k=top_k, top_p=top_p, scale=scale, use_cache=use_cache)
 
 
@@ -181,9 +182,9 @@ def preview_interpolation(run, n: int) -> Tensor:
     return out.x
 
 
-def evaluate(run, n: int | None = None, *, sampler=None, steps=None, seed: int = 0, denoiser=None, gap: int | None = None,
-             interpolator=None, scale: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-             **options) -> dict:
+def evaluate(run, n: int | None = None, *, sampler=None, steps=None, seed: int = 0, denoiser=None,
+             gap: int | None = None, interpolator=None, scale: float = 1.0, top_k: int | None = None,
+             top_p: float | None = None, **options) -> dict:
     """A keyframes run: n clips, the prompts naming the digits and motions in turn, at `gap`
     (interpolated to gap 1 with `interpolator`), scored by `evaluation.video.video_report`
     (frame accuracy, direction, consistency, per-frame Frechet distance; the "real_" keys are
@@ -192,10 +193,10 @@ def evaluate(run, n: int | None = None, *, sampler=None, steps=None, seed: int =
     the real ones."""
     from ..evaluation.video import video_report
 
-    asked = sorted(k for k, v in options.items() if v)
-    if asked or sampler is not None or steps is not None or denoiser is not None:
-        raise ValueError(f"options {asked + [k for k, v in (('sampler', sampler), ('steps', steps), ('denoiser', denoiser)) if v is not None]} "
-                         "are not valid for a cogvideo run; valid: n, seed, gap, interpolator, scale, top_k, top_p")
+    given = {**options, "sampler": sampler, "steps": steps, "denoiser": denoiser}
+    asked = sorted(k for k, v in given.items() if v is not None and v is not False and v != 0)
+    if asked:
+        raise ValueError(f"options {asked} are not valid for a cogvideo run; valid: n, seed, gap, interpolator, scale, top_k, top_p")
     n = check_sample_count(run.data, n or 100)
     sampling = dict(seed=seed, scale=scale, top_k=top_k, top_p=top_p)
     metrics = {"step": run.step, "dataset": run.data.name, "stage": run.config.stage, "scale": scale}

@@ -100,7 +100,8 @@ class Dalle(Family):
             raise ValueError(f"the tokenizer run {config.tokenizer} was trained on {self.image_tokenizer.dataset}, "
                              f"this run is on {data.name}")
         self.grid = self.image_tokenizer.grid(tuple(data.shape))
-        self.text = dalle_tokens.text_tokenizer(config, saved=None, dataset=data.name)  # bpe: trained in prepare or read back
+        # bpe: trained in prepare or read back
+        self.text = dalle_tokens.text_tokenizer(config, saved=None, dataset=data.name)
         network = network_config or {
             **self.cfg.model_config, "text_vocab": dalle_tokens.text_vocab_size(config, self.text),
             "text_len": config.text_len, "num_codes": self.image_tokenizer.num_codes,

@@ -222,12 +222,13 @@ PRESETS["dalle-mnist5k"] = {**_DALLE, "dataset": "mnist5k", "tokenizer": "runs/v
 # The image model CogVideo starts from (families/cogvideo.py): the tokenizer and DALL-E on the still frames of
 # the moving digits (moving-mnist5k-stills: 32 x 32, captioned as the clips are, "a thick seven"), 8 x 8 codes
 # of 256 (vq-ae-mnist5k's recipe, f4), the word tokenizer over every word of the clips' captions (the video
-# model inherits the text embedding and must read "moving left"); width 176, depth 4 (1.6 M parameters:
+# model inherits the text embedding and must read "moving left"); width 176, depth 4 (1.7 M parameters:
 # with CogVideo's temporal channel about CogVideoX's 2.08 M).
-PRESETS["vq-ae-moving-stills"] = {**PRESETS["vq-ae-mnist5k"], "dataset": "moving-mnist5k-stills"}
+PRESETS["vq-ae-moving-stills"] = {**PRESETS["vq-ae-mnist5k"], "dataset": "moving-mnist5k-stills", "steps": 1000,
+                                  "model_config": {**_AE_MNIST, **_VQ, "codebook_size": 512}}
 PRESETS["dalle-moving-stills"] = {**_DALLE, "dataset": "moving-mnist5k-stills", "tokenizer": "runs/vq-ae-moving-stills",
-                                  "text_tokenizer": "word", "text_len": 12, "steps": 400, "batch_size": 32,
-                                  "sample_every": 400, "ckpt_every": 100, "eval_samples": 0,
+                                  "text_tokenizer": "word", "text_len": 12, "steps": 700, "batch_size": 32,
+                                  "sample_every": 700, "ckpt_every": 100, "eval_samples": 0,
                                   "model_config": {"width": 176, "depth": 4, "heads": 4}}
 PRESETS["dalle-digits"] = {**_DALLE, "dataset": "digits", "tokenizer": "runs/vq-ae-digits", "steps": 1500,
                            "model_config": {"width": 64, "depth": 3, "heads": 4}}
@@ -391,6 +392,6 @@ PRESETS["cogvideox-moving-mnist5k"] = dict(
 _COGVIDEO = dict(family="cogvideo", model="cogvideo", dataset="moving-mnist5k-17",
                  image_model="runs/dalle-moving-stills", batch_size=8, lr=1e-3, warmup=20, ema_decay=0.99,
                  log_every=10, sample_every=0, ckpt_every=50, num_samples=10)
-PRESETS["cogvideo-moving-mnist5k"] = {**_COGVIDEO, "stage": "keyframes", "steps": 200}
-PRESETS["cogvideo-interp-moving-mnist5k"] = {**_COGVIDEO, "stage": "interpolate", "steps": 200}
+PRESETS["cogvideo-moving-mnist5k"] = {**_COGVIDEO, "stage": "keyframes", "steps": 240}
+PRESETS["cogvideo-interp-moving-mnist5k"] = {**_COGVIDEO, "stage": "interpolate", "steps": 400}
 
