@@ -163,10 +163,15 @@ def test_every_preset_builds(tmp_path):
     train(preset_config("kl-ae-mnist5k", {"steps": 1, "sample_every": 0, "ckpt_every": 1, "out": str(ae)}),
           progress=False)
     tokenizers = {}  # dalle presets need a trained image tokenizer of their dataset: one step of one
-    for data in ("digits", "mnist5k"):
-        tokenizers[data] = tmp_path / f"vq-ae-{data}"
-        train(preset_config(f"vq-ae-{data}", {"steps": 1, "sample_every": 0, "ckpt_every": 1,
-                                              "out": str(tokenizers[data])}), progress=False)
+    for data, preset in (("digits", "vq-ae-digits"), ("mnist5k", "vq-ae-mnist5k"),
+                         ("moving-mnist5k-stills", "vq-ae-moving-stills")):
+        tokenizers[data] = tmp_path / preset
+        train(preset_config(preset, {"steps": 1, "sample_every": 0, "ckpt_every": 1, "out": str(tokenizers[data])}),
+              progress=False)
+    image = tmp_path / "dalle-moving-stills"  # cogvideo presets start from a dalle run on the still frames
+    train(preset_config("dalle-moving-stills", {"steps": 1, "sample_every": 0, "ckpt_every": 1, "out": str(image),
+                                                "tokenizer": str(tokenizers["moving-mnist5k-stills"])}),
+          progress=False)
     clip = tmp_path / "clip-mnist5k"  # prior and unCLIP decoder presets need a trained clip run: one step of one
     train(preset_config("clip-mnist5k", {"steps": 1, "ckpt_every": 1, "out": str(clip)}), progress=False)
     video_ae = tmp_path / "video-vae"  # video presets need a video autoencoder: one step of two clips
@@ -182,6 +187,8 @@ def test_every_preset_builds(tmp_path):
             extra = {"tokenizer": str(tokenizers[PRESETS[name]["dataset"]])}
         if PRESETS[name].get("clip"):
             extra = {"clip": str(clip)}
+        if PRESETS[name].get("image_model"):
+            extra = {"image_model": str(image)}
         trainer = Trainer(preset_config(name, {"out": str(tmp_path / name), **extra}))
         assert trainer.model is not None and trainer.model is trainer.family.model, name
         assert isinstance(trainer.family, FAMILIES[trainer.cfg.family]), name

@@ -42,6 +42,7 @@ therefore the same whichever split it is loaded in.  Generating the 4500 trainin
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import torch
@@ -242,3 +243,12 @@ def still_frames(split: str = "train", seed: int = SEED) -> ArrayDataset:
     return ArrayDataset(name="mnist5k-frames", kind="video", data=data, labels=full.labels[keep].clone(),
                         num_classes=10, split=split, source=full.source, indices=keep, class_names=CLASS_NAMES,
                         levels=256, attributes=attrs)
+
+
+def still_images(split: str = "train", seed: int = SEED) -> ArrayDataset:
+    """`still_frames` as images (N, 1, 32, 32) with the same attributes: the text-to-image
+    data of a video model that starts from an image model (CogVideo inherits CogView2).  An
+    image dataset, so every image family (autoencoders, dalle) trains on it; its captions
+    are the clips' own ("a thick seven", `data.video_captions`), which say nothing of motion."""
+    frames = still_frames(split, seed)
+    return dataclasses.replace(frames, name="moving-mnist5k-stills", kind="image", data=frames.data[:, :, 0])

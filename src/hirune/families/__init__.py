@@ -16,6 +16,8 @@ and the loader call through one interface (`base.Family`) without asking which i
                          (+ dalle_tokens.py: image and text tokenizers; dalle_sampling.py)
     video.py             CogVideoX-style text to video: the expert transformer on a causal
                          video VAE's latents (a diffusion family over clips)
+    cogvideo.py          CogVideo: autoregressive frames of image tokens, started from a
+                         dalle run, with recursive interpolation (+ cogvideo_sampling.py)
 
 Adding a family is one new module with a registered `Family` subclass, imported here.
 """
@@ -24,11 +26,12 @@ from .autoencoder import Autoencoder
 from .base import FAMILIES, Batch, Context, Draw, Family, get_family, register
 from .classifier import Classifier
 from .clip import Clip
+from .cogvideo import CogVideo
 from .dalle import Dalle
 from .diffusion import Diffusion, DiffusionConfig
 from .normalizing_flow import NormalizingFlow
 from .prior import Prior
 from .video import Video
 
-__all__ = ["FAMILIES", "Autoencoder", "Batch", "Classifier", "Clip", "Context", "Dalle", "Diffusion", "DiffusionConfig",
+__all__ = ["FAMILIES", "Autoencoder", "Batch", "Classifier", "Clip", "CogVideo", "Context", "Dalle", "Diffusion", "DiffusionConfig",
            "Draw", "Family", "NormalizingFlow", "Video", "get_family", "register"]

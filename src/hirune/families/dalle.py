@@ -100,7 +100,8 @@ class Dalle(Family):
             raise ValueError(f"the tokenizer run {config.tokenizer} was trained on {self.image_tokenizer.dataset}, "
                              f"this run is on {data.name}")
         self.grid = self.image_tokenizer.grid(tuple(data.shape))
-        self.text = dalle_tokens.text_tokenizer(config, saved=None)  # bpe: trained in prepare or read back
+        # bpe: trained in prepare or read back
+        self.text = dalle_tokens.text_tokenizer(config, saved=None, dataset=data.name)
         network = network_config or {
             **self.cfg.model_config, "text_vocab": dalle_tokens.text_vocab_size(config, self.text),
             "text_len": config.text_len, "num_codes": self.image_tokenizer.num_codes,
@@ -112,6 +113,12 @@ class Dalle(Family):
     def check(cls, cfg, config) -> None:
         super().check(cfg, config)
         check_choices(config, {"text_tokenizer": TEXT_TOKENIZERS})
+        from ..data.video_captions import captioned_as_clips
+
+        if captioned_as_clips(cfg.dataset) and config.text_tokenizer != "word":
+            raise ValueError(f"text_tokenizer={config.text_tokenizer!r} is not valid on {cfg.dataset} (captioned as "
+                             "clips, for a video model to start from); valid: 'word' (over every word of the "
+                             "clips' captions, motion words included, so the video model reads them)")
         if not config.tokenizer:
             raise ValueError("dalle needs tokenizer=RUN, a trained image tokenizer run (e.g. `hirune train "
                              "vq-ae-mnist5k`, then tokenizer=runs/vq-ae-mnist5k)")
@@ -132,11 +139,12 @@ class Dalle(Family):
     # --- training -------------------------------------------------------------------
     def prepare(self, data, context: Context) -> None:
         from ..data.captions import Captioner
+        from ..data.video_captions import VideoCaptioner, captioned_as_clips
 
         from . import dalle_tokens
 
         super().prepare(data, context)
-        self.captioner = Captioner(data.data, data.labels)
+        self.captioner = VideoCaptioner(data) if captioned_as_clips(data.name) else Captioner(data.data, data.labels)
         if self.config.text_tokenizer == "bpe":
             self.text = dalle_tokens.train_bpe(self.captioner, self.config)
         self.codes = self.image_tokenizer.encode(data.data)[:, None]  # (N, 1, h, w): the loop's image layout
@@ -188,7 +196,7 @@ class Dalle(Family):
             if not state.get("text_tokenizer"):
                 raise ValueError("this dalle checkpoint or export holds no BPE text tokenizer (state "
                                  "'text_tokenizer'); re-export the run with this version of hirune")
-            self.text = dalle_tokens.text_tokenizer(self.config, saved=state["text_tokenizer"])
+            self.text = dalle_tokens.text_tokenizer(self.config, saved=state["text_tokenizer"], dataset=self.data.name)
 
     def preview(self, n: int) -> Tensor:
         return self.generate(n, seed=self.cfg.seed, progress=False)[0].x
@@ -209,15 +217,25 @@ class Dalle(Family):
         from ..evaluation.quality import sample_quality
         from ..evaluation.text import text_accuracy as accuracy
 
+        from ..data.video_captions import captioned_as_clips
+
         n = check_eval_counts(self, self.data, n, nll, text_accuracy, denoising_error)
+        if text_accuracy and captioned_as_clips(self.data.name):
+            raise ValueError(f"text_accuracy scores the image captions' phrasings; {self.data.name} is captioned as "
+                             "clips: valid: 0")
         refuse_extras(self, nll, 0, denoising_error)
         if sampler is not None or steps is not None or denoiser is not None or guided_labels:
             raise ValueError("a dalle run draws image tokens one by one: --sampler, --steps and --guidance do not "
                              "apply")
         options = {"scale": scale, "top_k": top_k, "top_p": top_p, "progress": False}
         out, labels = self.generate(n, seed=seed, **options)
-        metrics = {"step": self.step, "dataset": self.data.name, "scale": scale, "nfe": out.nfe,
-                   **sample_quality(self.data.name, "image", out.x, labels)}
+        metrics = {"step": self.step, "dataset": self.data.name, "scale": scale, "nfe": out.nfe}
+        if captioned_as_clips(self.data.name):  # still frames: the clips' measures on one-frame videos
+            from ..evaluation.video import video_report
+
+            metrics.update(video_report(out.x[:, :, None], labels, [-1] * len(labels)))
+        else:
+            metrics.update(sample_quality(self.data.name, "image", out.x, labels))
         if text_accuracy:
             metrics.update(accuracy(lambda prompts, k: self.generate(text_accuracy, seed=seed + k, prompts=prompts,
                                                                      **options)[0].x,

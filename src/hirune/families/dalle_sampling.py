@@ -71,7 +71,6 @@ def caption_tokens(run, n: int, prompts, prompt, labels, label, per_class: bool,
                    primed: bool) -> tuple[Tensor, Tensor | None]:
     """The captions' token ids (n', text_len) and the labels they name (or None), from one of
     prompts / prompt / text_ids / labels / label / per_class (see `generate`)."""
-    from ..data.captions import caption
     from .diffusion_sampling import check_labels, class_labels
 
     given = [name for name, v in (("prompts", prompts), ("prompt", prompt), ("text_ids", text_ids),
@@ -94,7 +93,7 @@ def caption_tokens(run, n: int, prompts, prompt, labels, label, per_class: bool,
             check_labels(run, labels)
         else:
             labels = class_labels(run, n, label, per_class)
-        prompts = [caption(int(k)) for k in labels]
+        prompts = [label_caption(run.data.name, int(k)) for k in labels]
     return run.text_tokens(prompts), labels
 
 
@@ -114,3 +113,12 @@ def prime_codes(run, prime: Tensor | None, rows: int, n: int) -> Tensor | None:
                          f"{tuple(prime.shape)}")
     codes = run.image_tokenizer.encode(prime.float())[:, :rows].flatten(1)
     return codes.expand(n, -1).to(run.device) if len(codes) == 1 else codes.to(run.device)
+
+
+def label_caption(dataset: str, label: int) -> str:
+    """The default caption of a class label: "a handwritten seven"; on a dataset captioned as
+    clips, a still digit's: "a seven"."""
+    from ..data.captions import caption
+    from ..data.video_captions import captioned_as_clips, video_caption
+
+    return video_caption(label, None) if captioned_as_clips(dataset) else caption(label)

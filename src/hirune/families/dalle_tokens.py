@@ -44,14 +44,18 @@ class ImageTokenizer:
                           for chunk in codes.split(batch)])
 
 
-def text_tokenizer(config, saved: str | None = None):
-    """The run's text tokenizer: the word tokenizer (fixed by the code); a BPE read back from
-    its JSON `saved`, or None where it is still to be trained (`train_bpe`)."""
+def text_tokenizer(config, saved: str | None = None, dataset: str = ""):
+    """The run's text tokenizer: the word tokenizer (fixed by the code: over the image
+    captions' words, or over the clips' for a dataset captioned as clips, whose motion words
+    a video model started from this run will read); a BPE read back from its JSON `saved`,
+    or None where it is still to be trained (`train_bpe`)."""
     if config.text_tokenizer == "word":
         from ..data.captions import training_vocabulary
+        from ..data.video_captions import captioned_as_clips, video_training_vocabulary
         from ..models.text import WordTokenizer
 
-        return WordTokenizer(training_vocabulary(), max_len=config.text_len)
+        vocabulary = video_training_vocabulary() if captioned_as_clips(dataset) else training_vocabulary()
+        return WordTokenizer(vocabulary, max_len=config.text_len)
     if saved is None:
         return None
     from ..models.bpe import BPETokenizer

@@ -15,6 +15,7 @@ y: (B,) int64 labels; `num_classes` is the null label, y=None means all-null.
     build_model("video_kl", size="tiny", in_channels=1)   # CogVideoX's 3D causal VAE: (B, C, 4k+1, H, W) videos
     build_model("dvae", size="f4", in_channels=1, codebook_size=256)   # tokenizers: encode_codes, decode_codes
     build_model("dalle", text_vocab=64, num_codes=256, image_len=49)   # model(text, codes) -> logits
+    build_model("cogvideo", text_vocab=64, image_len=64, frames=9)   # model(text, rate, codes, times) -> logits
     PatchDiscriminator(in_channels=1, channels=32, n_layers=1)   # their optional GAN loss: patch logits
     build_model("clip", image_size=28, vocab_size=40)   # CLIP: (image_emb, text_emb, logit_scale)
     build_model("prior", dim=64, text_width=128)   # unCLIP prior: model(x, t, tokens, mask, text_emb)
@@ -35,6 +36,7 @@ from .autoencoder import (AUTOENCODER_SIZES, KLAutoencoder, KLAutoencoderConfig,
                           VQAutoencoderConfig)
 from .classifier import ClassifierConfig, NoisyClassifier
 from .clip import CLIP, CLIPConfig
+from .cogvideo import CogVideoConfig, CogVideoTransformer
 from .cogvideox import COGVIDEOX_SIZES, CogVideoX, CogVideoXConfig
 from .config import config_from_dict
 from .dalle import DalleConfig, DalleTransformer
@@ -64,6 +66,8 @@ MODELS: dict[str, tuple[type[nn.Module], type, dict[str, dict]]] = {
     "clip": (CLIP, CLIPConfig, {}),                         # image and text towers (Radford et al. 2021)
     # DALL-E's causal transformer over [text tokens | image codes] (Ramesh et al. 2021)
     "dalle": (DalleTransformer, DalleConfig, {}),
+    # CogVideo: frames of image codes after [text | frame-rate token], dual-channel attention (Hong et al. 2022)
+    "cogvideo": (CogVideoTransformer, CogVideoConfig, {}),
     # unCLIP's diffusion prior over CLIP image embeddings (Ramesh et al. 2022)
     "prior": (PriorTransformer, PriorConfig, {}),
 }
@@ -107,7 +111,7 @@ def build_model(kind: str, config: Mapping[str, Any] | None = None, /, **overrid
 
 
 __all__ = ["AUTOENCODERS", "AUTOENCODER_SIZES", "DIT_SIZES", "MLP", "MODELS", "UNET_SIZES", "UVIT_SIZES",
-           "CLIP", "CLIPConfig", "ClassifierConfig", "DVAE", "DVAEConfig", "DalleConfig", "DalleTransformer", "DiT", "DiTConfig",
+           "CLIP", "CLIPConfig", "ClassifierConfig", "CogVideoConfig", "CogVideoTransformer", "DVAE", "DVAEConfig", "DalleConfig", "DalleTransformer", "DiT", "DiTConfig",
            "KLAutoencoder", "KLAutoencoderConfig", "MLPConfig",
            "NoisyClassifier", "PatchDiscriminator", "PriorConfig", "PriorTransformer", "UNet", "UNetConfig", "UViT", "UViTConfig",
            "VIDEO_KL_SIZES", "VQAutoencoder", "VQAutoencoderConfig", "VideoKLAutoencoder", "VideoKLConfig",

@@ -220,6 +220,17 @@ _DALLE = dict(family="dalle", model="dalle", batch_size=64, lr=1e-3, warmup=100,
 PRESETS["dalle-mnist5k"] = {**_DALLE, "dataset": "mnist5k", "tokenizer": "runs/vq-ae-mnist5k", "steps": 1400,
                             "batch_size": 32, "lr": 2e-3, "sample_every": 1400, "ckpt_every": 200,
                             "model_config": {"width": 64, "depth": 4, "heads": 4}}
+# The image model CogVideo starts from (families/cogvideo.py): the tokenizer and DALL-E on the still frames of
+# the moving digits (moving-mnist5k-stills: 32 x 32, captioned as the clips are, "a thick seven"), 8 x 8 codes
+# of 256 (vq-ae-mnist5k's recipe, f4), the word tokenizer over every word of the clips' captions (the video
+# model inherits the text embedding and must read "moving left"); width 176, depth 4 (1.7 M parameters:
+# with CogVideo's temporal channel about CogVideoX's 2.08 M).
+PRESETS["vq-ae-moving-stills"] = {**PRESETS["vq-ae-mnist5k"], "dataset": "moving-mnist5k-stills", "steps": 1000,
+                                  "model_config": {**_AE_MNIST, **_VQ, "codebook_size": 512}}
+PRESETS["dalle-moving-stills"] = {**_DALLE, "dataset": "moving-mnist5k-stills", "tokenizer": "runs/vq-ae-moving-stills",
+                                  "text_tokenizer": "word", "text_len": 12, "steps": 700, "batch_size": 32,
+                                  "sample_every": 700, "ckpt_every": 100, "eval_samples": 0,
+                                  "model_config": {"width": 176, "depth": 4, "heads": 4}}
 PRESETS["dalle-digits"] = {**_DALLE, "dataset": "digits", "tokenizer": "runs/vq-ae-digits", "steps": 1500,
                            "model_config": {"width": 64, "depth": 3, "heads": 4}}
 
@@ -371,3 +382,17 @@ PRESETS["cogvideox-moving-mnist5k"] = dict(
     family="video", model="cogvideox", dataset="moving-mnist5k", autoencoder="runs/video-vae-moving-mnist5k",
     text_encoder="tiny", explicit_uniform=True, **_COGVIDEOX_PROCESS, batch_size=32, lr=1e-3, warmup=100,
     ema_decay=0.995, steps=1500, log_every=50, sample_every=500, ckpt_every=500, num_samples=10)
+
+# CogVideo in miniature (family "cogvideo"): autoregressive frames of the image tokens of the dalle run on the
+# still frames (train it first: `hirune train vq-ae-moving-stills`, `hirune train dalle-moving-stills`), its
+# transformer the spatial channel of every block, the temporal channel new and gated at 0.  Key frames: 5
+# frames of the 17-frame clips at gap 1, 2 or 4 (the frame-rate token says which); interpolation: the frame
+# between two known ones, applied recursively (5 at gap 4 -> 9 at gap 2 -> 17 at gap 1).  2.12 M parameters
+# (CogVideoX's preset transformer: 2.08 M); a step of 8 clips (337 tokens each) costs about as much CPU as
+# CogVideoX's step of 32 (benchmarks/cogvideo.py).
+_COGVIDEO = dict(family="cogvideo", model="cogvideo", dataset="moving-mnist5k-17",
+                 image_model="runs/dalle-moving-stills", batch_size=8, lr=1e-3, warmup=20, ema_decay=0.99,
+                 log_every=10, sample_every=0, ckpt_every=50, num_samples=10)
+PRESETS["cogvideo-moving-mnist5k"] = {**_COGVIDEO, "stage": "keyframes", "steps": 240}
+PRESETS["cogvideo-interp-moving-mnist5k"] = {**_COGVIDEO, "stage": "interpolate", "steps": 400}
+
