@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn.attention import split_heads
-from .dalle import Block, CausalSelfAttention, DalleConfig, DalleTransformer, JointVocabulary, KVCache
+from .dalle import Block, CausalSelfAttention, DalleConfig, DalleTransformer, KVCache, build_token_model
 
 TEXT, RATE = -1, -2                      # the groups of the text and of the frame-rate token (frames: 0, 1, ...)
 KIND_TEXT, KIND_RATE, KIND_START, KIND_CODE = 0, 1, 2, 3
@@ -157,18 +157,10 @@ class CogVideoTransformer(nn.Module):
 
     def __init__(self, config: CogVideoConfig):
         super().__init__()
-        self.config = c = config
-        self.vocabulary = JointVocabulary(c.text_vocab, c.num_codes)
-        self.text_embedding = nn.Embedding(c.text_vocab, c.width)
-        self.image_embedding = nn.Embedding(c.num_codes, c.width)
-        self.text_positions = nn.Parameter(torch.zeros(c.text_len, c.width))
-        self.image_positions = nn.Parameter(torch.zeros(c.image_len, c.width))
-        self.blocks = nn.ModuleList(DualChannelBlock(c.width, c.heads, c.dropout) for _ in range(c.depth))
-        self.norm, self.head = nn.LayerNorm(c.width), nn.Linear(c.width, self.vocabulary.size)
-        self.rate_embedding = nn.Embedding(c.rates, c.width)        # the frame-rate token r
-        self.time_embedding = nn.Embedding(c.frames, c.width)       # the temporal channel's frame times
-        for table in (self.text_embedding.weight, self.image_embedding.weight, self.text_positions,
-                      self.image_positions, self.rate_embedding.weight, self.time_embedding.weight):
+        build_token_model(self, config, DualChannelBlock)           # the image model's modules and names
+        self.rate_embedding = nn.Embedding(config.rates, config.width)    # the frame-rate token r
+        self.time_embedding = nn.Embedding(config.frames, config.width)   # the temporal channel's frame times
+        for table in (self.rate_embedding.weight, self.time_embedding.weight):
             nn.init.normal_(table, std=0.02)
 
     @classmethod

@@ -149,6 +149,24 @@ class Block(nn.Module):
         return h + self.mlp(self.norm2(h))
 
 
+def build_token_model(model: nn.Module, c: DalleConfig, block) -> None:
+    """DALL-E's modules, set on `model` in their order: the joint vocabulary, the text and
+    image embeddings, their position tables, `depth` blocks `block(width, heads, dropout)`,
+    the final LayerNorm and the head; the tables drawn from normal(0.02).  A model built on
+    these names loads a DALL-E state dict (`models.cogvideo`)."""
+    model.config = c
+    model.vocabulary = JointVocabulary(c.text_vocab, c.num_codes)
+    model.text_embedding = nn.Embedding(c.text_vocab, c.width)
+    model.image_embedding = nn.Embedding(c.num_codes, c.width)
+    model.text_positions = nn.Parameter(torch.zeros(c.text_len, c.width))
+    model.image_positions = nn.Parameter(torch.zeros(c.image_len, c.width))
+    model.blocks = nn.ModuleList(block(c.width, c.heads, c.dropout) for _ in range(c.depth))
+    model.norm, model.head = nn.LayerNorm(c.width), nn.Linear(c.width, model.vocabulary.size)
+    for table in (model.text_embedding.weight, model.image_embedding.weight, model.text_positions,
+                  model.image_positions):
+        nn.init.normal_(table, std=0.02)
+
+
 class DalleTransformer(nn.Module):
     """model(text (B, L), image (B, n) codes, cache=None) -> logits (B, L + n, V_joint) of the
     positions the cache does not hold yet (all of them without a cache).  n <= N - 1 in
@@ -156,17 +174,7 @@ class DalleTransformer(nn.Module):
 
     def __init__(self, config: DalleConfig):
         super().__init__()
-        self.config = c = config
-        self.vocabulary = JointVocabulary(c.text_vocab, c.num_codes)
-        self.text_embedding = nn.Embedding(c.text_vocab, c.width)
-        self.image_embedding = nn.Embedding(c.num_codes, c.width)
-        self.text_positions = nn.Parameter(torch.zeros(c.text_len, c.width))
-        self.image_positions = nn.Parameter(torch.zeros(c.image_len, c.width))
-        self.blocks = nn.ModuleList(Block(c.width, c.heads, c.dropout) for _ in range(c.depth))
-        self.norm, self.head = nn.LayerNorm(c.width), nn.Linear(c.width, self.vocabulary.size)
-        for table in (self.text_embedding.weight, self.image_embedding.weight, self.text_positions,
-                      self.image_positions):
-            nn.init.normal_(table, std=0.02)
+        build_token_model(self, config, Block)
 
     def check_tokens(self, text: Tensor, image: Tensor) -> None:
         """ValueError for a text id outside 0..text_vocab-1, a code outside 0..K-1, or lengths
