@@ -144,3 +144,8 @@ def test_key_frames_then_recursive_interpolation_to_17_frames(chain):
     assert metrics["frames"] == 9 and 0 <= metrics["frame_accuracy"] <= 1 and "frechet_distance_frames" in metrics
     metrics = interp.evaluate(2, gap=8)
     assert metrics["frames"] == 17 and "psnr_drawn_frames" in metrics
+    from hirune.cli import main
+
+    out = chain / "cli.gif"
+    assert main(["sample", str(chain / "keys"), "--n", "2", "--gap", "4", "--interpolator", str(chain / "interp"),
+                 "--scale", "2", "--out", str(out)]) == 0 and out.exists()

@@ -143,6 +143,7 @@ def test_hirune_invert_and_edit_a_clip(run_dir, tmp_path, capsys):
     assert len(printed["frame_classes"]) == 9 and printed["from"].startswith("a ") and (tmp_path / "edit.png").exists()
     for argv, message in ((["invert", str(run_dir), "test:1", "--class", "3"], "--class is not valid for a video"),
                           (["edit", str(run_dir), "test:1", "--to", "x", "--out", "e.jpg"], "valid: a .gif, .mp4"),
-                          (["invert", str(run_dir), "cat.png"], "valid: test:N or train:N")):
+                          (["invert", str(run_dir), "cat.png"], "valid: test:N or train:N"),
+                          (["sample", str(run_dir), "--gap", "2"], "--gap and --interpolator apply to cogvideo")):
         assert main(argv) == 2
         assert message in capsys.readouterr().err

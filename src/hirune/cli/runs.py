@@ -121,6 +121,10 @@ def _add_sample(sub) -> None:
     p.add_argument("--prompt", default=None, help="text-conditioned runs: the caption, e.g. 'a thick seven'")
     p.add_argument("--motion", default=None, help="video runs: the motion of the prompts drawn in turn, "
                    "e.g. 'moving left' (with --class: that digit)")
+    p.add_argument("--gap", type=_positive_int, default=None,
+                   help="cogvideo runs: the frames between key frames (1, 2 or 4; default 4)")
+    p.add_argument("--interpolator", default=None, metavar="RUN",
+                   help="cogvideo runs: an interpolation run that fills in the key frames recursively to gap 1")
     p.add_argument("--size", type=_size, default=None, metavar="HxW",
                    help="a run with aspect-ratio buckets (buckets=true): the samples' height x width, one of its "
                         "buckets (default: the first)")
@@ -301,6 +305,12 @@ def _sample_video(run, args, options: dict, out_path: Path) -> int:
     options.pop("temperature")
     if args.rerank is not None or args.class_grid or args.size is not None:
         raise CLIError("--rerank, --class-grid and --size do not apply to video runs")
+    if run.name == "cogvideo":  # key frames at a gap, filled in by an interpolation run
+        from ..training.loading import load
+
+        options.update(gap=args.gap, interpolator=load(args.interpolator) if args.interpolator else None)
+    elif args.gap is not None or args.interpolator is not None:
+        raise CLIError(f"--gap and --interpolator apply to cogvideo runs, not a {run.name} run")
     out, labels = generate(run, args.n, args.sampler, args.steps, args.spacing, args.seed, label=args.label,
                            motion=args.motion, prompt=args.prompt, **options)
     out_path.parent.mkdir(parents=True, exist_ok=True)
