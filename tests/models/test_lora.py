@@ -124,8 +124,10 @@ def test_two_named_adapters_with_weights_equal_the_hand_formula(nets):
 @pytest.mark.parametrize("kind", ["unet", "dit"])
 def test_merged_and_unmerged_outputs_agree(nets, kind):
     """To 1e-6 in float64; in float32 within the network's own rounding (W x + s B A x and
-    (W + s B A) x round differently): at most 4 x the difference between its float32 and
-    float64 outputs, which was 1e-5 on these networks, against 1e-2 for the adapters' effect."""
+    (W + s B A) x round differently): by the triangle inequality through the float64 outputs,
+    |merged32 - unmerged32| <= the rounding of each path (its float32 against its float64
+    output) + their float64 difference.  The roundings are about 1e-5 on these networks (they
+    depend on the threads' summation order), against 1e-2 for the adapters' effect."""
     x, t = _inputs()
     net = nets[kind]
     lora.add_lora(net, rank=4, targets="all" if kind == "unet" else "attention+mlp")
@@ -144,11 +146,14 @@ def test_merged_and_unmerged_outputs_agree(nets, kind):
             with lora.disabled(net):
                 effect = (unmerged - net(x.to(dtype), t.to(dtype))).abs().max()
             assert effect > 1e-3
-    unmerged, merged, again = outputs[torch.float64]
+    exact = outputs[torch.float64]
+    unmerged, merged, again = exact
     assert (merged - unmerged).abs().max() < 1e-6 and (again - unmerged).abs().max() < 1e-6
-    rounding = (outputs[torch.float32][0].double() - unmerged).abs().max()
+    rounding = [float((out.double() - ref).abs().max()) for out, ref in zip(outputs[torch.float32], exact)]
+    assert max(rounding) < 1e-4                                        # the bound below stays far under 1e-2
     unmerged, merged, again = outputs[torch.float32]
-    assert (merged - unmerged).abs().max() <= 4 * rounding and (again - unmerged).abs().max() <= 4 * rounding
+    assert (merged - unmerged).abs().max() <= rounding[0] + rounding[1] + 1e-6
+    assert (again - unmerged).abs().max() <= rounding[0] + rounding[2] + 1e-6
 
 
 def test_disabled_gives_the_base_bitwise(nets):
