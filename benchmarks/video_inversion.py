@@ -19,7 +19,8 @@ their own captions (scale 1, DDIM on the run's trailing grid of STEPS steps), th
 for plain inversion (and resampled from its latent one step below the end, which leaves the
 step into zero terminal SNR out), plain inversion with reference attention (from the inverted noise and
 from fresh noise), exact inversion (at scale 1, as the others), and exact inversion under the
-guidance of the resampling (both walks in the same field, as `hirune edit` does for images).  The VAE's own reconstruction PSNR bounds them all.
+guidance of the resampling (both walks in the same field, as `hirune edit` does for images).
+The VAE's own reconstruction PSNR bounds them all.
 The clips are every digit in turn (`evaluation.video.spread`).  Writes OUT.md, OUT.json and a
 GIF of the first 6 clips, one row each: the clips; plain inversion at scale 1 and at SCALE;
 reference attention at SCALE; exact inversion at 1; exact under guidance at SCALE; then the
@@ -138,7 +139,8 @@ def main(argv=None) -> dict:
     lines += [f"| {r['method']} | {r.get('setting', '')} | {r['psnr']:.2f} | {r['psnr_outside']:.2f} |" for r in rows]
     lines += ["", f"Edits at scale {args.scale:g} (the real clips: frame accuracy {real['frame_accuracy']:.3f}, "
               f"direction {real['direction_accuracy']:.3f}):", "",
-              "| method | edit | frame accuracy (the asked digit) | direction (the asked motion) | PSNR outside the digit (dB) |",
+              "| method | edit | frame accuracy (the asked digit) | direction (the asked motion) "
+              "| PSNR outside the digit (dB) |",
               "|---|---|---|---|---|"]
     lines += [f"| {e['method']} | {e['edit']} | {e['frame_accuracy']:.3f} | {e['direction_accuracy']:.3f} | "
               f"{e['psnr_outside']:.2f} |" for e in edits]

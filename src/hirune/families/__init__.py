@@ -33,5 +33,5 @@ from .normalizing_flow import NormalizingFlow
 from .prior import Prior
 from .video import Video
 
-__all__ = ["FAMILIES", "Autoencoder", "Batch", "Classifier", "Clip", "CogVideo", "Context", "Dalle", "Diffusion", "DiffusionConfig",
-           "Draw", "Family", "NormalizingFlow", "Video", "get_family", "register"]
+__all__ = ["FAMILIES", "Autoencoder", "Batch", "Classifier", "Clip", "CogVideo", "Context", "Dalle", "Diffusion",
+           "DiffusionConfig", "Draw", "Family", "NormalizingFlow", "Video", "get_family", "register"]

@@ -196,7 +196,8 @@ def evaluate(run, n: int | None = None, *, sampler=None, steps=None, seed: int =
     given = {**options, "sampler": sampler, "steps": steps, "denoiser": denoiser}
     asked = sorted(k for k, v in given.items() if v is not None and v is not False and v != 0)
     if asked:
-        raise ValueError(f"options {asked} are not valid for a cogvideo run; valid: n, seed, gap, interpolator, scale, top_k, top_p")
+        raise ValueError(f"options {asked} are not valid for a cogvideo run; valid: n, seed, gap, interpolator, scale, "
+                         "top_k, top_p")
     n = check_sample_count(run.data, n or 100)
     sampling = dict(seed=seed, scale=scale, top_k=top_k, top_p=top_p)
     metrics = {"step": run.step, "dataset": run.data.name, "stage": run.config.stage, "scale": scale}

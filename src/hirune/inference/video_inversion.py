@@ -197,5 +197,5 @@ def psnr(a: Tensor, b: Tensor, where: Tensor | None = None, data_range: float = 
     return 10 * torch.log10(data_range ** 2 / mse.clamp(min=1e-30))
 
 
-__all__ = ["Inversion", "ReferenceAttention", "check_video_run", "edit", "guided", "inverse_process", "invert", "load_clip",
-           "outside_digit", "psnr", "reconstruct"]
+__all__ = ["Inversion", "ReferenceAttention", "check_video_run", "edit", "guided", "inverse_process", "invert",
+           "load_clip", "outside_digit", "psnr", "reconstruct"]

@@ -111,7 +111,8 @@ def build_model(kind: str, config: Mapping[str, Any] | None = None, /, **overrid
 
 
 __all__ = ["AUTOENCODERS", "AUTOENCODER_SIZES", "DIT_SIZES", "MLP", "MODELS", "UNET_SIZES", "UVIT_SIZES",
-           "CLIP", "CLIPConfig", "ClassifierConfig", "CogVideoConfig", "CogVideoTransformer", "DVAE", "DVAEConfig", "DalleConfig", "DalleTransformer", "DiT", "DiTConfig",
+           "CLIP", "CLIPConfig", "ClassifierConfig", "CogVideoConfig", "CogVideoTransformer", "DVAE", "DVAEConfig",
+           "DalleConfig", "DalleTransformer", "DiT", "DiTConfig",
            "KLAutoencoder", "KLAutoencoderConfig", "MLPConfig",
            "NoisyClassifier", "PatchDiscriminator", "PriorConfig", "PriorTransformer", "UNet", "UNetConfig", "UViT", "UViTConfig",
            "VIDEO_KL_SIZES", "VQAutoencoder", "VQAutoencoderConfig", "VideoKLAutoencoder", "VideoKLConfig",
