@@ -44,7 +44,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn.attention import split_heads
-from .dalle import Block, CausalSelfAttention, DalleConfig, DalleTransformer, KVCache, build_token_model
+from .dalle import (Block, CausalSelfAttention, DalleConfig, DalleTransformer, KVCache, TokenModel,
+                    build_token_model)
 
 TEXT, RATE = -1, -2                      # the groups of the text and of the frame-rate token (frames: 0, 1, ...)
 KIND_TEXT, KIND_RATE, KIND_START, KIND_CODE = 0, 1, 2, 3
@@ -145,7 +146,7 @@ class DualChannelBlock(Block):
         return h + self.mlp(self.norm2(h))
 
 
-class CogVideoTransformer(nn.Module):
+class CogVideoTransformer(TokenModel):
     """model(text (B, L), rate (B,), codes (B, n), times (F,), cache=None) -> logits
     (B, T', V_joint) of the positions the cache does not hold yet (T' = all T without one);
     codes: the frames' codes so far, flattened frame after frame; rate: each row's
@@ -233,15 +234,6 @@ class CogVideoTransformer(nn.Module):
         for layer, block in enumerate(self.blocks):
             h = block(h, time, masks, cache, layer)
         return self.head(self.norm(h))
-
-    def new_cache(self) -> KVCache:
-        return KVCache()
-
-    def image_logits(self, logits: Tensor) -> Tensor:
-        return self.vocabulary.image_logits(logits)
-
-    def text_logits(self, logits: Tensor) -> Tensor:
-        return self.vocabulary.text_logits(logits)
 
     def bound(self, rate: int, times: Tensor) -> FramesAsImage:
         """This model with its frame-rate token and frame times fixed: the protocol of

@@ -167,7 +167,22 @@ def build_token_model(model: nn.Module, c: DalleConfig, block) -> None:
         nn.init.normal_(table, std=0.02)
 
 
-class DalleTransformer(nn.Module):
+class TokenModel(nn.Module):
+    """What every transformer over [text | image codes] shares beside `build_token_model`'s
+    modules: a fresh key/value cache and the text's and image codes' parts of the joint
+    logits (the protocol of `sampling.autoregressive`)."""
+
+    def new_cache(self) -> KVCache:
+        return KVCache()
+
+    def image_logits(self, logits: Tensor) -> Tensor:
+        return self.vocabulary.image_logits(logits)
+
+    def text_logits(self, logits: Tensor) -> Tensor:
+        return self.vocabulary.text_logits(logits)
+
+
+class DalleTransformer(TokenModel):
     """model(text (B, L), image (B, n) codes, cache=None) -> logits (B, L + n, V_joint) of the
     positions the cache does not hold yet (all of them without a cache).  n <= N - 1 in
     training (the last code is only predicted); sampling passes 0..N-1 codes."""
@@ -203,12 +218,3 @@ class DalleTransformer(nn.Module):
         for layer, block in enumerate(self.blocks):
             h = block(h, cache, layer)
         return self.head(self.norm(h))
-
-    def new_cache(self) -> KVCache:
-        return KVCache()
-
-    def image_logits(self, logits: Tensor) -> Tensor:
-        return self.vocabulary.image_logits(logits)
-
-    def text_logits(self, logits: Tensor) -> Tensor:
-        return self.vocabulary.text_logits(logits)
