@@ -88,12 +88,12 @@ def main(argv=None) -> dict:
     motion, _, motion_dirs = captions(attrs, args.n, reverse=True)
     fresh = torch.randn(args.n, *run.sample_shape, generator=torch.Generator().manual_seed(1))
     rows, edits, shown = [], [], {"clip": clips}
-    with torch.no_grad():
-        vae = run.decode(run.encode(clips)).clamp(-1, 1)
-    rows.append({"method": "the VAE alone (encode, decode)", **scores(clips, vae, outside)})
     inversions = {"plain": V.invert(run, clips, same, steps=args.steps),
                   "exact": V.invert(run, clips, same, steps=args.steps, exact=True),
                   "guided": V.invert(run, clips, same, steps=args.steps, exact=True, scale=args.scale)}
+    with torch.no_grad():  # the clips' latents, as the inversions encoded them, decoded
+        vae = run.decode(inversions["plain"].latents).clamp(-1, 1)
+    rows.append({"method": "the VAE alone (encode, decode)", **scores(clips, vae, outside)})
     methods = [("plain inversion", "plain", False, None), ("plain + reference attention", "plain", True, None),
                ("fresh noise + reference attention", "plain", True, fresh), ("exact inversion", "exact", False, None),
                (f"exact inversion under guidance {args.scale:g}", "guided", False, None)]

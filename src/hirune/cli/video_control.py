@@ -44,8 +44,8 @@ def invert_clip(run, args: argparse.Namespace) -> int:
     inversion = V.invert(run, clip, prompt, steps=args.steps, exact=not args.plain)
     back, _ = V.reconstruct(run, inversion, prompt, scale=scale, reference=args.reference)
     _write(torch.cat([clip, back]), args.out)
-    with torch.no_grad():
-        ceiling = run.decode(run.encode(clip)).clamp(-1, 1)
+    with torch.no_grad():  # the autoencoder alone: the clip's latents, as the inversion encoded them, decoded
+        ceiling = run.decode(inversion.latents).clamp(-1, 1)
     print(json.dumps({"psnr_db": float(V.psnr(back, clip)[0]), "autoencoder_psnr_db": float(V.psnr(ceiling, clip)[0]),
                       "prompt": prompt[0], "exact": not args.plain, "reference": args.reference, "scale": scale,
                       "steps": args.steps, "out": args.out}))
