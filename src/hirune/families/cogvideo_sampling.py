@@ -18,8 +18,9 @@ import torch
 from torch import Tensor
 
 from ..sampling import SampleOutput
-from ..sampling.autoregressive import check_sampling_options, sample_image_tokens
-from .base import check_sample_count
+from ..sampling.autoregressive import sample_image_tokens
+from .base import check_sample_count, sample_chunks
+from .dalle_sampling import token_options
 
 CHUNK = 64  # clips (or interpolation pairs) drawn at once: the k-th chunk seeded seed + k
 GAPS = (1, 2, 4)  # the frame gaps a frame-rate token can say (token k: GAPS[k])
@@ -62,21 +63,15 @@ def _captions(run, n, prompts, prompt, label, motion) -> tuple[Tensor, Tensor | 
 def _draw(model, text: Tensor, length: int, prime: Tensor | None, seed: int, options: dict, null) -> Tensor:
     """Codes (B, length) from `model` (the protocol of sample_image_tokens), CHUNK rows at a time."""
     out = []
-    for k, start in enumerate(range(0, len(text), CHUNK)):
-        rows = slice(start, start + CHUNK)
-        g = torch.Generator(device=text.device).manual_seed(seed + k)
+    for rows, chunk_seed in sample_chunks(len(text), seed, CHUNK):
+        g = torch.Generator(device=text.device).manual_seed(chunk_seed)
         out.append(sample_image_tokens(model, text[rows], length, prime=None if prime is None else prime[rows],
                                        null_text=null, generator=g, **options))
     return torch.cat(out)
 
 
 def _options(run, temperature, top_k, top_p, scale, use_cache) -> dict:
-    top_k = run.config.top_k if top_k is None else top_k
-    top_p = run.config.top_p if top_p is None else top_p
-    check_sampling_options(temperature, top_k, top_p, scale)
-    if scale != 1.0 and run.config.p_uncond <= 0:
-        raise ValueError("classifier-free guidance (scale != 1) needs a run trained with caption dropout "
-                         "(p_uncond > 0)")
+    top_k, top_p = token_options(run, temperature, top_k, top_p, scale)
     return dict(temperature=temperature, top_k=top_k, top_p=top_p, scale=scale, use_cache=use_cache)
 
 

@@ -42,12 +42,7 @@ def generate(run, n: int, sampler: str | None = None, steps: int | None = None, 
         raise ValueError("a dalle run has no trajectory and no classifier guidance")
     from tqdm.auto import tqdm
 
-    top_k = run.config.top_k if top_k is None else top_k
-    top_p = run.config.top_p if top_p is None else top_p
-    check_sampling_options(temperature, top_k, top_p, scale)
-    if scale != 1.0 and run.config.p_uncond <= 0:
-        raise ValueError("classifier-free guidance (scale != 1) needs a run trained with caption dropout "
-                         "(p_uncond > 0): its null caption was never trained")
+    top_k, top_p = token_options(run, temperature, top_k, top_p, scale)
     text, labels = caption_tokens(run, n, prompts, prompt, labels, label, per_class, text_ids, prime is not None)
     n = len(text)
     primed = prime_codes(run, prime, rows, n)
@@ -65,6 +60,18 @@ def generate(run, n: int, sampler: str | None = None, steps: int | None = None, 
                                         callback=lambda k: bar.update(1))
         outs.append(run.image_tokenizer.decode(codes.view(-1, h, w)))
     return SampleOutput(torch.cat(outs), h * w - (rows * w if primed is not None else 0)), labels
+
+
+def token_options(run, temperature: float, top_k: int | None, top_p: float | None, scale: float) -> tuple[int, float]:
+    """top_k and top_p, the run's own (its settings) where not given, checked with the
+    temperature and the guidance scale; guidance (scale != 1) needs caption dropout."""
+    top_k = run.config.top_k if top_k is None else top_k
+    top_p = run.config.top_p if top_p is None else top_p
+    check_sampling_options(temperature, top_k, top_p, scale)
+    if scale != 1.0 and run.config.p_uncond <= 0:
+        raise ValueError("classifier-free guidance (scale != 1) needs a run trained with caption dropout "
+                         "(p_uncond > 0): its null caption was never trained")
+    return top_k, top_p
 
 
 def caption_tokens(run, n: int, prompts, prompt, labels, label, per_class: bool, text_ids,
