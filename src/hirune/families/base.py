@@ -272,10 +272,11 @@ def spread(n: int, total: int) -> Tensor:
     return torch.linspace(0, total - 1, n).round().long()
 
 
-def sample_chunks(n: int, seed: int, size: int = SAMPLE_CHUNK) -> list[tuple[slice, int]]:
-    """The rows and the seed of each chunk of n samples, `size` at a time: seed + k for the
-    k-th, so a count of at most `size` is one draw with `seed`, exactly as before chunks
-    existed."""
+def sample_chunks(n: int, seed: int, size: int | None = None) -> list[tuple[slice, int]]:
+    """The rows and the seed of each chunk of n samples, `size` at a time (default
+    SAMPLE_CHUNK, read at the call): seed + k for the k-th, so a count of at most `size` is
+    one draw with `seed`, exactly as before chunks existed."""
+    size = size or SAMPLE_CHUNK
     return [(slice(start, min(start + size, n)), seed + k) for k, start in enumerate(range(0, n, size))]
 
 
