@@ -191,6 +191,10 @@ def test_every_preset_builds(tmp_path, monkeypatch):
     video_ae = tmp_path / "video-vae"  # video presets need a video autoencoder: one step of two clips
     train(preset_config("video-vae-moving-mnist5k", {"steps": 1, "batch_size": 2, "sample_every": 0, "ckpt_every": 1,
                                                      "out": str(video_ae)}), progress=False)
+    video_low = tmp_path / "cogvideox-16"  # the progressive preset starts from a 16 x 16 run: one step of two
+    train(preset_config("cogvideox-moving-mnist5k-16", {"steps": 1, "batch_size": 2, "sample_every": 0, "ckpt_every": 1,
+                                                        "out": str(video_low), "autoencoder": str(video_ae)}),
+          progress=False)
     for name in PRESETS:
         if name.startswith("text-minilm") and not has_minilm:
             continue  # the optional extra hirune[text]; tests/test_text.py covers the message
@@ -203,6 +207,8 @@ def test_every_preset_builds(tmp_path, monkeypatch):
             extra = {"clip": str(clip)}
         if PRESETS[name].get("image_model"):
             extra = {"image_model": str(image)}
+        if PRESETS[name].get("base"):
+            extra["base"] = str(video_low)
         trainer = Trainer(preset_config(name, {"out": str(tmp_path / name), **extra}))
         assert trainer.model is not None and trainer.model is trainer.family.model, name
         assert isinstance(trainer.family, FAMILIES[trainer.cfg.family]), name

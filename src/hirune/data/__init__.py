@@ -10,9 +10,9 @@ and .npz files. Every loader returns an `ArrayDataset` (images (N, C, H, W) in [
 
 Modules: `toys` (the 2-D distributions, their scaling and exact mixture densities), `images`
 (digits, mnist5k, image_folder, npz_dataset; the split rule), `registry` (DATASETS,
-load_dataset, data_format, dataset_source, example_shape, dataset_info), `dataset`
+load_dataset, data_format, dataset_source, example_shape, dataset_info, original_dataset), `dataset`
 (ArrayDataset, DataFormat, split_indices), `captions` (captions of the digits), `moving` (moving-digit
-clips: moving-mnist5k, its 17-frame and two-digit variants, mnist5k-frames), `video_captions`
+clips: moving-mnist5k, its 17-frame, two-digit and 16 x 16 variants, mnist5k-frames), `video_captions`
 (captions of the clips), `dequantize`
 (discrete data for likelihoods), `buckets` (aspect-ratio buckets: the bucket of an
 image's ink, canvases, centred crops and pads), `sizes` (counts of examples checked: in range, no more than
@@ -22,13 +22,14 @@ there are, an array that fits in memory).
 from .dataset import SPLITS, ArrayDataset, DataFormat, split_indices
 from .images import digits, image_folder, mnist5k, npz_dataset
 from .registry import (DATASETS, DatasetSpec, data_format, dataset_buckets, dataset_info, dataset_source,
-                       example_shape, load_dataset)
+                       example_shape, load_dataset, original_dataset)
 from .toys import (TOY_SPLIT_SIZES, TOYS, Toy, checkerboard, eight_gaussians, gaussian_mixture, rings,
                    swiss_roll, toy_dataset, toy_mixture, toy_seed, two_moons)
 
 __all__ = [
     "DATASETS", "SPLITS", "TOYS", "TOY_SPLIT_SIZES", "ArrayDataset", "DataFormat", "DatasetSpec", "Toy",
-    "checkerboard", "data_format", "dataset_buckets", "dataset_info", "dataset_source", "digits", "eight_gaussians", "example_shape",
-    "gaussian_mixture", "image_folder", "load_dataset", "mnist5k", "npz_dataset", "rings", "split_indices",
-    "swiss_roll", "toy_dataset", "toy_mixture", "toy_seed", "two_moons",
+    "checkerboard", "data_format", "dataset_buckets", "dataset_info", "dataset_source", "digits", "eight_gaussians",
+    "example_shape", "gaussian_mixture", "image_folder", "load_dataset", "mnist5k", "npz_dataset",
+    "original_dataset", "rings", "split_indices", "swiss_roll", "toy_dataset", "toy_mixture", "toy_seed",
+    "two_moons",
 ]

@@ -227,6 +227,16 @@ def _default_name(frames: int, digits: int) -> str:
     return "moving-mnist5k" + ("" if frames == 9 else f"-{frames}") + ("-two" if digits == 2 else "")
 
 
+def pooled_clips(split: str = "train", frames: int = 9, seed: int = SEED) -> ArrayDataset:
+    """The same clips average-pooled 2 x 2 in space: (N, 1, T, 16, 16), 1021 levels (means of
+    four 8-bit levels), the same attributes (in 32 x 32 canvas pixels) and captions.  The low
+    resolution of progressive training (CogVideoX sec. 3.2: low, then high resolution); the
+    32 x 32 clips' video VAE encodes them too (it is convolutional)."""
+    full = moving_digits(split, frames=frames, seed=seed)
+    name = f"{_default_name(frames, 1)}-16"
+    return dataclasses.replace(full, name=name, data=F.avg_pool3d(full.data, (1, 2, 2)), levels=4 * 255 + 1)
+
+
 def still_frames(split: str = "train", seed: int = SEED) -> ArrayDataset:
     """The same 16 x 16 digits as one-frame videos (N, 1, 1, 32, 32) ("an image is a
     one-frame video": frame packing, a video VAE's image path), each at a uniform position

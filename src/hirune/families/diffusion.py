@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import objectives as O
+from ..data import original_dataset
 from ..process import Denoiser, make_process
 from ..process.denoiser import check_prediction_suits
 from . import (buckets, diffusion_eval, diffusion_sampling, dreambooth, embedding, finetune, micro, superres,
@@ -147,13 +148,14 @@ class Diffusion(Family):
         self.first_stage, self.sample_shape = None, tuple(data.shape)
         if config.autoencoder:
             self.first_stage = FirstStage(self.references["first_stage"], self.device)
-            if self.first_stage.dataset != data.name:
+            if original_dataset(self.first_stage.dataset) != original_dataset(data.name):
                 raise ValueError(f"the autoencoder {config.autoencoder} was trained on {self.first_stage.dataset}, "
-                                 f"this run is on {data.name}")
+                                 f"this run is on {data.name}; valid: data of {self.first_stage.dataset} (at any "
+                                 "of its registered resolutions)")
             self.sample_shape = self.first_stage.latent_shape(tuple(data.shape))
         self.base_identity = None
         if network_config is None and "base" in self.references:  # fine-tuning: the base's network
-            network_config = finetune.network_config(self)
+            network_config = self._base_network_config()
         self.model = self._build(cfg.model, network_config or self._network_config())
         if "base" in self.references:
             finetune.attach(self)
@@ -164,6 +166,10 @@ class Diffusion(Family):
         self.denoiser = Denoiser(self.model, self.process, self.prediction, learned_variance=learned, clip_x0=clip)
         self.loss_aware_times = O.LossAwareTimes(self.process.T) if learned else None
         self.captioner = self.latents = self.reflow_noise = None
+
+    def _base_network_config(self) -> dict:
+        """A fine-tuned run's network config: the base's, whole."""
+        return finetune.network_config(self)
 
     def _network_config(self) -> dict:
         config, out = self.config, dict(self.cfg.model_config)

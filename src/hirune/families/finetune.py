@@ -85,19 +85,26 @@ def network_config(run) -> dict:
 
 
 def check_base(base, run) -> None:
-    """The base must be a full (not adapter) diffusion run of the same network kind, on
-    data of the same shape and classes, with the same process, prediction and conditioning."""
+    """The base must be a full (not adapter) run of the same family and network kind, on
+    data of the same shape and classes (a family with `resizable_base`: the same examples at
+    any registered resolution, `data.original_dataset`), with the same process, prediction
+    and conditioning."""
+    from ..data import original_dataset
+
     where = run.config.base
-    if getattr(base, "name", None) != "diffusion":
+    if getattr(base, "name", None) != run.name:
         raise ValueError(f"base={where!r} is not valid: it is a {getattr(base, 'name', '?')} run; valid: a trained "
-                         "diffusion run")
+                         f"{run.name} run")
     if base.config.adapter:
         raise ValueError(f"base={where!r} is not valid: it is itself an adapter run (adapter="
                          f"{base.config.adapter!r}); valid: a run with full weights (its base, {base.config.base!r})")
     if base.cfg.model != run.cfg.model:
         raise ValueError(f"model={run.cfg.model!r} is not valid for base={where!r}; valid: {base.cfg.model!r}, the "
                          "base's network")
-    if tuple(base.data.shape) != tuple(run.data.shape) or base.data.num_classes != run.data.num_classes:
+    resized = getattr(run, "resizable_base", False) and base.data.shape[0] == run.data.shape[0] and \
+        original_dataset(base.data.name) == original_dataset(run.data.name)
+    if (tuple(base.data.shape) != tuple(run.data.shape) and not resized) or \
+            base.data.num_classes != run.data.num_classes:
         raise ValueError(f"dataset={run.data.name!r} (examples {tuple(run.data.shape)}, {run.data.num_classes} "
                          f"classes) is not valid for base={where!r}; valid: data of the base's shape "
                          f"{tuple(base.data.shape)} and {base.data.num_classes} classes (it was trained on "

@@ -12,6 +12,8 @@ objective (v prediction), classifier-free guidance on the empty caption, the sam
 What the family adds:
 - captions of the clips (`data.video_captions`): the digit, its motion and its look;
 - explicit uniform times (`explicit_uniform`, on by default here; `objectives.sample_times`);
+- progressive training (`base=RUN`, `families.progressive`): start from a run on the same
+  clips at a lower resolution, the positions of the new grid extrapolated or interpolated;
 - frame packing (`image_share`): that share of the rows trains as a one-frame video, the
   clip's first frame with the caption of a still digit.  The causal VAE encodes the first
   frame alone, so its first latent frame *is* the image's latent; the network is told each
@@ -37,7 +39,7 @@ from .diffusion import Diffusion, DiffusionConfig, DiffusionDraw, check_data_kin
 from .settings import Range
 
 # settings of image runs that have no meaning for clips (refused by name)
-_IMAGE_ONLY = ("clip", "low_res", "noise_aug", "base", "placeholder", "instance", "buckets", "micro_conditioning",
+_IMAGE_ONLY = ("clip", "low_res", "noise_aug", "adapter", "placeholder", "instance", "buckets", "micro_conditioning",
                "micro_min_size", "micro_crop", "noise_offset", "reflow_from")
 
 
@@ -58,6 +60,7 @@ class Video(Diffusion):
     Config = VideoConfig
     networks = ("cogvideox",)
     ranges = {**Diffusion.ranges, "image_share": Range(0, 1, high_open=True)}
+    resizable_base = True  # base=RUN may be trained on the same clips at another resolution (progressive)
 
     # --- the settings ---------------------------------------------------------------
     @classmethod
@@ -84,6 +87,11 @@ class Video(Diffusion):
         if config.autoencoder:
             check_video_first_stage(config.autoencoder, references["first_stage"])
         super().__init__(cfg, config, data, device, references, network_config)
+
+    def _base_network_config(self) -> dict:
+        from .progressive import network_config
+
+        return network_config(self)
 
     def _network_config(self) -> dict:
         out = super()._network_config()

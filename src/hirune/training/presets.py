@@ -382,6 +382,14 @@ PRESETS["cogvideox-moving-mnist5k"] = dict(
     family="video", model="cogvideox", dataset="moving-mnist5k", autoencoder="runs/video-vae-moving-mnist5k",
     text_encoder="tiny", explicit_uniform=True, **_COGVIDEOX_PROCESS, batch_size=32, lr=1e-3, warmup=100,
     ema_decay=0.995, steps=1500, log_every=50, sample_every=500, ckpt_every=500, num_samples=10)
+# Progressive training (CogVideoX sec. 3.2) in two stages: the same recipe on the clips pooled to 16 x 16
+# (the same VAE: 4 x 4 latents, 2 x 2 tokens a frame), then at 32 x 32 from its weights (base=), the
+# positions of the larger grid extrapolated (RoPE integers, CogVideoX's choice; model_config=
+# {"rope_scaling": "interpolate"} maps them onto the 16 x 16 grid instead).  benchmarks/progressive.py
+# compares both with training at 32 x 32 alone.
+PRESETS["cogvideox-moving-mnist5k-16"] = {**PRESETS["cogvideox-moving-mnist5k"], "dataset": "moving-mnist5k-16"}
+PRESETS["cogvideox-progressive-moving-mnist5k"] = {**PRESETS["cogvideox-moving-mnist5k"],
+                                                   "base": "runs/cogvideox-moving-mnist5k-16", "steps": 750}
 
 # CogVideo in miniature (family "cogvideo"): autoregressive frames of the image tokens of the dalle run on the
 # still frames (train it first: `hirune train vq-ae-moving-stills`, `hirune train dalle-moving-stills`), its
