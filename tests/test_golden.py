@@ -226,6 +226,7 @@ def test_every_family_trains_as_it_did(workdir):
                       exact=False)
 
 
+@pytest.mark.slow  # the one-process golden run is in the default suite; tests/distributed the two-process parity
 def test_every_family_trains_as_it_did_on_two_processes(workdir):
     """Two gloo processes (ddp; zero1, zero2, zero3 for some): the same metrics and read-backs.
     (Their checkpoints were recorded as hashes only, which training since the q, k, v split no

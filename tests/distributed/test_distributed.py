@@ -78,7 +78,7 @@ def _ok(proc: subprocess.CompletedProcess) -> None:
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-30000:]
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "zero1", "zero2", "zero3"])
+@pytest.mark.parametrize("strategy", ["ddp", pytest.param("zero1", marks=pytest.mark.slow), "zero2", "zero3"])
 def test_two_processes_equal_one_with_the_whole_batch(strategy, reference, tmp_path):
     """2 processes x 16 = 1 process x 32: the same losses, weights, EMA and AdamW state."""
     out = tmp_path / strategy
@@ -88,6 +88,7 @@ def test_two_processes_equal_one_with_the_whole_batch(strategy, reference, tmp_p
     assert_same_run(reference, out)
 
 
+@pytest.mark.slow
 def test_zero2_bf16_gathers_bf16_weights_and_keeps_fp32_shards(tmp_path):
     """FSDP2's mixed-precision policy under precision=bf16: blocks compute with bf16
     weights gathered from float32 shards (the master weights AdamW updates), and the loss
@@ -152,7 +153,7 @@ def assert_same_discriminator(a: Path, b: Path, tol: float = 1e-5) -> None:
             torch.testing.assert_close(tb[part][k], v, rtol=1e-4, atol=tol, msg=f"{part}.{k}")
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "zero1"])
+@pytest.mark.parametrize("strategy", ["ddp", pytest.param("zero1", marks=pytest.mark.slow)])
 def test_gan_autoencoder_on_two_processes_equals_one(strategy, gan_reference, tmp_path):
     """An autoencoder with the adversarial loss (on from step 2), 2 processes x 2
     micro-batches x 4 = 1 process x 2 x 8: the same losses, autoencoder, EMA, AdamW, and
@@ -179,6 +180,7 @@ def test_gan_refuses_fsdp_strategies(tmp_path):
     assert "needs strategy in ['ddp', 'zero1'], not 'zero2'" in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_one_all_reduce_per_optimizer_step(reference, tmp_path):
     """DDP with 4 micro-batches: `no_sync` leaves one gradient all-reduce per step (the
     model fits one bucket; without it there would be 4), and the steps equal one batch
@@ -193,7 +195,8 @@ def test_one_all_reduce_per_optimizer_step(reference, tmp_path):
     assert json.loads((broken / "allreduce_rank0.json").read_text()) == [4, 4]
 
 
-@pytest.mark.parametrize("first, second", [(2, 1), (1, 2), (2, 4)])
+@pytest.mark.parametrize("first, second", [(2, 1), pytest.param(1, 2, marks=pytest.mark.slow),
+                                           pytest.param(2, 4, marks=pytest.mark.slow)])
 def test_resume_across_world_sizes(first, second, reference, tmp_path):
     """Stop at step 3 with one world size, resume to 6 with the other: the same run as
     uninterrupted (model, EMA, AdamW, step; the data order re-derived from seed and step).
@@ -279,6 +282,7 @@ def test_sharded_checkpoint_faults_are_named(zero3_run, tmp_path):
         sharded.read_full(ckpt, state["optimizer"]["shapes"])
 
 
+@pytest.mark.slow
 def test_ranks_resuming_from_different_checkpoints_are_stopped(zero3_run, tmp_path):
     import shutil
 

@@ -53,7 +53,13 @@ CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=[c[0] for c in CONFIGS])
+# the longest, opt-in (--runslow): ddpm is also checked by test_improved_ddpm_respaced_sampling_all_variances,
+# annealed Langevin by tests/objectives/test_weighting.py's run over the noise levels
+SLOW = ("ddpm-small-1000", "langevin-ve")
+
+
+@pytest.mark.parametrize("cfg", [pytest.param(c, marks=pytest.mark.slow) if c[0] in SLOW else c for c in CONFIGS],
+                         ids=[c[0] for c in CONFIGS])
 def test_sampler_reproduces_mixture(cfg):
     _, make, prediction, sampler, steps, spacing, options = cfg
     out = run(make(), prediction, sampler, steps, spacing, **options)
