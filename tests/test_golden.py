@@ -290,8 +290,8 @@ def resaved(run: Path, name: str, processes: int = 1, strategy: str | None = Non
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-30000:]
 
 
-@pytest.mark.parametrize("name, processes, strategy", [("dit", 2, "zero2"), ("text", 1, None), ("iddpm", 1, None),
-                                                         ("kl-ae", 1, None)])
+@pytest.mark.parametrize("name, processes, strategy", [pytest.param("dit", 2, "zero2", marks=pytest.mark.slow),
+                                                      ("text", 1, None), ("iddpm", 1, None), ("kl-ae", 1, None)])
 def test_recorded_layout_hashes_give_back_a_reloaded_old_checkpoint(name, processes, strategy, workdir, monkeypatch):
     """Harness of the two-process hash comparison (run on the recording machine only): a
     checkpoint written before the split -- the pre-split zero2 shards of dit, the v0 whole

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from hirune.training.loop import train
 from hirune.training.presets import preset_config
 from benchmark_scripts import load_benchmark
@@ -12,6 +14,7 @@ from benchmark_scripts import load_benchmark
 bench = load_benchmark("dreambooth", "dreambooth_benchmark")
 
 
+@pytest.mark.slow
 def test_the_table_on_a_tiny_run(tmp_path, monkeypatch):
     base = tmp_path / "base"
     train(preset_config("text-mnist5k", {"steps": 2, "ckpt_every": 2, "sample_every": 0, "batch_size": 8,

@@ -16,6 +16,7 @@ pytest.importorskip("peft")
 lora_domain = load_benchmark("lora_domain")
 
 
+@pytest.mark.slow
 def test_the_table_on_a_tiny_run(tmp_path, capsys):
     base = tmp_path / "base"
     train(preset_config("vpred-digits", {"steps": 2, "ckpt_every": 2, "sample_every": 0, "batch_size": 8,

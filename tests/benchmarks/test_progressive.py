@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from benchmark_scripts import load_benchmark
@@ -19,6 +20,7 @@ NET = {"size": "tiny", "patch_size": 4, "hidden_size": 32, "depth": 1, "num_head
 TINY = {"autoencoder": "", "steps": 2, "batch_size": 4, "ckpt_every": 2, "sample_every": 0, "log_every": 1}
 
 
+@pytest.mark.slow
 def test_network_moves_a_run_to_a_larger_grid_as_a_progressive_run_starts(tmp_path):
     low = tmp_path / "low"
     train(preset_config("cogvideox-moving-mnist5k-16", {**TINY, "out": str(low), "model_config": NET}),

@@ -16,6 +16,7 @@ pytest.importorskip("peft")
 bench = load_benchmark("textual_inversion", "textual_inversion_bench")
 
 
+@pytest.mark.slow
 def test_the_table_on_a_tiny_run(tmp_path):
     base = tmp_path / "base"
     train(preset_config("text-digits", {"steps": 2, "ckpt_every": 2, "sample_every": 0, "batch_size": 8,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from hirune.inference.unclip import UnCLIP
@@ -24,6 +25,7 @@ class TextPrior:
         return self.clip.embed_text(prompts)
 
 
+@pytest.mark.slow
 def test_the_unclip_benchmark_runs_end_to_end_at_tiny_size(tmp_path):
     train(preset_config("clip-digits", {"model_config": {"channels": 8, "embed_dim": 16, "text_dim": 32,
                                                          "text_depth": 1}, "batch_size": 32, "steps": 2,

@@ -127,6 +127,7 @@ DDP_RUN = ["dvae-digits", "model_config={\"size\": \"f2\", \"channels\": 48, \"z
            "ckpt_every=4", "sample_every=0", "warmup=0", "lr_schedule=constant"]
 
 
+@pytest.mark.slow  # the trainer's two-process parity: tests/distributed
 def test_dvae_on_two_gloo_processes_equals_one(tmp_path):
     """2 processes x 2 micro-batches x 4 = 1 process x 2 x 8: every rank draws the Gumbel
     noise of the whole batch and keeps its rows, so the losses, the logged schedules and
