@@ -161,3 +161,16 @@ class VideoCaptioner:
         stills = still.cpu().tolist() if still is not None else [False] * len(idx)
         return ["" if d else self.caption(i, templates[k % len(templates)], bool(f))
                 for i, k, d, f in zip(idx, template, dropped, stills)]
+
+
+def clip_prompts(n: int, label: int | None = None, motion: str | None = None) -> tuple[list[str], Tensor, list]:
+    """n prompts and what they name: the digits in turn (or all `label`) with the motions in
+    turn, each for ten clips (or all `motion`); returns (prompts, labels (n,), motions).  The
+    prompts every video family samples and is evaluated on."""
+    if motion is not None and motion not in MOTIONS:
+        raise ValueError(f"motion={motion!r} is not valid; valid: {list(MOTIONS)}")
+    if label is not None and (isinstance(label, bool) or label not in range(10)):
+        raise ValueError(f"label={label!r} is not valid; valid: 0..9")
+    labels = torch.full((n,), label) if label is not None else torch.arange(n) % 10
+    motions = [motion or MOTIONS[(i // 10) % len(MOTIONS)] for i in range(n)]
+    return [video_caption(int(k), m) for k, m in zip(labels, motions)], labels, motions

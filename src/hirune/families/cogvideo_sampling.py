@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..data.video_captions import clip_prompts
 from ..sampling import SampleOutput
 from ..sampling.autoregressive import sample_image_tokens
 from .base import check_sample_count, sample_chunks
@@ -31,20 +32,6 @@ def check_gap(gap, valid: tuple[int, ...] = GAPS) -> int:
     if isinstance(gap, bool) or gap not in valid:
         raise ValueError(f"gap={gap!r} is not valid; valid: {list(valid)} (frames between neighbouring frames)")
     return int(gap)
-
-
-def clip_prompts(n: int, label: int | None = None, motion: str | None = None) -> tuple[list[str], Tensor, list]:
-    """n prompts and what they name: the digits in turn (or all `label`) with the motions in
-    turn, each for ten clips (or all `motion`); returns (prompts, labels (n,), motions)."""
-    from ..data.video_captions import MOTIONS, video_caption
-
-    if motion is not None and motion not in MOTIONS:
-        raise ValueError(f"motion={motion!r} is not valid; valid: {list(MOTIONS)}")
-    if label is not None and (isinstance(label, bool) or label not in range(10)):
-        raise ValueError(f"label={label!r} is not valid; valid: 0..9")
-    labels = torch.full((n,), label) if label is not None else torch.arange(n) % 10
-    motions = [motion or MOTIONS[(i // 10) % len(MOTIONS)] for i in range(n)]
-    return [video_caption(int(k), m) for k, m in zip(labels, motions)], labels, motions
 
 
 def _captions(run, n, prompts, prompt, label, motion) -> tuple[Tensor, Tensor | None, list | None]:

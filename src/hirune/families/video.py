@@ -145,15 +145,10 @@ class Video(Diffusion):
         return frame_strip(x, path)
 
     def prompts(self, n: int, label: int | None = None, motion: str | None = None) -> tuple[list, Tensor, list]:
-        """n default prompts and what they name: the digits in turn (or all `label`) with the
-        motions in turn (or all `motion`); returns (prompts, labels (n,), motions)."""
-        from ..data.video_captions import MOTIONS, video_caption
+        """n default prompts and what they name (`data.video_captions.clip_prompts`)."""
+        from ..data.video_captions import clip_prompts
 
-        if motion is not None and motion not in MOTIONS:
-            raise ValueError(f"motion={motion!r} is not valid; valid: {list(MOTIONS)}")
-        labels = self.class_labels(n, label)
-        motions = [motion or MOTIONS[(i // 10) % len(MOTIONS)] for i in range(n)]
-        return [video_caption(int(k), m) for k, m in zip(labels, motions)], labels, motions
+        return clip_prompts(n, label, motion)
 
     def generate(self, n: int, *args, prompts: list[str] | None = None, label: int | None = None,
                  motion: str | None = None, **options):
