@@ -16,7 +16,8 @@ video tokens are rotated per head, t : y : x = 2/8 : 3/8 : 3/8 of the channels, 
 qk LayerNorm; the text tokens carry no position (their encoder already read their order).
 `rope_scaling` chooses integer coordinates ("extrapolate") or coordinates scaled onto the
 base grid `rope_base` ("interpolate"): CogVideoX trains progressively from low to high
-resolution (sec. 3.2), and this is how the positions of a new resolution relate to the old.
+resolution (sec. 3.2), and this is how the positions of a new resolution relate to the old
+(`families.progressive`: a run started from one at a lower resolution).
 `positions="learned"` is the ablation: an absolute table over (t, y, x) up to
 (sample_frames, sample_size / p, sample_size / p) tokens, added to the video tokens (started
 as a 3-D sin-cos table: t on the first D/4 channels, the 2-D (x | y) table on the rest, as
