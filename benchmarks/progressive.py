@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -45,7 +44,7 @@ from hirune.evaluation.video import on_canvas
 from hirune.video_io import frame_strip, write_gif
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from video import trained  # noqa: E402  (benchmarks/video.py: train a run, or reuse it)
+from video import trained, write_results  # noqa: E402  (benchmarks/video.py)
 
 SCALINGS = ("extrapolate", "interpolate")
 STEP_COST_16 = 0.73   # measured by --measure-cost: 237 ms a step at 16 x 16, 324 ms at 32 x 32 (one thread, batch 32)
@@ -171,10 +170,7 @@ def main(argv=None) -> int:
                     f"{real['real_frame_accuracy']:.3f} | {real['real_direction_accuracy']:.3f} | "
                     f"{real['real_temporal_consistency']:.3f} | |")
     frame_strip(torch.cat(shown), args.out.with_suffix(".png"), scale=2)
-    text = "\n".join(rows)
-    print(text)
-    args.out.with_suffix(".md").write_text(text + "\n")
-    args.out.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    write_results(args.out, rows, results)
     return 0
 
 

@@ -65,6 +65,14 @@ def loss_spread(run: Path, window: int = 25) -> float:
     return float((half[window // 2: window // 2 + len(smooth)] - smooth).std())
 
 
+def write_results(out: Path, rows: list[str], results: dict) -> None:
+    """Print the table `rows` and write it to OUT.md, and `results` to OUT.json."""
+    text = "\n".join(rows)
+    print(text)
+    out.with_suffix(".md").write_text(text + "\n")
+    out.with_suffix(".json").write_text(json.dumps(results, indent=1))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -101,10 +109,7 @@ def main(argv=None) -> int:
     rows.append(f"| real test clips | | {real['real_frame_accuracy']:.3f} | {real['real_direction_accuracy']:.3f} | "
                 f"{real['real_temporal_consistency']:.3f} | {real['frechet_real_vs_real_frames']:.1f} (train vs test) "
                 "| |")
-    text = "\n".join(rows)
-    print(text)
-    args.out.with_suffix(".md").write_text(text + "\n")
-    args.out.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    write_results(args.out, rows, results)
     return 0
 
 
