@@ -115,6 +115,7 @@ def test_parity_catches_summed_gradients(reference, tmp_path):
         assert_same_run(reference, out)
 
 
+@pytest.mark.slow
 def test_accumulation_and_unet_under_zero3(tmp_path):
     """Accumulation (2 ranks x 2 micro-batches x 8 = 32) and a UNet sharded per block,
     with each block recomputing its activations in the backward pass."""
@@ -166,6 +167,7 @@ def test_gan_autoencoder_on_two_processes_equals_one(strategy, gan_reference, tm
     assert_same_discriminator(gan_reference, out, tol=5e-5)
 
 
+@pytest.mark.slow
 def test_gan_parity_catches_a_per_rank_adaptive_weight(gan_reference, tmp_path):
     """Harness: each rank weighting the GAN term by its own half-batch gradients."""
     out = tmp_path / "local"
@@ -174,6 +176,7 @@ def test_gan_parity_catches_a_per_rank_adaptive_weight(gan_reference, tmp_path):
         assert_same_run(gan_reference, out, tol=5e-5)
 
 
+@pytest.mark.slow
 def test_gan_refuses_fsdp_strategies(tmp_path):
     proc = torchrun(2, "train", *GAN, "strategy=zero2", f"out={tmp_path / 'z'}")
     assert proc.returncode != 0
@@ -303,6 +306,7 @@ def test_a_failing_rank_stops_the_run_naming_the_rank(tmp_path):
     assert time.monotonic() - start < 60
 
 
+@pytest.mark.slow
 def test_world_size_must_divide_the_batch(tmp_path):
     proc = torchrun(2, "train", *BASE, "batch_size=33", f"out={tmp_path / 'b'}")
     assert proc.returncode != 0

@@ -205,6 +205,7 @@ def test_multistep_final_step_is_first_order():
 
 # --- the harness itself ------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_harness_tolerances_sit_above_sampling_noise():
     """Exact samples of the mixture pass every check, with room to spare."""
     sws = []
