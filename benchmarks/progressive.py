@@ -29,7 +29,6 @@ Frechet distance (`evaluation.video`; 16 x 16 clips are measured upsampled, besi
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import tempfile
 from pathlib import Path
@@ -87,15 +86,14 @@ def prepared(preset: str, out: Path, **extra):
 def network(run: Path, scaling: str | None = None, size: int | None = None):
     """The EMA network of a trained run; with `size`, the same weights built for latents of
     that size under `scaling` (`families.progressive`: positions interpolated onto the run's grid)."""
+    from hirune.families.progressive import resized_config
     from hirune.models import build_model
 
     model = load(run).model
     if size is None:
         return model
-    config = dataclasses.asdict(model.config)
-    config.update(sample_size=size, rope_scaling=scaling,
-                  rope_base=model.config.grid if scaling == "interpolate" else None)
-    moved = build_model("cogvideox", **config)
+    c = model.config
+    moved = build_model("cogvideox", **resized_config(c, c.sample_frames, size, {"rope_scaling": scaling}, str(run)))
     moved.load_state_dict(model.state_dict())
     return moved
 

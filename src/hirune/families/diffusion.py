@@ -123,6 +123,7 @@ class Diffusion(Family):
     Config = DiffusionConfig
     networks = ("mlp", "unet", "dit", "uvit")
     resumable = ("sampler", "sample_steps", "clip_x0")
+    resizable_base = False  # base=RUN must be on data of this run's shape (finetune.check_base)
     ranges = {"p_uncond": Range(0, 1, high_open=True), "min_snr_gamma": Range(0, low_open=True),
               "reflow_steps": Range(1, integer=True), "sample_steps": Range(1, integer=True),
               "p_text_drop": Range(0, 1, high_open=True),

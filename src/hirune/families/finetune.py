@@ -101,7 +101,7 @@ def check_base(base, run) -> None:
     if base.cfg.model != run.cfg.model:
         raise ValueError(f"model={run.cfg.model!r} is not valid for base={where!r}; valid: {base.cfg.model!r}, the "
                          "base's network")
-    resized = getattr(run, "resizable_base", False) and base.data.shape[0] == run.data.shape[0] and \
+    resized = run.resizable_base and base.data.shape[0] == run.data.shape[0] and \
         original_dataset(base.data.name) == original_dataset(run.data.name)
     if (tuple(base.data.shape) != tuple(run.data.shape) and not resized) or \
             base.data.num_classes != run.data.num_classes:

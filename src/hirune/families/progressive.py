@@ -39,7 +39,6 @@ POSITION_KEYS = ("rope_scaling", "rope_base")
 def network_config(run) -> dict:
     """The base's network config at `run`'s latent size, with the run's position settings."""
     base = run.references["base"]
-    config = dataclasses.asdict(base.model.config)
     given = dict(run.cfg.model_config)
     other = sorted(set(given) - set(POSITION_KEYS))
     if other:
@@ -48,15 +47,20 @@ def network_config(run) -> dict:
     _, frames, size, width = run.sample_shape
     if size != width:
         raise ValueError(f"a progressive run needs square latents, got {size} x {width}")
-    grid = base.model.config.grid
-    config.update(sample_frames=frames, sample_size=size)
-    if config["positions"] == "learned" and (frames, size) != (base.model.config.sample_frames,
-                                                             base.model.config.sample_size):
-        raise ValueError(f"base={run.config.base!r} has learned positions for a {grid} token grid, which have no "
+    return resized_config(base.model.config, frames, size, given, where=run.config.base)
+
+
+def resized_config(base, frames: int, size: int, positions: dict, where: str = "the base") -> dict:
+    """The network config `base` (a CogVideoXConfig) for latents of `frames` frames of `size`
+    x `size`, with `positions` (keys of POSITION_KEYS) set; "interpolate" maps onto the base's
+    own grid unless `rope_base` is given.  Refused: learned positions on another grid."""
+    config = dataclasses.asdict(base)
+    if config["positions"] == "learned" and (frames, size) != (base.sample_frames, base.sample_size):
+        raise ValueError(f"base={where!r} has learned positions for a {base.grid} token grid, which have no "
                          f"entry for {frames} x {size} x {size} latents; valid: a base with positions='rope3d'")
-    config.update(given)
-    if config["rope_scaling"] == "interpolate" and "rope_base" not in given:
-        config["rope_base"] = tuple(base.model.config.rope_base or grid)
+    config.update(sample_frames=frames, sample_size=size, **positions)
+    if config["rope_scaling"] == "interpolate" and "rope_base" not in positions:
+        config["rope_base"] = tuple(base.rope_base or base.grid)
     if config.get("rope_base") is not None:
         config["rope_base"] = tuple(config["rope_base"])
     return config
