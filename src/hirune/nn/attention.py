@@ -186,6 +186,12 @@ def split_heads(x: Tensor, num_heads: int) -> Tensor:
     return x.view(B, N, num_heads, D // num_heads).transpose(1, 2)
 
 
+def to_heads(x: Tensor, head_dim: int) -> Tensor:
+    """(B, N, h * head_dim) -> (B, h, N, head_dim), h read from the width: under tensor
+    parallelism a rank's q, k, v hold only its heads (num_heads / tp of them)."""
+    return x.unflatten(-1, (-1, head_dim)).transpose(1, 2)
+
+
 def merge_heads(x: Tensor) -> Tensor:
     """(B, heads, N, d) -> (B, N, heads * d)."""
     B, heads, N, d = x.shape
@@ -226,7 +232,7 @@ class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int, qk_norm: bool = False, qkv_bias: bool = True):
         super().__init__()
         head_dim = _head_dim(dim, num_heads)
-        self.num_heads = num_heads
+        self.num_heads, self.head_dim = num_heads, head_dim
         self.q, self.k, self.v = split_linear(nn.Linear(dim, 3 * dim, bias=qkv_bias), 3)
         self.q_norm, self.k_norm = _qk_norm(head_dim, qk_norm), _qk_norm(head_dim, qk_norm)
         self.proj = nn.Linear(dim, dim)
@@ -236,7 +242,7 @@ class Attention(nn.Module):
 
     def heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q, k, v: each (B, heads, N, d); q and k normalised when qk_norm is on."""
-        q, k, v = (split_heads(proj(x), self.num_heads) for proj in (self.q, self.k, self.v))
+        q, k, v = (to_heads(proj(x), self.head_dim) for proj in (self.q, self.k, self.v))
         return self.q_norm(q), self.k_norm(k), v
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -259,7 +265,7 @@ class CrossAttention(nn.Module):
     def __init__(self, dim: int, context_dim: int, num_heads: int, qk_norm: bool = False):
         super().__init__()
         head_dim = _head_dim(dim, num_heads)
-        self.num_heads = num_heads
+        self.num_heads, self.head_dim = num_heads, head_dim
         self.q = nn.Linear(dim, dim)
         self.k, self.v = split_linear(nn.Linear(context_dim, 2 * dim), 2)  # drawn as one (k | v)
         self.q_norm, self.k_norm = _qk_norm(head_dim, qk_norm), _qk_norm(head_dim, qk_norm)
@@ -270,8 +276,8 @@ class CrossAttention(nn.Module):
 
     def heads(self, x: Tensor, context: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q: (B, heads, N, d); k, v: (B, heads, M, d); q and k normalised when qk_norm is on."""
-        q = split_heads(self.q(x), self.num_heads)
-        k, v = split_heads(self.k(context), self.num_heads), split_heads(self.v(context), self.num_heads)
+        q = to_heads(self.q(x), self.head_dim)
+        k, v = to_heads(self.k(context), self.head_dim), to_heads(self.v(context), self.head_dim)
         return self.q_norm(q), self.k_norm(k), v
 
     def forward(self, x: Tensor, context: Tensor, mask: Tensor | None = None) -> Tensor:
