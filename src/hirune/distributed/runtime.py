@@ -25,6 +25,7 @@ class World:
     size: int = 1
     local_rank: int = 0
     backend: str | None = None   # None: no process group (a single process)
+    tp: int = 1                  # ranks per tensor-parallel group (distributed.tensor_parallel)
 
     @property
     def main(self) -> bool:
@@ -34,6 +35,17 @@ class World:
     @property
     def distributed(self) -> bool:
         return self.backend is not None
+
+    @property
+    def dp_size(self) -> int:
+        """Data-parallel replicas: the ranks that read different examples (size / tp)."""
+        return self.size // self.tp
+
+    @property
+    def dp_rank(self) -> int:
+        """Which slice of the batch this rank reads: the ranks of a tensor-parallel group (tp
+        consecutive ranks) read the same one."""
+        return self.rank // self.tp
 
 
 def from_env() -> tuple[int, int, int]:
@@ -113,14 +125,15 @@ def leave(code: int | None) -> None:
 
 
 def gather(world: World, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Each tensor concatenated over the ranks in rank order (itself on one process)."""
+    """Each tensor concatenated over the data-parallel replicas in rank order (itself on one
+    process): the ranks of a tensor-parallel group hold the same slice, which counts once."""
     if not world.distributed:
         return tensors
     out = []
     for x in tensors:
         parts = [torch.empty_like(x) for _ in range(world.size)]
         dist.all_gather(parts, x.contiguous())
-        out.append(torch.cat(parts))
+        out.append(torch.cat(parts[::world.tp]))
     return tuple(out)
 
 

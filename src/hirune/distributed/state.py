@@ -77,7 +77,7 @@ def full_state(model, optimizer, ema, world, strategy: str) -> tuple[dict, dict,
     main = world.main
     if not world.distributed:
         return model.state_dict(), ema.state_dict(), optimizer.state_dict()
-    if strategy == "zero1":
+    if strategy == "zero1" and world.tp == 1:
         optimizer.consolidate_state_dict(to=0)
     if not is_sharded(world, strategy):
         return (model.state_dict(), ema.state_dict(), optimizer.state_dict()) if main else None
@@ -87,7 +87,8 @@ def full_state(model, optimizer, ema, world, strategy: str) -> tuple[dict, dict,
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     model_sd = get_model_state_dict(model, options=options)
     optim_sd = get_optimizer_state_dict(model, optimizer, options=options)
-    ema_sd = {n: s.full_tensor().cpu() for n, s in ema.shadow.items()}  # a collective per tensor
+    ema_sd = {n: (s.full_tensor() if hasattr(s, "full_tensor") else s).cpu()  # a collective per DTensor
+              for n, s in ema.shadow.items()}
     if not main:
         return None
     names = [n for n, _ in model.named_parameters()]
@@ -115,7 +116,8 @@ def load_full_state(model, optimizer, ema, world, strategy: str, model_sd: dict,
         raise ValueError(f"EMA state does not match the model; differing names: {sorted(missing)[:5]}")
     with torch.no_grad():
         for n, s in ema.shadow.items():
-            s.copy_(distribute_tensor(ema_sd[n].to(s.device, s.dtype), s.device_mesh, s.placements))
+            whole = ema_sd[n].to(s.device, s.dtype)
+            s.copy_(distribute_tensor(whole, s.device_mesh, s.placements) if hasattr(s, "device_mesh") else whole)
     ema.num_updates = ema_updates
 
 

@@ -34,8 +34,18 @@ FSDP_STRATEGIES = ("zero2", "zero3")
 
 
 def is_sharded(world: World, strategy: str) -> bool:
-    """Whether a run keeps FSDP2 shards (zero2 / zero3 on several processes)."""
-    return world.distributed and strategy in FSDP_STRATEGIES
+    """Whether a run keeps its weights as DTensor shards: FSDP2 (zero2 / zero3 on several
+    processes) or tensor parallelism (tp > 1)."""
+    return world.distributed and (strategy in FSDP_STRATEGIES or world.tp > 1)
+
+
+def check_composition(world: World, strategy: str) -> None:
+    """Tensor parallelism composes with data parallelism through FSDP2 on the 2-D mesh (as
+    PyTorch composes them); ValueError for ddp / zero1 over several tensor-parallel groups."""
+    if world.tp > 1 and world.dp_size > 1 and strategy not in FSDP_STRATEGIES:
+        raise ValueError(f"tp={world.tp} on {world.size} processes makes {world.dp_size} data-parallel replicas, which "
+                         f"run on FSDP2 over the mesh's dp dimension: strategy={strategy!r} is not valid there; valid: "
+                         f"{list(FSDP_STRATEGIES)} (or as many processes as tp, with any strategy)")
 
 
 def check_strategy(strategy: str) -> None:
@@ -44,7 +54,7 @@ def check_strategy(strategy: str) -> None:
 
 
 def wrap(model: nn.Module, strategy: str, world: World, device: torch.device,
-         param_dtype: torch.dtype | None = None) -> nn.Module:
+         param_dtype: torch.dtype | None = None, sp: bool = False) -> nn.Module:
     """The module to run forward and backward through.  DDP returns a wrapper (the model
     itself stays the plain module for state dicts, EMA and sampling); FSDP2 shards the
     model in place and returns it.
@@ -53,10 +63,23 @@ def wrap(model: nn.Module, strategy: str, world: World, device: torch.device,
     weights, their gradients and AdamW stay float32; each block's weights are all-gathered
     in `param_dtype` (half the traffic and half the memory of the gathered copies) and
     gradients are reduce-scattered in float32.  Inputs are not cast (cast_forward_inputs
-    False): autocast decides op by op, and t stays float32 (bf16 rounds 999 to 1000)."""
+    False): autocast decides op by op, and t stays float32 (bf16 rounds 999 to 1000).
+
+    world.tp > 1: the model is first split over each tensor-parallel group (its plan,
+    `tensor_parallel.parallelize`, with sequence parallelism if `sp`), then FSDP2 shards it
+    over the mesh's dp dimension (zero2 / zero3; with a single tp group, nothing more)."""
     check_strategy(strategy)
     if not world.distributed:
         return model
+    mesh = None
+    if world.tp > 1:
+        from .tensor_parallel import make_mesh, parallelize
+
+        check_composition(world, strategy)
+        mesh = make_mesh(world, device, world.tp)
+        parallelize(model, mesh["tp"], sp=sp)
+        if world.dp_size == 1:
+            return model
     if strategy in ("ddp", "zero1"):
         from torch.nn.parallel import DistributedDataParallel
 
@@ -64,8 +87,8 @@ def wrap(model: nn.Module, strategy: str, world: World, device: torch.device,
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    mesh = init_device_mesh(device.type, (world.size,))
-    options = {"mesh": mesh, "reshard_after_forward": strategy == "zero3"}
+    dp_mesh = init_device_mesh(device.type, (world.size,)) if mesh is None else mesh["dp"]
+    options = {"mesh": dp_mesh, "reshard_after_forward": strategy == "zero3"}
     if param_dtype is not None:
         options["mp_policy"] = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32,
                                                     cast_forward_inputs=False)
@@ -79,9 +102,10 @@ def wrap(model: nn.Module, strategy: str, world: World, device: torch.device,
 
 def make_optimizer(model: nn.Module, strategy: str, world: World, device: torch.device, lr: float,
                    weight_decay: float, betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Optimizer:
-    """AdamW (fused on CUDA); under zero1 wrapped by ZeroRedundancyOptimizer."""
+    """AdamW (fused on CUDA); under zero1 wrapped by ZeroRedundancyOptimizer (with tp > 1 the
+    only data-parallel replica is the tp group itself: plain AdamW on the shards)."""
     fused = {"fused": True} if device.type == "cuda" else {}
-    if strategy == "zero1" and world.distributed:
+    if strategy == "zero1" and world.distributed and world.tp == 1:
         from torch.distributed.optim import ZeroRedundancyOptimizer
 
         return ZeroRedundancyOptimizer(model.parameters(), optimizer_class=torch.optim.AdamW, lr=lr,
@@ -96,6 +120,19 @@ def sync_gradients(wrapped: nn.Module, strategy: str, last: bool):
     if not last and strategy in ("ddp", "zero1") and hasattr(wrapped, "no_sync"):
         return wrapped.no_sync()
     return nullcontext()
+
+
+def clip_gradients(model: nn.Module, max_norm: float, world: World) -> torch.Tensor:
+    """Clip the gradients to `max_norm` in global 2-norm and return the norm: torch's
+    clip_grad_norm_, or under tensor parallelism (gradients that mix plain tensors and
+    DTensors on several meshes) first the sums of the partial gradients, then the norm over
+    every rank's pieces (`tensor_parallel.finish_gradients`, `tensor_parallel.clip_grad_norm`)."""
+    if world.tp > 1:
+        from .tensor_parallel import clip_grad_norm, finish_gradients
+
+        finish_gradients(model)
+        return clip_grad_norm(list(model.parameters()), max_norm, world)
+    return grad_norm_value(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
 
 
 def grad_norm_value(norm: torch.Tensor) -> torch.Tensor:

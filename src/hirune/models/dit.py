@@ -36,6 +36,7 @@ from ..nn import (Attention, ContextEmbedding, CrossAttention, MicroEmbedding, P
                   check_patch_size, check_word_fields, sincos_position_embedding, timestep_embedding)
 from ..nn import unpatchify
 from ..nn.attention import init_linears_
+from ..nn.parallel import attention_plan, check_split, check_tokens, mlp_plan
 from .config import check_fields
 
 FREQUENCY_DIM = 256  # sinusoids of t fed to the time MLP (DiT's frequency_embedding_size)
@@ -201,6 +202,23 @@ class DiT(nn.Module):
             nn.init.zeros_(layer.bias)
         if self.micro_embed is not None:  # starts as a no-op (see MicroEmbedding)
             self.micro_embed.zero_last_()
+
+    def tensor_parallel_plan(self, tp: int, sp: bool = False) -> list[tuple[str, str]]:
+        """Megatron's split of every block (`hirune.nn.parallel`): attention by heads, the MLP
+        column then row, the adaLN modulation's weights sharded and its output gathered; under
+        sp the blocks run on 1 / tp of the tokens.  Embeddings and the final layer stay whole."""
+        c = self.config
+        check_split(tp, "DiT", num_heads=c.num_heads, hidden_size=c.hidden_size,
+                    mlp_width=int(c.hidden_size * c.mlp_ratio))
+        if sp:
+            check_tokens(tp, (c.image_size // c.patch_size) ** 2, "DiT")
+        plan = [("blocks.0", "sequence_start"), (f"blocks.{c.depth - 1}", "sequence_end")]
+        for i, block in enumerate(self.blocks):
+            plan += attention_plan(f"blocks.{i}.attn", c.qk_norm) + mlp_plan(f"blocks.{i}.mlp")
+            plan.append((f"blocks.{i}.adaLN_modulation.1", "colwise_gather"))
+            if hasattr(block, "cross"):
+                plan += [(f"blocks.{i}.norm_cross", "tokens")] + attention_plan(f"blocks.{i}.cross", c.qk_norm)
+        return plan
 
     def embed(self, t: Tensor, y: Tensor | None, pooled: Tensor | None = None) -> Tensor:
         """c = time MLP(sinusoids(t * time_scale)) + class embedding(y) [+ pooled text]: (B, D)."""

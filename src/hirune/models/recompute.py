@@ -12,6 +12,15 @@ blocks, DiT / U-ViT blocks, flow levels) recompute itself, with PyTorch's non-re
 `torch.utils.checkpoint`, which works under DDP and FSDP2 and restores the RNG state so
 dropout draws the same mask twice (the gradients are exactly those of the plain model).
 Turned on by `TrainConfig.recompute`; the state dict is unchanged.
+
+Selective recomputation (Korthikanti et al. 2022, sec. 5) keeps everything but the core of
+attention, softmax(q k^T / sqrt(d)) v: where the scores are materialised that core holds
+the activations that grow with the square of the sequence for little compute, so
+recomputing it alone saves most of that memory for a few percent of time.
+`recompute_attention(model)` turns it on in every token attention (`hirune.nn.attention.attend`;
+`TrainConfig.recompute_attention`).  With SDPA's fused kernels (flash / memory-efficient)
+nothing quadratic is saved in the first place, and the saving is the attention's output
+and log-sum-exp only: `hirune playbook recompute` measures both.
 """
 
 from __future__ import annotations
@@ -43,3 +52,13 @@ def recompute_blocks(model: nn.Module) -> int:
         unit.forward = recomputed  # an instance attribute: nn.Module.__call__ runs it, hooks included
         unit._hirune_recompute = True
     return len(units)
+
+
+def recompute_attention(model: nn.Module) -> int:
+    """Selective recomputation: every token attention of `model` (`nn.Attention`,
+    `nn.CrossAttention`: the modules with a `recompute_scores` switch) recomputes its core in
+    the backward pass.  Returns the number of attention modules switched."""
+    switched = [m for m in model.modules() if hasattr(m, "recompute_scores")]
+    for m in switched:
+        m.recompute_scores = True
+    return len(switched)

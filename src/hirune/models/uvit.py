@@ -57,6 +57,7 @@ from torch import Tensor, nn
 from ..nn import (Attention, ContextEmbedding, PatchEmbed, check_context, check_patch_size, check_word_fields,
                   sincos_position_embedding, timestep_embedding, unpatchify, zero_)
 from ..nn.attention import init_linears_
+from ..nn.parallel import attention_plan, check_split, check_tokens, mlp_plan
 from .config import check_fields
 
 
@@ -204,6 +205,26 @@ class UViT(nn.Module):
         zero_(self.decoder_pred)
         if self.final_conv is not None:
             nn.init.zeros_(self.final_conv.bias)
+
+    def tensor_parallel_plan(self, tp: int, sp: bool = False) -> list[tuple[str, str]]:
+        """Megatron's split of every block (`hirune.nn.parallel`): attention by heads, the MLP
+        column then row; under sp the blocks run on 1 / tp of the tokens (time, class and text
+        tokens included), with the LayerNorms and the long skips' Linear on the rank's tokens.
+        The embeddings, the final norm and the output layer stay whole."""
+        c = self.config
+        check_split(tp, "U-ViT", num_heads=c.num_heads, hidden_size=c.hidden_size,
+                    mlp_width=int(c.hidden_size * c.mlp_ratio))
+        if sp:
+            check_tokens(tp, self.extras + (c.image_size // c.patch_size) ** 2, "U-ViT")
+        names = ([f"in_blocks.{i}" for i in range(len(self.in_blocks))] + ["mid_block"]
+                 + [f"out_blocks.{i}" for i in range(len(self.out_blocks))])
+        plan = [(names[0], "sequence_start"), (names[-1], "sequence_end")]
+        for name in names:
+            plan += attention_plan(f"{name}.attn", c.qk_norm) + mlp_plan(f"{name}.mlp")
+            plan += [(f"{name}.norm1", "tokens"), (f"{name}.norm2", "tokens")]
+            if name.startswith("out_blocks"):
+                plan.append((f"{name}.skip_linear", "tokens"))
+        return plan
 
     def tokens(self, x: Tensor, t: Tensor, y: Tensor | None, context: Tensor | None = None) -> Tensor:
         """[time token, class token, context tokens, patch tokens] (those that exist) + positions:

@@ -198,6 +198,24 @@ def merge_heads(x: Tensor) -> Tensor:
     return x.transpose(1, 2).reshape(B, N, heads * d)
 
 
+def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, recompute: bool = False,
+           dropout: float = 0.0) -> Tensor:
+    """softmax(q k^T / sqrt(d) [masked]) v per head, (B, heads, N, d), by SDPA.
+
+    recompute=True (selective recomputation, Korthikanti et al. 2022, sec. 5): the backward
+    pass recomputes this core from q, k and v instead of keeping what it saves (the scores and
+    softmax where SDPA materialises them, the output and its log-sum-exp where it does not);
+    the projections' activations are kept.  Exact: torch's checkpoint restores the RNG for
+    dropout, so the gradients are those of the plain run."""
+    def core(q, k, v, mask):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+    if recompute and torch.is_grad_enabled():
+        from torch.utils.checkpoint import checkpoint
+
+        return checkpoint(core, q, k, v, mask, use_reentrant=False)
+    return core(q, k, v, mask)
+
+
 def _head_dim(dim: int, num_heads: int) -> int:
     if num_heads < 1 or dim % num_heads:
         raise ValueError(f"a width of {dim} does not split into {num_heads} heads")
@@ -233,6 +251,7 @@ class Attention(nn.Module):
         super().__init__()
         head_dim = _head_dim(dim, num_heads)
         self.num_heads, self.head_dim = num_heads, head_dim
+        self.recompute_scores = False  # selective recomputation (`attend`; models.recompute_attention)
         self.q, self.k, self.v = split_linear(nn.Linear(dim, 3 * dim, bias=qkv_bias), 3)
         self.q_norm, self.k_norm = _qk_norm(head_dim, qk_norm), _qk_norm(head_dim, qk_norm)
         self.proj = nn.Linear(dim, dim)
@@ -248,7 +267,7 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """mask: optional (B, N) bool key padding mask, True = a token others may attend to
         (U-ViT's padded caption tokens); as in `CrossAttention`."""
-        out = F.scaled_dot_product_attention(*self.heads(x), attn_mask=key_padding(mask, x))
+        out = attend(*self.heads(x), key_padding(mask, x), self.recompute_scores)
         return self.proj(merge_heads(out))                                # (B, N, dim)
 
 
@@ -266,6 +285,7 @@ class CrossAttention(nn.Module):
         super().__init__()
         head_dim = _head_dim(dim, num_heads)
         self.num_heads, self.head_dim = num_heads, head_dim
+        self.recompute_scores = False  # selective recomputation (`attend`)
         self.q = nn.Linear(dim, dim)
         self.k, self.v = split_linear(nn.Linear(context_dim, 2 * dim), 2)  # drawn as one (k | v)
         self.q_norm, self.k_norm = _qk_norm(head_dim, qk_norm), _qk_norm(head_dim, qk_norm)
@@ -281,5 +301,5 @@ class CrossAttention(nn.Module):
         return self.q_norm(q), self.k_norm(k), v
 
     def forward(self, x: Tensor, context: Tensor, mask: Tensor | None = None) -> Tensor:
-        out = F.scaled_dot_product_attention(*self.heads(x, context), attn_mask=key_padding(mask, context))
+        out = attend(*self.heads(x, context), key_padding(mask, context), self.recompute_scores)
         return self.proj(merge_heads(out))

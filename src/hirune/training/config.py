@@ -23,7 +23,7 @@ from ..families.settings import Range, check_choices, check_ranges, check_types
 
 # shared keys that may differ between a run and its resumption (families add their own)
 RESUMABLE = ("steps", "log_every", "sample_every", "ckpt_every", "resume", "device", "eval_samples",
-             "num_samples", "strategy", "sharded_checkpoints", "out", "recompute")
+             "num_samples", "strategy", "sharded_checkpoints", "out", "recompute", "recompute_attention", "tp", "sp")
 
 
 @dataclass
@@ -46,7 +46,10 @@ class TrainConfig:
     precision: str = "auto"            # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
     compile: bool = False
     recompute: bool = False            # recompute each block's activations in backward (models.recompute)
+    recompute_attention: bool = False  # recompute only attention's scores and softmax (selective recomputation)
     strategy: str = "ddp"              # with several processes (torchrun): ddp | zero1 | zero2 | zero3
+    tp: int = 1                        # tensor parallelism: ranks that split each transformer block (dp x tp grid)
+    sp: bool = False                   # sequence parallelism on top of tp: the residual stream split over tokens
     sharded_checkpoints: bool = True   # zero2/zero3: each rank writes its shards (torch.distributed.checkpoint)
     seed: int = 0
     log_every: int = 50
@@ -106,6 +109,7 @@ RANGES = {
     "sample_every": Range(0, integer=True, hint="0: no previews"),
     "ckpt_every": Range(0, integer=True, hint="0: no checkpoints"),
     "num_samples": Range(1, integer=True), "eval_samples": Range(0, integer=True, hint="0: no evaluation"),
+    "tp": Range(1, integer=True, hint="1: no tensor parallelism"),
 }
 
 
@@ -119,6 +123,7 @@ def check_config(cfg: TrainConfig):
     from ..data.sizes import check_fits
     from ..distributed.runtime import check_device
     from ..distributed.strategy import STRATEGIES
+    from ..distributed.tensor_parallel import check_plan
     from ..families.base import check_eval_counts
 
     family = get_family(cfg.family)
@@ -132,6 +137,7 @@ def check_config(cfg: TrainConfig):
         raise ValueError(f"eval_samples={cfg.eval_samples} evaluates the last checkpoint, and ckpt_every=0 writes "
                          "none; give ckpt_every >= 1 or eval_samples=0")
     check_device(cfg.device)
+    check_plan(cfg.model, cfg.tp, cfg.sp)
     shape = example_shape(cfg.dataset)  # FileNotFoundError / ValueError where there is no such dataset
     check_fits("batch_size", cfg.batch_size, shape, "examples")
     check_fits("num_samples", cfg.num_samples, shape, "samples")

@@ -47,11 +47,15 @@ def _loop(trainer: Trainer, out: Path, stop_after: int | None, progress: bool) -
 
     cfg, main = trainer.cfg, trainer.world.main  # only rank 0 prints, logs and writes files
     if trainer.world.distributed:
-        print(f"[hirune] rank {trainer.world.rank}/{trainer.world.size} on {trainer.device} "
-              f"({trainer.world.backend}, {cfg.strategy})", flush=True)
+        world = trainer.world
+        mesh = f", dp {world.dp_rank}/{world.dp_size} x tp {world.rank % world.tp}/{world.tp}" if world.tp > 1 else ""
+        print(f"[hirune] rank {world.rank}/{world.size} on {trainer.device} ({world.backend}, {cfg.strategy}{mesh}"
+              f"{', sp' if cfg.sp else ''})", flush=True)
         if main:
+            replicas = (f"data-parallel replicas {world.dp_size} (world size {world.size} = dp {world.dp_size} x tp "
+                        f"{world.tp})" if world.tp > 1 else f"world size {world.size}")
             print(f"[hirune] global batch {cfg.batch_size} = micro-batch {trainer.micro_batch} x accumulation "
-                  f"{cfg.grad_accum} x world size {trainer.world.size}", flush=True)
+                  f"{cfg.grad_accum} x {replicas}", flush=True)
     data, labels = trainer.training_data()
     end = cfg.steps if stop_after is None else min(cfg.steps, trainer.step + stop_after)
     bar = tqdm(total=cfg.steps, initial=trainer.step, desc="train", unit="step", disable=not (progress and main))

@@ -73,7 +73,7 @@ class Trainer:
         from ..data import load_dataset
         from ..distributed import runtime
         from ..distributed.strategy import make_optimizer, wrap
-        from ..models.recompute import recompute_blocks
+        from ..models.recompute import recompute_attention, recompute_blocks
 
         section = check_config(cfg)
         torch.manual_seed(cfg.seed)  # the network's init (and dropout); a resumed run restores its RNG state
@@ -84,11 +84,16 @@ class Trainer:
             self.world = runtime.World()
             self.device = torch.device(cfg.device if cfg.device != "auto"
                                        else "cuda" if torch.cuda.is_available() else "cpu")
-        per_rank = cfg.grad_accum * self.world.size
+        if cfg.tp > 1:  # the ranks form a dp x tp grid; a tp group reads the same examples
+            from ..distributed.tensor_parallel import layout
+
+            layout(self.world, cfg.tp)
+            self.world = dataclasses.replace(self.world, tp=cfg.tp)
+        per_rank = cfg.grad_accum * self.world.dp_size
         if cfg.batch_size % per_rank:
             raise ValueError(f"batch_size={cfg.batch_size} (the global batch) must be divisible by grad_accum x "
-                             f"world size = {cfg.grad_accum} x {self.world.size}")
-        self.micro_batch = cfg.batch_size // per_rank  # per rank
+                             f"data-parallel processes = {cfg.grad_accum} x {self.world.dp_size}")
+        self.micro_batch = cfg.batch_size // per_rank  # per data-parallel rank
         data = load_dataset(cfg.dataset, "train")
         family = get_family(cfg.family)
         references = {}
@@ -101,6 +106,8 @@ class Trainer:
         self.model = self.family.model
         if cfg.recompute and not recompute_blocks(self.model):
             raise ValueError(f"recompute=true: model {cfg.model!r} has no repeated blocks to recompute")
+        if cfg.recompute_attention and not recompute_attention(self.model):
+            raise ValueError(f"recompute_attention=true: model {cfg.model!r} has no token attention to recompute")
         self.noise_rng = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.dtype = {"auto": torch.bfloat16 if self.device.type == "cuda" else None, "fp32": None,
                       "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
@@ -114,7 +121,7 @@ class Trainer:
         # see the parameters, so under FSDP2 both hold shards; under bf16 FSDP2 gathers bf16
         # weights and reduces fp32 gradients (the 2/2/12 of ZeRO)
         wrapped = wrap(self.model, cfg.strategy, self.world, self.device,
-                       param_dtype=torch.bfloat16 if self.dtype == torch.bfloat16 else None)
+                       param_dtype=torch.bfloat16 if self.dtype == torch.bfloat16 else None, sp=cfg.sp)
         self.optimizer = make_optimizer(self.model, cfg.strategy, self.world, self.device, cfg.lr, cfg.weight_decay)
         self.ema = EMA(self.model, cfg.ema_decay)
         self.forward = torch.compile(wrapped) if cfg.compile else wrapped
@@ -128,7 +135,7 @@ class Trainer:
 
     @property
     def sharded(self) -> bool:
-        """Whether this run keeps FSDP2 shards (zero2 / zero3 on several processes)."""
+        """Whether this run keeps DTensor shards (zero2 / zero3 on several processes, or tp > 1)."""
         from ..distributed.strategy import is_sharded
 
         return is_sharded(self.world, self.cfg.strategy)
@@ -149,7 +156,7 @@ class Trainer:
         sync; raises FloatingPointError, on every rank and before touching the weights, on a
         non-finite loss or gradient norm."""
         from ..distributed.runtime import mean
-        from ..distributed.strategy import grad_norm_value, sync_gradients
+        from ..distributed.strategy import clip_gradients, sync_gradients
 
         cfg, world, family = self.cfg, self.world, self.family
         adversary = family.active_adversary(self.step)
@@ -159,14 +166,14 @@ class Trainer:
                 group["lr"] = lr_at(cfg, self.step)
         self.optimizer.zero_grad(set_to_none=True)
         n, b = cfg.batch_size // cfg.grad_accum, self.micro_batch
-        # the whole global batch's examples and random draws, the same on every rank: micro-batch
-        # k of rank r is rows k n + r b ... k n + (r + 1) b, whatever the accumulation and world size
+        # the whole global batch's examples and random draws, the same on every rank: micro-batch k of
+        # data-parallel rank r is rows k n + r b ... k n + (r + 1) b, whatever the accumulation and world size
         batch_idx = micro_batch_indices(len(data), cfg.batch_size, self.step, cfg.seed)
         draws = family.draw(cfg.batch_size, self.noise_rng)
         total = torch.zeros((), device=self.device)
         pairs = []  # (images, reconstructions) of each micro-batch, for the adversary
         for k in range(cfg.grad_accum):
-            mine = slice(k * n + world.rank * b, k * n + (world.rank + 1) * b)
+            mine = slice(k * n + world.dp_rank * b, k * n + (world.dp_rank + 1) * b)
             idx = batch_idx[mine].to(self.device)
             batch, draw = Batch(data[idx], labels[idx] if labels is not None else None, idx), draws.slice(mine)
             with sync_gradients(self.forward, cfg.strategy, last=k == cfg.grad_accum - 1):
@@ -179,7 +186,7 @@ class Trainer:
                 pairs.append((batch.x, out.reconstruction))
             family.after_micro_batch(draw, out)
         self.scaler.unscale_(self.optimizer)  # fp16: true gradients before clipping (else a no-op)
-        grad_norm = grad_norm_value(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
+        grad_norm = clip_gradients(self.model, cfg.grad_clip, world)
         d_total = d_norm = torch.zeros((), device=self.device)
         if adversary is not None:  # then the adversary (taming's second optimizer) on the same micro-batches
             d_total, d_norm = adversary.step(pairs)

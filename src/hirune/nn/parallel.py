@@ -1,0 +1,62 @@
+"""Tensor-parallel plans: how a transformer says which of its modules split, and how.
+
+A model that can run under tensor parallelism has a method `tensor_parallel_plan(tp, sp)`
+returning a list of (module path, kind) pairs; `distributed.tensor_parallel` turns each kind
+into PyTorch's DTensor styles (`parallelize_module`).  The model says only *what* its
+modules are; it never imports torch.distributed.  The kinds (Megatron-LM's split,
+Shoeybi et al. 2019, sec. 3; sequence parallelism, Korthikanti et al. 2022, sec. 4.2.2):
+
+    colwise        a Linear split by its output rows: q, k, v (whole heads per rank) and the
+                   MLP's first layer; the input replicated, the output the rank's slice
+    rowwise        a Linear split by its input columns: attention's output projection and
+                   the MLP's second layer; partial sums all-reduced (under sp: reduce-scattered
+                   onto the rank's tokens) -- one collective per attention and one per MLP
+    colwise_gather a Linear split by output rows whose whole output every rank needs (DiT's
+                   adaLN modulation, 6 D x D per block): its weights sharded, its small output
+                   all-gathered
+    heads          a module applied per head (qk-norm's LayerNorm): it runs on the rank's heads,
+                   its parameters replicated, their gradients summed over the ranks
+    tokens         a module applied per token with parameters (an affine LayerNorm, U-ViT's
+                   skip Linear): under sp it runs on the rank's tokens, its parameters
+                   replicated and their gradients summed over the ranks; without sp untouched
+    region         a module that starts a split region (an attention, a cross-attention, an
+                   MLP): under sp its first argument, sharded over the tokens, is all-gathered
+    sequence_start the first block: under sp its first argument is cut into the rank's tokens
+    sequence_end   the last block: under sp its output is all-gathered over the tokens
+
+Everything a plan leaves out stays replicated: each rank holds the whole module and computes
+the same result from the same inputs.
+"""
+
+from __future__ import annotations
+
+KINDS = ("colwise", "rowwise", "colwise_gather", "heads", "tokens", "region", "sequence_start", "sequence_end")
+
+
+def check_split(tp: int, what: str, **sizes: int) -> None:
+    """ValueError unless `tp` divides each of `sizes` (heads, widths): a rank holds whole heads."""
+    for name, value in sizes.items():
+        if value % tp:
+            raise ValueError(f"tp={tp} does not divide the {what}'s {name} ({value}); valid tp: "
+                             f"{[d for d in range(1, value + 1) if value % d == 0]}")
+
+
+def check_tokens(tp: int, tokens: int, what: str) -> None:
+    """ValueError unless `tp` divides the token count (sequence parallelism cuts it evenly)."""
+    if tokens % tp:
+        raise ValueError(f"sp=true cuts the {what}'s {tokens} tokens into tp={tp} equal parts: tp must divide "
+                         f"{tokens}; valid tp: {[d for d in range(1, tokens + 1) if tokens % d == 0]}")
+
+
+def attention_plan(path: str, qk_norm: bool, cross: bool = False) -> list[tuple[str, str]]:
+    """hirune.nn.Attention / CrossAttention at `path`: split by heads."""
+    plan = [(path, "region"), (f"{path}.q", "colwise"), (f"{path}.k", "colwise"), (f"{path}.v", "colwise"),
+            (f"{path}.proj", "rowwise")]
+    if qk_norm:
+        plan += [(f"{path}.q_norm", "heads"), (f"{path}.k_norm", "heads")]
+    return plan
+
+
+def mlp_plan(path: str, first: str = "0", second: str = "2") -> list[tuple[str, str]]:
+    """A two-layer MLP at `path`: the first Linear column-wise, the second row-wise."""
+    return [(path, "region"), (f"{path}.{first}", "colwise"), (f"{path}.{second}", "rowwise")]
