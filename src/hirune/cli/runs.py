@@ -64,6 +64,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.nproc:
         if args.nproc < 1:
             raise CLIError(f"--nproc must be >= 1, got {args.nproc}")
+        if args.nproc % cfg.tp:
+            raise CLIError(f"tp={cfg.tp} does not divide --nproc {args.nproc}: the processes form a dp x tp grid; "
+                           f"valid --nproc: multiples of {cfg.tp}")
         if "WORLD_SIZE" not in os.environ:
             return _launch(args.nproc, args.items)
     rank, _, _ = runtime.from_env()
