@@ -2,14 +2,17 @@
 
     torchrun --standalone --nproc-per-node 2 tests/tp_worker.py OUT
 
-On 2 gloo ranks, for DiT (qk-norm, class labels, a caption through cross-attention) and U-ViT
-(qk-norm, long skips), with and without sequence parallelism: one model split over the two
+On 2 gloo ranks, for DiT (qk-norm, class labels, a caption through its tiny text encoder and
+cross-attention) and U-ViT (qk-norm, long skips), with and without sequence parallelism, and for
+the DALL-E transformer (attention and MLP dropout 0.1) and CogVideoX (expert adaLN, 3-D RoPE, a
+caption) with tensor parallelism alone: one model split over the two
 ranks by its tensor-parallel plan and one whole model in every rank, both from the same
 non-zero weights, take three AdamW steps with gradient clipping on the same batch; each rank
 writes OUT/rank<R>.json with the largest differences of outputs, gradients and weights (each
 divided by the whole model's largest magnitude), the bytes of parameters each rank holds, and
 the bytes autograd saves in one forward.  "uvit-sp-broken" is U-ViT under sp without the sum of
-the norms' gradients over the ranks: the fault the test must see.
+the norms' gradients over the ranks, and "dalle-local-dropout" DALL-E with each rank drawing the
+attention's dropout mask for its own heads only: the faults the tests must see.
 """
 
 from __future__ import annotations
@@ -31,7 +34,25 @@ CONFIGS = {
                         num_classes=3, context_dim=16, context_vocab=20, context_len=4)),
     "uvit": ("uvit", dict(in_channels=1, image_size=16, patch_size=2, hidden_size=64, depth=3, num_heads=4,
                           qk_norm=True, num_classes=3)),
+    "dalle": ("dalle", dict(text_vocab=20, text_len=6, num_codes=16, image_len=9, width=64, depth=2, heads=4,
+                            dropout=0.1)),
+    "cogvideox": ("cogvideox", dict(in_channels=2, sample_frames=3, sample_size=4, patch_size=2, hidden_size=64,
+                                    depth=2, num_heads=4, time_embed_dim=32, context_dim=16, context_vocab=20,
+                                    context_len=4)),
 }
+
+
+def make_inputs(kind: str, g: torch.Generator, B: int = 4) -> dict:
+    if kind == "dalle":
+        return dict(text=torch.randint(0, 20, (B, 6), generator=g), image=torch.randint(0, 16, (B, 8), generator=g))
+    x = torch.randn(B, 2, 3, 4, 4, generator=g) if kind == "cogvideox" else torch.randn(B, 1, 16, 16, generator=g)
+    inputs = dict(x=x, t=torch.rand(B, generator=g) * 1000)
+    if kind in ("dit", "uvit"):
+        inputs["y"] = torch.randint(0, 3, (B,), generator=g)
+    if kind in ("dit", "cogvideox"):
+        inputs.update(context=torch.randint(1, 20, (B, 4), generator=g),
+                      context_mask=torch.tensor([[True, True, True, False]] * B))
+    return inputs
 
 
 def whole(t: torch.Tensor) -> torch.Tensor:
@@ -63,26 +84,27 @@ def saved_bytes(model, inputs: dict) -> int:
             seen[ptr] = storage.nbytes()
         return t
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(**inputs).sum()
+        model(**inputs).float().sum()
     return sum(seen.values())
 
 
-def compare(name: str, sp: bool, world: World, mesh, broken: bool = False) -> dict:
+def compare(name: str, sp: bool, world: World, mesh, broken: bool = False, local_dropout: bool = False) -> dict:
     kind, config = CONFIGS[name]
     ref, split = build(kind, config), build(kind, config)
     TP.parallelize(split, mesh, sp=sp, sum_token_grads=not broken)
-    g = torch.Generator().manual_seed(2)
-    B = 4
-    inputs = dict(x=torch.randn(B, 1, 16, 16, generator=g), t=torch.rand(B, generator=g) * 1000,
-                  y=torch.randint(0, 3, (B,), generator=g))
-    if kind == "dit":
-        inputs.update(context=torch.randint(1, 20, (B, 4), generator=g),
-                      context_mask=torch.tensor([[True, True, True, False]] * B))
+    if local_dropout:  # each rank draws a mask for its own heads only: the masks depend on the layout
+        for m in split.modules():
+            if hasattr(m, "dropout_heads"):
+                m.dropout_heads = None
+    inputs = make_inputs(kind, torch.Generator().manual_seed(2))
     opts = [torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.01) for m in (ref, split)]
     diff = {"output": 0.0, "gradient": 0.0, "weight": 0.0}
     scale = {"output": 0.0, "gradient": 0.0, "weight": 0.0}
-    for _ in range(3):
-        out_ref, out = ref(**inputs), split(**inputs)
+    for step in range(3):
+        torch.manual_seed(100 + step)  # the same global RNG state for both (DALL-E's dropout)
+        out_ref = ref(**inputs)
+        torch.manual_seed(100 + step)
+        out = split(**inputs)
         diff["output"] = max(diff["output"], (out - out_ref).abs().max().item())
         scale["output"] = max(scale["output"], out_ref.abs().max().item())
         out_ref.square().mean().backward()
@@ -99,7 +121,8 @@ def compare(name: str, sp: bool, world: World, mesh, broken: bool = False) -> di
     for p, q in zip(split.parameters(), ref.parameters()):
         diff["weight"] = max(diff["weight"], (whole(p) - q).abs().max().item())
         scale["weight"] = max(scale["weight"], q.abs().max().item())
-    split_names = {path for path, k in split.tensor_parallel_plan(2, sp) if k in ("colwise", "rowwise", "colwise_gather")}
+    split_names = {path for path, k in split.tensor_parallel_plan(2, sp)
+                   if k in ("colwise", "rowwise", "rowwise_whole", "colwise_gather")}
     held = {"split": 0, "whole_split": 0, "replicated": 0}
     for module_name, module in split.named_modules():
         for p in module.parameters(recurse=False):
@@ -123,6 +146,9 @@ def main() -> None:
         for sp in (False, True):
             results[f"{name}{'-sp' if sp else ''}"] = compare(name, sp, world, mesh)
     results["uvit-sp-broken"] = compare("uvit", True, world, mesh, broken=True)
+    for name in ("dalle", "cogvideox"):  # tensor parallelism alone (their plans refuse sp)
+        results[name] = compare(name, False, world, mesh)
+    results["dalle-local-dropout"] = compare("dalle", False, world, mesh, local_dropout=True)
     (out / f"rank{rank}.json").write_text(json.dumps(results, indent=1))
     dist.barrier()
     dist.destroy_process_group()

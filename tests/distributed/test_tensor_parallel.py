@@ -44,13 +44,21 @@ def split_modules(tmp_path_factory):
     return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
 
 
-@pytest.mark.parametrize("case", ["dit", "dit-sp", "uvit", "uvit-sp"])
+@pytest.mark.parametrize("case", ["dit", "dit-sp", "uvit", "uvit-sp", "dalle", "cogvideox"])
 def test_split_model_equals_one_process(split_modules, case):
-    """Outputs and gradients to float32 rounding, weights after three clipped AdamW steps to
-    1e-3 of their size (Adam turns the rounding of near-zero gradients into whole steps)."""
+    """Outputs and gradients to float32 rounding (relative to their largest), weights after three
+    clipped AdamW steps to 1e-3 of their size (Adam turns the rounding of near-zero gradients into
+    whole steps); DALL-E with dropout 0.1 on attention and MLP: the same masks on any layout."""
     for rank in split_modules:
         rel = rank[case]["relative"]
-        assert rel["output"] < 1e-5 and rel["gradient"] < 1e-5 and rel["weight"] < 1e-3, rel
+        assert rel["output"] < 1e-5 and rel["gradient"] < 5e-5 and rel["weight"] < 1e-3, rel
+
+
+def test_dropout_drawn_per_rank_is_caught(split_modules):
+    """Harness: if each rank draws the attention dropout mask for its own heads, the masks
+    depend on the layout and the split model no longer equals one process."""
+    rel = [rank["dalle-local-dropout"]["relative"] for rank in split_modules]
+    assert all(r["output"] > 1e-3 for r in rel), rel
 
 
 def test_sequence_parallel_without_the_norm_gradient_sum_is_caught(split_modules):

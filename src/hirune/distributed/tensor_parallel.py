@@ -89,6 +89,8 @@ def _styles(kind: str, sp: bool):
         return ColwiseParallel()
     if kind == "rowwise":  # partial sums: all-reduced, or under sp reduce-scattered onto the tokens
         return RowwiseParallel(output_layouts=Shard(1)) if sp else RowwiseParallel()
+    if kind == "rowwise_whole":
+        return RowwiseParallel()
     if kind == "colwise_gather":  # under sp the output meets the rank's tokens: see _partial_gradient
         return ColwiseParallel(output_layouts=Replicate(), use_local_output=not sp)
     if kind == "heads":  # a per-head module on dim 1 of (B, heads, N, d): the heads play the tokens' part
@@ -165,6 +167,8 @@ def parallelize(model: nn.Module, tp_mesh, sp: bool = False, sum_token_grads: bo
             module.register_forward_pre_hook(_gather_tokens_input(tp_mesh), with_kwargs=True)
         elif kind == "tokens" and not sum_token_grads:
             continue
+        elif kind == "head_dropout":  # the heads this rank holds: the tp_rank-th of tp blocks
+            module.dropout_heads = (tp_mesh.get_local_rank(), tp)
         else:
             style = _styles(kind, sp)
             if style is not None:

@@ -93,6 +93,8 @@ from torch import Tensor, nn
 from ..nn import (Attention, ContextEmbedding, PatchEmbed, check_context, check_word_fields,
                   sincos_position_embedding, timestep_embedding, unpatchify)
 from ..nn.attention import init_linears_, key_padding, merge_heads
+from ..nn.context import context_plan
+from ..nn.parallel import attention_plan, check_split, mlp_plan, no_sequence_parallel
 from ..nn.patches import sincos_1d
 from ..nn.rope import ROPE_SCALINGS, Rotary, apply_rotary, axis_split, rope_3d, video_positions
 from .config import check_fields
@@ -421,6 +423,22 @@ class CogVideoX(nn.Module):
         if frames is not None:
             video = real_frames(frames.to(device), T).repeat_interleave(per_frame, 1)
         return torch.cat([text_mask.to(device), video], dim=1)
+
+    def tensor_parallel_plan(self, tp: int, sp: bool = False) -> list[tuple[str, str]]:
+        """Megatron's split of every expert block (`hirune.nn.parallel`): the joint attention by
+        heads (3-D RoPE rotates each head alike), the MLP column then row, the expert adaLN's
+        modulation weights sharded and its output gathered; the text encoder too."""
+        c = self.config
+        no_sequence_parallel(sp, "CogVideoX", "its blocks carry the text and the video tokens as two streams, "
+                                             "which the sequence-parallel plan does not cut")
+        check_split(tp, "CogVideoX", num_heads=c.num_heads, hidden_size=c.hidden_size,
+                    mlp_width=int(c.hidden_size * c.mlp_ratio))
+        plan = []
+        for i in range(c.depth):
+            plan += attention_plan(f"blocks.{i}.attn", c.qk_norm, sequence=False)
+            plan += mlp_plan(f"blocks.{i}.mlp", sequence=False)
+            plan += [(f"blocks.{i}.norm1.linear", "colwise_gather"), (f"blocks.{i}.norm2.linear", "colwise_gather")]
+        return plan + context_plan(self.context, tp)
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, context: Tensor | None = None,
                 context_mask: Tensor | None = None, frames: Tensor | None = None, words: Tensor | None = None,

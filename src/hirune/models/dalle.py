@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..nn.attention import split_heads, split_linear
+from ..nn.attention import merge_heads, split_linear, to_heads
+from ..nn.parallel import attention_plan, check_split, keep_mask, mlp_plan, no_sequence_parallel
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, width: int, heads: int, dropout: float):
         super().__init__()
         self.heads, self.dropout = heads, dropout
+        self.dropout_heads = None  # (index, parts): the heads a tensor-parallel rank holds (nn.parallel.keep_mask)
         fused, out = nn.Linear(width, 3 * width), nn.Linear(width, width)  # the draws, in their order
         self.q, self.k, self.v = split_linear(fused, 3)  # registered first: the parameter order of qkv, out
         self.out = out
@@ -124,14 +126,20 @@ class CausalSelfAttention(nn.Module):
     def forward(self, h: Tensor, cache: KVCache | None, layer: int) -> Tensor:
         """h (B, m, width): the last m positions, each attending to itself and every earlier
         one (the earlier ones' keys and values from the cache, where given)."""
-        B, m, width = h.shape
-        q, k, v = (split_heads(proj(h), self.heads) for proj in (self.q, self.k, self.v))  # (B, heads, m, d)
+        B, m, _ = h.shape
+        head_dim = self.q.in_features // self.heads
+        q, k, v = (to_heads(proj(h), head_dim) for proj in (self.q, self.k, self.v))  # (B, heads [/ tp], m, d)
         if cache is not None:
             k, v = cache.extend(layer, k, v)
         T = k.shape[2]  # keys at positions 0..T-1, queries at T-m..T-1
         mask = torch.ones(m, T, dtype=torch.bool, device=h.device).tril(diagonal=T - m)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
-        return self.out(y.transpose(1, 2).reshape(B, m, width))
+        if self.training and self.dropout:  # dropout on the probabilities, its mask drawn for every head
+            probs = torch.softmax((q @ k.transpose(-2, -1) / head_dim ** 0.5).masked_fill(~mask, float("-inf")), -1)
+            keep = keep_mask(probs.shape, self.dropout, self.dropout_heads, h.device)
+            y = (probs * keep / (1 - self.dropout)) @ v
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out(merge_heads(y))
 
 
 class Block(nn.Module):
@@ -210,6 +218,20 @@ class DalleTransformer(TokenModel):
         h_text = self.text_embedding(text) + self.text_positions
         h_image = self.image_embedding(image) + self.image_positions[:n]
         return torch.cat([h_text, h_image], 1)
+
+    def tensor_parallel_plan(self, tp: int, sp: bool = False) -> list[tuple[str, str]]:
+        """Megatron's split of every block (`hirune.nn.parallel`): attention by heads, its dropout
+        mask drawn for every head and cut (`head_dropout`), the MLP column then row (its dropout
+        acts on the all-reduced output, the same on every rank)."""
+        c = self.config
+        no_sequence_parallel(sp, "DALL-E", "it samples one token at a time from its cache, and one token cannot "
+                                          "be cut over tp ranks")
+        check_split(tp, "DALL-E transformer", heads=c.heads, width=c.width, mlp_width=4 * c.width)
+        plan = []
+        for i in range(c.depth):
+            plan += attention_plan(f"blocks.{i}.attn", qk_norm=False, sequence=False, out="out")
+            plan += mlp_plan(f"blocks.{i}.mlp", sequence=False) + [(f"blocks.{i}.attn", "head_dropout")]
+        return plan
 
     def forward(self, text: Tensor, image: Tensor, cache: KVCache | None = None) -> Tensor:
         self.check_tokens(text, image)

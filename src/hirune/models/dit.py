@@ -36,6 +36,7 @@ from ..nn import (Attention, ContextEmbedding, CrossAttention, MicroEmbedding, P
                   check_patch_size, check_word_fields, sincos_position_embedding, timestep_embedding)
 from ..nn import unpatchify
 from ..nn.attention import init_linears_
+from ..nn.context import context_plan
 from ..nn.parallel import attention_plan, check_split, check_tokens, mlp_plan
 from .config import check_fields
 
@@ -218,7 +219,7 @@ class DiT(nn.Module):
             plan.append((f"blocks.{i}.adaLN_modulation.1", "colwise_gather"))
             if hasattr(block, "cross"):
                 plan += [(f"blocks.{i}.norm_cross", "tokens")] + attention_plan(f"blocks.{i}.cross", c.qk_norm)
-        return plan
+        return plan + context_plan(self.context, tp)  # the tiny text encoder, when trained here
 
     def embed(self, t: Tensor, y: Tensor | None, pooled: Tensor | None = None) -> Tensor:
         """c = time MLP(sinusoids(t * time_scale)) + class embedding(y) [+ pooled text]: (B, D)."""

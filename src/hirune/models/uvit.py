@@ -57,6 +57,7 @@ from torch import Tensor, nn
 from ..nn import (Attention, ContextEmbedding, PatchEmbed, check_context, check_patch_size, check_word_fields,
                   sincos_position_embedding, timestep_embedding, unpatchify, zero_)
 from ..nn.attention import init_linears_
+from ..nn.context import context_plan
 from ..nn.parallel import attention_plan, check_split, check_tokens, mlp_plan
 from .config import check_fields
 
@@ -224,7 +225,7 @@ class UViT(nn.Module):
             plan += [(f"{name}.norm1", "tokens"), (f"{name}.norm2", "tokens")]
             if name.startswith("out_blocks"):
                 plan.append((f"{name}.skip_linear", "tokens"))
-        return plan
+        return plan + context_plan(self.context, tp)  # the tiny text encoder, when trained here
 
     def tokens(self, x: Tensor, t: Tensor, y: Tensor | None, context: Tensor | None = None) -> Tensor:
         """[time token, class token, context tokens, patch tokens] (those that exist) + positions:

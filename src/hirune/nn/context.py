@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from .attention import CrossAttention
 from .layers import group_norm, zero_
+from .parallel import attention_plan, check_split, mlp_plan
 
 
 def masked_mean(context: Tensor, mask: Tensor) -> Tensor:
@@ -61,6 +62,16 @@ class TextTransformer(nn.Module):
         self.norm = nn.LayerNorm(dim)
         nn.init.normal_(self.token.weight, std=0.02)
 
+    def tensor_parallel_plan(self, tp: int) -> list[tuple[str, str]]:
+        """Each layer split by heads and its MLP column then row (`hirune.nn.parallel`); the
+        captions' few tokens stay whole on every rank (no sequence parallelism here)."""
+        check_split(tp, "text encoder", num_heads=self.attns[0].num_heads, mlp_width=self.mlps[0][1].out_features)
+        plan = []
+        for i in range(len(self.attns)):
+            plan += attention_plan(f"attns.{i}", qk_norm=False, sequence=False)
+            plan += mlp_plan(f"mlps.{i}", first="1", second="3", sequence=False)
+        return plan
+
     def forward(self, tokens: Tensor, mask: Tensor) -> Tensor:
         if tokens.shape[1] > self.position.shape[0]:
             raise ValueError(f"{tokens.shape[1]} tokens; this text encoder takes at most {self.position.shape[0]}")
@@ -70,6 +81,16 @@ class TextTransformer(nn.Module):
             h = h + attn(n, n, mask)       # self-attention with a key padding mask
             h = h + mlp(h)
         return self.norm(h)
+
+
+def context_plan(context, tp: int, prefix: str = "context") -> list[tuple[str, str]]:
+    """The tensor-parallel plan of a `ContextEmbedding`'s trainable text encoders (none for a
+    frozen encoder's features), in the model's paths."""
+    if context is None:
+        return []
+    return [(f"{prefix}.{name}.{path}", kind) for name in ("encoder", "words")
+            if isinstance(getattr(context, name, None), TextTransformer)
+            for path, kind in getattr(context, name).tensor_parallel_plan(tp)]
 
 
 class ContextEmbedding(nn.Module):

@@ -11,11 +11,16 @@ Shoeybi et al. 2019, sec. 3; sequence parallelism, Korthikanti et al. 2022, sec.
     rowwise        a Linear split by its input columns: attention's output projection and
                    the MLP's second layer; partial sums all-reduced (under sp: reduce-scattered
                    onto the rank's tokens) -- one collective per attention and one per MLP
+    rowwise_whole  the same outside the sequence-parallel region (a text encoder's blocks):
+                   always all-reduced
     colwise_gather a Linear split by output rows whose whole output every rank needs (DiT's
                    adaLN modulation, 6 D x D per block): its weights sharded, its small output
                    all-gathered
     heads          a module applied per head (qk-norm's LayerNorm): it runs on the rank's heads,
                    its parameters replicated, their gradients summed over the ranks
+    head_dropout   an attention whose dropout acts on its probabilities (B, heads, N, N): told
+                   which of the heads the rank holds, it keeps that slice of the mask drawn for
+                   every head (`keep_mask`), so the draws do not depend on the layout
     tokens         a module applied per token with parameters (an affine LayerNorm, U-ViT's
                    skip Linear): under sp it runs on the rank's tokens, its parameters
                    replicated and their gradients summed over the ranks; without sp untouched
@@ -30,7 +35,9 @@ the same result from the same inputs.
 
 from __future__ import annotations
 
-KINDS = ("colwise", "rowwise", "colwise_gather", "heads", "tokens", "region", "sequence_start", "sequence_end")
+import torch
+
+KINDS = ("colwise", "rowwise", "rowwise_whole", "colwise_gather", "heads", "tokens", "region", "sequence_start", "sequence_end")
 
 
 def check_split(tp: int, what: str, **sizes: int) -> None:
@@ -48,15 +55,45 @@ def check_tokens(tp: int, tokens: int, what: str) -> None:
                          f"{tokens}; valid tp: {[d for d in range(1, tokens + 1) if tokens % d == 0]}")
 
 
-def attention_plan(path: str, qk_norm: bool, cross: bool = False) -> list[tuple[str, str]]:
-    """hirune.nn.Attention / CrossAttention at `path`: split by heads."""
-    plan = [(path, "region"), (f"{path}.q", "colwise"), (f"{path}.k", "colwise"), (f"{path}.v", "colwise"),
-            (f"{path}.proj", "rowwise")]
+def attention_plan(path: str, qk_norm: bool, sequence: bool = True, out: str = "proj") -> list[tuple[str, str]]:
+    """hirune.nn.Attention / CrossAttention at `path` (output projection `out`): split by heads.
+    sequence=False: a module outside the sequence-parallel region (no "region" entry; its
+    output always all-reduced)."""
+    plan = [(path, "region")] if sequence else []
+    plan += [(f"{path}.q", "colwise"), (f"{path}.k", "colwise"), (f"{path}.v", "colwise"),
+             (f"{path}.{out}", "rowwise" if sequence else "rowwise_whole")]
     if qk_norm:
         plan += [(f"{path}.q_norm", "heads"), (f"{path}.k_norm", "heads")]
     return plan
 
 
-def mlp_plan(path: str, first: str = "0", second: str = "2") -> list[tuple[str, str]]:
+def mlp_plan(path: str, first: str = "0", second: str = "2", sequence: bool = True) -> list[tuple[str, str]]:
     """A two-layer MLP at `path`: the first Linear column-wise, the second row-wise."""
-    return [(path, "region"), (f"{path}.{first}", "colwise"), (f"{path}.{second}", "rowwise")]
+    return ([(path, "region")] if sequence else []) + [(f"{path}.{first}", "colwise"),
+                                                       (f"{path}.{second}", "rowwise" if sequence else "rowwise_whole")]
+
+
+def no_sequence_parallel(sp: bool, what: str, why: str) -> None:
+    """ValueError for sp=true on a model whose plan has no sequence-parallel region."""
+    if sp:
+        raise ValueError(f"sp=true is not valid for {what}: {why}; use tp alone (sp=false)")
+
+
+def prefixed(prefix: str, plan: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """A submodule's plan in its parent's paths."""
+    return [(f"{prefix}.{path}", kind) for path, kind in plan]
+
+
+def keep_mask(shape, p: float, heads: tuple[int, int] | None, device) -> torch.Tensor:
+    """Dropout's keep mask (True = kept, probability 1 - p) for a (B, h, ...) tensor, drawn for
+    every head from the global RNG and cut to the heads this rank holds: heads = (index,
+    parts) under tensor parallelism (the rank holds the index-th of `parts` equal blocks of
+    heads), None on one process.  Every rank draws the same whole mask, so the masks and the
+    RNG's state after them are those of one process, whatever the layout."""
+    import torch
+
+    whole = list(shape)
+    if heads is not None:
+        whole[1] *= heads[1]
+    keep = torch.rand(whole, device=device) >= p
+    return keep if heads is None else keep.chunk(heads[1], dim=1)[heads[0]]
