@@ -92,7 +92,7 @@ from torch import Tensor, nn
 
 from ..nn import (Attention, ContextEmbedding, PatchEmbed, check_context, check_word_fields,
                   sincos_position_embedding, timestep_embedding, unpatchify)
-from ..nn.attention import init_linears_, key_padding, merge_heads
+from ..nn.attention import attend, init_linears_, key_padding, merge_heads
 from ..nn.context import context_plan
 from ..nn.parallel import attention_plan, check_split, mlp_plan, no_sequence_parallel
 from ..nn.patches import sincos_1d
@@ -279,7 +279,7 @@ def joint_attention(attn: Attention, x: Tensor, text_len: int, rope: Rotary | No
         k = torch.cat([k[:, :, :text_len], apply_rotary(k[:, :, text_len:], rope)], dim=2)
     keep = key_padding(mask, x)
     if not reference:
-        return attn.proj(merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=keep)))
+        return attn.proj(merge_heads(attend(q, k, v, keep, attn.recompute_scores)))
     (q, q_ref), (k, k_ref), (v, v_ref) = (t.chunk(2) for t in (q, k, v))
     keep, keep_ref = keep.chunk(2) if keep is not None else (None, None)
     joined = torch.cat([keep, keep_ref], dim=-1) if keep is not None else None

@@ -22,10 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..nn.attention import merge_heads, split_linear, to_heads
+from ..nn.attention import attend, merge_heads, split_linear, to_heads
 from ..nn.parallel import attention_plan, check_split, keep_mask, mlp_plan, no_sequence_parallel
 
 
@@ -116,6 +115,7 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.heads, self.dropout = heads, dropout
         self.dropout_heads = None  # (index, parts): the heads a tensor-parallel rank holds (nn.parallel.keep_mask)
+        self.recompute_scores = False  # selective recomputation (models.recompute_attention)
         fused, out = nn.Linear(width, 3 * width), nn.Linear(width, width)  # the draws, in their order
         self.q, self.k, self.v = split_linear(fused, 3)  # registered first: the parameter order of qkv, out
         self.out = out
@@ -133,13 +133,20 @@ class CausalSelfAttention(nn.Module):
             k, v = cache.extend(layer, k, v)
         T = k.shape[2]  # keys at positions 0..T-1, queries at T-m..T-1
         mask = torch.ones(m, T, dtype=torch.bool, device=h.device).tril(diagonal=T - m)
-        if self.training and self.dropout:  # dropout on the probabilities, its mask drawn for every head
-            probs = torch.softmax((q @ k.transpose(-2, -1) / head_dim ** 0.5).masked_fill(~mask, float("-inf")), -1)
-            keep = keep_mask(probs.shape, self.dropout, self.dropout_heads, h.device)
-            y = (probs * keep / (1 - self.dropout)) @ v
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.out(merge_heads(y))
+        if not (self.training and self.dropout):
+            return self.out(merge_heads(attend(q, k, v, mask, self.recompute_scores)))
+        if self.recompute_scores and torch.is_grad_enabled():  # selective recomputation (the RNG restored)
+            from torch.utils.checkpoint import checkpoint
+
+            return self.out(merge_heads(checkpoint(self.dropped, q, k, v, mask, use_reentrant=False)))
+        return self.out(merge_heads(self.dropped(q, k, v, mask)))
+
+    def dropped(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+        """softmax(q k^T / sqrt(d), masked) v with dropout on the probabilities, the mask drawn for
+        every head and cut to the rank's (`nn.parallel.keep_mask`): the same on any layout."""
+        probs = torch.softmax((q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5).masked_fill(~mask, float("-inf")), -1)
+        keep = keep_mask(probs.shape, self.dropout, self.dropout_heads, q.device)
+        return (probs * keep / (1 - self.dropout)) @ v
 
 
 class Block(nn.Module):
