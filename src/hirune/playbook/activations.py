@@ -37,6 +37,8 @@ squares over a grid of (b, s), and the playbook checks both against these sums.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from .gpt import GPT, GPTConfig, loss_fn, random_tokens
@@ -105,6 +107,14 @@ def fit(points: list[tuple[int, int, float]]) -> dict:
             "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0}
 
 
+def disagreements(run: dict, formula: Callable[..., int] = layer_bytes) -> list[str]:
+    """The grid points of a `sweep` where one layer's measured bytes differ from `formula`."""
+    return [f"{run['attention']} b={p['batch']} s={p['seq']}: measured {p['layer']:.0f}, formula "
+            f"{formula(p['seq'], p['batch'], run['hidden'], run['heads'], run['attention'])}"
+            for p in run["points"] if p["layer"] != formula(p["seq"], p["batch"], run["hidden"], run["heads"],
+                                                            run["attention"])]
+
+
 def sweep(attention: str = "math", layers: int = 2, hidden: int = 64, heads: int = 4, vocab: int = 128,
           batches=(1, 2, 4), seqs=(8, 16, 32, 64)) -> dict:
     """Measure every (b, s) of the grid; fit the whole model and one layer (the blocks' mean)."""
@@ -135,7 +145,7 @@ def playbook(layers: int = 2, hidden: int = 64, heads: int = 4, vocab: int = 128
     notes = []
     for r in runs:
         f = r["fit_layer"]
-        exact = all(p["layer"] == p["formula_here"] for p in r["points"])
+        exact = not disagreements(r)
         notes.append(f"{r['attention']}: one layer fits b (alpha s + beta s^2) with alpha = {f['alpha']:.1f}, "
                      f"beta = {f['beta']:.2f} (formula here: {r['formula_alpha']}, {r['formula_beta']}; "
                      f"max relative residual {f['max_relative_residual']:.1e}); measured "

@@ -47,7 +47,8 @@ def launch(fn: Callable, world: int, **kwargs) -> list:
     # spawned rank would import torch anew, seconds each; forking this process would copy its threads)
     import multiprocessing
 
-    multiprocessing.get_context("forkserver").set_forkserver_preload(["torch", "torch.distributed", __name__])
+    multiprocessing.get_context("forkserver").set_forkserver_preload(
+        ["torch", "torch.distributed", "torch.nn.parallel", "torch.distributed.optim", __name__])
     with tempfile.TemporaryDirectory(prefix="hirune-playbook-") as folder:
         mp.start_processes(_worker, args=(fn, world, folder, kwargs), nprocs=world, join=True,
                            start_method="forkserver")

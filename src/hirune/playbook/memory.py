@@ -110,9 +110,12 @@ def optimizer_bytes(optimizer: torch.optim.Optimizer) -> int:
 
 
 def profile(layers: int = 2, hidden: int = 64, heads: int = 4, vocab: int = 128, seq: int = 64, batch: int = 8,
-            steps: int = 3, lr: float = 1e-3, device: str = "cpu", seed: int = 0) -> list[dict]:
+            steps: int = 3, lr: float = 1e-3, device: str = "cpu", seed: int = 0, set_to_none: bool = True,
+            retain_graph: bool = False) -> list[dict]:
     """Train `steps` AdamW steps of the GPT; one row per phase: bytes of weights, gradients,
-    optimizer state and live saved activations (and torch.cuda.memory_allocated on CUDA)."""
+    optimizer state and live saved activations (and torch.cuda.memory_allocated on CUDA).
+    `set_to_none=False` (zeroed gradients kept) and `retain_graph=True` (the graph and its
+    saved tensors kept after backward) are the two usual ways of holding memory by mistake."""
     from .gpt import GPT, GPTConfig, loss_fn, random_tokens
 
     torch.manual_seed(seed)
@@ -137,14 +140,40 @@ def profile(layers: int = 2, hidden: int = 64, heads: int = 4, vocab: int = 128,
         with SavedTensors(model) as saved:
             loss = loss_fn(model, tokens)
         snapshot(step, "forward", saved)
-        loss.backward()
+        loss.backward(retain_graph=retain_graph)
+        kept = loss if retain_graph else None   # a retained graph lives as long as its loss
         del loss
         snapshot(step, "backward", saved)
         optimizer.step()
         snapshot(step, "step", saved)
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=set_to_none)
         snapshot(step, "zero_grad", saved)
+        del kept
     return rows
+
+
+def surprises(rows: list[dict]) -> list[str]:
+    """What in a profile contradicts the notes: optimizer state before the first step or not
+    2 x 4 bytes a parameter (+ the step counters) after it; gradients alive after zero_grad or
+    missing after backward; saved activations alive after backward or none after forward."""
+    weights = rows[0]["weights"]
+    out = []
+    for r in rows:
+        where = f"step {r['step']} {r['phase']}"
+        before_first_step = r["step"] == 0 or (r["step"] == 1 and r["phase"] in ("forward", "backward"))
+        if before_first_step and r["optimizer"]:
+            out.append(f"{where}: optimizer state {r['optimizer']} bytes before the first step")
+        if not before_first_step and not 2 * weights <= r["optimizer"] < 2 * weights + 4096:
+            out.append(f"{where}: optimizer state {r['optimizer']} bytes, not 2 x {weights} (+ step counters)")
+        if r["phase"] in ("backward", "step") and r["gradients"] != weights:
+            out.append(f"{where}: gradients {r['gradients']} bytes, not {weights}")
+        if r["phase"] in ("built", "forward", "zero_grad") and r["gradients"]:
+            out.append(f"{where}: gradients {r['gradients']} bytes still held")
+        if r["phase"] == "forward" and not r["activations"]:
+            out.append(f"{where}: no saved activations")
+        if r["phase"] not in ("forward",) and r["activations"]:
+            out.append(f"{where}: {r['activations']} bytes of saved activations still alive")
+    return out
 
 
 KINDS = ("weights", "gradients", "optimizer", "activations")
@@ -156,12 +185,14 @@ def playbook(layers: int = 2, hidden: int = 64, heads: int = 4, vocab: int = 128
 
     rows = profile(layers, hidden, heads, vocab, seq, batch, steps, device=device)
     params = rows[0]["weights"] // 4
+    odd = surprises(rows)
     first_state = next(r for r in rows if r["optimizer"])
     columns = ["step", "phase", *KINDS, "total"] + (["cuda_allocated"] if "cuda_allocated" in rows[0] else [])
     notes = [f"{params} float32 parameters ({rows[0]['weights']} bytes); AdamW's state appears at step "
              f"{first_state['step']} ({first_state['phase']}): {first_state['optimizer']} bytes = 2 x 4 x parameters "
              f"+ 4 for each tensor's step counter",
              "zero_grad(set_to_none=True) frees the gradients; backward frees the saved activations.",
+             "every phase as the notes say" if not odd else "UNEXPECTED: " + "; ".join(odd),
              f"micro-batch {batch} x {seq} tokens, GPT L={layers} h={hidden} a={heads} V={vocab}, device {device}"]
     return Report("memory-profile", "bytes held at each phase of the first AdamW steps (counted from the tensors)",
                   columns, [[r[c] for c in columns] for r in rows], notes, {"rows": rows},
