@@ -40,7 +40,8 @@ def parse_options(fn, items: list[str]) -> dict:
         if not eq:
             raise CLIError(f"{item!r} is not key=value")
         if key not in valid:
-            raise CLIError(f"unknown option {key!r}; valid: {', '.join(f'{k}={_show(v)}' for k, v in valid.items())}")
+            raise CLIError(f"unknown option {key!r}; valid: {' '.join(f'{k}={_show(v)}' for k, v in valid.items())}"
+                           if valid else f"unknown option {key!r}: this playbook takes none")
         out[key] = _parse(key, text, valid[key])
     return out
 
@@ -71,7 +72,8 @@ def cmd_playbook(args: argparse.Namespace) -> int:
         width = max(map(len, PLAYBOOKS))
         for name, (fn, description) in PLAYBOOKS.items():
             print(f"{name.ljust(width)}  {description}")
-            print(f"{''.ljust(width)}    options: {' '.join(f'{k}={_show(v)}' for k, v in options(fn).items())}")
+            listed = ' '.join(f'{k}={_show(v)}' for k, v in options(fn).items()) or '(none)'
+            print(f"{''.ljust(width)}    options: {listed}")
         return 0
     if args.name not in PLAYBOOKS:
         raise CLIError(f"no playbook {args.name!r}; valid: {', '.join(PLAYBOOKS)}")

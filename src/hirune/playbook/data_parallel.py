@@ -25,8 +25,10 @@ DDP's (one bucket against per-parameter calls) and the gradients differ in the l
 1e-7); AdamW then turns that into a visible difference in one place: the key bias, whose gradient
 is zero in exact arithmetic (adding b_k to every key adds q . b_k to every score of a query, which
 the softmax ignores), so what the ranks sum is rounding noise, and Adam's m / sqrt(v) scales noise
-to steps of size lr.  `compare` names the parameter that differs most.  `Traffic` counts each variant's calls and bytes.  These are teaching
-implementations; hirune's trainer uses torch's DDP (`distributed/strategy.py`).
+to steps of size lr.  `compare` names the parameter that differs most.
+
+`Traffic` counts each variant's calls and bytes.  These are teaching implementations; hirune's
+trainer uses torch's DDP (`distributed/strategy.py`).
 """
 
 from __future__ import annotations
