@@ -31,7 +31,9 @@ def cell(value) -> str:
     if isinstance(value, float):
         if value.is_integer() and abs(value) < 1e12:
             return str(int(value))
-        return f"{value:.3g}" if abs(value) < 1e-3 or abs(value) >= 1e6 else f"{value:.4g}"
+        if 1e3 <= abs(value) < 1e12:
+            return f"{value:.1f}"
+        return f"{value:.3g}" if abs(value) < 1e-3 or abs(value) >= 1e12 else f"{value:.4g}"
     if isinstance(value, (list, tuple)):
         return "[" + " ".join(cell(v) for v in value) + "]"
     return str(value)
