@@ -39,16 +39,18 @@ def gradients(model: nn.Module, tokens: torch.Tensor) -> tuple[dict[str, torch.T
     return {n: p.grad.clone() for n, p in model.named_parameters()}, kept
 
 
-def step_seconds(model: nn.Module, tokens: torch.Tensor, repeats: int) -> float:
-    """Median wall time of forward + backward (after one warm-up)."""
-    times = []
+def step_seconds(models: list[nn.Module], tokens: torch.Tensor, repeats: int) -> list[float]:
+    """Median wall time of forward + backward of each model, after one warm-up; the models take
+    turns (one step each per round), so a machine shared with other work slows all of them alike."""
+    times: list[list[float]] = [[] for _ in models]
     for i in range(repeats + 1):
-        model.zero_grad(set_to_none=True)
-        start = time.perf_counter()
-        loss_fn(model, tokens).backward()
-        if i:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for model, seen in zip(models, times):
+            model.zero_grad(set_to_none=True)
+            start = time.perf_counter()
+            loss_fn(model, tokens).backward()
+            if i:
+                seen.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
 
 
 def compare(layers: int = 2, hidden: int = 64, heads: int = 4, vocab: int = 128, seq: int = 128, batch: int = 4,
@@ -56,24 +58,25 @@ def compare(layers: int = 2, hidden: int = 64, heads: int = 4, vocab: int = 128,
             build: Callable[[GPTConfig], nn.Module] = GPT) -> list[dict]:
     """One row per mode (none, selective, full): kept bytes, median step seconds, the largest
     |gradient - plain gradient|.  `build` makes the model from its config (tests pass broken ones)."""
-    rows, reference = [], None
+    rows, models, reference = [], [], None
     for mode, flags in MODES.items():
         config = GPTConfig(vocab=vocab, seq_len=seq, layers=layers, hidden=hidden, heads=heads, attention="math",
                            dropout=dropout, **flags)
         torch.manual_seed(seed)
-        model = build(config).train()
+        models.append(build(config).train())
         tokens = random_tokens(config, batch, seed=seed)
         torch.manual_seed(seed + 1)   # the dropout masks: the same draws in every mode
-        grads, kept = gradients(model, tokens)
+        grads, kept = gradients(models[-1], tokens)
         reference = reference or grads
         diff = max(float((grads[n] - reference[n]).abs().max()) for n in reference)
-        rows.append({"mode": mode, "kept_bytes": kept, "step_seconds": step_seconds(model, tokens, repeats),
-                     "max_grad_diff": diff})
+        rows.append({"mode": mode, "kept_bytes": kept, "max_grad_diff": diff})
+    for row, seconds in zip(rows, step_seconds(models, tokens, repeats)):
+        row["step_seconds"] = seconds
     return rows
 
 
 def playbook(layers: int = 2, hidden: int = 64, heads: int = 4, vocab: int = 128, seq: int = 128, batch: int = 4,
-             repeats: int = 5):
+             repeats: int = 9):
     from .report import Report
 
     rows = compare(layers, hidden, heads, vocab, seq, batch, repeats=repeats)
@@ -82,7 +85,7 @@ def playbook(layers: int = 2, hidden: int = 64, heads: int = 4, vocab: int = 128
               r["step_seconds"] / base["step_seconds"], r["max_grad_diff"]] for r in rows]
     exact = all(r["max_grad_diff"] == 0 for r in rows)
     notes = [f"GPT L={layers} h={hidden} a={heads}, math attention, micro-batch {batch} x {seq} tokens; step time: "
-             f"median of {repeats} forward + backward on this machine",
+             f"median of {repeats} forward + backward on this machine, the modes taking turns",
              "kept: bytes between forward and backward (saved tensors + the inputs checkpoint holds)",
              "selective drops the (b, a, s, s) softmax output of every layer (4 a s^2 b bytes here); full keeps "
              "only each block's input",
