@@ -27,6 +27,7 @@ LAYERS = [
     ("families",),                 # one object per kind of model
     ("training",),                 # config, trainer, loop, loader, presets
     ("inference",),                # generate, guide, edit
+    ("playbook",),                 # the training notes as measurements (teaching code, unused by the trainer)
     ("cli", "compat", "__init__", "__main__"),
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
