@@ -75,8 +75,10 @@ def measure(case: dict) -> dict:
     batch = Batch(data[idx], labels[idx] if labels is not None else None, idx)
     draw = run.family.draw(n, run.noise_rng)
     seen: dict[int, int] = {}
+    alive = []   # every saved tensor held to the end: no address freed and reused meanwhile
 
     def pack(t):
+        alive.append(t)
         for x in local_tensors(t):
             storage = x.untyped_storage()
             if storage.data_ptr() not in weights:

@@ -91,6 +91,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.network:
         fp, model = network_footprint(args.network, _network_config(args.items), 2, args.precision)
         tp, sp, recompute = args.tp or 1, bool(args.sp), args.recompute or "none"
+        if not args.recommend:
+            _check(args, tp, sp, recompute)
         name, batch, accum = f"--network {args.network}", args.batch, args.grad_accum
         spf = 1 / ((args.tflops or DEFAULT_TFLOPS) * 1e12)
         timing = f"{args.tflops or DEFAULT_TFLOPS:g} TFLOP/s per GPU{'' if args.tflops else ' (assumed)'}"
@@ -106,6 +108,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     recompute = args.recompute or recompute_mode(cfg)
     check_plan(cfg.model, tp, sp)
     layout_mode = tp > 1 or sp or args.recommend or args.recompute is not None or args.tflops is not None
+    if layout_mode and not args.recommend:   # before measuring: a bad grid is named at once
+        _check(args, tp, sp, recompute)
     if not layout_mode and cfg.batch_size % (cfg.grad_accum * args.gpus):
         raise ValueError(f"batch_size={cfg.batch_size} (the global batch) must be divisible by grad_accum x "
                          f"GPUs = {cfg.grad_accum} x {args.gpus}")
@@ -150,6 +154,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
               f"{p.comm_bytes / 1e6:.1f} | {p.comm_seconds * 1000:.2f} | {p.step_seconds * 1000:.1f} | "
               f"{p.efficiency:.0%} |")
     return 0
+
+
+def _check(args, tp: int, sp: bool, recompute: str) -> None:
+    from ..distributed.planner import Layout, check_layout
+    from ..distributed.strategy import FSDP_STRATEGIES
+
+    strategy = args.strategy if args.strategy != "all" else FSDP_STRATEGIES[-1]   # one that composes with tp
+    check_layout(Layout(args.gpus, tp, sp, strategy, recompute))
 
 
 def _layouts(args, name, fp, model, params, tp, sp, recompute, batch, accum, spf, timing, link, units=None) -> int:

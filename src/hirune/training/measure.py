@@ -111,6 +111,7 @@ def trace(model, loss: Callable[[], object], modes: tuple[str, ...] = RECOMPUTE)
     flops: dict[tuple, float] = {}
     seen: dict[tuple, Saved] = {}
     copies: set[int] = set()
+    alive: list = []
 
     def enter(path):
         def hook(module, args, kwargs):
@@ -143,6 +144,7 @@ def trace(model, loss: Callable[[], object], modes: tuple[str, ...] = RECOMPUTE)
         storage = t.untyped_storage()
         if storage.data_ptr() in weights:
             return t
+        alive.append(t)   # held until the mode is done: no storage freed and its address reused meanwhile
         path = stack[-1] if stack else ""
         where, block = place.get(path, ("outside", False))[0], block_of.get(path, -1)
         key = (storage.data_ptr(), t.device.type, where)
@@ -190,6 +192,8 @@ def trace(model, loss: Callable[[], object], modes: tuple[str, ...] = RECOMPUTE)
             if (mode == "selective" and not attention) or (mode == "full" and not units):
                 continue
             seen.clear()
+            alive.clear()
+            copies.clear()
             for m in attention:
                 m.recompute_scores = scores[id(m)] or mode == "selective"
             if mode == "full":
@@ -216,6 +220,7 @@ def trace(model, loss: Callable[[], object], modes: tuple[str, ...] = RECOMPUTE)
     finally:
         for h in hooks:
             h.remove()
+        alive.clear()
     return Footprint(1, saved, out_io, out_flops, len(units))
 
 
@@ -283,12 +288,14 @@ def measure(cfg, micro_batch: int, time_step: bool = True, repeats: int = 3,
     return out
 
 
-def network_footprint(kind: str, config: dict, micro_batch: int = 1, precision: str = "mixed"):
+def network_footprint(kind: str, config: dict, micro_batch: int = 1, precision: str = "mixed",
+                      measure_depth: int | None = None):
     """(Footprint at `micro_batch`, the full network on the meta device) of a transformer with a
     tensor-parallel plan built from its config alone (no data set: x, t, labels drawn at
     random, a mean-square loss): measured at the smallest depth the config accepts among 2 and
-    3 (one block of each kind: U-ViT's in / mid and out blocks) and deepened block by block.
-    precision "mixed": under CPU autocast to bf16, as a GPU run saves its activations."""
+    3 (one block of each kind: U-ViT's in / mid and out blocks), or at `measure_depth`, and
+    deepened block by block.  precision "mixed": under CPU autocast to bf16, as a GPU run
+    saves its activations."""
     import dataclasses
 
     import torch
@@ -305,8 +312,8 @@ def network_footprint(kind: str, config: dict, micro_batch: int = 1, precision: 
             raise ValueError(f"--network plans class-conditional or unconditional networks; {name} needs its "
                              "inputs: plan a text preset instead")
     small = full
-    for depth in (2, 3):
-        if depth < full.depth:
+    for depth in (measure_depth,) if measure_depth else (2, 3):
+        if depth <= full.depth:
             try:
                 small = dataclasses.replace(full, depth=depth)
                 break
