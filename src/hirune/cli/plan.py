@@ -143,7 +143,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(f"{preset or 'default preset'}: {m['params'] / 1e6:.2f} M parameters, {args.gpus} GPUs, micro-batch "
           f"{m['micro_batch']} x accumulation {cfg.grad_accum}; activations {m['activation_bytes'] / GIB:.3f} GiB "
           f"(measured on {m['device']}); {args.precision} precision; link {link[0]:g} GB/s, {link[1]:g} us; "
-          f"compute {compute * 1000:.1f} ms/step ({'given' if args.step_ms is not None else 'measured on ' + m['device']})")
+          f"compute {compute * 1000:.1f} ms/step "
+          f"({'given' if args.step_ms is not None else 'measured on ' + m['device']})")
     print("| strategy | weights | gradients | optimizer | EMA | activations | total GiB/GPU | traffic MB/step "
           "| comm ms | step ms | scaling efficiency |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -177,7 +178,8 @@ def _layouts(args, name, fp, model, params, tp, sp, recompute, batch, accum, spf
     head = (f"{name}: {params / 1e6:.1f} M parameters, {fp.depth} blocks, global batch {batch} x accumulation "
             f"{accum}, {args.gpus} GPUs ({args.gpus_per_node} a node); activations measured in {fp.dtype} on one "
             f"process at micro-batch {fp.micro_batch} and scaled; {args.precision} precision; compute {timing}; "
-            f"links: tp {link[0]:g} GB/s, dp {'across nodes ' + args.inter_link if args.gpus > args.gpus_per_node else 'in the node'}")
+            f"links: tp {link[0]:g} GB/s, dp "
+            f"{'across nodes ' + args.inter_link if args.gpus > args.gpus_per_node else 'in the node'}")
     if args.recommend:
         best, plans = recommend(fp, model, args.gpus, memory, **options)
         if args.json:

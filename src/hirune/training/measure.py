@@ -118,7 +118,8 @@ def trace(model, loss: Callable[[], object], modes: tuple[str, ...] = RECOMPUTE)
             stack.append(path)
             first = args[0] if args else next(iter(kwargs.values()), None)
             if id(module) in unit_paths:
-                tokens.append(tuple(first.shape[:2]) if isinstance(first, torch.Tensor) and first.dim() >= 2 else (-1, -1))
+                shaped = isinstance(first, torch.Tensor) and first.dim() >= 2
+                tokens.append(tuple(first.shape[:2]) if shaped else (-1, -1))
             kind = kinds.get(path)
             if kind == "region":
                 region_args[path] = first
