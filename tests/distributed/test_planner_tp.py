@@ -150,15 +150,16 @@ def test_dit_xl2_parameters_by_hand():
 
 def test_collectives_by_hand():
     """One block's plan modules, 1 MB a (b, s, h) tensor: without sp one all-reduce per row-wise
-    output forward, one per column-wise input backward; with sp those of the region's input become
-    one all-gather and one reduce-scatter; all-reduce moves twice the ring bytes of the others."""
+    output forward, and one per region input backward (q, k and v share it: one, not three); with
+    sp those of the region's input become one all-gather and one reduce-scatter; all-reduce moves
+    twice the ring bytes of the others."""
     mb = 1e6
     io = [PlanIO("blocks.0", "sequence_start", -1, mb, mb), PlanIO("blocks.0", "sequence_end", -1, mb, mb),
           PlanIO("attn", "region", 0, mb, mb)] + [PlanIO(f"attn.{x}", "colwise", 0, mb, mb / 2, True) for x in "qkv"]
     io += [PlanIO("attn.proj", "rowwise", 0, mb / 2, mb)]
     fp = Footprint(4, {"none": []}, io, [], 1)
     plain = {(c.kind, c.what): (c.pieces, c.bytes) for c in tp_collectives(fp, 2, False)}
-    assert plain == {("all_reduce", "column-wise inputs' gradients (f) [backward]"): (3, 3 * mb),
+    assert plain == {("all_reduce", "region inputs' gradients (f, once per region) [backward]"): (1, mb),
                      ("all_reduce", "row-wise outputs (g) [forward]"): (1, mb)}
     seq = _by_phase((c.kind, c.what.rsplit("[", 1)[1][:-1], c.bytes, c.pieces)
                     for c in tp_collectives(fp, 2, True, grad_accum=3))

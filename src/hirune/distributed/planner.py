@@ -50,8 +50,9 @@ of using the formula (no dropout in DiT, fused attention saves no a s^2 scores, 
 Tensor parallelism communicates inside every block, on the critical path (not hidden by
 the backward pass), over the fast intra-node link: per micro-batch and block, without sp an
 all-reduce of the (b, s, h) output of each row-wise layer in forward (Megatron's g) and, in
-backward, one all-reduce of the input gradient of each column-wise layer (Megatron's f:
-DTensor all-reduces q, k and v separately, three where Megatron has one); with sp each
+backward, one all-reduce of the input gradient of each split region (Megatron's f: the
+column-wise layers share the region's input, `tensor_parallel._shared_input`, so q, k and
+v's partial gradients are summed before one all-reduce); with sp each
 forward all-reduce becomes a reduce-scatter onto the tokens and each region's input an
 all-gather (Korthikanti sec. 4.2.2: the same bytes), and q, k, v share the one gathered
 input, so backward has one reduce-scatter per region.  DiT's adaLN (colwise_gather) adds
@@ -203,7 +204,8 @@ RECOMPUTE = ("none", "selective", "full")   # activation recomputation: off, att
 WHERE = ("outside", "replicated", "split", "stream")
 # plan kinds whose Linear keeps 1/tp of a parameter: (kind, parameter) -> the dimension that is split
 _SHARD_DIM = {("colwise", "weight"): 0, ("colwise", "bias"): 0, ("colwise_gather", "weight"): 0,
-              ("colwise_gather", "bias"): 0, ("rowwise", "weight"): 1}   # a rowwise bias stays whole
+              ("colwise_gather", "bias"): 0, ("rowwise", "weight"): 1,   # a rowwise bias stays whole
+              ("rowwise_whole", "weight"): 1}
 
 
 @dataclass(frozen=True)
@@ -357,10 +359,12 @@ def tp_collectives(fp: Footprint, tp: int, sp: bool, grad_accum: int = 1,
     def add(kind, phase, what, nbytes):
         rows.setdefault((kind, phase, what), []).append(nbytes)
     for io in fp.io:
-        if io.kind == "colwise" and not (sp and io.region_input):
+        if io.kind == "colwise" and not io.region_input:   # a layer outside a region reduces its own
             add("all_reduce", "backward", "column-wise inputs' gradients (f)", io.in_bytes)
-        elif io.kind == "rowwise":
-            if sp:
+        elif io.kind in ("region", "region_whole") and not (sp and io.kind == "region"):
+            add("all_reduce", "backward", "region inputs' gradients (f, once per region)", io.in_bytes)
+        elif io.kind in ("rowwise", "rowwise_whole"):
+            if sp and io.kind == "rowwise":
                 add("reduce_scatter", "forward", "row-wise outputs onto the tokens", io.out_bytes)
                 add("all_gather", "backward", "row-wise outputs' gradients", io.out_bytes)
             else:

@@ -25,7 +25,10 @@ Shoeybi et al. 2019, sec. 3; sequence parallelism, Korthikanti et al. 2022, sec.
                    skip Linear): under sp it runs on the rank's tokens, its parameters
                    replicated and their gradients summed over the ranks; without sp untouched
     region         a module that starts a split region (an attention, a cross-attention, an
-                   MLP): under sp its first argument, sharded over the tokens, is all-gathered
+                   MLP): its first argument becomes one replicated DTensor that the column-wise
+                   layers share, so their input gradients are summed over the ranks in one
+                   all-reduce (not one per layer); under sp it is all-gathered from the tokens
+    region_whole   the same outside the sequence-parallel region: never gathered
     sequence_start the first block: under sp its first argument is cut into the rank's tokens
     sequence_end   the last block: under sp its output is all-gathered over the tokens
 
@@ -37,7 +40,8 @@ from __future__ import annotations
 
 import torch
 
-KINDS = ("colwise", "rowwise", "rowwise_whole", "colwise_gather", "heads", "tokens", "region", "sequence_start", "sequence_end")
+KINDS = ("colwise", "rowwise", "rowwise_whole", "colwise_gather", "heads", "head_dropout", "tokens", "region",
+         "region_whole", "sequence_start", "sequence_end")
 
 
 def check_split(tp: int, what: str, **sizes: int) -> None:
@@ -57,9 +61,9 @@ def check_tokens(tp: int, tokens: int, what: str) -> None:
 
 def attention_plan(path: str, qk_norm: bool, sequence: bool = True, out: str = "proj") -> list[tuple[str, str]]:
     """hirune.nn.Attention / CrossAttention at `path` (output projection `out`): split by heads.
-    sequence=False: a module outside the sequence-parallel region (no "region" entry; its
-    output always all-reduced)."""
-    plan = [(path, "region")] if sequence else []
+    sequence=False: a module outside the sequence-parallel region (its input never gathered,
+    its output always all-reduced)."""
+    plan = [(path, "region" if sequence else "region_whole")]
     plan += [(f"{path}.q", "colwise"), (f"{path}.k", "colwise"), (f"{path}.v", "colwise"),
              (f"{path}.{out}", "rowwise" if sequence else "rowwise_whole")]
     if qk_norm:
@@ -69,8 +73,9 @@ def attention_plan(path: str, qk_norm: bool, sequence: bool = True, out: str = "
 
 def mlp_plan(path: str, first: str = "0", second: str = "2", sequence: bool = True) -> list[tuple[str, str]]:
     """A two-layer MLP at `path`: the first Linear column-wise, the second row-wise."""
-    return ([(path, "region")] if sequence else []) + [(f"{path}.{first}", "colwise"),
-                                                       (f"{path}.{second}", "rowwise" if sequence else "rowwise_whole")]
+    if not sequence:  # one column-wise layer: nothing to share, nothing to gather
+        return [(f"{path}.{first}", "colwise"), (f"{path}.{second}", "rowwise_whole")]
+    return [(path, "region"), (f"{path}.{first}", "colwise"), (f"{path}.{second}", "rowwise")]
 
 
 def no_sequence_parallel(sp: bool, what: str, why: str) -> None:

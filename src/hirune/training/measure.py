@@ -66,7 +66,7 @@ def _placement(path: str, kinds: dict[str, str], block_of: dict[str, int]) -> tu
         kind = kinds.get(a)
         if kind in ("colwise", "colwise_gather"):
             return "replicated", True   # the layer saves its whole input; its outputs are split
-        if kind in ("rowwise", "region"):
+        if kind in ("rowwise", "rowwise_whole", "region", "region_whole"):
             return "split", True
     return ("stream" if block_of.get(path, -1) >= 0 else "outside"), False
 
@@ -121,10 +121,10 @@ def trace(model, loss: Callable[[], object], modes: tuple[str, ...] = RECOMPUTE)
                 shaped = isinstance(first, torch.Tensor) and first.dim() >= 2
                 tokens.append(tuple(first.shape[:2]) if shaped else (-1, -1))
             kind = kinds.get(path)
-            if kind == "region":
+            if kind in ("region", "region_whole"):
                 region_args[path] = first
             if kind is not None and kind not in ("heads", "tokens"):
-                region = next((a for a in _ancestors(path)[1:] if kinds.get(a) == "region"), None)
+                region = next((a for a in _ancestors(path)[1:] if kinds.get(a) in ("region", "region_whole")), None)
                 once = kind in ("sequence_start", "sequence_end")   # the model's ends, not one per block
                 io[path] = [kind, -1 if once else block_of[path], _nbytes(first), 0,
                             region is not None and first is region_args.get(region)]
@@ -304,9 +304,10 @@ def network_footprint(kind: str, config: dict, micro_batch: int = 1, precision: 
     from ..distributed.tensor_parallel import models_with_plan
     from ..models import MODELS, blocks, model_config
 
-    if kind not in models_with_plan():
+    image_networks = [k for k in models_with_plan() if k in ("dit", "uvit")]  # model(x, t, y) on images
+    if kind not in image_networks:
         raise ValueError(f"--network {kind!r}: the planner builds networks with a tensor-parallel plan: "
-                         f"{models_with_plan()}; plan other models through a preset")
+                         f"{image_networks}; plan other models through a preset")
     full = model_config(kind, config)
     for name in ("context_dim", "micro_conditions", "word_vocab"):
         if getattr(full, name, None):
