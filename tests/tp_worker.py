@@ -126,8 +126,8 @@ def compare(name: str, sp: bool, world: World, mesh, broken: bool = False, local
     held = {"split": 0, "whole_split": 0, "replicated": 0}
     for module_name, module in split.named_modules():
         for p in module.parameters(recurse=False):
-            part = "split" if module_name in split_names and isinstance(p, DTensor) and not p.placements[0].is_replicate() \
-                else "replicated"
+            sharded = isinstance(p, DTensor) and not p.placements[0].is_replicate()
+            part = "split" if module_name in split_names and sharded else "replicated"
             held[part] += p.to_local().numel() * 4 if isinstance(p, DTensor) else p.numel() * 4
             if part == "split":
                 held["whole_split"] += p.numel() * 4

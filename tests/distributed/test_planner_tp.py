@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import hirune.distributed.planner as P
-from hirune.distributed.planner import Footprint, Layout, PlanIO, check_layout, params_per_rank, tp_collectives
+import hirune.distributed.layouts as P
+from hirune.distributed.layouts import Footprint, Layout, PlanIO, check_layout, params_per_rank, tp_collectives
+from hirune.distributed.planner import ring_volume
 
 WORKER = Path(__file__).resolve().parent / "plan_worker.py"
 UVIT = {"hidden_size": 128, "depth": 7, "num_heads": 4, "patch_size": 2, "qk_norm": True}
@@ -166,7 +167,7 @@ def test_collectives_by_hand():
     assert seq == {("reduce_scatter", "forward"): (1, mb), ("all_gather", "backward"): (2, 2 * mb),
                    ("all_gather", "forward"): (2, 2 * mb), ("reduce_scatter", "backward"): (1, mb)}
     row = tp_collectives(fp, 4, False, grad_accum=3)[1]
-    assert P.ring_volume(row, 4) == 3 * 2 * 3 / 4 * mb
+    assert ring_volume(row, 4) == 3 * 2 * 3 / 4 * mb
 
 
 @pytest.mark.parametrize("layout, message", [

@@ -187,6 +187,7 @@ def test_noise_levels_are_geometric_and_discrete():
         H.make_process("ncsn", levels=1)
 
 
+@pytest.mark.slow  # long: opt in with --runslow (the suite's 10-minute budget)
 def test_annealed_langevin_over_noise_levels_reproduces_the_mixture():
     """NCSN's sampler on NCSN's levels with the exact score (Song & Ermon 2019, Alg. 1)."""
     from harness import GM, matches_mixture

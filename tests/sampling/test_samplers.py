@@ -71,6 +71,7 @@ def test_every_sampler_is_exercised():
     assert {c[3] for c in CONFIGS} == set(H.SAMPLERS)
 
 
+@pytest.mark.slow  # long: opt in with --runslow (the suite's 10-minute budget)
 def test_improved_ddpm_respaced_sampling_all_variances():
     """Improved DDPM: ancestral sampling on a respaced subset of 250 of 1000 steps, with the
     small, large and learned variances (learned interpolation v = 0.5 here)."""

@@ -14,7 +14,8 @@ DEFAULT_TFLOPS = 400.0   # achieved bf16 TFLOP/s assumed for --network without -
 
 
 def _add_plan(sub) -> None:
-    from ..distributed.planner import LINKS, PRECISION_BYTES, RECOMPUTE
+    from ..distributed.layouts import RECOMPUTE
+    from ..distributed.planner import LINKS, PRECISION_BYTES
     from ..distributed.strategy import STRATEGIES
 
     p = sub.add_parser("plan", help="memory and communication per GPU under ddp / zero1-3, tp and sp",
@@ -158,7 +159,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _check(args, tp: int, sp: bool, recompute: str) -> None:
-    from ..distributed.planner import Layout, check_layout
+    from ..distributed.layouts import Layout, check_layout
     from ..distributed.strategy import FSDP_STRATEGIES
 
     strategy = args.strategy if args.strategy != "all" else FSDP_STRATEGIES[-1]   # one that composes with tp
@@ -168,7 +169,8 @@ def _check(args, tp: int, sp: bool, recompute: str) -> None:
 def _layouts(args, name, fp, model, params, tp, sp, recompute, batch, accum, spf, timing, link, units=None) -> int:
     """The layout view: the given (tp, sp, recompute) under each valid strategy, collective by
     collective; with --recommend every layout, the rule and the one recommended."""
-    from ..distributed.planner import LINKS, RECOMMEND_RULE, Layout, check_layout, plan_layout, recommend
+    from ..distributed.layouts import RECOMMEND_RULE, Layout, check_layout, plan_layout, recommend
+    from ..distributed.planner import LINKS
     from ..distributed.strategy import STRATEGIES
 
     options = dict(global_batch=batch, grad_accum=accum, precision=args.precision, seconds_per_flop=spf,

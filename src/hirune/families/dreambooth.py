@@ -115,8 +115,9 @@ def prepare(run, data, context) -> None:
     per_rank = cfg.batch_size // (cfg.grad_accum * context.world.dp_size)
     if config.prior_weight and per_rank % 2:
         raise ValueError(f"batch_size={cfg.batch_size} on {context.world.dp_size} data-parallel processes with "
-                         f"grad_accum={cfg.grad_accum} gives {per_rank} rows per micro-batch; DreamBooth needs an even number "
-                         "(half instance, half class rows); valid: batch_size a multiple of 2 x grad_accum x processes")
+                         f"grad_accum={cfg.grad_accum} gives {per_rank} rows per micro-batch; DreamBooth needs an even "
+                         "number (half instance, half class rows); valid: batch_size a multiple of 2 x grad_accum x "
+                         "processes")
     instances = instance_images(config.instance, data.data, data.labels).float()
     if tuple(instances.shape[1:]) != tuple(run.data.shape):
         raise ValueError(f"instance={config.instance!r} holds images of shape {tuple(instances.shape[1:])}; valid: "

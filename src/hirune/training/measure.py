@@ -6,10 +6,10 @@ of a real step against the planner's estimate (`distributed.planner`).
 
 `trace` is the measurement behind tensor and sequence parallelism: one forward (and loss)
 of the real model on one process, every saved tensor tagged with the module that saved it
-(`planner.Saved`: outside the blocks, a column-wise layer's input, inside a split region,
+(`layouts.Saved`: outside the blocks, a column-wise layer's input, inside a split region,
 or on a block's residual stream), the inputs and outputs of the plan's modules (what the
-tp collectives move, `planner.PlanIO`) and the forward FLOPs of the matrix products and
-attention (`planner.Flops`).  `network_footprint` plans a network too large to run here
+tp collectives move, `layouts.PlanIO`) and the forward FLOPs of the matrix products and
+attention (`layouts.Flops`).  `network_footprint` plans a network too large to run here
 (DiT-XL/2): it is measured at the smallest depth that has each kind of block and deepened
 block by block, at a small micro-batch and scaled linearly (`Footprint.deepened`,
 `Footprint.scaled`; tests/distributed/test_planner_tp.py checks both against direct
@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..distributed.planner import RECOMPUTE, Flops, Footprint, PlanIO, Saved, memory_per_gpu
+from ..distributed.layouts import RECOMPUTE, Flops, Footprint, PlanIO, Saved
+from ..distributed.planner import memory_per_gpu
 from ..families import Batch
 from .trainer import Trainer
 
@@ -246,7 +247,7 @@ def run_footprint(run, micro_batch: int, modes: tuple[str, ...] = RECOMPUTE) -> 
 
 
 def recompute_mode(cfg) -> str:
-    """The config's activation recomputation as one of `planner.RECOMPUTE`."""
+    """The config's activation recomputation as one of `layouts.RECOMPUTE`."""
     return "full" if cfg.recompute else "selective" if cfg.recompute_attention else "none"
 
 
