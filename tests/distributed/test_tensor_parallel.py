@@ -192,3 +192,18 @@ def test_nproc_not_divisible_by_tp_is_refused_before_launching(capsys):
 
     assert main(["train", "dit-digits", "tp=3", "--nproc", "2"]) == 2
     assert "tp=3 does not divide --nproc 2" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_video_run_under_tp_equals_one_process(tmp_path):
+    """The video family (CogVideoX on pixels, a caption through the tiny text encoder) under tp=2:
+    the same run as one process, and the same preview GIF, byte for byte."""
+    net = json.dumps({"size": "tiny", "patch_size": 4, "hidden_size": 32, "depth": 1, "num_heads": 2})
+    items = ["cogvideox-moving-mnist5k", "autoencoder=", "steps=3", "batch_size=4", "ckpt_every=3", "sample_every=3",
+             "num_samples=2", "sample_steps=2", "log_every=1", "warmup=0", f"model_config={net}"]
+    ref, out = tmp_path / "ref", tmp_path / "tp"
+    single(items, ref)
+    _ok(torchrun(2, "train", *items, "tp=2", f"out={out}"))
+    assert_same_run(ref, out)
+    gif = "samples/step_00000003.gif"
+    assert (ref / gif).read_bytes() == (out / gif).read_bytes()
