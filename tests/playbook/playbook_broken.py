@@ -39,15 +39,8 @@ class NoDivision(Blocking):
 class DropsLastBucket(Buckets):
     """Never flushes the last, partly filled bucket: those gradients stay local (and undivided)."""
 
-    def finish(self) -> None:
+    def flush(self) -> None:
         self.filling = []
-        for work, flat, params in self.pending:
-            work.wait()
-            offset = 0
-            for p in params:
-                p.grad.copy_(flat[offset:offset + p.grad.numel()].view_as(p.grad))
-                offset += p.grad.numel()
-        self.pending.clear()
 
 
 class SkipsLastPartition(ZeRO1):

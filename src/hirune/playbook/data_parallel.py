@@ -114,8 +114,15 @@ class Buckets:
         self.filling = []
 
     def finish(self) -> None:
+        self.flush()
+        self.wait_all()
+
+    def flush(self) -> None:
         if self.filling:          # the last bucket is rarely full: flush it
             self.launch()
+
+    def wait_all(self) -> None:
+        """Wait for every bucket's all-reduce and copy the averaged gradients back."""
         for work, flat, params in self.pending:
             work.wait()
             offset = 0
