@@ -177,6 +177,8 @@ def test_processes_must_form_a_dp_x_tp_grid():
     with pytest.raises(ValueError, match=r"tp=3 does not divide the 4 processes.*valid tp: \[1, 2, 4\]"):
         layout(World(0, 4, 0, "gloo"), 3)
     assert layout(World(3, 4, 3, "gloo"), 2).dp_rank == 1
+    with pytest.raises(ValueError, match=r"tp=2 splits each block over 2 processes, and this is one process"):
+        layout(World(), 2)
 
 
 def test_ddp_over_several_tp_groups_is_refused():

@@ -50,6 +50,9 @@ def layout(world: World, tp: int) -> Layout:
     """The mesh coordinates of this rank; ValueError unless tp divides the world size."""
     if tp < 1:
         raise ValueError(f"tp={tp} must be a positive integer")
+    if tp > 1 and world.size == 1:
+        raise ValueError(f"tp={tp} splits each block over {tp} processes, and this is one process: run it with "
+                         f"`hirune train ... --nproc N` or under torchrun, N a multiple of {tp} (or tp=1)")
     if world.size % tp:
         raise ValueError(f"tp={tp} does not divide the {world.size} processes; the processes form a dp x tp grid: "
                          f"valid tp: {[d for d in range(1, world.size + 1) if world.size % d == 0]}")
