@@ -23,7 +23,7 @@ from ..families.settings import Range, check_choices, check_ranges, check_types
 
 # shared keys that may differ between a run and its resumption (families add their own)
 RESUMABLE = ("steps", "log_every", "sample_every", "ckpt_every", "resume", "device", "eval_samples",
-             "num_samples", "strategy", "sharded_checkpoints", "out", "recompute", "recompute_attention", "tp", "sp")
+             "num_samples", "strategy", "sharded_checkpoints", "out", "recompute", "recompute_attention", "tp", "sp", "logger")
 
 
 @dataclass
@@ -53,6 +53,7 @@ class TrainConfig:
     sharded_checkpoints: bool = True   # zero2/zero3: each rank writes its shards (torch.distributed.checkpoint)
     seed: int = 0
     log_every: int = 50
+    logger: str = "jsonl"              # jsonl (metrics.jsonl, loss.png) | tensorboard (also RUN/tensorboard/)
     sample_every: int = 1000
     ckpt_every: int = 1000
     num_samples: int = 64              # samples in each preview grid
@@ -124,6 +125,7 @@ def check_config(cfg: TrainConfig):
     from ..distributed.runtime import check_device
     from ..distributed.strategy import STRATEGIES
     from ..distributed.tensor_parallel import check_plan
+    from .run_log import check_logger
     from ..families.base import check_eval_counts
 
     family = get_family(cfg.family)
@@ -138,6 +140,7 @@ def check_config(cfg: TrainConfig):
                          "none; give ckpt_every >= 1 or eval_samples=0")
     check_device(cfg.device)
     check_plan(cfg.model, cfg.tp, cfg.sp)
+    check_logger(cfg.logger)
     shape = example_shape(cfg.dataset)  # FileNotFoundError / ValueError where there is no such dataset
     check_fits("batch_size", cfg.batch_size, shape, "examples")
     check_fits("num_samples", cfg.num_samples, shape, "samples")

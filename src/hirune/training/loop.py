@@ -3,7 +3,8 @@
     trainer = train(TrainConfig.from_dict({"dataset": "two_moons", "model": "mlp", "steps": 2000,
                                            "out": "runs/moons"}))
 
-A run directory holds config.json, metrics.jsonl (one line per logged step), checkpoints/
+A run directory holds config.json, metrics.jsonl (one line per logged step), loss.png (the
+loss curve), tensorboard/ (with `logger=tensorboard`; `run_log.py`), checkpoints/
 (safetensors + JSON, `checkpoint.py`), samples/ (preview grids) and, for runs that build on
 other runs, references/ (their weights, so the run outlives them).  While it trains, the
 loop owns the folder (`run_folder.own`: a lock, a check that the folder is a run,
@@ -23,6 +24,7 @@ from ..distributed import runtime
 from .config import TrainConfig, check_config
 from .loading import REFERENCES
 from .run_folder import own, truncate_metrics
+from .run_log import RunLog, write_loss_curve
 from .trainer import Trainer, lr_at
 
 
@@ -59,7 +61,7 @@ def _loop(trainer: Trainer, out: Path, stop_after: int | None, progress: bool) -
     data, labels = trainer.training_data()
     end = cfg.steps if stop_after is None else min(cfg.steps, trainer.step + stop_after)
     bar = tqdm(total=cfg.steps, initial=trainer.step, desc="train", unit="step", disable=not (progress and main))
-    log = open(out / "metrics.jsonl", "a") if main else None
+    log = RunLog(out, cfg.logger, trainer.step) if main else None
     trainer.model.train()
     t_last, seen = time.perf_counter(), 0
     while trainer.step < end:
@@ -80,14 +82,17 @@ def _loop(trainer: Trainer, out: Path, stop_after: int | None, progress: bool) -
             record = {"step": step, "loss": total, "lr": lr, "grad_norm": grad_norm,
                       "images_per_s": seen / max(now - t_last, 1e-9), **trainer.family.logged_terms(trainer.terms)}
             t_last, seen = now, 0
-            if log:
-                log.write(json.dumps(record) + "\n")
-                log.flush()
+            if log:  # per-tensor gradient norms where rank 0 holds whole gradients
+                log.record(record, None if trainer.sharded else trainer.model)
             bar.set_postfix(loss=f"{total:.4f}", img_s=f"{record['images_per_s']:.0f}")
         if cfg.ckpt_every and (step % cfg.ckpt_every == 0 or step == cfg.steps):
             trainer.save()
+            if main:
+                write_loss_curve(out)
         if cfg.sample_every and trainer.family.has_previews and (step % cfg.sample_every == 0 or step == cfg.steps):
-            trainer.write_preview(out / "samples" / f"step_{step:08d}.png")
+            written = trainer.write_preview(out / "samples" / f"step_{step:08d}.png")
+            if log:
+                log.preview(written, step)
     bar.close()
     if log:
         log.close()

@@ -34,7 +34,8 @@ from pathlib import Path
 from ..checkpoint import checkpoints, find_checkpoint
 
 LOCK = ".lock"
-RUN_FILES = ("config.json", "metrics.jsonl", "checkpoints", "samples", "references", "eval.json")
+RUN_FILES = ("config.json", "metrics.jsonl", "checkpoints", "samples", "references", "eval.json", "loss.png",
+             "tensorboard")
 
 
 class RunFolderError(RuntimeError):
@@ -107,6 +108,20 @@ def _step(line: str) -> int | None:
         return int(json.loads(line)["step"])
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def logged_records(folder: Path) -> list[dict]:
+    """The records metrics.jsonl holds, in order (unreadable lines and lines without a step skipped)."""
+    path = folder / "metrics.jsonl"
+    out = []
+    for line in (path.read_text().splitlines() if path.is_file() else []):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "step" in record:
+            out.append(record)
+    return out
 
 
 def logged_steps(folder: Path) -> list[int]:
