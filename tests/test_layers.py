@@ -28,6 +28,7 @@ LAYERS = [
     ("training",),                 # config, trainer, loop, loader, presets
     ("inference",),                # generate, guide, edit
     ("playbook",),                 # the training notes as measurements (teaching code, unused by the trainer)
+    ("reproduce",),                # a note's claim in one command (hirune reproduce)
     ("cli", "compat", "__init__", "__main__"),
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

@@ -1,0 +1,20 @@
+"""`hirune reproduce NOTE`: a note's central claim at digit scale, in one command.
+
+Each note is one function of a budget -- tiny (seconds: what the tests run), small (minutes
+on two CPU cores), full (the README's figures) -- that measures the claim and returns a
+`playbook.report.Report` (a table, notes under it, the raw numbers, a figure).  The command
+prints the table and writes reports/NOTE/ (index.html with the table and the figure,
+NOTE.json with every number, NOTE.png).
+
+    registry.py   the notes by name: what each shows, its cost per budget
+    page.py       the report folder: index.html, JSON, PNG
+    sampling.py   DDIM against DDPM: quality against steps and eta, on the exact mixture
+    memory.py     ZeRO's memory per GPU (the paper's figure 1), from hirune's planner
+
+The large-model training notes are `hirune playbook`'s measurements, registered here too,
+so that `hirune reproduce --list` names every note.
+"""
+
+from .registry import BUDGETS, NOTES, get
+
+__all__ = ["BUDGETS", "NOTES", "get"]

@@ -1,0 +1,57 @@
+"""The notes `hirune reproduce` covers, by name: what each shows and what it costs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+BUDGETS = ("tiny", "small", "full")
+
+
+@dataclass(frozen=True)
+class Note:
+    name: str
+    shows: str                      # the claim, one line
+    cost: dict[str, str]            # budget -> wall time on 2 CPU cores, in words
+    run: Callable                   # run(budget) -> playbook.report.Report
+
+
+def _playbook(name: str, shows: str) -> Note:
+    """A training note measured by `hirune playbook NAME` (its defaults at every budget: seconds)."""
+    def run(budget: str):
+        from ..playbook import get as playbook
+
+        return playbook(name)[0]()
+    return Note(name, shows, {b: "10-20 s" for b in BUDGETS}, run)
+
+
+def _notes() -> dict[str, Note]:
+    from . import memory, sampling
+
+    notes = [
+        Note("ddim", "with few steps DDIM (eta = 0) beats DDPM's ancestral sampler; eta -> 1 turns it into DDPM; "
+                     "with many steps the stochastic samplers catch up (the exact mixture, sliced Wasserstein)",
+             {"tiny": "2 s", "small": "30 s", "full": "3 min"}, sampling.ddim_note),
+        Note("zero", "ZeRO's figure 1: 7.5 B parameters on 64 GPUs need 120 GB each under data parallelism, "
+                     "31.4 / 16.6 / 1.9 GB with optimizer states / + gradients / + parameters sharded",
+             {b: "< 1 s" for b in BUDGETS}, memory.zero_note),
+    ]
+    from ..playbook.registry import PLAYBOOKS
+
+    notes += [_playbook(name, shows) for name, (_, shows) in PLAYBOOKS.items()]
+    return {n.name: n for n in notes}
+
+
+NOTES: dict[str, Note] = _notes()
+
+
+def get(name: str) -> Note:
+    """The note called `name`; ValueError naming the valid ones."""
+    if name not in NOTES:
+        raise ValueError(f"unknown note {name!r}; valid: {', '.join(NOTES)} (hirune reproduce --list)")
+    return NOTES[name]
+
+
+def check_budget(budget: str) -> None:
+    if budget not in BUDGETS:
+        raise ValueError(f"budget={budget!r} is not valid; valid: {list(BUDGETS)}")

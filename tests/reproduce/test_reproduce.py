@@ -1,0 +1,58 @@
+"""`hirune reproduce`: every note that is not a playbook runs at --budget tiny (the playbooks are
+run by tests/playbook on their smallest settings), prints its table and writes its report
+folder; the claims the tiny budget can already check are checked; bad input names what is valid."""
+
+from __future__ import annotations
+
+import html
+import json
+
+import pytest
+
+from hirune.cli import main
+from hirune.playbook.registry import PLAYBOOKS
+from hirune.reproduce import NOTES
+
+OWN = [name for name in NOTES if name not in PLAYBOOKS]
+
+
+@pytest.mark.parametrize("name", OWN)
+def test_every_note_runs_at_the_tiny_budget_and_writes_its_report(name, tmp_path, capsys):
+    assert main(["reproduce", name, "--budget", "tiny", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    folder = tmp_path / name
+    page = (folder / "index.html").read_text()
+    assert "<table>" in page and f'src="{name}.png"' in page and html.escape(NOTES[name].shows) in page
+    assert (folder / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = json.loads((folder / f"{name}.json").read_text())
+    assert report["rows"] and report["title"] in out
+
+
+def test_zero_reproduces_the_papers_figure_1(tmp_path, capsys):
+    assert main(["reproduce", "zero", "--budget", "tiny", "--out", str(tmp_path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.split("\nwrote ")[0])
+    for strategy, paper in report["data"]["paper_gb"].items():
+        assert round(report["data"]["per_gpu_gb"][strategy], 1) == paper, strategy
+
+
+def test_ddim_at_eta_one_is_ddpm_and_beats_it_at_few_steps_at_eta_zero():
+    from hirune.reproduce.sampling import ddim_note
+
+    curves = ddim_note("tiny").data["curves"]
+    assert curves["ddim eta=1"] == pytest.approx(curves["ddpm"], rel=1e-9)   # the same step, the same noise
+    assert curves["ddim eta=0"][0] < curves["ddpm"][0]          # 10 steps: the deterministic sampler ahead
+
+
+def test_the_list_names_every_note_with_its_cost(capsys):
+    assert main(["reproduce", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in NOTES) and "tiny" in out and "ring-allreduce" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["reproduce", "ddpm-in-an-hour"], "unknown note 'ddpm-in-an-hour'; valid: ddim, zero"),
+    (["reproduce", "zero", "--budget", "huge"], "budget='huge' is not valid; valid: ['tiny', 'small', 'full']"),
+])
+def test_bad_input_names_what_is_valid(args, message, capsys):
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
