@@ -30,7 +30,8 @@ def _notes() -> dict[str, Note]:
 
     notes = [
         Note("ddim", "with few steps DDIM (eta = 0) beats DDPM's ancestral sampler; eta -> 1 turns it into DDPM; "
-                     "with many steps the stochastic samplers catch up (the exact mixture, sliced Wasserstein)",
+                     "with many steps every sampler is as close as two exact samples (the exact mixture, sliced "
+                     "Wasserstein)",
              {"tiny": "2 s", "small": "30 s", "full": "3 min"}, sampling.ddim_note),
         Note("zero", "ZeRO's figure 1: 7.5 B parameters on 64 GPUs need 120 GB each under data parallelism, "
                      "31.4 / 16.6 / 1.9 GB with optimizer states / + gradients / + parameters sharded",
