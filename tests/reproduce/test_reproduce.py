@@ -43,6 +43,15 @@ def test_ddim_at_eta_one_is_ddpm_and_beats_it_at_few_steps_at_eta_zero():
     assert curves["ddim eta=0"][0] < curves["ddpm"][0]          # 10 steps: the deterministic sampler ahead
 
 
+def test_guidance_trades_diversity_for_fidelity():
+    from hirune.reproduce.sampling import guidance_note
+
+    data = guidance_note("tiny").data                            # scales 0, 1, 3
+    assert data["accuracy"][0] < 0.5 < 0.99 < data["accuracy"][1]   # unconditional: a third in each class
+    assert data["spread"][2] < 0.8 * data["spread"][1]          # s = 3 crowds the class's samples together
+    assert data["sliced_wasserstein"][1] < data["sliced_wasserstein"][2]   # s = 1 is the class; s = 3 is not
+
+
 def test_the_list_names_every_note_with_its_cost(capsys):
     assert main(["reproduce", "--list"]) == 0
     out = capsys.readouterr().out
@@ -50,7 +59,7 @@ def test_the_list_names_every_note_with_its_cost(capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["reproduce", "ddpm-in-an-hour"], "unknown note 'ddpm-in-an-hour'; valid: ddim, zero"),
+    (["reproduce", "ddpm-in-an-hour"], "unknown note 'ddpm-in-an-hour'; valid: ddim, guidance, zero"),
     (["reproduce", "zero", "--budget", "huge"], "budget='huge' is not valid; valid: ['tiny', 'small', 'full']"),
 ])
 def test_bad_input_names_what_is_valid(args, message, capsys):

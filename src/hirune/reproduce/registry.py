@@ -33,6 +33,9 @@ def _notes() -> dict[str, Note]:
                      "with many steps every sampler is as close as two exact samples (the exact mixture, sliced "
                      "Wasserstein)",
              {"tiny": "2 s", "small": "30 s", "full": "3 min"}, sampling.ddim_note),
+        Note("guidance", "classifier-free guidance trades diversity for fidelity: as the scale grows, more samples "
+                         "land in their class and their spread shrinks below the class's own (the exact mixture)",
+             {"tiny": "2 s", "small": "40 s", "full": "3 min"}, sampling.guidance_note),
         Note("zero", "ZeRO's figure 1: 7.5 B parameters on 64 GPUs need 120 GB each under data parallelism, "
                      "31.4 / 16.6 / 1.9 GB with optimizer states / + gradients / + parameters sharded",
              {b: "< 1 s" for b in BUDGETS}, memory.zero_note),

@@ -71,3 +71,62 @@ def ddim_note(budget: str) -> Report:
     data = {"curves": curves, "grid": list(grid), "floor": floor, "pairs": pairs, "n": n}
     return Report("ddim", f"sliced Wasserstein distance to the mixture (n = {n}; lower is better)",
                   ["steps", *curves], rows, notes, data, plot)
+
+
+GUIDANCE = {"tiny": (300, (0.0, 1.0, 3.0)), "small": (2000, (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0)),
+            "full": (10000, (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0))}
+
+
+def guidance_note(budget: str) -> Report:
+    """Classifier-free guidance (Ho & Salimans 2022, fig. 1 and sec. 4.1) on the exact mixture, its
+    components as classes: guided = uncond + s (cond - uncond), s = 0 the unconditional model, 1 the
+    conditional one.  As s grows the samples of class k land in component k ever more surely (the
+    mixture's own classifier: fidelity) and crowd into its most typical part (their spread falls
+    below the component's, and their distance to it rises: diversity lost)."""
+    from ..metrics.distances import sliced_wasserstein
+    from ..process import make_process
+    from ..process.mixture import demo_mixture
+    from ..sampling import sample
+    from ..sampling.guidance import ClassifierFreeGuidance
+
+    n, scales = GUIDANCE[budget]
+    mixture, process = demo_mixture(), make_process("ddpm")
+    model, classes = mixture.conditional_denoiser(process, "eps"), len(mixture.weights)
+    truth = [mixture.component(k).sample(n, torch.Generator().manual_seed(100 + k)) for k in range(classes)]
+    spread = sum(float(t.std(0).mean()) for t in truth) / classes
+    rows, data = [], {"scales": list(scales), "accuracy": [], "spread": [], "sliced_wasserstein": []}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for s in scales:
+            acc = sw = std = 0.0
+            for k in range(classes):
+                y = torch.full((n,), k)
+                x = sample(ClassifierFreeGuidance(model, s, {"y": classes}), (n, 2), "ddim", steps=50, seed=k,
+                           dtype=torch.float64, cond={"y": y}).x
+                acc += float((mixture.classify(x) == k).double().mean()) / classes
+                sw += sliced_wasserstein(x, truth[k]) / classes
+                std += float(x.std(0).mean()) / classes
+            rows.append([s, acc, std, sw])
+            for key, value in zip(("accuracy", "spread", "sliced_wasserstein"), (acc, std, sw)):
+                data[key].append(value)
+    finally:
+        torch.set_num_threads(threads)
+    notes = [f"{classes} classes = the mixture's components; DDIM 50 steps, n = {n} a class; accuracy by the "
+             f"mixture's exact classifier; spread = the samples' std (mean over axes and classes); a component's own: "
+             f"{spread:.4g}", "s = 0: the unconditional model (the labels ignored); s = 1: the conditional one"]
+    data["component_spread"] = spread
+
+    def plot(path):
+        plt = pyplot()
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(data["spread"], data["accuracy"], marker="o")
+        for s, x, y in zip(scales, data["spread"], data["accuracy"]):
+            ax.annotate(f"s={s:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.axvline(spread, color="grey", ls="--", label="a component's own spread")
+        ax.set(xlabel="spread of a class's samples (diversity)", ylabel="samples in their class (fidelity)",
+               title="classifier-free guidance: fidelity against diversity")
+        ax.legend()
+        save(fig, path)
+    return Report("guidance", f"classifier-free guidance on the exact mixture (n = {n} a class)",
+                  ["scale", "in their class", "spread", "sliced W to the class"], rows, notes, data, plot)
