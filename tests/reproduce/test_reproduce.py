@@ -16,40 +16,63 @@ from hirune.reproduce import NOTES
 OWN = [name for name in NOTES if name not in PLAYBOOKS]
 
 
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory):
+    """Every own note at --budget tiny through the command, once: {name: (printed output, folder)}."""
+    import contextlib
+    import io
+
+    root, out = tmp_path_factory.mktemp("reports"), {}
+    for name in OWN:
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            assert main(["reproduce", name, "--budget", "tiny", "--out", str(root)]) == 0
+        out[name] = (printed.getvalue(), root / name)
+    return out
+
+
+def _data(reports, name) -> dict:
+    return json.loads((reports[name][1] / f"{name}.json").read_text())["data"]
+
+
 @pytest.mark.parametrize("name", OWN)
-def test_every_note_runs_at_the_tiny_budget_and_writes_its_report(name, tmp_path, capsys):
-    assert main(["reproduce", name, "--budget", "tiny", "--out", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    folder = tmp_path / name
+def test_every_note_runs_at_the_tiny_budget_and_writes_its_report(name, reports):
+    printed, folder = reports[name]
     page = (folder / "index.html").read_text()
     assert "<table>" in page and f'src="{name}.png"' in page and html.escape(NOTES[name].shows) in page
     assert (folder / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = json.loads((folder / f"{name}.json").read_text())
-    assert report["rows"] and report["title"] in out
+    assert report["rows"] and report["title"] in printed
 
 
-def test_zero_reproduces_the_papers_figure_1(tmp_path, capsys):
-    assert main(["reproduce", "zero", "--budget", "tiny", "--out", str(tmp_path), "--json"]) == 0
-    report = json.loads(capsys.readouterr().out.split("\nwrote ")[0])
-    for strategy, paper in report["data"]["paper_gb"].items():
-        assert round(report["data"]["per_gpu_gb"][strategy], 1) == paper, strategy
+def test_zero_reproduces_the_papers_figure_1(reports):
+    data = _data(reports, "zero")
+    for strategy, paper in data["paper_gb"].items():
+        assert round(data["per_gpu_gb"][strategy], 1) == paper, strategy
 
 
-def test_ddim_at_eta_one_is_ddpm_and_beats_it_at_few_steps_at_eta_zero():
-    from hirune.reproduce.sampling import ddim_note
-
-    curves = ddim_note("tiny").data["curves"]
+def test_ddim_at_eta_one_is_ddpm_and_beats_it_at_few_steps_at_eta_zero(reports):
+    curves = _data(reports, "ddim")["curves"]
     assert curves["ddim eta=1"] == pytest.approx(curves["ddpm"], rel=1e-9)   # the same step, the same noise
     assert curves["ddim eta=0"][0] < curves["ddpm"][0]          # 10 steps: the deterministic sampler ahead
 
 
-def test_guidance_trades_diversity_for_fidelity():
-    from hirune.reproduce.sampling import guidance_note
-
-    data = guidance_note("tiny").data                            # scales 0, 1, 3
+def test_guidance_trades_diversity_for_fidelity(reports):
+    data = _data(reports, "guidance")                            # scales 0, 1, 3
     assert data["accuracy"][0] < 0.5 < 0.99 < data["accuracy"][1]   # unconditional: a third in each class
     assert data["spread"][2] < 0.8 * data["spread"][1]          # s = 3 crowds the class's samples together
     assert data["sliced_wasserstein"][1] < data["sliced_wasserstein"][2]   # s = 1 is the class; s = 3 is not
+
+
+def test_the_probability_flow_ode_beats_the_reverse_sde_at_a_coarse_grid(reports):
+    curves = _data(reports, "score-sde")["curves"]              # 20 steps, n = 4000
+    for sde in ("vp", "ve"):
+        assert curves[f"{sde} heun"][0][1] < curves[f"{sde} euler_maruyama"][0][1], sde
+
+
+def test_json_prints_the_report(tmp_path, capsys):
+    assert main(["reproduce", "zero", "--budget", "tiny", "--out", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.split("\nwrote ")[0])["name"] == "zero"
 
 
 def test_the_list_names_every_note_with_its_cost(capsys):
@@ -59,7 +82,7 @@ def test_the_list_names_every_note_with_its_cost(capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["reproduce", "ddpm-in-an-hour"], "unknown note 'ddpm-in-an-hour'; valid: ddim, guidance, zero"),
+    (["reproduce", "ddpm-in-an-hour"], "unknown note 'ddpm-in-an-hour'; valid: ddim, guidance, score-sde, zero"),
     (["reproduce", "zero", "--budget", "huge"], "budget='huge' is not valid; valid: ['tiny', 'small', 'full']"),
 ])
 def test_bad_input_names_what_is_valid(args, message, capsys):
