@@ -70,6 +70,12 @@ def test_the_probability_flow_ode_beats_the_reverse_sde_at_a_coarse_grid(reports
         assert curves[f"{sde} heun"][0][1] < curves[f"{sde} euler_maruyama"][0][1], sde
 
 
+def test_flow_matching_paths_are_straighter_than_vps(reports):
+    data = _data(reports, "flow-matching")
+    assert data["straightness"]["rectified_flow"] < 0.7 * data["straightness"]["vp"]
+    assert data["straightness"]["cond_ot"] == pytest.approx(data["straightness"]["rectified_flow"], rel=1e-2)
+
+
 def test_json_prints_the_report(tmp_path, capsys):
     assert main(["reproduce", "zero", "--budget", "tiny", "--out", str(tmp_path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out.split("\nwrote ")[0])["name"] == "zero"
@@ -82,7 +88,7 @@ def test_the_list_names_every_note_with_its_cost(capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["reproduce", "ddpm-in-an-hour"], "unknown note 'ddpm-in-an-hour'; valid: ddim, guidance, score-sde, zero"),
+    (["reproduce", "ddpm-in-an-hour"], "unknown note 'ddpm-in-an-hour'; valid: ddim, flow-matching, guidance, score-sde, zero"),
     (["reproduce", "zero", "--budget", "huge"], "budget='huge' is not valid; valid: ['tiny', 'small', 'full']"),
 ])
 def test_bad_input_names_what_is_valid(args, message, capsys):
