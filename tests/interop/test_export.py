@@ -1,0 +1,115 @@
+"""`hirune export RUN --format diffusers`: the folder loads in diffusers offline
+(`from_pretrained(..., local_files_only=True)`) and computes hirune's function to 1e-5 in
+float32: the DiT as DiTTransformer2DModel (after `use_dit_frequencies`, measured without it
+too), the scheduler's betas and prediction, the KL autoencoder as AutoencoderKL."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from hirune.training import TrainConfig, load, train
+from hirune.training.export import export_weights, read_weights
+
+diffusers = pytest.importorskip("diffusers")
+
+COMMON = dict(dataset="digits", steps=2, batch_size=16, lr=1e-3, warmup=1, log_every=1, ckpt_every=2,
+              sample_every=0)
+
+
+def perturbed_export(run_dir, out, std: float = 0.05):
+    """The run exported to one file with every weight given random noise: a trained-looking
+    network (adaLN-Zero starts at exactly 0, which would hide a wrong mapping)."""
+    weights, meta = read_weights(export_weights(run_dir))
+    g = torch.Generator().manual_seed(0)
+    noisy = {k: v + std * torch.randn(v.shape, generator=g) if v.is_floating_point() else v
+             for k, v in weights.items()}
+    save_file(noisy, str(out), metadata={"hirune": json.dumps(meta)})
+    return out
+
+
+@pytest.fixture(scope="module")
+def dit_file(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dit")
+    cfg = TrainConfig.from_dict(dict(COMMON, model="dit", model_config={"size": "T/2", "depth": 2},
+                                     class_conditional=True, process="ddpm", objective="hybrid",
+                                     out=str(tmp / "run")))
+    train(cfg, progress=False)
+    return perturbed_export(tmp / "run", tmp / "dit.safetensors")
+
+
+def test_dit_export_loads_in_diffusers_and_equals_hirune(dit_file, tmp_path):
+    from hirune.training.diffusers_export import export_diffusers, use_dit_frequencies
+
+    out = export_diffusers(dit_file, tmp_path / "dit-diffusers")
+    ours = load(dit_file)
+    theirs = diffusers.DiTTransformer2DModel.from_pretrained(out / "transformer", local_files_only=True).eval()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 1, 8, 8, generator=g)
+    t, y = torch.tensor([0.0, 17.0, 500.0, 999.0]), torch.tensor([0, 3, 9, 10])  # 10: the null label
+    with torch.no_grad():
+        expected = ours.model(x, t, y)
+        stock = theirs(x, t, class_labels=y).sample
+        use_dit_frequencies(theirs)
+        got = theirs(x, t, class_labels=y).sample
+    assert got.shape == expected.shape == (4, 2, 8, 8)  # learned sigma: (eps | v) on dim 1 in both
+    assert expected.abs().mean() > 0.05
+    err = (got - expected).abs().max().item()
+    print(f"DiT export: max |diffusers - hirune| = {err:.3g}; stock frequencies: "
+          f"{(stock - expected).abs().max().item():.3g}")
+    assert err < 1e-5
+    assert (stock - expected).abs().max() > 1e-3  # diffusers' own frequencies: another function
+
+
+def test_dit_export_scheduler_is_the_runs_process(dit_file, tmp_path):
+    from hirune.training.diffusers_export import export_diffusers
+
+    out = export_diffusers(dit_file, tmp_path / "dit-diffusers")
+    ours = load(dit_file)
+    scheduler = diffusers.DDPMScheduler.from_pretrained(out / "scheduler", local_files_only=True)
+    assert scheduler.config.num_train_timesteps == ours.process.T == 1000
+    assert scheduler.config.prediction_type == "epsilon" and scheduler.config.variance_type == "learned_range"
+    assert (scheduler.alphas_cumprod.double() - ours.process.alphas_cumprod).abs().max() < 1e-6  # float32
+    assert (torch.tensor(scheduler.config.trained_betas, dtype=torch.float64) - ours.process.betas).abs().max() == 0
+    ddim = diffusers.DDIMScheduler.from_pretrained(out / "scheduler", local_files_only=True)  # same config
+    assert ddim.config.prediction_type == "epsilon"
+
+
+@pytest.fixture(scope="module")
+def autoencoder_file(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ae")
+    cfg = TrainConfig.from_dict(dict(COMMON, family="autoencoder", model="kl_autoencoder",
+                                     model_config={"size": "f2", "z_channels": 2}, out=str(tmp / "run")))
+    train(cfg, progress=False)
+    return perturbed_export(tmp / "run", tmp / "ae.safetensors", std=0.02)
+
+
+def test_autoencoder_export_loads_as_autoencoder_kl_and_equals_hirune(autoencoder_file, tmp_path):
+    from hirune.training.diffusers_export import export_diffusers
+
+    out = export_diffusers(autoencoder_file, tmp_path / "vae")
+    ours = load(autoencoder_file)
+    theirs = diffusers.AutoencoderKL.from_pretrained(out, local_files_only=True).eval()
+    assert theirs.config.scaling_factor == pytest.approx(ours.latent_stats["scale_factor"], rel=1e-12)
+    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    with torch.no_grad():
+        q, dist = ours.model.encode(x), theirs.encode(x).latent_dist
+        decoded, their_decoded = ours.model.decode(q.mean), theirs.decode(dist.mean).sample
+    errs = [(q.mean - dist.mean).abs().max().item(), (q.logvar - dist.logvar).abs().max().item(),
+            (decoded - their_decoded).abs().max().item()]
+    print(f"AutoencoderKL export: max |diffusers - hirune| mean, logvar, decode = {errs}")
+    assert decoded.abs().mean() > 0.01
+    assert max(errs) < 1e-5
+
+
+def test_unsupported_runs_are_refused_naming_the_supported(tmp_path):
+    from hirune.training.diffusers_export import export_diffusers
+
+    cfg = TrainConfig.from_dict(dict(COMMON, dataset="two_moons", model="mlp", process="ddpm",
+                                     model_config={"hidden": 16, "depth": 2}, out=str(tmp_path / "run")))
+    train(cfg, progress=False)
+    with pytest.raises(ValueError, match="supported: a diffusion run of a DiT .*; a kl_autoencoder run"):
+        export_diffusers(tmp_path / "run", tmp_path / "out")
