@@ -113,3 +113,12 @@ def test_unsupported_runs_are_refused_naming_the_supported(tmp_path):
     train(cfg, progress=False)
     with pytest.raises(ValueError, match="supported: a diffusion run of a DiT .*; a kl_autoencoder run"):
         export_diffusers(tmp_path / "run", tmp_path / "out")
+
+
+def test_the_command_writes_the_folder_and_refuses_in_one_line(dit_file, tmp_path, capsys):
+    from hirune.cli import main
+
+    assert main(["export", str(dit_file), "--format", "diffusers", "--out", str(tmp_path / "d")]) == 0
+    assert {p.name for p in (tmp_path / "d").iterdir()} == {"transformer", "scheduler", "hirune.json"}
+    assert "diffusers" in capsys.readouterr().out
+    assert main(["export", str(tmp_path / "nothing"), "--format", "diffusers"]) == 2
