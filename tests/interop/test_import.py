@@ -104,3 +104,15 @@ def test_missing_and_foreign_folders_are_refused(tmp_path):
     with pytest.raises(ValueError, match="not a run written by `hirune import`"):
         load_imported(unet)
     assert json.loads((unet / "config.json").read_text())["_class_name"] == "UNet2DModel"
+
+
+def test_the_import_command(tmp_path, capsys):
+    from hirune.cli import main
+
+    folder = save_pipeline(tmp_path / "pipeline", "v_prediction")
+    assert main(["import", str(folder), "--out", str(tmp_path / "run")]) == 0
+    assert "UNet2DModel, v prediction over 1000 steps" in capsys.readouterr().out
+    assert load_imported(tmp_path / "run").denoiser.prediction == "v"
+    assert main(["import", str(tmp_path / "nothing"), "--out", str(tmp_path / "run2")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    assert main(["import", str(folder), "--out", str(tmp_path / "run")]) == 2  # exists, not empty
