@@ -454,9 +454,15 @@ def _add_export(sub) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..training.export import export
+    from ..training.diffusers_export import export_diffusers
+    from ..training.export import export_weights
+    from ..training.loading import run_directory
 
-    out = export(args.run, args.out, use_ema=args.weights == "ema", format=args.format)
+    use_ema = args.weights == "ema"
+    if args.format == "diffusers":  # (a dispatch in training.export would close an import cycle through loading)
+        out = export_diffusers(args.run, args.out or run_directory(args.run) / "diffusers", use_ema)
+    else:
+        out = export_weights(args.run, args.out, use_ema)
     size = out.stat().st_size if out.is_file() else sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"wrote {out} ({size / 2**20:.1f} MiB, {args.weights} weights, {args.format})")
     return 0

@@ -2,7 +2,6 @@
 
     hirune export runs/big                       -> runs/big/weights.safetensors (EMA weights)
     hirune sample runs/big/weights.safetensors   (and `hirune eval`) read it like a run
-    hirune export runs/big --format diffusers    -> runs/big/diffusers/ (`diffusers_export`)
 
 The file holds the network's tensors (the EMA weights by default, the raw training
 weights with use_ema=False; buffers from the model either way) and, in the safetensors
@@ -27,21 +26,6 @@ from ..checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from ..nn.attention import split_fused_projections
 
 FORMAT = "hirune-weights-1"
-FORMATS = ("safetensors", "diffusers")  # `export`'s formats: this module's one file, or a diffusers folder
-
-
-def export(run: str | Path, out: str | Path | None = None, use_ema: bool = True,
-           format: str = "safetensors") -> Path:
-    """`hirune export`: the run as one safetensors file (`export_weights`) or as a folder
-    diffusers loads (`diffusers_export.export_diffusers`; default out: RUN/diffusers)."""
-    if format == "diffusers":
-        from .diffusers_export import export_diffusers
-        from .loading import run_directory
-
-        return export_diffusers(run, Path(out) if out is not None else run_directory(run) / "diffusers", use_ema)
-    if format != "safetensors":
-        raise ValueError(f"unknown export format {format!r}; valid: {list(FORMATS)}")
-    return export_weights(run, out, use_ema)
 
 
 def checkpoint_weights(path: str | Path, use_ema: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
