@@ -122,3 +122,33 @@ def test_the_command_writes_the_folder_and_refuses_in_one_line(dit_file, tmp_pat
     assert {p.name for p in (tmp_path / "d").iterdir()} == {"transformer", "scheduler", "hirune.json"}
     assert "diffusers" in capsys.readouterr().out
     assert main(["export", str(tmp_path / "nothing"), "--format", "diffusers"]) == 2
+
+
+def test_a_latent_class_conditional_dit_exports_as_a_dit_pipeline(autoencoder_file, tmp_path):
+    """DiT on the KL autoencoder's latents, class-conditional: a DiTPipeline folder (transformer,
+    vae with the latent scale, scheduler); the pipeline loads offline and runs."""
+    from hirune.training.diffusers_export import export_diffusers, use_dit_frequencies
+
+    ae_run = autoencoder_file.parent / "run"
+    cfg = TrainConfig.from_dict(dict(COMMON, model="dit", model_config={"size": "T/2", "depth": 2},
+                                     class_conditional=True, process="ddpm", autoencoder=str(ae_run),
+                                     out=str(tmp_path / "ldm")))
+    train(cfg, progress=False)
+    run_file = perturbed_export(tmp_path / "ldm", tmp_path / "ldm.safetensors")
+    out = export_diffusers(run_file, tmp_path / "pipe")
+    assert json.loads((out / "model_index.json").read_text())["_class_name"] == "DiTPipeline"
+    pipe = diffusers.DiTPipeline.from_pretrained(out, local_files_only=True)
+    use_dit_frequencies(pipe.transformer)
+    ours = load(run_file)
+    assert pipe.vae.config.scaling_factor == pytest.approx(ours.first_stage.scale, rel=1e-12)
+    c, size = ours.model.config.in_channels, ours.model.config.image_size
+    x, t, y = torch.randn(2, c, size, size), torch.tensor([3.0, 700.0]), torch.tensor([1, 10])
+    with torch.no_grad():
+        err = (pipe.transformer(x, t, class_labels=y).sample - ours.model(x, t, y)).abs().max().item()
+        z = torch.randn(2, ours.first_stage.model.config.z_channels, 4, 4)
+        decode_err = (pipe.vae.decode(z).sample - ours.first_stage.model.decode(z)).abs().max().item()
+        images = pipe(class_labels=[1, 2], num_inference_steps=2, guidance_scale=1.0, output_type="np",
+                      generator=torch.Generator().manual_seed(0)).images
+    print(f"DiTPipeline export: transformer {err:.3g}, vae decode {decode_err:.3g}")
+    assert err < 1e-5 and decode_err < 1e-5
+    assert images.shape == (2, 8, 8, 1)
