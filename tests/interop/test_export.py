@@ -152,3 +152,26 @@ def test_a_latent_class_conditional_dit_exports_as_a_dit_pipeline(autoencoder_fi
     print(f"DiTPipeline export: transformer {err:.3g}, vae decode {decode_err:.3g}")
     assert err < 1e-5 and decode_err < 1e-5
     assert images.shape == (2, 8, 8, 1)
+
+
+def test_an_exported_dit_imports_back_as_a_learned_variance_denoiser(dit_file, tmp_path):
+    """The round trip through diffusers' folder: `hirune import` of the transformer/ folder reads
+    the scheduler/ beside it (eps, learned_range -> learned variance, the same betas) and its
+    network is diffusers' DiT (diffusers' own time frequencies: no `use_dit_frequencies` here)."""
+    from hirune.sampling import ddim
+    from hirune.sampling.timesteps import time_grid
+    from hirune.training.diffusers_export import export_diffusers
+    from hirune.training.diffusers_import import import_diffusers, load_imported
+
+    out = export_diffusers(dit_file, tmp_path / "dit-diffusers")
+    run = load_imported(import_diffusers(out / "transformer", tmp_path / "run"))
+    ours = load(dit_file)
+    assert run.denoiser.prediction == "eps" and run.denoiser.learned_variance and run.num_classes == 10
+    assert torch.equal(run.process.betas, ours.process.betas.float().double())
+    theirs = diffusers.DiTTransformer2DModel.from_pretrained(out / "transformer", local_files_only=True).eval()
+    x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([5.0, 600.0]), torch.tensor([2, 10])
+    with torch.no_grad():
+        assert torch.equal(run.model(x, t, y), theirs(x, t, class_labels=y).sample)
+        assert torch.equal(run.model(x, t), theirs(x, t, class_labels=torch.tensor([10, 10])).sample)
+        samples = ddim(run.denoiser, x, time_grid(run.process, 4), cond={"y": y}).x
+    assert samples.shape == x.shape and torch.isfinite(samples).all()
