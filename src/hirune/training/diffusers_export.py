@@ -4,6 +4,7 @@
     out/scheduler/     DDPMScheduler config of the run's discrete process
     out/vae/           AutoencoderKL, for a DiT on a KL autoencoder's latents
     out/model_index.json   DiTPipeline, for a class-conditional DiT on a KL autoencoder's latents
+    out/hirune.json    where it came from (the run, its step)
   or, for a KL autoencoder run:
     out/               AutoencoderKL (scaling_factor = the run's latent scale factor)
 
