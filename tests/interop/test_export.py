@@ -175,3 +175,31 @@ def test_an_exported_dit_imports_back_as_a_learned_variance_denoiser(dit_file, t
         assert torch.equal(run.model(x, t), theirs(x, t, class_labels=torch.tensor([10, 10])).sample)
         samples = ddim(run.denoiser, x, time_grid(run.process, 4), cond={"y": y}).x
     assert samples.shape == x.shape and torch.isfinite(samples).all()
+
+
+def test_an_autoencoder_kl_folder_imports_into_hirunes_kl_autoencoder(autoencoder_file, tmp_path):
+    """The way back for the autoencoder: AutoencoderKL folder -> hirune KLAutoencoder (same
+    weights, exact), scaling_factor returned; another class refused naming AutoencoderKL."""
+    from hirune.training.diffusers_export import export_diffusers
+    from hirune.training.diffusers_import import autoencoder_from_diffusers
+
+    out = export_diffusers(autoencoder_file, tmp_path / "vae")
+    model, scale = autoencoder_from_diffusers(out)
+    ours = load(autoencoder_file)
+    assert scale == pytest.approx(ours.latent_stats["scale_factor"], rel=1e-12)
+    expected = ours.model.state_dict()
+    assert model.state_dict().keys() == expected.keys()
+    assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
+    z = torch.randn(2, 2, 4, 4)
+    with torch.no_grad():
+        assert torch.equal(model.decode(z), ours.model.decode(z))
+    with pytest.raises(ValueError, match=r"valid: \['AutoencoderKL'\]"):
+        autoencoder_from_diffusers(_unet_folder(tmp_path))
+
+
+def _unet_folder(tmp_path):
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(32, 32),
+                                 norm_num_groups=8, attention_head_dim=8, layers_per_block=1,
+                                 down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D",) * 2)
+    unet.save_pretrained(tmp_path / "unet")
+    return tmp_path / "unet"

@@ -149,3 +149,35 @@ def load_imported(run_dir: str | Path, device: str | torch.device = "cpu") -> Im
     if not meta_path.is_file() or json.loads(meta_path.read_text()).get("format") != FORMAT:
         raise ValueError(f"{run_dir} is not a run written by `hirune import` (no {FORMAT} imported.json)")
     return open_diffusers(run_dir / "diffusers", device)
+
+
+def autoencoder_from_diffusers(path: str | Path) -> tuple[torch.nn.Module, float]:
+    """(hirune KLAutoencoder, scaling_factor) of a diffusers AutoencoderKL folder: the same
+    architecture built from its config, the weights under hirune's names
+    (`diffusers_names.diffusers_to_autoencoder`).  ValueError for another class or for a
+    layout hirune's autoencoder does not have (diffusers' GroupNorm count differing from
+    hirune's `norm_groups` of a width)."""
+    import diffusers
+
+    from ..models import build_model
+    from ..nn import norm_groups
+    from .diffusers_names import diffusers_to_autoencoder
+
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} has no config.json: not a diffusers model folder")
+    c = json.loads((folder / "config.json").read_text())
+    if c.get("_class_name") != "AutoencoderKL":
+        raise ValueError(f"{folder} holds a diffusers {c.get('_class_name')!r}; valid: ['AutoencoderKL']")
+    widths = list(c["block_out_channels"])
+    if any(w % widths[0] for w in widths) or any(norm_groups(w) != c["norm_num_groups"] for w in widths):
+        raise ValueError(f"AutoencoderKL widths {widths} with norm_num_groups={c['norm_num_groups']}: hirune's "
+                         "autoencoder needs multiples of the first width, each with that many GroupNorm groups")
+    theirs = diffusers.AutoencoderKL.from_pretrained(folder, local_files_only=True)
+    model = build_model("kl_autoencoder", in_channels=c["in_channels"], out_channels=c["out_channels"],
+                        channels=widths[0], channel_mult=tuple(w // widths[0] for w in widths),
+                        num_res_blocks=c["layers_per_block"], z_channels=c["latent_channels"],
+                        mid_attention=c.get("mid_block_add_attention", True))
+    names = list(model.state_dict())
+    model.load_state_dict(diffusers_to_autoencoder(theirs.state_dict(), names, c["layers_per_block"]))
+    return model.eval(), float(c.get("scaling_factor", 1.0))

@@ -113,3 +113,11 @@ def autoencoder_to_diffusers(sd: dict[str, Tensor], num_res_blocks: int) -> dict
 
 def _resnet_name(tail: list[str]) -> str:
     return ".".join(["conv_shortcut" if tail[0] == "skip" else tail[0], *tail[1:]])
+
+
+def diffusers_to_autoencoder(sd: dict[str, Tensor], our_names: list[str], num_res_blocks: int) -> dict[str, Tensor]:
+    """The inverse of `autoencoder_to_diffusers`: an AutoencoderKL state dict under the names
+    `our_names` of a hirune KLAutoencoder of the same architecture (the mapping is one to one,
+    so it is read off `autoencoder_to_diffusers` applied to the names themselves)."""
+    theirs_of = autoencoder_to_diffusers({name: name for name in our_names}, num_res_blocks)
+    return {ours: sd[theirs] for theirs, ours in theirs_of.items()}
