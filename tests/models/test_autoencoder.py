@@ -242,42 +242,10 @@ def test_kl_f8_is_stable_diffusions_vae_layer_for_layer():
 
 
 def diffusers_names(sd: dict, levels: int, num_res_blocks: int) -> dict:
-    """hirune KLAutoencoder state dict -> diffusers AutoencoderKL names."""
-    out = {}
-    for name, v in sd.items():
-        parts = name.split(".")
-        top = parts[0]
-        if top in ("quant_conv", "post_quant_conv"):
-            out[name] = v
-            continue
-        rest = parts[1:]
-        if rest[0] == "conv_in":
-            out[name] = v
-            continue
-        if rest[0] == "out":
-            out[f"{top}.{'conv_norm_out' if rest[1] == '0' else 'conv_out'}.{rest[2]}"] = v
-            continue
-        if rest[0] == "mid":
-            block, tail = int(rest[1]), rest[2:]
-            if block == 1:  # attention: q, k, v -> to_q, to_k, to_v; proj -> to_out.0; norm -> group_norm
-                where = f"{top}.mid_block.attentions.0"
-                names = {"q": "to_q", "k": "to_k", "v": "to_v", "proj": "to_out.0", "norm": "group_norm"}
-                out[f"{where}.{names[tail[0]]}.{tail[1]}"] = v
-            else:
-                out[f"{top}.mid_block.resnets.{block // 2}.{resnet_name(tail)}"] = v
-            continue
-        level, index, tail = int(rest[1]), int(rest[2]), rest[3:]
-        blocks = num_res_blocks + (1 if top == "decoder" else 0)
-        group = "down_blocks" if top == "encoder" else "up_blocks"
-        if index < blocks:
-            out[f"{top}.{group}.{level}.resnets.{index}.{resnet_name(tail)}"] = v
-        else:
-            out[f"{top}.{group}.{level}.{'downsamplers' if top == 'encoder' else 'upsamplers'}.0.{'.'.join(tail)}"] = v
-    return out
+    """hirune KLAutoencoder state dict -> diffusers AutoencoderKL names (`hirune.training.diffusers_names`)."""
+    from hirune.training.diffusers_names import autoencoder_to_diffusers
 
-
-def resnet_name(tail: list[str]) -> str:
-    return ".".join(["conv_shortcut" if tail[0] == "skip" else tail[0], *tail[1:]])
+    return autoencoder_to_diffusers(sd, num_res_blocks)
 
 
 # --- the loss -------------------------------------------------------------------------------

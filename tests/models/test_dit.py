@@ -55,29 +55,10 @@ def test_parameter_counts_match_the_papers():
 # ---------------------------------------------------------------- oracle: diffusers' DiT
 
 def diffusers_state_dict(model) -> dict[str, torch.Tensor]:
-    """hirune DiT weights under diffusers' DiTTransformer2DModel names.  diffusers keeps a
-    copy of the time MLP and the class table inside every block (`norm1.emb`), names q, k, v
-    to_q / to_k / to_v, and calls the final adaLN and linear proj_out_1, _2."""
-    sd, out = model.state_dict(), {}
-    out.update({f"pos_embed.proj.{p}": sd[f"patch_embed.proj.{p}"] for p in ("weight", "bias")})
-    for i in range(model.config.depth):
-        ours, theirs = f"blocks.{i}.", f"transformer_blocks.{i}."
-        names = {"norm1.emb.timestep_embedder.linear_1": "time_embed.0",
-                 "norm1.emb.timestep_embedder.linear_2": "time_embed.2",
-                 "norm1.linear": ours + "adaLN_modulation.1",
-                 "attn1.to_q": ours + "attn.q", "attn1.to_k": ours + "attn.k", "attn1.to_v": ours + "attn.v",
-                 "attn1.to_out.0": ours + "attn.proj",
-                 "ff.net.0.proj": ours + "mlp.0",
-                 "ff.net.2": ours + "mlp.2"}
-        for their_name, our_name in names.items():
-            for p in ("weight", "bias"):
-                out[f"{theirs}{their_name}.{p}"] = sd[f"{our_name}.{p}"]
-        out[theirs + "norm1.emb.class_embedder.embedding_table.weight"] = sd["class_embed.weight"]
-    for their_name, our_name in {"proj_out_1": "final_layer.adaLN_modulation.1",
-                                 "proj_out_2": "final_layer.linear"}.items():
-        for p in ("weight", "bias"):
-            out[f"{their_name}.{p}"] = sd[f"{our_name}.{p}"]
-    return out
+    """hirune DiT weights under diffusers' DiTTransformer2DModel names (`hirune.training.diffusers_names`)."""
+    from hirune.training.diffusers_names import dit_to_diffusers
+
+    return dit_to_diffusers(model.state_dict(), model.config.depth, model.config.hidden_size)
 
 
 def test_dit_equals_diffusers_dit_transformer_with_the_same_weights():

@@ -444,15 +444,25 @@ def _add_export(sub) -> None:
                        description="Write the network of a run (whole-state or sharded checkpoint) to a "
                                    "single safetensors file with its config in the header.")
     p.add_argument("run", help="run directory (or checkpoint folder)")
-    p.add_argument("--out", default=None, help="default: RUN/weights.safetensors")
+    p.add_argument("--out", default=None, help="default: RUN/weights.safetensors (RUN/diffusers for diffusers)")
     p.add_argument("--weights", choices=("ema", "model"), default="ema",
                    help="the EMA weights (default) or the raw training weights")
+    p.add_argument("--format", choices=("safetensors", "diffusers"), default="safetensors",
+                   help="one hirune safetensors file (default), or a folder diffusers' from_pretrained loads "
+                        "(a DiT on a ddpm process, with its scheduler and DiTPipeline; a KL autoencoder)")
     p.set_defaults(func=cmd_export)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from ..training.diffusers_export import export_diffusers
     from ..training.export import export_weights
+    from ..training.loading import run_directory
 
-    out = export_weights(args.run, args.out, use_ema=args.weights == "ema")
-    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, {args.weights} weights)")
+    use_ema = args.weights == "ema"
+    if args.format == "diffusers":  # (a dispatch in training.export would close an import cycle through loading)
+        out = export_diffusers(args.run, args.out or run_directory(args.run) / "diffusers", use_ema)
+    else:
+        out = export_weights(args.run, args.out, use_ema)
+    size = out.stat().st_size if out.is_file() else sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"wrote {out} ({size / 2**20:.1f} MiB, {args.weights} weights, {args.format})")
     return 0
