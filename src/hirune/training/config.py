@@ -23,7 +23,8 @@ from ..families.settings import Range, check_choices, check_ranges, check_types
 
 # shared keys that may differ between a run and its resumption (families add their own)
 RESUMABLE = ("steps", "log_every", "sample_every", "ckpt_every", "resume", "device", "eval_samples",
-             "num_samples", "strategy", "sharded_checkpoints", "out", "recompute", "recompute_attention", "tp", "sp", "logger")
+             "num_samples", "strategy", "sharded_checkpoints", "out", "recompute", "recompute_attention", "tp", "sp",
+             "logger")
 
 
 @dataclass

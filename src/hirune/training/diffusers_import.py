@@ -19,7 +19,7 @@ What maps to what:
 
 The run directory: RUN/diffusers/{unet|transformer, scheduler} (the folders, saved again) and
 RUN/imported.json (this module's description).  `hirune sample` does not read it yet: the
-light loader builds networks by model kind from models/ (NOTES-interop.md says what would move).
+light loader builds networks by model kind from models/ (a `diffusers` model kind there is what would move).
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ hirune sampler, inversion and likelihood that takes a denoiser runs on a diffuse
 
 The output layout is already hirune's: (prediction) or, for learned variance, (prediction |
 v) on dim 1.  This module lives in training/ because a model kind the light loader builds
-from a config (`models.build_model`) would belong in models/ (see NOTES-interop.md).
+from a config (`models.build_model`) would belong in models/ (the next step: then `hirune sample`
+reads imported runs too).
 """
 
 from __future__ import annotations
