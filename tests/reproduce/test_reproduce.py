@@ -64,6 +64,12 @@ def test_guidance_trades_diversity_for_fidelity(reports):
     assert data["sliced_wasserstein"][1] < data["sliced_wasserstein"][2]   # s = 1 is the class; s = 3 is not
 
 
+def test_exact_classifier_guidance_is_classifier_free_guidance(reports):
+    cfg, classifier = _data(reports, "guidance"), _data(reports, "classifier-guidance")
+    for key in ("accuracy", "spread", "sliced_wasserstein"):
+        assert classifier[key] == pytest.approx(cfg[key], rel=1e-6, abs=1e-9), key
+
+
 def test_the_probability_flow_ode_beats_the_reverse_sde_at_a_coarse_grid(reports):
     curves = _data(reports, "score-sde")["curves"]              # 20 steps, n = 4000
     for sde in ("vp", "ve"):
@@ -89,7 +95,7 @@ def test_the_list_names_every_note_with_its_cost(capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["reproduce", "ddpm-in-an-hour"],
-     "unknown note 'ddpm-in-an-hour'; valid: ddim, flow-matching, guidance, score-sde, zero"),
+     "unknown note 'ddpm-in-an-hour'; valid: ddim, flow-matching, classifier-guidance, guidance, score-sde, zero"),
     (["reproduce", "zero", "--budget", "huge"], "budget='huge' is not valid; valid: ['tiny', 'small', 'full']"),
 ])
 def test_bad_input_names_what_is_valid(args, message, capsys):

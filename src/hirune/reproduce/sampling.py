@@ -83,15 +83,31 @@ def guidance_note(budget: str) -> Report:
     conditional one.  As s grows the samples of class k land in component k ever more surely (the
     mixture's own classifier: fidelity) and crowd into its most typical part (their spread falls
     below the component's, and their distance to it rises: diversity lost)."""
+    return _guidance(budget, "cfg")
+
+
+def classifier_guidance_note(budget: str) -> Report:
+    """Classifier guidance (Dhariwal & Nichol 2021, sec. 4 and fig. 3) on the exact mixture: the
+    unconditional score plus s grad log p(y | x_t, t) from the exact noise-aware classifier.  At
+    s = 1 that is the conditional score (Bayes), so the samples are the class; at every s,
+    score + s grad log p(y | x) = (1 - s) grad log p(x) + s grad log p(x | y) is classifier-free
+    guidance's combination: with exact models the two guidances are one (measured: the same
+    numbers as `guidance_note`'s, to rounding)."""
+    return _guidance(budget, "classifier")
+
+
+def _guidance(budget: str, method: str) -> Report:
+    """The trade-off table of `method` ("cfg": classifier-free; "classifier": an exact classifier's gradient)."""
     from ..metrics.distances import sliced_wasserstein
     from ..process import make_process
     from ..process.mixture import demo_mixture
     from ..sampling import sample
-    from ..sampling.guidance import ClassifierFreeGuidance
+    from ..sampling.guidance import ClassifierFreeGuidance, ClassifierGuidance
 
     n, scales = GUIDANCE[budget]
     mixture, process = demo_mixture(), make_process("ddpm")
     model, classes = mixture.conditional_denoiser(process, "eps"), len(mixture.weights)
+    uncond, classifier = mixture.denoiser(process, "eps"), mixture.noisy_classifier(process)
     truth = [mixture.component(k).sample(n, torch.Generator().manual_seed(100 + k)) for k in range(classes)]
     spread = sum(float(t.std(0).mean()) for t in truth) / classes
     rows, data = [], {"scales": list(scales), "accuracy": [], "spread": [], "sliced_wasserstein": []}
@@ -102,8 +118,9 @@ def guidance_note(budget: str) -> Report:
             acc = sw = std = 0.0
             for k in range(classes):
                 y = torch.full((n,), k)
-                x = sample(ClassifierFreeGuidance(model, s, {"y": classes}), (n, 2), "ddim", steps=50, seed=k,
-                           dtype=torch.float64, cond={"y": y}).x
+                guided = (ClassifierFreeGuidance(model, s, {"y": classes}) if method == "cfg" else
+                          ClassifierGuidance(uncond, classifier, s))
+                x = sample(guided, (n, 2), "ddim", steps=50, seed=k, dtype=torch.float64, cond={"y": y}).x
                 acc += float((mixture.classify(x) == k).double().mean()) / classes
                 sw += sliced_wasserstein(x, truth[k]) / classes
                 std += float(x.std(0).mean()) / classes
@@ -114,7 +131,8 @@ def guidance_note(budget: str) -> Report:
         torch.set_num_threads(threads)
     notes = [f"{classes} classes = the mixture's components; DDIM 50 steps, n = {n} a class; accuracy by the "
              f"mixture's exact classifier; spread = the samples' std (mean over axes and classes); a component's own: "
-             f"{spread:.4g}", "s = 0: the unconditional model (the labels ignored); s = 1: the conditional one"]
+             f"{spread:.4g}", "s = 0: the unconditional model (the labels ignored); s = 1: the conditional one"
+             + ("" if method == "cfg" else " (Bayes: the exact classifier's gradient makes the class's score)")]
     data["component_spread"] = spread
 
     def plot(path):
@@ -125,10 +143,11 @@ def guidance_note(budget: str) -> Report:
             ax.annotate(f"s={s:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
         ax.axvline(spread, color="grey", ls="--", label="a component's own spread")
         ax.set(xlabel="spread of a class's samples (diversity)", ylabel="samples in their class (fidelity)",
-               title="classifier-free guidance: fidelity against diversity")
+               title=f"{'classifier-free' if method == 'cfg' else 'classifier'} guidance: fidelity against diversity")
         ax.legend()
         save(fig, path)
-    return Report("guidance", f"classifier-free guidance on the exact mixture (n = {n} a class)",
+    name, title = ("guidance", "classifier-free") if method == "cfg" else ("classifier-guidance", "classifier")
+    return Report(name, f"{title} guidance on the exact mixture (n = {n} a class)",
                   ["scale", "in their class", "spread", "sliced W to the class"], rows, notes, data, plot)
 
 
