@@ -102,33 +102,32 @@ def check_folder(folder: Path) -> None:
                              "or new folder")
 
 
-def _step(line: str) -> int | None:
-    """The step of one metrics.jsonl line; None for a line that is unreadable or has none."""
+def _record(line: str) -> dict | None:
+    """One metrics.jsonl line as its record, its step an int; None for a line that is
+    unreadable or has no step."""
     try:
-        return int(json.loads(line)["step"])
+        record = json.loads(line)
+        return {**record, "step": int(record["step"])}
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def _step(line: str) -> int | None:
+    """The step of one metrics.jsonl line; None for a line that is unreadable or has none."""
+    record = _record(line)
+    return None if record is None else record["step"]
 
 
 def logged_records(folder: Path) -> list[dict]:
     """The records metrics.jsonl holds, in order (unreadable lines and lines without a step skipped)."""
     path = folder / "metrics.jsonl"
-    out = []
-    for line in (path.read_text().splitlines() if path.is_file() else []):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and "step" in record:
-            out.append(record)
-    return out
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return [record for record in map(_record, lines) if record is not None]
 
 
 def logged_steps(folder: Path) -> list[int]:
     """The steps metrics.jsonl holds (unreadable lines are skipped)."""
-    path = folder / "metrics.jsonl"
-    lines = path.read_text().splitlines() if path.is_file() else []
-    return [step for step in map(_step, lines) if step is not None]
+    return [record["step"] for record in logged_records(folder)]
 
 
 def decide(folder: Path, resume: bool) -> Claim:
