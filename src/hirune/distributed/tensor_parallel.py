@@ -18,8 +18,10 @@ tests/distributed/test_tensor_parallel.py must catch).
 What splits is the model's own declaration, `model.tensor_parallel_plan(tp, sp)`
 (`hirune.nn.parallel`); here each kind becomes one of PyTorch's styles
 (`torch.distributed.tensor.parallel`: ColwiseParallel, RowwiseParallel, SequenceParallel)
-or a hook that changes the layout of a block's input or output.  Dropout: the transformers
-with a plan have none inside their split regions (the draws would depend on the layout).
+or a hook that changes the layout of a block's input or output.  Dropout inside a split
+region draws its mask for the whole tensor and keeps the rank's part (`head_dropout`,
+`nn.parallel.keep_mask`: DALL-E's attention), so the masks do not depend on the layout; DiT
+and U-ViT have no dropout.
 
 The mesh: `world size = dp x tp` ranks as a 2-D `DeviceMesh` ("dp", "tp"), tp the inner
 (fastest) dimension, so a tensor-parallel group is `tp` consecutive ranks (one node's GPUs
@@ -169,12 +171,17 @@ def parallelize(model: nn.Module, tp_mesh, sp: bool = False, sum_token_grads: bo
     broken variant the parity tests must catch, kept here so that they can."""
     from torch.distributed.tensor.parallel import parallelize_module
 
+    from ..nn.parallel import KINDS
+
     tp = tp_mesh.size()
     plan = model.tensor_parallel_plan(tp, sp)
     modules = dict(model.named_modules())
     for path, kind in plan:
         if path not in modules:
             raise ValueError(f"the tensor-parallel plan of {type(model).__name__} names {path!r}, which it lacks")
+        if kind not in KINDS:
+            raise ValueError(f"the tensor-parallel plan of {type(model).__name__} gives {path!r} the kind {kind!r}; "
+                             f"valid: {list(KINDS)}")
         module = modules[path]
         if kind == "sequence_start" and sp:
             module.register_forward_pre_hook(_cut_tokens(tp_mesh), with_kwargs=True)

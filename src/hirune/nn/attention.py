@@ -198,17 +198,15 @@ def merge_heads(x: Tensor) -> Tensor:
     return x.transpose(1, 2).reshape(B, N, heads * d)
 
 
-def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, recompute: bool = False,
-           dropout: float = 0.0) -> Tensor:
+def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, recompute: bool = False) -> Tensor:
     """softmax(q k^T / sqrt(d) [masked]) v per head, (B, heads, N, d), by SDPA.
 
     recompute=True (selective recomputation, Korthikanti et al. 2022, sec. 5): the backward
     pass recomputes this core from q, k and v instead of keeping what it saves (the scores and
     softmax where SDPA materialises them, the output and its log-sum-exp where it does not);
-    the projections' activations are kept.  Exact: torch's checkpoint restores the RNG for
-    dropout, so the gradients are those of the plain run."""
+    the projections' activations are kept; exactly the plain run's gradients."""
     def core(q, k, v, mask):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     if recompute and torch.is_grad_enabled():
         from torch.utils.checkpoint import checkpoint
 

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from .attention import CrossAttention
 from .layers import group_norm, zero_
-from .parallel import attention_plan, check_split, mlp_plan
+from .parallel import attention_plan, check_split, mlp_plan, prefixed
 
 
 def masked_mean(context: Tensor, mask: Tensor) -> Tensor:
@@ -88,9 +88,8 @@ def context_plan(context, tp: int, prefix: str = "context") -> list[tuple[str, s
     frozen encoder's features), in the model's paths."""
     if context is None:
         return []
-    return [(f"{prefix}.{name}.{path}", kind) for name in ("encoder", "words")
-            if isinstance(getattr(context, name, None), TextTransformer)
-            for path, kind in getattr(context, name).tensor_parallel_plan(tp)]
+    return [entry for name in ("encoder", "words") if isinstance(getattr(context, name, None), TextTransformer)
+            for entry in prefixed(f"{prefix}.{name}", getattr(context, name).tensor_parallel_plan(tp))]
 
 
 class ContextEmbedding(nn.Module):
