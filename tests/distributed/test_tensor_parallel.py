@@ -172,13 +172,13 @@ def test_tp_must_divide_the_heads_and_sp_the_tokens():
 
 
 def test_processes_must_form_a_dp_x_tp_grid():
-    from hirune.distributed.tensor_parallel import layout
+    from hirune.distributed.tensor_parallel import check_grid
 
     with pytest.raises(ValueError, match=r"tp=3 does not divide the 4 processes.*valid tp: \[1, 2, 4\]"):
-        layout(World(0, 4, 0, "gloo"), 3)
-    assert layout(World(3, 4, 3, "gloo"), 2).dp_rank == 1
+        check_grid(4, 3)
+    assert (World(3, 4, 3, "gloo", tp=2).dp_rank, World(3, 4, 3, "gloo", tp=2).tp_rank) == (1, 1)
     with pytest.raises(ValueError, match=r"tp=2 splits each block over 2 processes, and this is one process"):
-        layout(World(), 2)
+        check_grid(1, 2)
 
 
 def test_ddp_over_several_tp_groups_is_refused():

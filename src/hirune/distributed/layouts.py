@@ -254,13 +254,13 @@ def check_layout(layout: Layout) -> None:
     several tp groups only FSDP2 (zero2, zero3) runs the dp dimension (`strategy.check_composition`)."""
     from .runtime import World
     from .strategy import check_composition
-    from .tensor_parallel import layout as grid
+    from .tensor_parallel import check_grid
 
     check_strategy(layout.strategy)
     if layout.recompute not in RECOMPUTE:
         raise ValueError(f"unknown recompute {layout.recompute!r}; valid: {list(RECOMPUTE)}")
     world = World(size=layout.gpus, backend="nccl", tp=layout.tp)
-    grid(world, layout.tp)
+    check_grid(layout.gpus, layout.tp)
     if layout.sp and layout.tp < 2:
         raise ValueError(f"sp shards the sequence over the tensor-parallel ranks and needs tp >= 2, got tp={layout.tp}")
     check_composition(world, layout.strategy)

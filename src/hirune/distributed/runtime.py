@@ -47,6 +47,11 @@ class World:
         consecutive ranks) read the same one."""
         return self.rank // self.tp
 
+    @property
+    def tp_rank(self) -> int:
+        """Which part of each split block this rank holds, within its tensor-parallel group."""
+        return self.rank % self.tp
+
 
 def from_env() -> tuple[int, int, int]:
     """(rank, world size, local rank) as torchrun sets them; (0, 1, 0) outside torchrun."""

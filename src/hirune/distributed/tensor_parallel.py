@@ -31,34 +31,23 @@ the same examples.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from .runtime import World
 
 
-@dataclass(frozen=True)
-class Layout:
-    """Where a rank sits on the (dp, tp) mesh."""
-    dp: int = 1          # data-parallel replicas (each reads its own slice of the batch)
-    tp: int = 1          # ranks that split each block
-    dp_rank: int = 0
-    tp_rank: int = 0
-
-
-def layout(world: World, tp: int) -> Layout:
-    """The mesh coordinates of this rank; ValueError unless tp divides the world size."""
+def check_grid(size: int, tp: int) -> None:
+    """ValueError unless `size` processes form a dp x tp grid (tp divides them); where a rank sits
+    on it is `World.dp_rank` / `World.tp_rank`."""
     if tp < 1:
         raise ValueError(f"tp={tp} must be a positive integer")
-    if tp > 1 and world.size == 1:
+    if tp > 1 and size == 1:
         raise ValueError(f"tp={tp} splits each block over {tp} processes, and this is one process: run it with "
                          f"`hirune train ... --nproc N` or under torchrun, N a multiple of {tp} (or tp=1)")
-    if world.size % tp:
-        raise ValueError(f"tp={tp} does not divide the {world.size} processes; the processes form a dp x tp grid: "
-                         f"valid tp: {[d for d in range(1, world.size + 1) if world.size % d == 0]}")
-    return Layout(world.size // tp, tp, world.rank // tp, world.rank % tp)
+    if size % tp:
+        raise ValueError(f"tp={tp} does not divide the {size} processes; the processes form a dp x tp grid: "
+                         f"valid tp: {[d for d in range(1, size + 1) if size % d == 0]}")
 
 
 def models_with_plan() -> list[str]:
@@ -78,11 +67,11 @@ def check_plan(model_kind: str, tp: int, sp: bool) -> None:
 
 
 def make_mesh(world: World, device: torch.device, tp: int):
-    """The 2-D ("dp", "tp") DeviceMesh over every rank (`layout` checks the sizes)."""
+    """The 2-D ("dp", "tp") DeviceMesh over every rank (`check_grid` checks the sizes)."""
     from torch.distributed.device_mesh import init_device_mesh
 
-    place = layout(world, tp)
-    return init_device_mesh(device.type, (place.dp, place.tp), mesh_dim_names=("dp", "tp"))
+    check_grid(world.size, tp)
+    return init_device_mesh(device.type, (world.size // tp, tp), mesh_dim_names=("dp", "tp"))
 
 
 def _styles(kind: str, sp: bool):

@@ -50,7 +50,7 @@ def _loop(trainer: Trainer, out: Path, stop_after: int | None, progress: bool) -
     cfg, main = trainer.cfg, trainer.world.main  # only rank 0 prints, logs and writes files
     if trainer.world.distributed:
         world = trainer.world
-        mesh = f", dp {world.dp_rank}/{world.dp_size} x tp {world.rank % world.tp}/{world.tp}" if world.tp > 1 else ""
+        mesh = f", dp {world.dp_rank}/{world.dp_size} x tp {world.tp_rank}/{world.tp}" if world.tp > 1 else ""
         print(f"[hirune] rank {world.rank}/{world.size} on {trainer.device} ({world.backend}, {cfg.strategy}{mesh}"
               f"{', sp' if cfg.sp else ''})", flush=True)
         if main:

@@ -85,9 +85,9 @@ class Trainer:
             self.device = torch.device(cfg.device if cfg.device != "auto"
                                        else "cuda" if torch.cuda.is_available() else "cpu")
         if cfg.tp > 1:  # the ranks form a dp x tp grid; a tp group reads the same examples
-            from ..distributed.tensor_parallel import layout
+            from ..distributed.tensor_parallel import check_grid
 
-            layout(self.world, cfg.tp)
+            check_grid(self.world.size, cfg.tp)
             self.world = dataclasses.replace(self.world, tp=cfg.tp)
         per_rank = cfg.grad_accum * self.world.dp_size
         if cfg.batch_size % per_rank:
