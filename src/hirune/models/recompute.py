@@ -26,6 +26,7 @@ and log-sum-exp only: `hirune playbook recompute` measures both.
 from __future__ import annotations
 
 import functools
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -62,3 +63,32 @@ def recompute_attention(model: nn.Module) -> int:
     for m in switched:
         m.recompute_scores = True
     return len(switched)
+
+
+@contextmanager
+def blocks_recomputed(model: nn.Module):
+    """`recompute_blocks(model)` for the duration of the block; afterwards the blocks it wrapped
+    are plain again (those that recomputed before stay as they were).  For measuring a model
+    with and without recomputation (`training.measure.trace`)."""
+    before = {id(u) for u in blocks(model) if getattr(u, "_hirune_recompute", False)}
+    recompute_blocks(model)
+    try:
+        yield model
+    finally:
+        for unit in blocks(model):
+            if id(unit) not in before:  # the instance attributes recompute_blocks set go
+                vars(unit).pop("forward", None)
+                vars(unit).pop("_hirune_recompute", None)
+
+
+@contextmanager
+def attention_recomputed(model: nn.Module):
+    """`recompute_attention(model)` for the duration of the block, each switch restored afterwards."""
+    switched = [m for m in model.modules() if hasattr(m, "recompute_scores")]
+    before = [m.recompute_scores for m in switched]
+    recompute_attention(model)
+    try:
+        yield model
+    finally:
+        for m, value in zip(switched, before):
+            m.recompute_scores = value

@@ -78,11 +78,13 @@ def trace(model, loss: Callable[[], object], modes: tuple[str, ...] = RECOMPUTE)
     micro_batch 1: scale it with `.scaled(...)` after setting its micro_batch.  Tensors are
     counted once per storage (views share) and per `Saved.where` (the same storage saved as a
     column-wise input and on the stream becomes two tensors under sp), the weights excepted."""
+    from contextlib import nullcontext
+
     import torch
     from torch.overrides import TorchFunctionMode
 
     from ..models import blocks
-    from ..models.recompute import recompute_blocks
+    from ..models.recompute import attention_recomputed, blocks_recomputed
 
     kinds = dict(model.tensor_parallel_plan(1, False)) if hasattr(model, "tensor_parallel_plan") else {}
     units = blocks(model)
@@ -185,8 +187,7 @@ def trace(model, loss: Callable[[], object], modes: tuple[str, ...] = RECOMPUTE)
     hooks = [m.register_forward_pre_hook(enter(path), with_kwargs=True) for path, m in modules.items()]
     hooks += [m.register_forward_hook(leave(path), with_kwargs=True) for path, m in modules.items()]
     attention = [m for m in model.modules() if hasattr(m, "recompute_scores")]
-    recomputing = {id(u) for u in units if getattr(u, "_hirune_recompute", False)}   # the caller's own
-    scores = {id(m): m.recompute_scores for m in attention}
+    recomputed = {"selective": attention_recomputed, "full": blocks_recomputed}
     saved: dict[str, list[Saved]] = {}
     out_io, out_flops = [], []
     try:
@@ -196,25 +197,11 @@ def trace(model, loss: Callable[[], object], modes: tuple[str, ...] = RECOMPUTE)
             seen.clear()
             alive.clear()
             copies.clear()
-            for m in attention:
-                m.recompute_scores = scores[id(m)] or mode == "selective"
-            if mode == "full":
-                recompute_blocks(model)
-            try:
+            with recomputed[mode](model) if mode in recomputed else nullcontext():  # undone afterwards
                 with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                    if mode == "none":
-                        with CountFlops():
-                            value = loss()
-                    else:
+                    with CountFlops() if mode == "none" else nullcontext():
                         value = loss()
                 del value
-            finally:
-                for u in units:   # undo what recompute_blocks did here: the instance's forward and mark go
-                    if mode == "full" and id(u) not in recomputing:
-                        vars(u).pop("forward", None)
-                        vars(u).pop("_hirune_recompute", None)
-                for m in attention:
-                    m.recompute_scores = scores[id(m)]
             saved[mode] = list(seen.values())
             if mode == "none":
                 out_io = [PlanIO(p, k, b, i, o, r) for p, (k, b, i, o, r) in io.items()]
