@@ -76,16 +76,12 @@ def _state_labels(process, steps: int, spacing: str, n_states: int) -> list[str]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    import torch
+    from ..reproduce.sampling import one_thread
 
     # The demo's tensors are tiny ((n, 3, 2)): one thread is as fast, and multi-threaded
     # kernels slow down 10-50x when the cores are shared with other work.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         return _demo(args)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -14,9 +14,32 @@ floor at this sample size).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 from ..playbook.report import Report, pyplot, save
+
+@contextmanager
+def one_thread():
+    """One torch thread for the duration: on (n, 2) tensors it is as fast, and safe beside other work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def exact_samples(mixture, n: int) -> tuple[torch.Tensor, list[float]]:
+    """A sample of `mixture` to measure samplers against, and the sliced Wasserstein distances of
+    8 more exact samples to it: the spread within which two exact samples already differ."""
+    from ..metrics.distances import sliced_wasserstein
+
+    truth = mixture.sample(n, torch.Generator().manual_seed(1))
+    return truth, [sliced_wasserstein(mixture.sample(n, torch.Generator().manual_seed(10 + k)), truth)
+                   for k in range(8)]
+
 
 ETAS = (0.0, 0.5, 1.0)
 SIZES = {"tiny": (2000, (10, 50)), "small": (4000, (10, 20, 50, 100, 250, 1000)),
@@ -32,13 +55,9 @@ def ddim_note(budget: str) -> Report:
     n, grid = SIZES[budget]
     mixture, process = demo_mixture(), make_process("ddpm")
     denoiser = mixture.denoiser(process, "eps")
-    truth = mixture.sample(n, torch.Generator().manual_seed(1))
-    # the distance between two samples of the mixture itself, over 8 pairs: its mean and spread
-    pairs = [sliced_wasserstein(mixture.sample(n, torch.Generator().manual_seed(10 + k)), truth) for k in range(8)]
+    truth, pairs = exact_samples(mixture, n)
     floor = sum(pairs) / len(pairs)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # (n, 2) tensors: one thread is as fast, and safe beside other work
-    try:
+    with one_thread():
         curves: dict[str, list[float]] = {"ddpm": []}
         curves.update({f"ddim eta={eta:g}": [] for eta in ETAS})
         for steps in grid:
@@ -47,8 +66,6 @@ def ddim_note(budget: str) -> Report:
             for eta in ETAS:
                 x = sample(denoiser, (n, 2), "ddim", steps=steps, seed=0, dtype=torch.float64, eta=eta).x
                 curves[f"ddim eta={eta:g}"].append(sliced_wasserstein(x, truth))
-    finally:
-        torch.set_num_threads(threads)
     rows = [[steps, *(curves[k][i] for k in curves)] for i, steps in enumerate(grid)]
     first, last = grid[0], grid[-1]
     notes = [f"sliced Wasserstein to a fresh sample of the mixture; two exact samples of the mixture: {floor:.4g} "
@@ -111,9 +128,7 @@ def _guidance(budget: str, method: str) -> Report:
     truth = [mixture.component(k).sample(n, torch.Generator().manual_seed(100 + k)) for k in range(classes)]
     spread = sum(float(t.std(0).mean()) for t in truth) / classes
     rows, data = [], {"scales": list(scales), "accuracy": [], "spread": [], "sliced_wasserstein": []}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         for s in scales:
             acc = sw = std = 0.0
             for k in range(classes):
@@ -127,8 +142,6 @@ def _guidance(budget: str, method: str) -> Report:
             rows.append([s, acc, std, sw])
             for key, value in zip(("accuracy", "spread", "sliced_wasserstein"), (acc, std, sw)):
                 data[key].append(value)
-    finally:
-        torch.set_num_threads(threads)
     notes = [f"{classes} classes = the mixture's components; DDIM 50 steps, n = {n} a class; accuracy by the "
              f"mixture's exact classifier; spread = the samples' std (mean over axes and classes); a component's own: "
              f"{spread:.4g}", "s = 0: the unconditional model (the labels ignored); s = 1: the conditional one"
@@ -170,12 +183,9 @@ def score_sde_note(budget: str) -> Report:
 
     n, grid = SDE[budget]
     mixture = demo_mixture()
-    truth = mixture.sample(n, torch.Generator().manual_seed(1))
-    pairs = [sliced_wasserstein(mixture.sample(n, torch.Generator().manual_seed(10 + k)), truth) for k in range(8)]
+    truth, pairs = exact_samples(mixture, n)
     rows, data = [], {"grid": list(grid), "curves": {}, "pairs": pairs, "n": n}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         for name in ("vp", "ve"):
             process = make_process(name)
             denoiser = mixture.denoiser(process, "eps")
@@ -186,8 +196,6 @@ def score_sde_note(budget: str) -> Report:
                     points.append((out.nfe, sliced_wasserstein(out.x, truth)))
                     rows.append([name, sampler, steps if sampler != "rk45" else "adaptive", out.nfe, points[-1][1]])
                 data["curves"][f"{name} {sampler}"] = points
-    finally:
-        torch.set_num_threads(threads)
     notes = [f"sliced Wasserstein to a fresh sample of the mixture (n = {n}); two exact samples: {min(pairs):.4g} to "
              f"{max(pairs):.4g} over 8 pairs (differences within that spread are noise)",
              "NFE: network evaluations (pc: two a step, predictor and corrector; heun: two a step but the last)"]
@@ -234,12 +242,9 @@ def flow_note(budget: str) -> Report:
 
     n, grid = FLOW[budget]
     mixture = demo_mixture()
-    truth = mixture.sample(n, torch.Generator().manual_seed(1))
-    pairs = [sliced_wasserstein(mixture.sample(n, torch.Generator().manual_seed(10 + k)), truth) for k in range(8)]
+    truth, pairs = exact_samples(mixture, n)
     curves, straight = {}, {}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         for name, prediction in FLOW_PROCESSES.items():
             process = make_process(name)
             denoiser = mixture.denoiser(process, prediction)
@@ -249,8 +254,6 @@ def flow_note(budget: str) -> Report:
                           return_trajectory=True)
             ts = time_grid(process, grid[-1], default_spacing(process))
             straight[name] = straightness(fine.trajectory[:len(ts)], ts)
-    finally:
-        torch.set_num_threads(threads)
     rows = [[steps, *(curves[k][i] for k in curves)] for i, steps in enumerate(grid)]
     rows.append(["straightness", *(straight[k] for k in curves)])
     notes = [f"sliced Wasserstein to the mixture after that many Euler steps of the exact ODE (n = {n}); two exact "
