@@ -233,15 +233,15 @@ def clip_grad_norm(parameters, max_norm: float, world: World) -> torch.Tensor:
     import torch.distributed as dist
 
     grads = [p.grad for p in parameters if p.grad is not None]
+    pieces = [g.to_local() if hasattr(g, "to_local") else g for g in grads]   # this rank's, in place
     device = grads[0].device if grads else torch.device("cpu")
     total = torch.zeros((), dtype=torch.float64, device=device)
-    for g in grads:
-        local = g.to_local() if hasattr(g, "to_local") else g
-        total += local.detach().double().square().sum() / _replicas(g, world.size)
+    for g, piece in zip(grads, pieces):
+        total += piece.detach().double().square().sum() / _replicas(g, world.size)
     if world.distributed:
         dist.all_reduce(total)
     norm = total.sqrt().float()
     scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
-    for g in grads:
-        (g.to_local() if hasattr(g, "to_local") else g).mul_(scale.to(g.dtype))
+    for piece in pieces:
+        piece.mul_(scale.to(piece.dtype))
     return norm
