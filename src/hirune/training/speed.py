@@ -51,13 +51,14 @@ def diffusers_twin(config, sample_size: int) -> torch.nn.Module | None:
 class DiffusersStep:
     """The peer's training step over the same data, batch and device."""
 
-    def __init__(self, net: torch.nn.Module, run, batch: int):
+    def __init__(self, net: torch.nn.Module, run, batch: int, compiled: bool = False):
         from diffusers import DDPMScheduler
         from diffusers.training_utils import EMAModel
 
         cuda = run.device.type == "cuda"
         self.fmt = torch.channels_last if cuda else torch.contiguous_format
         self.net = net.to(run.device, memory_format=self.fmt).train()
+        self.forward = torch.compile(self.net) if compiled else self.net
         self.scheduler = DDPMScheduler(num_train_timesteps=1000)
         self.opt = torch.optim.AdamW(net.parameters(), lr=run.cfg.lr, fused=cuda or None)
         self.ema = EMAModel(net.parameters(), decay=run.cfg.ema_decay)
@@ -72,7 +73,7 @@ class DiffusersStep:
         xt = self.scheduler.add_noise(x0, noise, t).contiguous(memory_format=self.fmt)
         y = labels[idx] if labels is not None else None
         with torch.autocast(self.run.device.type, dtype=torch.bfloat16, enabled=self.cuda):
-            out = self.net(xt, t, class_labels=y).sample
+            out = self.forward(xt, t, class_labels=y).sample
         F.mse_loss(out.float()[:, :x0.shape[1]], noise).backward()
         torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.run.cfg.grad_clip)
         self.opt.step()
@@ -91,9 +92,11 @@ def _timed(fn, sync: bool) -> float:
 
 
 def bench_train(preset: str | None = None, overrides: dict[str, Any] | None = None, *,
-                batch: int | None = None, steps: int = 15, warmup: int = 3, peer: bool = True) -> dict:
+                batch: int | None = None, steps: int = 15, warmup: int = 3, peer: bool = True,
+                compile_peer: bool = False) -> dict:
     """images/s of hirune's training step for a preset (with overrides) and, where
-    possible, of the diffusers twin; returns a dict of rates, parameter counts and setup."""
+    possible, of the diffusers twin (`compile_peer`: under torch.compile, beside hirune's
+    `compile=true`); returns a dict of rates, parameter counts and setup."""
     from .presets import preset_config
     from .trainer import Trainer
 
@@ -113,7 +116,7 @@ def bench_train(preset: str | None = None, overrides: dict[str, Any] | None = No
         if twin is None:
             note = "diffusers missing or the UNet not expressible: peer skipped"
         else:
-            peer_step = DiffusersStep(twin, run, cfg.batch_size)
+            peer_step = DiffusersStep(twin, run, cfg.batch_size, compiled=compile_peer)
             contestants["diffusers UNet2DModel"] = lambda: peer_step(data, labels)
             params["diffusers UNet2DModel"] = sum(p.numel() for p in twin.parameters())
     elif peer:
