@@ -131,6 +131,9 @@ def _add_sample(sub) -> None:
     p.add_argument("--size", type=_size, default=None, metavar="HxW",
                    help="a run with aspect-ratio buckets (buckets=true): the samples' height x width, one of its "
                         "buckets (default: the first)")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the network for the batch's shape first (torch.compile; on a GPU with CUDA "
+                        "graphs): the first chunk pays the compilation, every step after runs faster")
     p.add_argument("--out", default="samples.png", help=".png grid, .npz arrays or .gif trajectory; video runs: "
                    ".gif / .mp4 (the clips playing in a grid) or .png (one frame strip per clip)")
     a = p.add_argument_group("LoRA adapters (diffusion runs; RUN is their base run, or an adapter run)")
@@ -342,6 +345,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
         if not hasattr(run, "use_embedding"):
             raise CLIError(f"--embedding applies to text-conditioned diffusion runs, not a {run.name} run")
         print(f"learned word: {run.use_embedding(args.embedding)}")
+    if args.compile:
+        from ..inference.compiled import compile_network
+
+        try:
+            compile_network(run)
+        except ValueError as e:
+            raise CLIError(str(e)) from None
     options = _token_options(run, args)
     if not options:
         options = {"denoiser": _guided(run, args), "guided_labels": args.guidance == "classifier"}
