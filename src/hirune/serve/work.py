@@ -33,8 +33,8 @@ def sample_work(run, form: dict, results: Path):
     def work(job) -> dict:
         estimates, steps, folder = [], form["steps"], results / job.id
 
-        def callback(info: dict) -> None:
-            job.report((info["i"] + 1) / (steps + 1))
+        def callback(info: dict) -> None:  # i: the index of the grid time just reached, of `steps`
+            job.report((info["i"] + 1) / steps)
             if info["x0"] is not None:
                 estimates.append(info["x0"][:X0_ROWS].detach().cpu().clone())
 
