@@ -10,13 +10,16 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 fastapi = pytest.importorskip("fastapi", reason="hirune serve needs fastapi (pip install 'hirune[serve]')")
 from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from hirune.cli import main  # noqa: E402
-from hirune.inference import generate, guide, load  # noqa: E402
+from hirune.inference import edit, generate, guide, load, regenerate  # noqa: E402
+from hirune.inference.editing import read_image  # noqa: E402
+from hirune.metrics import psnr  # noqa: E402
 from hirune.serve.app import make_app  # noqa: E402
 from hirune.serve.jobs import Jobs, QueueFull  # noqa: E402
 from hirune.serve.server import PortInUse, bind  # noqa: E402
@@ -77,16 +80,21 @@ def test_the_progress_follows_the_samplers_steps(runs_root, tmp_path):
     assert job.reports == [k / 5 for k in range(1, 6)]  # one report per grid time, the last at 1
 
 
-def test_an_uploaded_image_is_inverted_and_edited(client, finished):
-    digit = Image.fromarray((np.indices((8, 8)).sum(0) * 16).astype(np.uint8))
-    png = io.BytesIO()
-    digit.save(png, "PNG")
-    form = {"run": "cond", "source": "1", "target": "7", "steps": "4"}
-    job = client.post("/api/edit", data=form, files={"image": ("d.png", png.getvalue(), "image/png")}).json()["job"]
-    state = finished(client, job)
+def test_an_uploaded_image_is_inverted_and_edited(client, runs_root, tmp_path, finished):
+    digit = tmp_path / "d.png"
+    Image.fromarray((np.indices((8, 8)).sum(0) * 16).astype(np.uint8)).save(digit)
+    form = {"run": "cond", "source": "1", "target": "7", "steps": "4", "guidance": "2"}
+    job = client.post("/api/edit", data=form, files={"image": ("d.png", digit.read_bytes(), "image/png")}).json()
+    state = finished(client, job["job"])
     assert state["state"] == "done", state
     assert state["reconstruction_psnr_db"] > 40  # exact inversion: the source condition gives the image back
-    assert _pixels(client.get(state["files"]["edit.png"]).content).shape == (8 + 2 * 2, 3 * 8 + 4 * 2)  # 2-pixel pads
+    run = load(runs_root / "cond")  # the same through the library: edit, and regenerate under the source
+    x, _ = read_image(run.data, str(digit))
+    edited, noise = edit(run, x, 1, 7, scale=2.0, steps=4)
+    back = regenerate(run, noise, labels=torch.tensor([1]), denoiser=guide(run, "cfg", 2.0), steps=4).x
+    assert state["reconstruction_psnr_db"] == float(psnr(back, x)[0])
+    expected = np.asarray(grid_picture(torch.cat([x, back, edited]), nrow=3))
+    assert np.array_equal(_pixels(client.get(state["files"]["edit.png"]).content), expected)
 
 
 def test_the_metrics_are_the_runs_records(client, runs_root):

@@ -33,10 +33,10 @@ LOADED = "(id) => document.getElementById(id).complete && document.getElementByI
 
 
 @pytest.fixture(scope="module")
-def address(runs_root, tmp_path_factory):
+def address(cond_root, tmp_path_factory):
     """The page's URL: uvicorn serving the runs on a free loopback port, in a thread."""
     sock = bind("127.0.0.1", 0)
-    server = make_server(make_app(runs_root, results=tmp_path_factory.mktemp("results")), sock)
+    server = make_server(make_app(cond_root, results=tmp_path_factory.mktemp("results")), sock)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     end = time.monotonic() + 30
