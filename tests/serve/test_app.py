@@ -170,3 +170,35 @@ def test_a_port_in_use_is_a_clear_error(capsys):
         taken.close()
     with pytest.raises(ValueError, match="port 70000 is not valid; valid: 0..65535"):
         bind("127.0.0.1", 70000)
+
+
+def test_binding_beyond_loopback_warns(capsys):
+    taken = bind("0.0.0.0", 0)  # (taken, so that the command stops at once)
+    try:
+        assert main(["serve", "--host", "0.0.0.0", "--port", str(taken.getsockname()[1])]) == 2
+    finally:
+        taken.close()
+    err = capsys.readouterr().err
+    assert "warning: binding 0.0.0.0, not the loopback address" in err and "is in use on 0.0.0.0" in err
+
+
+@pytest.mark.slow
+def test_hirune_serve_serves_the_runs(runs_root):
+    """The command itself, in its own process: it prints its URL and answers there."""
+    import json
+    import subprocess
+    import sys
+    import urllib.request
+
+    command = [sys.executable, "-m", "hirune", "serve", "--runs", str(runs_root), "--port", "0"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as server:
+        try:
+            line = server.stdout.readline()
+            assert line.startswith("hirune serve: runs under") and "http://127.0.0.1:" in line, line
+            address = line.split(" on ")[1].split()[0]
+            with urllib.request.urlopen(address + "api/runs", timeout=30) as response:
+                assert {r["name"] for r in json.load(response)["runs"]} == {"cond", "plain"}
+            with urllib.request.urlopen(address, timeout=30) as response:
+                assert "<title>hirune serve</title>" in response.read().decode()
+        finally:
+            server.terminate()
