@@ -25,7 +25,7 @@ from ..inference.editing import read_image
 from ..training.run_folder import logged_records
 from .forms import edit_form, sample_form
 from .jobs import Jobs, QueueFull
-from .runs import Runs
+from .runs import Runs, Unknown
 from .work import edit_work, sample_work
 
 
@@ -39,6 +39,7 @@ def make_app(runs_root: str | Path, jobs: Jobs | None = None, results: str | Pat
     one); `results`: where the jobs' pictures go (default: a new temporary folder)."""
     try:
         from fastapi import FastAPI, File, Form, Request, UploadFile
+        from fastapi.concurrency import run_in_threadpool
         from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
     except ImportError as e:
         raise ImportError(f"hirune serve needs FastAPI, uvicorn and python-multipart ({e}); install them with "
@@ -53,9 +54,9 @@ def make_app(runs_root: str | Path, jobs: Jobs | None = None, results: str | Pat
     async def refused(request: Request, e: ValueError):
         return JSONResponse({"error": " ".join(str(e).splitlines())}, status_code=422)
 
-    @app.exception_handler(LookupError)
-    async def unknown(request: Request, e: LookupError):
-        return JSONResponse({"error": str(e.args[0] if e.args else e)}, status_code=404)
+    @app.exception_handler(Unknown)
+    async def unknown(request: Request, e: Unknown):
+        return JSONResponse({"error": str(e.args[0])}, status_code=404)
 
     @app.exception_handler(QueueFull)
     async def busy(request: Request, e: QueueFull):
@@ -84,7 +85,7 @@ def make_app(runs_root: str | Path, jobs: Jobs | None = None, results: str | Pat
         if not isinstance(values, dict) or not values.get("run"):
             raise ValueError(f"run is missing; valid: {[r['name'] for r in runs.listing() if r['can_sample']]}")
         info = runs.sampling(str(values["run"]))
-        run, samplers = runs.loaded(info["name"])
+        run, samplers = await run_in_threadpool(runs.loaded, info["name"])  # a first load takes seconds
         form = sample_form(values, info, samplers)
         return _submitted(jobs.submit(sample_work(run, form, results)), form)
 
@@ -93,7 +94,7 @@ def make_app(runs_root: str | Path, jobs: Jobs | None = None, results: str | Pat
                    target: str = Form(""), steps: str = Form("50"), guidance: str = Form("")):
         info = runs.sampling(run)
         form = edit_form({"source": source, "target": target, "steps": steps, "guidance": guidance}, info)
-        loaded = runs.loaded(run)[0]
+        loaded = (await run_in_threadpool(runs.loaded, run))[0]
         x = _uploaded(loaded, await image.read(), image.filename or "upload", results)
         return _submitted(jobs.submit(edit_work(loaded, x, form, results)), form)
 
@@ -109,7 +110,7 @@ def make_app(runs_root: str | Path, jobs: Jobs | None = None, results: str | Pat
     def job_file(job_id: str, name: str):
         job = _job(jobs, job_id)
         if name not in job.result.get("files", []):
-            raise LookupError(f"job {job_id} has no file {name!r}; valid: {job.result.get('files', [])}")
+            raise Unknown(f"job {job_id} has no file {name!r}; valid: {job.result.get('files', [])}")
         return FileResponse(results / job.id / name)
 
     @app.get("/api/metrics/{name}")
@@ -126,7 +127,7 @@ def _submitted(job, form: dict) -> dict:
 def _job(jobs: Jobs, job_id: str):
     job = jobs.get(job_id)
     if job is None:
-        raise LookupError(f"unknown job {job_id!r} (finished jobs are kept for a while, then forgotten)")
+        raise Unknown(f"unknown job {job_id!r} (finished jobs are kept for a while, then forgotten)")
     return job
 
 

@@ -27,6 +27,10 @@ from ..sampling import SAMPLERS
 from ..training.run_folder import is_hirune_config, logged_records
 
 
+class Unknown(LookupError):
+    """An unknown run, job or file (HTTP 404); the message names the valid ones."""
+
+
 def run_folders(root: Path) -> dict[str, Path]:
     """name -> folder of every run directly under `root`, by name."""
     if not root.is_dir():
@@ -76,8 +80,8 @@ def _why_not(folder: Path, out: dict, section: dict) -> str | None:
 
 class Runs:
     """The runs under `root`; `loaded(name)` loads a run once (and finds its samplers), later
-    calls get the same object.  Unknown names and runs that do not sample raise ValueError
-    naming the valid ones."""
+    calls get the same object.  An unknown name raises Unknown, a run that does not sample
+    ValueError, both naming the valid ones."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -87,7 +91,7 @@ class Runs:
     def folder(self, name: str) -> Path:
         folders = run_folders(self.root)
         if name not in folders:
-            raise LookupError(f"unknown run {name!r}; valid: {sorted(folders) or f'none (no runs under {self.root})'}")
+            raise Unknown(f"unknown run {name!r}; valid: {sorted(folders) or f'none (no runs under {self.root})'}")
         return folders[name]
 
     def listing(self) -> list[dict]:
@@ -143,4 +147,4 @@ def usable_samplers(run) -> list[str]:
     return usable
 
 
-__all__ = ["Runs", "describe", "run_folders", "usable_samplers"]
+__all__ = ["Runs", "Unknown", "describe", "run_folders", "usable_samplers"]
