@@ -28,11 +28,11 @@ def tiny_run(root: Path, name: str, preset: str = "vpred-digits", **overrides) -
 
 @pytest.fixture(scope="module")
 def runs_root(tmp_path_factory) -> Path:
-    """cond: class-conditional with condition dropout (classes, guidance, editing);
-    plain: unconditional."""
+    """cond: class-conditional DDPM (v-prediction) with condition dropout (classes, guidance,
+    editing); plain: an unconditional rectified flow (a process some samplers refuse)."""
     root = tmp_path_factory.mktemp("serve-runs")
     tiny_run(root, "cond", class_conditional=True, p_uncond=0.2)
-    tiny_run(root, "plain")
+    tiny_run(root, "plain", "flow-digits")
     return root
 
 

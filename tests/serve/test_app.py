@@ -45,8 +45,12 @@ def test_the_runs_are_listed_with_what_they_take(client):
     assert runs["cond"]["condition"] == "class" and runs["cond"]["classes"] == 10 and runs["cond"]["guidance"]
     assert runs["plain"]["condition"] == "none" and not runs["plain"]["guidance"]
     assert runs["cond"]["can_sample"] and runs["cond"]["logged_steps"] == 4
-    details = client.get("/api/runs/cond").json()
-    assert {"ddim", "ddpm", "dpmpp_2m", "heun"} <= set(details["samplers"])
+    every = ["ddpm", "ddim", "annealed_langevin", "euler_maruyama", "pc", "euler", "midpoint", "heun", "rk45",
+             "dpmpp_2m"]
+    assert client.get("/api/runs/cond").json()["samplers"] == every
+    # a rectified flow reaches sigma = 0 and has no reverse SDE at t = 1: Langevin and the SDE samplers refuse it
+    assert client.get("/api/runs/plain").json()["samplers"] == ["ddpm", "ddim", "euler", "midpoint", "heun", "rk45",
+                                                                 "dpmpp_2m"]
 
 
 def test_a_sample_job_gives_generates_samples_bitwise(client, runs_root, finished):
