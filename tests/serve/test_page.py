@@ -110,3 +110,13 @@ def test_an_uploaded_image_is_edited(page, tmp_path):
     page.wait_for_function(f"({LOADED})('edited') || document.getElementById('edit-error').textContent")
     assert page.inner_text("#edit-error") == "" and "reconstruction PSNR" in page.inner_text("#status")
     _screenshot(page, tmp_path, "serve-edit.png")
+
+
+def test_the_loss_curve_follows_a_run_that_trains(page, cond_root):
+    """The page polls the metrics every few seconds: a step logged now shows up without a reload."""
+    page.wait_for_function("document.getElementById('chart-info').textContent.includes('4 logged steps')")
+    with open(cond_root / "cond" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "loss": 0.125}\n')
+    page.wait_for_function("document.getElementById('chart-info').textContent.includes('5 logged steps')",
+                           timeout=10_000)
+    assert "last loss 0.1250" in page.text_content("#chart-info")
