@@ -159,14 +159,14 @@ def test_jobs_run_off_the_request_thread_with_progress_and_a_bounded_queue():
     assert second.state == "failed" and second.error == "division by zero"
 
 
-def test_a_port_in_use_is_a_clear_error(capsys):
+def test_a_port_in_use_is_a_clear_error(tmp_path, capsys):
     taken = bind("127.0.0.1", 0)
     port = taken.getsockname()[1]
     try:
         with pytest.raises(PortInUse) as error:
             bind("127.0.0.1", port)
         assert error.value.strerror == f"port {port} is in use on 127.0.0.1; pass --port N (or --port 0 for a free one)"
-        assert main(["serve", "--runs", "nowhere", "--port", str(port)]) == 2
+        assert main(["serve", "--runs", str(tmp_path), "--port", str(port)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert err == [f"hirune serve: error: port {port} is in use on 127.0.0.1; pass --port N (or --port 0 for a "
                        "free one)"]
@@ -176,14 +176,17 @@ def test_a_port_in_use_is_a_clear_error(capsys):
         bind("127.0.0.1", 70000)
 
 
-def test_binding_beyond_loopback_warns(capsys):
+def test_binding_beyond_loopback_warns_and_a_missing_folder_is_named(tmp_path, capsys):
     taken = bind("0.0.0.0", 0)  # (taken, so that the command stops at once)
     try:
-        assert main(["serve", "--host", "0.0.0.0", "--port", str(taken.getsockname()[1])]) == 2
+        assert main(["serve", "--runs", str(tmp_path), "--host", "0.0.0.0", "--port", str(taken.getsockname()[1])]) == 2
     finally:
         taken.close()
     err = capsys.readouterr().err
     assert "warning: binding 0.0.0.0, not the loopback address" in err and "is in use on 0.0.0.0" in err
+    assert main(["serve", "--runs", str(tmp_path / "gone")]) == 2
+    assert f"hirune serve: error: --runs {tmp_path / 'gone'}: no such folder; valid: a folder of run folders" in \
+        capsys.readouterr().err
 
 
 @pytest.mark.slow

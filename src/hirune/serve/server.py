@@ -76,6 +76,9 @@ def serve(runs_root: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_P
     """Serve the page over the runs under `runs_root` until interrupted."""
     from .app import make_app
 
+    if not Path(runs_root).is_dir():
+        raise FileNotFoundError(f"--runs {runs_root}: no such folder; valid: a folder of run folders (hirune train "
+                                "... out=FOLDER/NAME writes one there)")
     sock = bind(host, port)  # before the app and uvicorn load: a taken port fails fast
     app = make_app(runs_root)
     print(f"hirune serve: runs under {Path(runs_root).resolve()} on {url(sock)} (Ctrl-C stops)", flush=True)
