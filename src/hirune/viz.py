@@ -1,4 +1,5 @@
-"""Pictures of 2-D point clouds: a grid of scatter plots and a GIF of a sampler trajectory.
+"""Pictures: of 2-D point clouds (a grid of scatter plots, a GIF of a sampler trajectory) and
+of images (a PNG grid, a GIF of the grids along a sampler trajectory).
 
 matplotlib (Agg backend, no display needed) and Pillow are imported inside the functions,
 so importing hirune stays light.
@@ -125,17 +126,36 @@ def trajectory_gif(trajectory: list[Tensor], path: str | Path, *, labels: list[s
     return path
 
 
-def image_grid(images: Tensor, path: str | Path, nrow: int | None = None, pad: int = 2) -> Path:
-    """Write (N, C, H, W) images in [-1, 1] (C = 1 or 3) as one PNG grid, `nrow` per row."""
+def grid_picture(images: Tensor, nrow: int | None = None, pad: int = 2):
+    """(N, C, H, W) images in [-1, 1] (C = 1 or 3) as one PIL image, a grid of `nrow` per row
+    (default: a square), `pad` black pixels between them."""
     from PIL import Image
 
     x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     n, c = x.shape[:2]
     grid = tile(x.permute(0, 2, 3, 1), nrow or max(1, int(math.ceil(math.sqrt(n)))), pad, pad_value=0)
-    array = grid[..., 0].numpy() if c == 1 else grid.numpy()
+    return Image.fromarray(grid[..., 0].numpy() if c == 1 else grid.numpy())
+
+
+def image_grid(images: Tensor, path: str | Path, nrow: int | None = None, pad: int = 2) -> Path:
+    """Write (N, C, H, W) images in [-1, 1] (C = 1 or 3) as one PNG grid, `nrow` per row."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
+    grid_picture(images, nrow, pad).save(path)
+    return path
+
+
+def grid_gif(trajectory: list[Tensor], path: str | Path, *, max_frames: int = 30, frame_ms: int = 80) -> Path:
+    """Write a sampler's image trajectory (the (N, C, H, W) states, noise first, the samples
+    last) as an animated GIF of their grids: every k-th state, k = len // max_frames, and the
+    last state always."""
+    if len(trajectory) == 0:
+        raise ValueError("empty trajectory")
+    states = trajectory[:-1][:: max(1, len(trajectory[:-1]) // max_frames)] + [trajectory[-1]]
+    pictures = [grid_picture(x).convert("P") for x in states]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=frame_ms, loop=0)
     return path
 
 

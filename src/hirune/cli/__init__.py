@@ -9,6 +9,7 @@
     playbook.py  hirune playbook: the large-model training notes as measurements (teaching code)
     reproduce.py hirune reproduce: a note's central claim in one command, a report page
     interop.py   hirune import: a diffusers model folder as a run (export --format diffusers: runs.py)
+    serve.py     hirune serve: a local web page over trained runs (sample, edit, loss curves)
 
 Each subcommand is one `_add_<name>(subparsers)` function that declares its arguments and
 one `cmd_<name>(args) -> int` function that runs it; adding a command means writing the
@@ -41,12 +42,13 @@ from .plan import _add_plan
 from .playbook import _add_playbook
 from .reproduce import _add_reproduce
 from .runs import _add_eval, _add_export, _add_sample, _add_train
+from .serve import _add_serve
 from .unclip import _add_unclip
 
 COMMANDS: tuple[Callable, ...] = (_add_demo, _add_samplers, _add_schedules, _add_processes,
                                   _add_datasets, _add_train, _add_presets, _add_sample, _add_eval, _add_export,
                                   _add_invert, _add_edit, _add_bench, _add_plan, _add_cascade,
-                                  _add_unclip, _add_playbook, _add_reproduce, _add_import)
+                                  _add_unclip, _add_playbook, _add_reproduce, _add_import, _add_serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

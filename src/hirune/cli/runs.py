@@ -331,7 +331,7 @@ def _sample_video(run, args, options: dict, out_path: Path) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     from ..inference.generate import generate
     from ..training.loading import load
-    from ..viz import image_grid, scatter_grid, trajectory_gif
+    from ..viz import grid_gif, image_grid, scatter_grid, trajectory_gif
 
     out_path = Path(args.out)
     if out_path.suffix not in (".png", ".npz", ".gif", ".mp4"):
@@ -381,18 +381,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if out_path.suffix == ".npz":
         _save_npz(out_path, out, labels)
     elif out_path.suffix == ".gif":
-        frames = out.trajectory if run.data.kind == "toy" else None
-        if frames is None:
-            from PIL import Image
-            import tempfile
-
-            pictures = []
-            with tempfile.TemporaryDirectory() as tmp:
-                for i, x in enumerate(out.trajectory[:: max(1, len(out.trajectory) // 30)] + [out.x]):
-                    pictures.append(Image.open(image_grid(x, Path(tmp) / f"{i}.png")).convert("P"))
-                pictures[0].save(out_path, save_all=True, append_images=pictures[1:], duration=80, loop=0)
-        else:
-            trajectory_gif(frames, out_path)
+        if run.data.kind == "toy":
+            trajectory_gif(out.trajectory, out_path)
+        else:  # the grids along the trajectory (it ends at the samples)
+            grid_gif(out.trajectory, out_path)
     elif run.data.kind == "image":
         image_grid(out.x, out_path, nrow=max(1, args.n // run.data.num_classes) if args.class_grid else None)
     else:

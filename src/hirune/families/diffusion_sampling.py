@@ -128,7 +128,8 @@ def generate(run, n: int, sampler: str | None = None, steps: int | None = None, 
              guided_labels: bool = False, trajectory: bool = False, progress: bool = True,
              temperature: float = 1.0, embeddings: Tensor | None = None, low_res: Tensor | None = None,
              aug_level: float = 0.0, size: tuple[int, int] | None = None,
-             original_size: int | tuple[int, int] | None = None, crop: tuple[int, int] | None = None):
+             original_size: int | tuple[int, int] | None = None, crop: tuple[int, int] | None = None,
+             callback=None):
     """n samples of a run (its EMA weights as loaded) in data space; returns (SampleOutput,
     labels or None).
 
@@ -154,7 +155,10 @@ def generate(run, n: int, sampler: str | None = None, steps: int | None = None, 
     buckets (default: the first; `families.buckets.sample_shape`).
 
     A micro-conditioned run (SDXL, `families.micro`) is told `original_size` (h, w) or h
-    (default: the image's size) and `crop` (top, left) (default (0, 0): uncropped)."""
+    (default: the image's size) and `crop` (top, left) (default (0, 0): uncropped).
+
+    `callback({"i", "t", "x", "x0"})` is the sampler's, called after each step of each chunk
+    (in the diffusion's space: latents for latent runs); it sees, never changes, the samples."""
     if temperature != 1.0:
         raise ValueError("temperature applies to normalizing flows")
     if steps is not None:
@@ -184,21 +188,21 @@ def generate(run, n: int, sampler: str | None = None, steps: int | None = None, 
                                                       aug_level, chunk_seed)}
         cond = {**cond, **micro.sampling_condition(run, rows.stop - rows.start, original_size, crop, shape[1:])}
         outs.append(_sample(run, d, (rows.stop - rows.start, *shape), cond, sampler, steps, spacing, chunk_seed,
-                            trajectory, progress))
+                            trajectory, progress, callback))
     if len(outs) == 1:
         return outs[0], labels
     return SampleOutput(torch.cat([o.x for o in outs]), max(o.nfe for o in outs)), labels
 
 
 def _sample(run, denoiser, shape: tuple[int, ...], cond: dict, sampler: str, steps: int, spacing, seed: int,
-            trajectory: bool, progress: bool):
+            trajectory: bool, progress: bool, callback=None):
     """Samples of `shape` (n, ...) in the diffusion's space, from `seed` under the network's
     condition keywords `cond`, in data space."""
     from ..sampling import sample
 
     with torch.no_grad():
         out = sample(denoiser, shape, sampler, steps, spacing, seed=seed, cond=cond,
-                     device=run.device, return_trajectory=trajectory, progress=progress)
+                     device=run.device, return_trajectory=trajectory, progress=progress, callback=callback)
         if run.first_stage is not None:  # latent diffusion: decode the latents (and the trajectory)
             frames = [run.decode(f) for f in out.trajectory] if out.trajectory is not None else None
             out = SampleOutput(run.decode(out.x), out.nfe, frames)

@@ -30,7 +30,7 @@ def generate(run, n: int, sampler: str | None = None, steps: int | None = None, 
              seed: int = 0, **options):
     """n samples of `run` (a loaded run, or the path of one) and their labels (or None):
     `options` are those of the family's `generate` (labels, prompts, label, per_class,
-    prompt, denoiser, guided_labels, trajectory, progress, temperature)."""
+    prompt, denoiser, guided_labels, trajectory, progress, callback, temperature)."""
     if n < 1:
         raise ValueError(f"the number of samples must be >= 1, got {n}")
     return _loaded(run).generate(n, sampler, steps, spacing, seed, **options)
