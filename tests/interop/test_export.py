@@ -161,12 +161,13 @@ def test_an_exported_dit_imports_back_as_a_learned_variance_denoiser(dit_file, t
     from hirune.sampling import ddim
     from hirune.sampling.timesteps import time_grid
     from hirune.training.diffusers_export import export_diffusers
-    from hirune.training.diffusers_import import import_diffusers, load_imported
+    from hirune.training.diffusers_import import import_diffusers
 
     out = export_diffusers(dit_file, tmp_path / "dit-diffusers")
-    run = load_imported(import_diffusers(out / "transformer", tmp_path / "run"))
+    run = load(import_diffusers(out / "transformer", tmp_path / "run"))
     ours = load(dit_file)
-    assert run.denoiser.prediction == "eps" and run.denoiser.learned_variance and run.num_classes == 10
+    assert run.denoiser.prediction == "eps" and run.denoiser.learned_variance and run.model.num_classes == 10
+    assert run.config.objective == "hybrid" and run.config.class_conditional
     assert torch.equal(run.process.betas, ours.process.betas.float().double())
     theirs = diffusers.DiTTransformer2DModel.from_pretrained(out / "transformer", local_files_only=True).eval()
     x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([5.0, 600.0]), torch.tensor([2, 10])
