@@ -105,14 +105,26 @@ def test_autoencoder_export_loads_as_autoencoder_kl_and_equals_hirune(autoencode
     assert max(errs) < 1e-5
 
 
-def test_unsupported_runs_are_refused_naming_the_supported(tmp_path):
+@pytest.mark.parametrize("kind", ["mlp", "unet", "uvit", "normalizing_flow"])
+def test_unsupported_runs_are_refused_naming_the_supported(kind, tmp_path):
+    """UNet, U-ViT, MLP and flow runs (one step each) are refused naming what diffusers' format takes."""
     from hirune.training.diffusers_export import export_diffusers
 
-    cfg = TrainConfig.from_dict(dict(COMMON, dataset="two_moons", model="mlp", process="ddpm",
-                                     model_config={"hidden": 16, "depth": 2}, out=str(tmp_path / "run")))
+    settings = {"mlp": dict(dataset="two_moons", model="mlp", model_config={"hidden": 16, "depth": 2}),
+                "unet": dict(model="unet", model_config={"channels": 8, "channel_mult": [1], "num_res_blocks": 1,
+                                                         "attention_resolutions": []}),
+                "uvit": dict(model="uvit", model_config={"hidden_size": 16, "depth": 1, "num_heads": 2,
+                                                         "patch_size": 4}),
+                "normalizing_flow": dict(family="normalizing_flow", model="normalizing_flow",
+                                         model_config={"levels": 1, "steps": 1, "hidden": 8})}[kind]
+    cfg = TrainConfig.from_dict({**COMMON, "steps": 1, "ckpt_every": 1, **settings, "out": str(tmp_path / "run")})
     train(cfg, progress=False)
-    with pytest.raises(ValueError, match="supported: a diffusion run of a DiT .*; a kl_autoencoder run"):
+    family = settings.get("family", "diffusion")
+    with pytest.raises(ValueError, match=rf"^a {family} run of model '{kind}' cannot be exported in diffusers' "
+                                         r"format; supported: a diffusion run of a DiT .*; a kl_autoencoder run; "
+                                         r"a run written by `hirune import`"):
         export_diffusers(tmp_path / "run", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_command_writes_the_folder_and_refuses_in_one_line(dit_file, tmp_path, capsys):

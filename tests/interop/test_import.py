@@ -204,8 +204,15 @@ def test_missing_and_foreign_folders_and_datasets_are_refused(tmp_path):
 def test_the_import_command(tmp_path, capsys):
     folder = save_pipeline(tmp_path / "pipeline", "v_prediction")
     hirune("import", folder, "--out", tmp_path / "run")
-    assert "UNet2DModel as a diffusion run, v prediction over 1000 steps" in capsys.readouterr().out
+    assert "UNet2DModel, now a hirune diffusion run: v prediction over 1000 steps" in capsys.readouterr().out
     assert load(tmp_path / "run").denoiser.prediction == "v"
+    hirune("export", tmp_path / "run", "--format", "diffusers", "--out", tmp_path / "back")  # and back, as it came
+    unet = diffusers.UNet2DModel.from_pretrained(tmp_path / "back" / "unet", local_files_only=True)
+    scheduler = diffusers.DDPMScheduler.from_pretrained(tmp_path / "back" / "scheduler", local_files_only=True)
+    original = random_unet().state_dict()
+    assert all(torch.equal(v, original[k]) for k, v in unet.state_dict().items()) and len(original) > 10
+    assert scheduler.config.prediction_type == "v_prediction"
+    assert torch.equal(scheduler.betas, ddim_scheduler("v_prediction").betas)
     assert main(["import", str(tmp_path / "nothing"), "--out", str(tmp_path / "run2")]) == 2
     assert "is not a folder" in capsys.readouterr().err
     assert main(["import", str(folder), "--out", str(tmp_path / "run")]) == 2  # exists, not empty

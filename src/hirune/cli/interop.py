@@ -35,5 +35,6 @@ def cmd_import(args: argparse.Namespace) -> int:
     kind = run.model.config.class_name if run.cfg.model == "diffusers" else "AutoencoderKL"
     what = (f"{run.denoiser.prediction} prediction over {run.process.T} steps" if run.name == "diffusion"
             else f"latent scale factor {run.latent_stats['scale_factor']:.6g}")
-    print(f"wrote {out}: a diffusers {kind} as a {run.name} run, {what}, on {run.data.name} {tuple(run.data.shape)}")
+    print(f"wrote {out}: a diffusers {kind}, now a hirune {run.name} run: {what}, on {run.data.name} "
+          f"{tuple(run.data.shape)}")
     return 0
