@@ -47,12 +47,12 @@ def save_pipeline(out, prediction_type: str, unet=None, T: int = 1000):
     return out
 
 
-def hirune(*argv) -> None:
+def cli(*argv) -> None:
     assert main([str(a) for a in argv]) == 0
 
 
 def sample_npz(run, path, *options) -> np.ndarray:
-    hirune("sample", run, "--n", 2, "--out", path, *options)
+    cli("sample", run, "--n", 2, "--out", path, *options)
     return np.load(path)["samples"]
 
 
@@ -63,7 +63,7 @@ def test_hirune_sample_ddim_on_the_imported_unet_equals_ddim_pipeline(prediction
     from diffusers.pipelines.ddim import pipeline_ddim
 
     pipeline_dir = save_pipeline(tmp_path / "pipeline", prediction_type)
-    hirune("import", pipeline_dir / "unet", "--out", tmp_path / "run")
+    cli("import", pipeline_dir / "unet", "--out", tmp_path / "run")
     run = load(tmp_path / "run")
     assert (run.cfg.model, run.process.T, run.denoiser.prediction, run.sample_shape) == ("diffusers", 1000, ours,
                                                                                          (1, 8, 8))
@@ -92,9 +92,9 @@ def test_hirune_sample_ddim_on_the_imported_unet_equals_ddim_pipeline(prediction
             assert other.shape == (2, 1, 8, 8) and np.isfinite(other).all() and other.std() > 0.05, sampler
 
 
-def small_eps_unet(scale: float) -> torch.nn.Module:
+def small_eps_unet(scale: float, **labels) -> torch.nn.Module:
     """An eps network whose output layer is scaled by `scale` (0: it predicts eps = 0)."""
-    unet = random_unet()
+    unet = random_unet(**labels)
     with torch.no_grad():
         unet.conv_out.weight.mul_(scale)
         unet.conv_out.bias.mul_(scale)
@@ -108,9 +108,9 @@ def test_hirune_invert_reconstructs_through_the_imported_unet(tmp_path, capsys):
     are not a denoiser; at full scale the steps diverge), over 50 steps; float32 rounding,
     amplified by 1 / sqrt(alpha_bar), leaves ~1e-4."""
     folder = save_pipeline(tmp_path / "pipeline", "epsilon", small_eps_unet(0.1))
-    hirune("import", folder, "--out", tmp_path / "run", "--dataset", "digits")  # the pipeline folder opens too
+    cli("import", folder, "--out", tmp_path / "run", "--dataset", "digits")  # the pipeline folder opens too
     capsys.readouterr()
-    hirune("invert", tmp_path / "run", "test:0", "--steps", 50, "--out", tmp_path / "inv.png")
+    cli("invert", tmp_path / "run", "test:0", "--steps", 50, "--out", tmp_path / "inv.png")
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     saved = np.load(tmp_path / "inv.npz")
     print(f"hirune invert through the imported UNet2DModel: PSNR {result['psnr_db']:.1f} dB, relative error "
@@ -129,20 +129,20 @@ def test_hirune_eval_nll_is_the_closed_form_of_a_zero_network(tmp_path, capsys):
     from hirune.data.dequantize import dequantize, discrete_nll
 
     folder = save_pipeline(tmp_path / "pipeline", "epsilon", small_eps_unet(0.0), T=20)
-    hirune("import", folder, "--out", tmp_path / "run", "--dataset", "digits")
+    cli("import", folder, "--out", tmp_path / "run", "--dataset", "digits")
     capsys.readouterr()
-    hirune("eval", tmp_path / "run", "--n", 20, "--steps", 2, "--nll", 2)
+    cli("eval", tmp_path / "run", "--n", 20, "--steps", 2, "--nll", 2)
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     scheduler = ddim_scheduler("epsilon", T=20)
     alpha_bar = scheduler.alphas_cumprod.double()
     r, s = (alpha_bar[-1] / alpha_bar[0]).sqrt(), (1 - alpha_bar[-1]).sqrt()
-    y = dequantize(load_dataset("digits", "test").data[:2].double(), 17, torch.Generator().manual_seed(0))
+    y = dequantize(load_dataset("digits", "test").data[:2], 17, torch.Generator().manual_seed(0)).double()  # eval's u
     D = y[0].numel()
     log_p = torch.distributions.Normal(0.0, s).log_prob(r * y).flatten(1).sum(1) + D * torch.log(r)
     expected = float(discrete_nll(log_p, D, 17).mean())
     print(f"hirune eval --nll on the eps = 0 network: {metrics['nll_nats']:.4f} nats, closed form {expected:.4f}")
     assert metrics["dataset"] == "digits" and math.isfinite(metrics["frechet_distance"])
-    assert abs(metrics["nll_nats"] - expected) < 1e-3 * abs(expected)
+    assert abs(metrics["nll_nats"] - expected) < 1e-4 * abs(expected)
 
 
 def test_a_class_conditional_unet_takes_its_labels(tmp_path, capsys):
@@ -151,7 +151,7 @@ def test_a_class_conditional_unet_takes_its_labels(tmp_path, capsys):
     (which needs a null label UNet2DModel does not have) is refused saying so."""
     unet = random_unet(num_class_embeds=10)
     folder = save_pipeline(tmp_path / "pipeline", "sample", unet)
-    hirune("import", folder, "--out", tmp_path / "run", "--dataset", "digits")
+    cli("import", folder, "--out", tmp_path / "run", "--dataset", "digits")
     run = load(tmp_path / "run")
     assert run.config.class_conditional and run.model.num_classes == 10
     samples = torch.from_numpy(sample_npz(tmp_path / "run", tmp_path / "s.npz", "--class", 3, "--sampler", "ddim",
@@ -173,6 +173,28 @@ def test_a_class_conditional_unet_takes_its_labels(tmp_path, capsys):
     assert "no null label" in capsys.readouterr().err
     with pytest.raises(ValueError, match="the network embeds 10 classes, dataset='two_moons'|holds toy examples"):
         import_diffusers(folder, tmp_path / "run2", dataset="two_moons")
+
+
+def test_hirune_edit_and_the_python_entry_points_on_a_class_conditional_import(tmp_path, capsys):
+    """`hirune edit` inverts a digit under its own class and resamples under --to: to its own
+    class it gives the image back, to another class another image; `hirune.load` and
+    `hirune.generate` read the run as any other (labels passed through)."""
+    import hirune
+
+    folder = save_pipeline(tmp_path / "pipeline", "epsilon", small_eps_unet(0.1, num_class_embeds=10))
+    cli("import", folder, "--out", tmp_path / "run", "--dataset", "digits")
+    psnr = {}
+    for target in (0, 7):  # test:0 of the digits is a 0
+        capsys.readouterr()
+        cli("edit", tmp_path / "run", "test:0", "--from", 0, "--to", target, "--steps", 10, "--strength", 0.5,
+            "--out", tmp_path / f"edit{target}.png")
+        psnr[target] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["psnr_to_original_db"]
+    print(f"hirune edit through the imported class-conditional UNet2DModel: PSNR to the original {psnr}")
+    assert psnr[0] > 60 and psnr[7] < psnr[0] - 10
+    run = hirune.load(tmp_path / "run")
+    out, labels = hirune.generate(run, 3, "ddim", 4, label=4)
+    again, _ = hirune.generate(tmp_path / "run", 3, "ddim", 4, label=4)
+    assert out.x.shape == (3, 1, 8, 8) and labels.tolist() == [4, 4, 4] and torch.equal(out.x, again.x)
 
 
 def test_an_unsupported_class_is_refused_naming_the_supported(tmp_path):
@@ -203,10 +225,10 @@ def test_missing_and_foreign_folders_and_datasets_are_refused(tmp_path):
 
 def test_the_import_command(tmp_path, capsys):
     folder = save_pipeline(tmp_path / "pipeline", "v_prediction")
-    hirune("import", folder, "--out", tmp_path / "run")
+    cli("import", folder, "--out", tmp_path / "run")
     assert "UNet2DModel, now a hirune diffusion run: v prediction over 1000 steps" in capsys.readouterr().out
     assert load(tmp_path / "run").denoiser.prediction == "v"
-    hirune("export", tmp_path / "run", "--format", "diffusers", "--out", tmp_path / "back")  # and back, as it came
+    cli("export", tmp_path / "run", "--format", "diffusers", "--out", tmp_path / "back")  # and back, as it came
     unet = diffusers.UNet2DModel.from_pretrained(tmp_path / "back" / "unet", local_files_only=True)
     scheduler = diffusers.DDPMScheduler.from_pretrained(tmp_path / "back" / "scheduler", local_files_only=True)
     original = random_unet().state_dict()
