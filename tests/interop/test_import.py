@@ -43,7 +43,8 @@ def ddim_scheduler(prediction_type: str, T: int = 1000):
 
 
 def save_pipeline(out, prediction_type: str, unet=None, T: int = 1000):
-    diffusers.DDIMPipeline(unet=unet or random_unet(), scheduler=ddim_scheduler(prediction_type, T)).save_pretrained(out)
+    pipeline = diffusers.DDIMPipeline(unet=unet or random_unet(), scheduler=ddim_scheduler(prediction_type, T))
+    pipeline.save_pretrained(out)
     return out
 
 

@@ -73,8 +73,11 @@ class DiffusersNetwork(nn.Module):
 
     def __init__(self, config: DiffusersConfig):
         super().__init__()
-        import diffusers
-
+        try:
+            import diffusers
+        except ImportError:
+            raise ImportError(f"this network is a diffusers {config.class_name} (a run `hirune import` wrote): "
+                              "install diffusers (pip install diffusers)") from None
         self.config = config
         self.net = getattr(diffusers, config.class_name).from_config(config.config)
 
