@@ -188,6 +188,10 @@ def test_an_exported_dit_imports_back_as_a_learned_variance_denoiser(dit_file, t
         assert torch.equal(run.model(x, t), theirs(x, t, class_labels=torch.tensor([10, 10])).sample)
         samples = ddim(run.denoiser, x, time_grid(run.process, 4), cond={"y": y}).x
     assert samples.shape == x.shape and torch.isfinite(samples).all()
+    from hirune.cli import main  # DiT has a null label: classifier-free guidance through the command
+
+    assert main(["sample", str(tmp_path / "run"), "--class", "3", "--guidance", "cfg", "--scale", "2", "--steps", "2",
+                 "--n", "2", "--out", str(tmp_path / "s.npz")]) == 0
 
 
 def test_an_autoencoder_kl_folder_imports_into_hirunes_kl_autoencoder(autoencoder_file, tmp_path):

@@ -236,6 +236,9 @@ def test_the_import_command(tmp_path, capsys):
     assert all(torch.equal(v, original[k]) for k, v in unet.state_dict().items()) and len(original) > 10
     assert scheduler.config.prediction_type == "v_prediction"
     assert torch.equal(scheduler.betas, ddim_scheduler("v_prediction").betas)
+    cli("export", tmp_path / "run", "--out", tmp_path / "one.safetensors")  # one file, sampled as the run
+    assert np.array_equal(sample_npz(tmp_path / "one.safetensors", tmp_path / "a.npz", "--steps", 2),
+                          sample_npz(tmp_path / "run", tmp_path / "b.npz", "--steps", 2))
     assert main(["import", str(tmp_path / "nothing"), "--out", str(tmp_path / "run2")]) == 2
     assert "is not a folder" in capsys.readouterr().err
     assert main(["import", str(folder), "--out", str(tmp_path / "run")]) == 2  # exists, not empty
