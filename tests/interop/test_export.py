@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -164,6 +165,18 @@ def test_a_latent_class_conditional_dit_exports_as_a_dit_pipeline(autoencoder_fi
     print(f"DiTPipeline export: transformer {err:.3g}, vae decode {decode_err:.3g}")
     assert err < 1e-5 and decode_err < 1e-5
     assert images.shape == (2, 8, 8, 1)
+    # and back: `hirune import` of the pipeline folder is a latent run again, its vae/ the first stage
+    from hirune.cli import main
+
+    assert main(["import", str(out), "--out", str(tmp_path / "back"), "--dataset", "digits"]) == 0
+    back = load(tmp_path / "back")
+    assert back.first_stage.scale == pytest.approx(ours.first_stage.scale, rel=1e-12)
+    assert back.sample_shape == ours.sample_shape == (2, 4, 4) and back.data.shape == (1, 8, 8)
+    with torch.no_grad():
+        assert (back.first_stage.model.decode(z) - ours.first_stage.model.decode(z)).abs().max() < 1e-5
+    assert main(["sample", str(tmp_path / "back"), "--class", "1", "--steps", "2", "--n", "2",
+                 "--out", str(tmp_path / "s.npz")]) == 0
+    assert np.load(tmp_path / "s.npz")["samples"].shape == (2, 1, 8, 8)  # decoded images
 
 
 def test_an_exported_dit_imports_back_as_a_learned_variance_denoiser(dit_file, tmp_path):

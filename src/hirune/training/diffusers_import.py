@@ -26,6 +26,10 @@ What maps to what:
   same architecture, the weights under hirune's names); its scaling_factor is the latent
   scale factor (`latent_stats`), so a latent diffusion run names it as its first stage
   (autoencoder=RUN).
+* A latent pipeline (DiTPipeline: transformer/ with vae/ beside it): the diffusion run on the
+  images the autoencoder decodes to (f = 2^(levels - 1) times the transformer's sample size), its
+  vae/ imported as above and kept as RUN/references/first_stage.safetensors (what a latent
+  diffusion run keeps of its autoencoder), named by `autoencoder`: samples come out decoded.
 * The data: `dataset` names the dataset of the network's images (its shape must be the
   network's; class-conditional networks need its number of classes): then eval, nll, invert
   test:N and latent diffusion on it work.  Without one the run's data are NO_DATASET of the
@@ -129,18 +133,25 @@ def data_for(dataset: str | None, shape: tuple[int, ...], num_classes: int, any_
     return fmt
 
 
-def denoiser_run(folder: Path, kind: str, dataset: str | None) -> tuple[dict, dict, dict, object]:
-    """(TrainConfig values, checkpoint weights, model config, data format) of a UNet2DModel
-    or DiTTransformer2DModel folder."""
+def denoiser_run(folder: Path, kind: str, dataset: str | None) -> tuple[dict, dict, dict, object, Path | None]:
+    """(TrainConfig values, checkpoint weights, model config, data format, the AutoencoderKL
+    folder of a latent pipeline or None) of a UNet2DModel or DiTTransformer2DModel folder."""
     import diffusers
 
     settings = scheduler_settings(scheduler_config(folder))
     net = getattr(diffusers, kind).from_pretrained(folder, local_files_only=True)
     network = DiffusersConfig(kind, public_config(net.config))
-    data = data_for(dataset, network.sample_shape, network.num_classes)
+    shape, vae = network.sample_shape, folder.parent / "vae"
+    if (vae / "config.json").is_file():  # a latent pipeline (DiTPipeline): the data are the autoencoder's images
+        c = json.loads((vae / "config.json").read_text())
+        f = 2 ** (len(c["block_out_channels"]) - 1)
+        shape = (c["in_channels"], shape[1] * f, shape[2] * f)
+    else:
+        vae = None
+    data = data_for(dataset, shape, network.num_classes)
     values = dict(family="diffusion", model="diffusers", model_config=dataclasses.asdict(network),
                   class_conditional=bool(network.num_classes), **settings)
-    return values, {f"net.{k}": v for k, v in net.state_dict().items()}, dataclasses.asdict(network), data
+    return values, {f"net.{k}": v for k, v in net.state_dict().items()}, dataclasses.asdict(network), data, vae
 
 
 def autoencoder_run(folder: Path, dataset: str | None) -> tuple[dict, dict, dict, object, dict]:
@@ -156,28 +167,49 @@ def autoencoder_run(folder: Path, dataset: str | None) -> tuple[dict, dict, dict
     return values, model.state_dict(), config, data, {"scale_factor": scale}
 
 
-def import_diffusers(path: str | Path, out: str | Path, dataset: str | None = None) -> Path:
-    """Write the diffusers folder at `path` as the run directory `out` (new or empty; see the
-    module docstring), its data `dataset` (a dataset name or path; None: NO_DATASET).  Returns `out`."""
+def write_run(out: Path, values: dict, weights: dict, model_config: dict, data, state: dict) -> None:
+    """RUN/config.json and its one checkpoint (step 0: `weights` as the model, no EMA)."""
     from ..checkpoint import save_checkpoint
     from .loop import write_config
+
+    cfg = TrainConfig.from_dict({**values, "dataset": data.name, "out": str(out)})
+    state = {"config": cfg.identity(), "run_config": cfg.to_dict(), "model_config": model_config,
+             "data": data.to_dict(), **state}
+    out.mkdir(parents=True, exist_ok=True)
+    write_config(out, cfg)
+    save_checkpoint(out, 0, {"model": weights, "ema": {}}, state)
+
+
+def import_diffusers(path: str | Path, out: str | Path, dataset: str | None = None) -> Path:
+    """Write the diffusers folder at `path` as the run directory `out` (new or empty; see the
+    module docstring), its data `dataset` (a dataset name or path; None: NO_DATASET).  A latent
+    pipeline's vae/ becomes the run's first stage, kept in RUN/references/ as any latent
+    diffusion run keeps its autoencoder.  Returns `out`."""
+    import tempfile
+
+    from .export import export_weights
+    from .loading import REFERENCES
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out} exists and is not an empty folder; choose another --out")
     folder = model_folder(path)
     kind = network_class(folder)
-    extra = {}
+    source = {"imported_from": {"folder": str(folder), "class": kind}}
     if kind == "AutoencoderKL":
-        values, weights, model_config, data, extra["latent_stats"] = autoencoder_run(folder, dataset)
-    else:
-        values, weights, model_config, data = denoiser_run(folder, kind, dataset)
-    cfg = TrainConfig.from_dict({**values, "dataset": data.name, "out": str(out)})
-    state = {"config": cfg.identity(), "run_config": cfg.to_dict(), "model_config": model_config,
-             "data": data.to_dict(), "imported_from": {"folder": str(folder), "class": kind}, **extra}
-    out.mkdir(parents=True, exist_ok=True)
-    write_config(out, cfg)
-    save_checkpoint(out, 0, {"model": weights, "ema": {}}, state)
+        values, weights, model_config, data, stats = autoencoder_run(folder, dataset)
+        write_run(out, values, weights, model_config, data, {**source, "latent_stats": stats})
+        return out
+    values, weights, model_config, data, vae = denoiser_run(folder, kind, dataset)
+    if vae is not None:  # the first stage: an autoencoder run of the same data, exported into references/
+        first = out.resolve() / REFERENCES / "first_stage.safetensors"
+        ae_values, ae_weights, ae_config, _, stats = autoencoder_run(vae, dataset)
+        with tempfile.TemporaryDirectory() as tmp:
+            ae_source = {"imported_from": {"folder": str(vae), "class": "AutoencoderKL"}, "latent_stats": stats}
+            write_run(Path(tmp), ae_values, ae_weights, ae_config, data, ae_source)
+            export_weights(tmp, first)
+        values["autoencoder"] = str(first)
+    write_run(out, values, weights, model_config, data, source)
     return out
 
 
