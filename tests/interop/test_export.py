@@ -106,7 +106,9 @@ def test_autoencoder_export_loads_as_autoencoder_kl_and_equals_hirune(autoencode
     assert max(errs) < 1e-5
 
 
-@pytest.mark.parametrize("kind", ["mlp", "unet", "uvit", "normalizing_flow"])
+# one refusal (`run.cfg.model != "dit"`) for every network but the DiT: U-ViT and flows only with --runslow
+@pytest.mark.parametrize("kind", ["mlp", "unet", pytest.param("uvit", marks=pytest.mark.slow),
+                                  pytest.param("normalizing_flow", marks=pytest.mark.slow)])
 def test_unsupported_runs_are_refused_naming_the_supported(kind, tmp_path):
     """UNet, U-ViT, MLP and flow runs (one step each) are refused naming what diffusers' format takes."""
     from hirune.training.diffusers_export import export_diffusers

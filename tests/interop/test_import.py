@@ -106,12 +106,12 @@ def test_hirune_invert_reconstructs_through_the_imported_unet(tmp_path, capsys):
     """Exact inversion (fixed-point steps) of a digits test image to noise and DDIM back, by
     `hirune invert`.  The fixed point contracts where the eps network's Lipschitz constant
     times sigma is small: an eps network with its output layer scaled by 0.1 (random weights
-    are not a denoiser; at full scale the steps diverge), over 50 steps; float32 rounding,
+    are not a denoiser; at full scale the steps diverge), over 25 steps; float32 rounding,
     amplified by 1 / sqrt(alpha_bar), leaves ~1e-4."""
     folder = save_pipeline(tmp_path / "pipeline", "epsilon", small_eps_unet(0.1))
     cli("import", folder, "--out", tmp_path / "run", "--dataset", "digits")  # the pipeline folder opens too
     capsys.readouterr()
-    cli("invert", tmp_path / "run", "test:0", "--steps", 50, "--out", tmp_path / "inv.png")
+    cli("invert", tmp_path / "run", "test:0", "--steps", 25, "--out", tmp_path / "inv.png")
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     saved = np.load(tmp_path / "inv.npz")
     print(f"hirune invert through the imported UNet2DModel: PSNR {result['psnr_db']:.1f} dB, relative error "
@@ -124,17 +124,17 @@ def test_hirune_eval_nll_is_the_closed_form_of_a_zero_network(tmp_path, capsys):
     """A network predicting eps = 0 moves x_t = alpha(t) / alpha(s) x_s along the probability-flow
     ODE, so its density is exact: log p(y) = log N(r y; 0, sigma(T-1)^2 I) + D log r with
     r = alpha(T-1) / alpha(0) (Hutchinson's estimate of the divergence D alpha' / alpha is exact).
-    `hirune eval --nll 2` on the imported run (T = 20 steps: the ODE is cut at every step) gives
+    `hirune eval --nll 2` on the imported run (T = 10 steps: the ODE is cut at every step) gives
     it on the dequantized digits: the scheduler's betas drive the run's process."""
     from hirune.data import load_dataset
     from hirune.data.dequantize import dequantize, discrete_nll
 
-    folder = save_pipeline(tmp_path / "pipeline", "epsilon", small_eps_unet(0.0), T=20)
+    folder = save_pipeline(tmp_path / "pipeline", "epsilon", small_eps_unet(0.0), T=10)
     cli("import", folder, "--out", tmp_path / "run", "--dataset", "digits")
     capsys.readouterr()
-    cli("eval", tmp_path / "run", "--n", 20, "--steps", 2, "--nll", 2)
+    cli("eval", tmp_path / "run", "--n", 10, "--steps", 2, "--nll", 2)
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    scheduler = ddim_scheduler("epsilon", T=20)
+    scheduler = ddim_scheduler("epsilon", T=10)
     alpha_bar = scheduler.alphas_cumprod.double()
     r, s = (alpha_bar[-1] / alpha_bar[0]).sqrt(), (1 - alpha_bar[-1]).sqrt()
     y = dequantize(load_dataset("digits", "test").data[:2], 17, torch.Generator().manual_seed(0)).double()  # eval's u
