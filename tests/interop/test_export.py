@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -105,14 +106,28 @@ def test_autoencoder_export_loads_as_autoencoder_kl_and_equals_hirune(autoencode
     assert max(errs) < 1e-5
 
 
-def test_unsupported_runs_are_refused_naming_the_supported(tmp_path):
+# one refusal (`run.cfg.model != "dit"`) for every network but the DiT: U-ViT and flows only with --runslow
+@pytest.mark.parametrize("kind", ["mlp", "unet", pytest.param("uvit", marks=pytest.mark.slow),
+                                  pytest.param("normalizing_flow", marks=pytest.mark.slow)])
+def test_unsupported_runs_are_refused_naming_the_supported(kind, tmp_path):
+    """UNet, U-ViT, MLP and flow runs (one step each) are refused naming what diffusers' format takes."""
     from hirune.training.diffusers_export import export_diffusers
 
-    cfg = TrainConfig.from_dict(dict(COMMON, dataset="two_moons", model="mlp", process="ddpm",
-                                     model_config={"hidden": 16, "depth": 2}, out=str(tmp_path / "run")))
+    settings = {"mlp": dict(dataset="two_moons", model="mlp", model_config={"hidden": 16, "depth": 2}),
+                "unet": dict(model="unet", model_config={"channels": 8, "channel_mult": [1], "num_res_blocks": 1,
+                                                         "attention_resolutions": []}),
+                "uvit": dict(model="uvit", model_config={"hidden_size": 16, "depth": 1, "num_heads": 2,
+                                                         "patch_size": 4}),
+                "normalizing_flow": dict(family="normalizing_flow", model="normalizing_flow",
+                                         model_config={"levels": 1, "steps": 1, "hidden": 8})}[kind]
+    cfg = TrainConfig.from_dict({**COMMON, "steps": 1, "ckpt_every": 1, **settings, "out": str(tmp_path / "run")})
     train(cfg, progress=False)
-    with pytest.raises(ValueError, match="supported: a diffusion run of a DiT .*; a kl_autoencoder run"):
+    family = settings.get("family", "diffusion")
+    with pytest.raises(ValueError, match=rf"^a {family} run of model '{kind}' cannot be exported in diffusers' "
+                                         r"format; supported: a diffusion run of a DiT .*; a kl_autoencoder run; "
+                                         r"a run written by `hirune import`"):
         export_diffusers(tmp_path / "run", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_command_writes_the_folder_and_refuses_in_one_line(dit_file, tmp_path, capsys):
@@ -152,6 +167,18 @@ def test_a_latent_class_conditional_dit_exports_as_a_dit_pipeline(autoencoder_fi
     print(f"DiTPipeline export: transformer {err:.3g}, vae decode {decode_err:.3g}")
     assert err < 1e-5 and decode_err < 1e-5
     assert images.shape == (2, 8, 8, 1)
+    # and back: `hirune import` of the pipeline folder is a latent run again, its vae/ the first stage
+    from hirune.cli import main
+
+    assert main(["import", str(out), "--out", str(tmp_path / "back"), "--dataset", "digits"]) == 0
+    back = load(tmp_path / "back")
+    assert back.first_stage.scale == pytest.approx(ours.first_stage.scale, rel=1e-12)
+    assert back.sample_shape == ours.sample_shape == (2, 4, 4) and back.data.shape == (1, 8, 8)
+    with torch.no_grad():
+        assert (back.first_stage.model.decode(z) - ours.first_stage.model.decode(z)).abs().max() < 1e-5
+    assert main(["sample", str(tmp_path / "back"), "--class", "1", "--steps", "2", "--n", "2",
+                 "--out", str(tmp_path / "s.npz")]) == 0
+    assert np.load(tmp_path / "s.npz")["samples"].shape == (2, 1, 8, 8)  # decoded images
 
 
 def test_an_exported_dit_imports_back_as_a_learned_variance_denoiser(dit_file, tmp_path):
@@ -161,12 +188,13 @@ def test_an_exported_dit_imports_back_as_a_learned_variance_denoiser(dit_file, t
     from hirune.sampling import ddim
     from hirune.sampling.timesteps import time_grid
     from hirune.training.diffusers_export import export_diffusers
-    from hirune.training.diffusers_import import import_diffusers, load_imported
+    from hirune.training.diffusers_import import import_diffusers
 
     out = export_diffusers(dit_file, tmp_path / "dit-diffusers")
-    run = load_imported(import_diffusers(out / "transformer", tmp_path / "run"))
+    run = load(import_diffusers(out / "transformer", tmp_path / "run"))
     ours = load(dit_file)
-    assert run.denoiser.prediction == "eps" and run.denoiser.learned_variance and run.num_classes == 10
+    assert run.denoiser.prediction == "eps" and run.denoiser.learned_variance and run.model.num_classes == 10
+    assert run.config.objective == "hybrid" and run.config.class_conditional
     assert torch.equal(run.process.betas, ours.process.betas.float().double())
     theirs = diffusers.DiTTransformer2DModel.from_pretrained(out / "transformer", local_files_only=True).eval()
     x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([5.0, 600.0]), torch.tensor([2, 10])
@@ -175,6 +203,10 @@ def test_an_exported_dit_imports_back_as_a_learned_variance_denoiser(dit_file, t
         assert torch.equal(run.model(x, t), theirs(x, t, class_labels=torch.tensor([10, 10])).sample)
         samples = ddim(run.denoiser, x, time_grid(run.process, 4), cond={"y": y}).x
     assert samples.shape == x.shape and torch.isfinite(samples).all()
+    from hirune.cli import main  # DiT has a null label: classifier-free guidance through the command
+
+    assert main(["sample", str(tmp_path / "run"), "--class", "3", "--guidance", "cfg", "--scale", "2", "--steps", "2",
+                 "--n", "2", "--out", str(tmp_path / "s.npz")]) == 0
 
 
 def test_an_autoencoder_kl_folder_imports_into_hirunes_kl_autoencoder(autoencoder_file, tmp_path):

@@ -10,6 +10,7 @@ y: (B,) int64 labels; `num_classes` is the null label, y=None means all-null.
     build_model("dit", size="T/2", in_channels=1, image_size=8)   # transformers: DiT, U-ViT
     build_model("uvit", size="tiny", in_channels=1, image_size=28, patch_size=4)
     build_model("cogvideox", size="tiny", in_channels=4, context_dim=384)   # video latents (B, C, T, H, W)
+    build_model("diffusers", class_name="UNet2DModel", config={...})   # a diffusers network (hirune import)
     build_model("kl_autoencoder", size="f4", in_channels=1)   # autoencoders: encode(x), decode(z)
     build_model("vq_autoencoder", size="f2", in_channels=1, codebook_size=128)
     build_model("video_kl", size="tiny", in_channels=1)   # CogVideoX's 3D causal VAE: (B, C, 4k+1, H, W) videos
@@ -42,6 +43,7 @@ from .config import config_from_dict
 from .dalle import DalleConfig, DalleTransformer
 from .discriminator import PatchDiscriminator
 from .dvae import DVAE, DVAEConfig
+from .diffusers import DiffusersConfig, DiffusersNetwork
 from .dit import DIT_SIZES, DiT, DiTConfig
 from .mlp import MLP, MLPConfig
 from .prior import PriorConfig, PriorTransformer
@@ -56,6 +58,7 @@ MODELS: dict[str, tuple[type[nn.Module], type, dict[str, dict]]] = {
     "dit": (DiT, DiTConfig, DIT_SIZES),                     # Peebles & Xie 2023
     "uvit": (UViT, UViTConfig, UVIT_SIZES),                 # Bao et al. 2023
     "cogvideox": (CogVideoX, CogVideoXConfig, COGVIDEOX_SIZES),  # video: Yang et al. 2024 (expert transformer)
+    "diffusers": (DiffusersNetwork, DiffusersConfig, {}),   # UNet2DModel / DiT folders read by `hirune import`
     "classifier": (NoisyClassifier, ClassifierConfig, {}),  # p(y | x_t, t) for classifier guidance
     "normalizing_flow": (Flow, FlowConfig, {}),             # RealNVP, Glow, MAF (normalizing_flow.py)
     # autoencoders for latent diffusion, model(x) -> AutoencoderOutput (Rombach et al. 2022)
@@ -112,7 +115,7 @@ def build_model(kind: str, config: Mapping[str, Any] | None = None, /, **overrid
 
 __all__ = ["AUTOENCODERS", "AUTOENCODER_SIZES", "DIT_SIZES", "MLP", "MODELS", "UNET_SIZES", "UVIT_SIZES",
            "CLIP", "CLIPConfig", "ClassifierConfig", "CogVideoConfig", "CogVideoTransformer", "DVAE", "DVAEConfig",
-           "DalleConfig", "DalleTransformer", "DiT", "DiTConfig",
+           "DalleConfig", "DalleTransformer", "DiT", "DiffusersConfig", "DiffusersNetwork", "DiTConfig",
            "KLAutoencoder", "KLAutoencoderConfig", "MLPConfig",
            "NoisyClassifier", "PatchDiscriminator", "PriorConfig", "PriorTransformer", "UNet", "UNetConfig", "UViT", "UViTConfig",
            "VIDEO_KL_SIZES", "VQAutoencoder", "VQAutoencoderConfig", "VideoKLAutoencoder", "VideoKLConfig",

@@ -7,6 +7,8 @@
     out/hirune.json    where it came from (the run, its step)
   or, for a KL autoencoder run:
     out/               AutoencoderKL (scaling_factor = the run's latent scale factor)
+  or, for a run `hirune import` wrote from a UNet2DModel / DiT folder (model kind "diffusers"):
+    out/unet/ or out/transformer/, out/scheduler/   the network as it came, the run's process
 
 What maps to what:
 
@@ -40,7 +42,7 @@ import torch
 from .diffusers_names import autoencoder_to_diffusers, dit_to_diffusers
 
 SUPPORTED = ("a diffusion run of a DiT on a discrete (ddpm) process, pixels or KL-autoencoder latents",
-             "a kl_autoencoder run")
+             "a kl_autoencoder run", "a run written by `hirune import` (model 'diffusers')")
 PREDICTION_TYPES = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
 
 
@@ -126,6 +128,12 @@ def export_diffusers(run_path: str | Path, out: str | Path, use_ema: bool = True
         if run.cfg.model != "kl_autoencoder":
             raise unsupported(f"an autoencoder run of model {run.cfg.model!r}")
         autoencoder_kl(run.model, float(run.latent_stats["scale_factor"])).save_pretrained(out)
+        return out
+    if run.name == "diffusion" and run.cfg.model == "diffusers":  # imported: back as it came
+        part = "unet" if run.model.config.class_name == "UNet2DModel" else "transformer"
+        run.model.net.save_pretrained(out / part)
+        ddpm_scheduler(run).save_pretrained(out / "scheduler")
+        (out / "hirune.json").write_text(json.dumps({"from": str(run_path), "step": run.step}) + "\n")
         return out
     if run.name != "diffusion" or run.cfg.model != "dit":
         raise unsupported(f"a {run.name} run of model {run.cfg.model!r}")

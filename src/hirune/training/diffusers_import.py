@@ -1,42 +1,56 @@
-"""`hirune import DIR --out RUN`: a diffusers model folder as a hirune run.
+"""`hirune import DIR --out RUN`: a diffusers model folder as an ordinary hirune run.
 
-    hirune import ./ddpm-folder --out runs/imported     (offline: local folders only)
-    run = load_imported("runs/imported"); run.denoiser, run.process, run.model
+    hirune import ./ddpm-folder --out runs/imported --dataset digits   (offline: local folders only)
+    hirune sample runs/imported --sampler ddim        (every sampler; invert, edit, eval, nll too)
+    run = load("runs/imported"); run.denoiser, run.process, run.model.net
 
 DIR is a model folder (config.json with `_class_name`) or a pipeline folder
-(model_index.json naming `unet` or `transformer`); the scheduler config is read from
-DIR/scheduler/, DIR/../scheduler/ or DIR itself (scheduler_config.json).  Supported classes:
-SUPPORTED_CLASSES; anything else is a ValueError naming them.
+(model_index.json naming `unet` or `transformer`).  Supported classes: SUPPORTED_CLASSES;
+anything else is a ValueError naming them.  The run is what training would have written:
+RUN/config.json and one checkpoint (step 0) whose model weights are the folder's (no EMA:
+the weights are the weights), so `training.loading.load` and every command read it as any
+run, never asking whether it was imported (the checkpoint's state says where it came from,
+"imported_from").
 
 What maps to what:
-* Network: `diffusers_network.DiffusersNetwork` (t passed as diffusers' integer steps).
-* Process: `DiscreteVP(betas=scheduler.betas)`: diffusers' own betas (its float32 values, any
-  beta_schedule, rescaled or not), T = num_train_timesteps.
-* prediction_type epsilon | sample | v_prediction -> eps | x0 | v; variance_type
-  learned_range / learned -> learned variance (hirune reads v in [-1, 1] as learned_range;
-  "learned" (log variance) is refused).  clip_sample -> clip_x0 = (-range, range); hirune
-  then makes eps consistent with the clipped x0 (diffusers' use_clipped_model_output=True).
-
-The run directory: RUN/diffusers/{unet|transformer, scheduler} (the folders, saved again) and
-RUN/imported.json (this module's description).  `hirune sample` does not read it yet: the
-light loader builds networks by model kind from models/ (a `diffusers` model kind there is what would move).
+* UNet2DModel / DiTTransformer2DModel: family diffusion, model kind "diffusers"
+  (`models.diffusers`: the class and its config.json; t passed as diffusers' integer steps).
+  The scheduler config is read from DIR/scheduler/, DIR/../scheduler/ or DIR itself:
+  process "ddpm" with process_config {"betas": diffusers' own betas} (its float32 values, any
+  beta_schedule, rescaled or not), T = num_train_timesteps; prediction_type epsilon | sample |
+  v_prediction -> eps | x0 | v; variance_type learned_range -> objective "hybrid" (learned
+  variance; "learned", a log variance, is refused); clip_sample (range 1) -> clip_x0, and
+  hirune then makes eps consistent with the clipped x0 (diffusers' use_clipped_model_output=True).
+  Labels: UNet2DModel's num_class_embeds, DiT's num_embeds_ada_norm -> class_conditional.
+* AutoencoderKL: family autoencoder, model kl_autoencoder (`autoencoder_from_diffusers`: the
+  same architecture, the weights under hirune's names); its scaling_factor is the latent
+  scale factor (`latent_stats`), so a latent diffusion run names it as its first stage
+  (autoencoder=RUN).
+* A latent pipeline (DiTPipeline: transformer/ with vae/ beside it): the diffusion run on the
+  images the autoencoder decodes to (f = 2^(levels - 1) times the transformer's sample size), its
+  vae/ imported as above and kept as RUN/references/first_stage.safetensors (what a latent
+  diffusion run keeps of its autoencoder), named by `autoencoder`: samples come out decoded.
+* The data: `dataset` names the dataset of the network's images (its shape must be the
+  network's; class-conditional networks need its number of classes): then eval, nll, invert
+  test:N and latent diffusion on it work.  Without one the run's data are NO_DATASET of the
+  network's shape (sampling and inverting image files work; eval names the valid datasets).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..process import Denoiser, DiscreteVP
-from .diffusers_network import NETWORK_CLASSES, DiffusersNetwork
+from ..models.diffusers import NETWORK_CLASSES, DiffusersConfig, public_config
+from .config import TrainConfig
 
-SUPPORTED_CLASSES = NETWORK_CLASSES
-FORMAT = "hirune-diffusers-import-1"
+SUPPORTED_CLASSES = (*NETWORK_CLASSES, "AutoencoderKL")
 PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
 PIPELINE_PARTS = ("unet", "transformer")
+NO_DATASET = "none (hirune import --dataset NAME)"
 
 
 def model_folder(path: str | Path) -> Path:
@@ -73,8 +87,9 @@ def scheduler_config(folder: Path) -> dict:
                      "the process (betas, prediction type) comes from it")
 
 
-def scheduler_process(config: dict) -> tuple[DiscreteVP, str, bool, tuple[float, float] | None]:
-    """(process, prediction, learned variance, clip_x0) of a diffusers scheduler config."""
+def scheduler_settings(config: dict) -> dict:
+    """The diffusion family's settings (process, prediction, objective, clip_x0) of a diffusers
+    scheduler config (module docstring); ValueError for what hirune does not have."""
     import diffusers
 
     scheduler = getattr(diffusers, config["_class_name"]).from_config(config)
@@ -87,68 +102,115 @@ def scheduler_process(config: dict) -> tuple[DiscreteVP, str, bool, tuple[float,
     if variance == "learned":
         raise ValueError("variance_type 'learned' (a log variance) is not hirune's; valid: fixed_small, "
                          "fixed_large, learned_range")
-    bound = float(config.get("clip_sample_range", 1.0))
     if config.get("thresholding"):
         raise ValueError("dynamic thresholding in the scheduler config is not imported (hirune: --threshold)")
-    process = DiscreteVP(betas=scheduler.betas.double())
-    return process, prediction, variance == "learned_range", (-bound, bound) if config.get("clip_sample") else None
+    clip = bool(config.get("clip_sample"))
+    if clip and float(config.get("clip_sample_range", 1.0)) != 1.0:
+        raise ValueError(f"clip_sample_range={config['clip_sample_range']}: hirune clips x0 to [-1, 1] (clip_x0); "
+                         "valid: 1.0, or clip_sample false")
+    return {"process": "ddpm", "process_config": {"betas": scheduler.betas.double().tolist()},
+            "prediction": prediction, "objective": "hybrid" if variance == "learned_range" else "regression",
+            "clip_x0": clip}
 
 
-@dataclass
-class ImportedRun:
-    """A diffusers network as hirune sees a run: model (`DiffusersNetwork`), process,
-    denoiser (what every sampler takes), sample_shape (C, H, W), num_classes."""
+def data_for(dataset: str | None, shape: tuple[int, ...], num_classes: int, any_size: bool = False):
+    """The run's `DataFormat`: the dataset's, checked against the network (module docstring;
+    `any_size`: only the channels, a convolutional autoencoder takes any H, W), or NO_DATASET
+    of its shape (8-bit images)."""
+    from ..data import DataFormat, data_format
 
-    model: DiffusersNetwork
-    process: DiscreteVP
-    denoiser: Denoiser
-    sample_shape: tuple[int, int, int]
-    num_classes: int | None
+    if not dataset:
+        return DataFormat(NO_DATASET, "image", tuple(shape), num_classes, 256)
+    fmt = data_format(dataset)  # an unknown name: ValueError naming the valid ones
+    fits = fmt.shape[0] == shape[0] if any_size else tuple(fmt.shape) == tuple(shape)
+    if fmt.kind != "image" or not fits:
+        want = f"{shape[0]}-channel" if any_size else f"{tuple(shape)}"
+        raise ValueError(f"dataset={dataset!r} holds {fmt.kind} examples of shape {tuple(fmt.shape)}, the network "
+                         f"takes {want} images; valid: a dataset of {want} images, or none")
+    if num_classes and fmt.num_classes != num_classes:
+        raise ValueError(f"the network embeds {num_classes} classes, dataset={dataset!r} has {fmt.num_classes}; "
+                         "valid: a dataset with as many classes, or none")
+    return fmt
 
 
-def open_diffusers(path: str | Path, device: str | torch.device = "cpu") -> ImportedRun:
-    """The diffusers folder at `path` (or an imported run's) as an `ImportedRun` (eval mode)."""
+def denoiser_run(folder: Path, kind: str, dataset: str | None) -> tuple[dict, dict, dict, object, Path | None]:
+    """(TrainConfig values, checkpoint weights, model config, data format, the AutoencoderKL
+    folder of a latent pipeline or None) of a UNet2DModel or DiTTransformer2DModel folder."""
     import diffusers
 
+    settings = scheduler_settings(scheduler_config(folder))
+    net = getattr(diffusers, kind).from_pretrained(folder, local_files_only=True)
+    network = DiffusersConfig(kind, public_config(net.config))
+    shape, vae = network.sample_shape, folder.parent / "vae"
+    if (vae / "config.json").is_file():  # a latent pipeline (DiTPipeline): the data are the autoencoder's images
+        c = json.loads((vae / "config.json").read_text())
+        f = 2 ** (len(c["block_out_channels"]) - 1)
+        shape = (c["in_channels"], shape[1] * f, shape[2] * f)
+    else:
+        vae = None
+    data = data_for(dataset, shape, network.num_classes)
+    values = dict(family="diffusion", model="diffusers", model_config=dataclasses.asdict(network),
+                  class_conditional=bool(network.num_classes), **settings)
+    return values, {f"net.{k}": v for k, v in net.state_dict().items()}, dataclasses.asdict(network), data, vae
+
+
+def autoencoder_run(folder: Path, dataset: str | None) -> tuple[dict, dict, dict, object, dict]:
+    """(TrainConfig values, weights, model config, data format, latent statistics) of an
+    AutoencoderKL folder."""
+    model, scale = autoencoder_from_diffusers(folder)
+    c = json.loads((folder / "config.json").read_text())
+    size = c.get("sample_size") or 32
+    shape = (c["in_channels"], *((size, size) if isinstance(size, int) else size))
+    data = data_for(dataset, shape, 0, any_size=True)
+    config = dataclasses.asdict(model.config)
+    values = dict(family="autoencoder", model="kl_autoencoder", model_config=config)
+    return values, model.state_dict(), config, data, {"scale_factor": scale}
+
+
+def write_run(out: Path, values: dict, weights: dict, model_config: dict, data, state: dict) -> None:
+    """RUN/config.json and its one checkpoint (step 0: `weights` as the model, no EMA)."""
+    from ..checkpoint import save_checkpoint
+    from .loop import write_config
+
+    cfg = TrainConfig.from_dict({**values, "dataset": data.name, "out": str(out)})
+    state = {"config": cfg.identity(), "run_config": cfg.to_dict(), "model_config": model_config,
+             "data": data.to_dict(), **state}
+    out.mkdir(parents=True, exist_ok=True)
+    write_config(out, cfg)
+    save_checkpoint(out, 0, {"model": weights, "ema": {}}, state)
+
+
+def import_diffusers(path: str | Path, out: str | Path, dataset: str | None = None) -> Path:
+    """Write the diffusers folder at `path` as the run directory `out` (new or empty; see the
+    module docstring), its data `dataset` (a dataset name or path; None: NO_DATASET).  A latent
+    pipeline's vae/ becomes the run's first stage, kept in RUN/references/ as any latent
+    diffusion run keeps its autoencoder.  Returns `out`."""
+    import tempfile
+
+    from .export import export_weights
+    from .loading import REFERENCES
+
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} exists and is not an empty folder; choose another --out")
     folder = model_folder(path)
     kind = network_class(folder)
-    process, prediction, learned, clip = scheduler_process(scheduler_config(folder))
-    net = getattr(diffusers, kind).from_pretrained(folder, local_files_only=True).to(device).eval()
-    model = DiffusersNetwork(net)
-    c = net.config
-    size = c.sample_size if isinstance(c.sample_size, int) else c.sample_size[0]
-    denoiser = Denoiser(model, process, prediction, learned_variance=learned, clip_x0=clip)
-    return ImportedRun(model, process, denoiser, (c.in_channels, size, size), model.num_classes)
-
-
-def import_diffusers(path: str | Path, out: str | Path) -> Path:
-    """Check the folder at `path` (it must open: `open_diffusers`) and write it as the run
-    directory `out` (module docstring).  Returns `out`."""
-    run = open_diffusers(path)
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not empty; choose another --out")
-    part = "unet" if run.model.kind == "UNet2DModel" else "transformer"
-    run.model.net.save_pretrained(out / "diffusers" / part)
-    (out / "diffusers" / "scheduler").mkdir(parents=True, exist_ok=True)
-    config = scheduler_config(model_folder(path))
-    (out / "diffusers" / "scheduler" / "scheduler_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (out / "diffusers" / "model_index.json").write_text(json.dumps({"_class_name": "hirune-import",
-                                                                    part: ["diffusers", run.model.kind]}) + "\n")
-    meta = {"format": FORMAT, "class": run.model.kind, "source": str(path), "T": run.process.T,
-            "prediction": run.denoiser.prediction, "learned_variance": run.denoiser.learned_variance,
-            "clip_x0": run.denoiser.clip_x0, "sample_shape": list(run.sample_shape)}
-    (out / "imported.json").write_text(json.dumps(meta, indent=2) + "\n")
+    source = {"imported_from": {"folder": str(folder), "class": kind}}
+    if kind == "AutoencoderKL":
+        values, weights, model_config, data, stats = autoencoder_run(folder, dataset)
+        write_run(out, values, weights, model_config, data, {**source, "latent_stats": stats})
+        return out
+    values, weights, model_config, data, vae = denoiser_run(folder, kind, dataset)
+    if vae is not None:  # the first stage: an autoencoder run of the same data, exported into references/
+        first = out.resolve() / REFERENCES / "first_stage.safetensors"
+        ae_values, ae_weights, ae_config, _, stats = autoencoder_run(vae, dataset)
+        with tempfile.TemporaryDirectory() as tmp:
+            ae_source = {"imported_from": {"folder": str(vae), "class": "AutoencoderKL"}, "latent_stats": stats}
+            write_run(Path(tmp), ae_values, ae_weights, ae_config, data, ae_source)
+            export_weights(tmp, first)
+        values["autoencoder"] = str(first)
+    write_run(out, values, weights, model_config, data, source)
     return out
-
-
-def load_imported(run_dir: str | Path, device: str | torch.device = "cpu") -> ImportedRun:
-    """A run directory written by `import_diffusers`, as an `ImportedRun`."""
-    run_dir = Path(run_dir)
-    meta_path = run_dir / "imported.json"
-    if not meta_path.is_file() or json.loads(meta_path.read_text()).get("format") != FORMAT:
-        raise ValueError(f"{run_dir} is not a run written by `hirune import` (no {FORMAT} imported.json)")
-    return open_diffusers(run_dir / "diffusers", device)
 
 
 def autoencoder_from_diffusers(path: str | Path) -> tuple[torch.nn.Module, float]:
