@@ -67,7 +67,7 @@ def test_v_prediction_refuses_eps_at_zero_terminal_snr_and_measures_brightness(r
 
     _, report = reports["v-prediction"]
     data, notes = report["data"], " ".join(report["notes"])
-    assert "zero terminal SNR" in data["eps_refused"] and "refused (" in notes
+    assert data["eps_refused"] is not None and "zero terminal SNR" in data["eps_refused"] and "refused (" in notes
     test = load_dataset("digits", "test").images.flatten(1).mean(1).double()
     assert data["data_mean"] == pytest.approx(float(test.mean()))
     assert data["data_spread"] == pytest.approx(float(test.std()))
@@ -75,8 +75,22 @@ def test_v_prediction_refuses_eps_at_zero_terminal_snr_and_measures_brightness(r
                                      "zero-terminal-SNR, v, leading", "zero-terminal-SNR, v, trailing"]
     assert all(-1 <= r["mean"] <= 1 and r["spread"] > 0 for r in data["samples"].values())
     gap = {k: abs(r["mean"] - data["data_mean"]) for k, r in data["samples"].items()}
-    closer = gap["zero-terminal-SNR, v, trailing"] < gap["linear, eps, leading"]
-    assert ("as Lin et al. say" in notes) == closer and ("does not hold" in notes) == (not closer)
+    closer_by = gap["linear, eps, leading"] - gap["zero-terminal-SNR, v, trailing"]
+    pair = ("linear, eps, leading", "zero-terminal-SNR, v, trailing")
+    n, spread = data["n"], [data["samples"][k]["spread"] for k in pair]
+    error = math.sqrt(sum(s**2 / n for s in spread))
+    assert data["closer_by"] == pytest.approx(closer_by) and data["standard_error"] == pytest.approx(error)
+    assert ("as Lin et al. say" in notes) == (closer_by > 2 * error)
+    assert ("does not hold" in notes) == (closer_by < -2 * error)
+    assert ("cannot tell" in notes) == (abs(closer_by) <= 2 * error)
+
+
+def test_the_brightness_verdict_needs_two_standard_errors():
+    from hirune.reproduce.digits import brightness_verdict
+
+    assert "as Lin et al. say" in brightness_verdict(0.03, 0.01)
+    assert "cannot tell" in brightness_verdict(0.019, 0.01) and "cannot tell" in brightness_verdict(-0.019, 0.01)
+    assert "does not hold" in brightness_verdict(-0.03, 0.01)
 
 
 class _Oracle:

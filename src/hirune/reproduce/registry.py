@@ -59,7 +59,7 @@ def _notes() -> dict[str, Note]:
         Note("improved-ddpm", "Improved DDPM's learned variance (L_hybrid) keeps sample quality at few respaced steps "
                               "where the fixed variances degrade, and improves the variational bound; the cosine "
                               "schedule beside the linear one (digits, Frechet distance, bits/dim)",
-             {"tiny": "8 s", "small": "15 min", "full": "2 h"}, digits.improved_ddpm_note),
+             {"tiny": "5 s", "small": "25 min", "full": "4 h"}, digits.improved_ddpm_note),
         Note("v-prediction", "on a zero-terminal-SNR schedule eps-prediction is undefined at the last step (refused) "
                              "while v-prediction works; the rescaled schedule with trailing spacing against linear "
                              "betas with leading spacing: the samples' brightness beside the data's (digits)",
