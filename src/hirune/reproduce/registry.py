@@ -63,7 +63,7 @@ def _notes() -> dict[str, Note]:
         Note("v-prediction", "on a zero-terminal-SNR schedule eps-prediction is undefined at the last step (refused) "
                              "while v-prediction works; the rescaled schedule with trailing spacing against linear "
                              "betas with leading spacing: the samples' brightness beside the data's (digits)",
-             {"tiny": "6 s", "small": "6 min", "full": "40 min"}, digits.v_prediction_note),
+             {"tiny": "4 s", "small": "9 min", "full": "1 h"}, digits.v_prediction_note),
     ]
     from ..playbook.registry import PLAYBOOKS
 
