@@ -10,6 +10,8 @@ NOTE.json with every number, NOTE.png).
     page.py       the report folder: index.html, JSON, PNG
     sampling.py   DDIM against DDPM: quality against steps and eta, on the exact mixture
     memory.py     ZeRO's memory per GPU (the paper's figure 1), from hirune's planner
+    digits.py     DDPM, Improved DDPM, v-prediction: networks trained on the digits at the budget,
+                  scored by the shipped evaluator and the variational bound
 
 The large-model training notes are `hirune playbook`'s measurements, registered here too,
 so that `hirune reproduce --list` names every note.
