@@ -14,7 +14,7 @@ import torch
 from hirune.cli import main
 from hirune.reproduce import NOTES
 
-DIGITS = ["ddpm", "improved-ddpm", "v-prediction"]
+RUN_HERE = ["ddpm", "improved-ddpm", "v-prediction"]
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def reports(tmp_path_factory):
     import io
 
     root, out = tmp_path_factory.mktemp("reports"), {}
-    for name in DIGITS:
+    for name in RUN_HERE:
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
             assert main(["reproduce", name, "--budget", "tiny", "--out", str(root)]) == 0
