@@ -202,7 +202,8 @@ def score_models_note(budget: str) -> Report:
         right.axhline(truth, color="grey", ls="--", label="the true density")
         right.set(ylabel="held-out NLL (nats)", title="likelihood (probability-flow ODE)")
         for ax in (left, right):
-            ax.set_xticks(list(at), [k.replace(", ", "\n") for k in labels], fontsize=7)
+            ticks = [k.replace(", ", "\n").replace(" weighting", "\nweighting") for k in labels]
+            ax.set_xticks(list(at), ticks, fontsize=7)
             ax.legend(fontsize=8)
         save(fig, path)
     return Report("score-models", f"score models trained on {DATASET}: samples and held-out likelihood",
