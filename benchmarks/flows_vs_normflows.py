@@ -15,8 +15,9 @@ Training is one shared loop for both (so only the flows differ): the same data o
 AdamW at 1e-3 with hirune's warm-up + cosine schedule, gradient clipping at 1, EMA 0.999,
 batch 256, `--steps` steps.  Reported: test NLL in nats (10 000 held-out points, EMA
 weights, the mean over `--seeds`) beside a fitted Gaussian and, where the toy is a
-Gaussian mixture, the true entropy (the floor), plus parameters and milliseconds per
-training step.
+Gaussian mixture, the true entropy (the floor; both baselines are `hirune.reproduce.runs`'s,
+which `hirune reproduce normalizing-flows` reads hirune's own flows against), plus parameters
+and milliseconds per training step.
 Writes OUT/flows_vs_normflows.md and .json.
 """
 
@@ -32,9 +33,9 @@ import torch
 from torch import nn
 
 from hirune.data import load_dataset
-from hirune.data.toys import toy_mixture
-from hirune.training.ema import EMA
 from hirune.models.normalizing_flow import Flow, FlowConfig
+from hirune.reproduce.runs import gaussian_nll, true_nll
+from hirune.training.ema import EMA
 from hirune.training import TrainConfig, lr_at, micro_batch_indices
 
 STEPS_PER_FLOW, HIDDEN = 8, 128
@@ -59,11 +60,6 @@ class NormflowsRealNVP(nn.Module):
 
     def log_prob(self, x):
         return self.flow.log_prob(x)
-
-
-def gaussian_nll(train: torch.Tensor, test: torch.Tensor) -> float:
-    mean, cov = train.mean(0), torch.cov(train.T)
-    return float(-torch.distributions.MultivariateNormal(mean, cov).log_prob(test).mean())
 
 
 def train_flow(model: nn.Module, data: torch.Tensor, steps: int, seed: int) -> tuple[EMA, float]:
@@ -142,11 +138,8 @@ def main(argv=None) -> int:
     for name in args.datasets:
         train, test = load_dataset(name, "train").data.float(), load_dataset(name, "test").data.float()
         row = {"dataset": name, "gaussian": gaussian_nll(train, test)}
-        try:
-            mix = toy_mixture(name)
-            row["true_entropy"] = float(-mix.log_prob(test.double()).mean())
-        except (KeyError, ValueError):
-            pass
+        if true_nll(name, test) is not None:   # the Gaussian-mixture toys: the true density's NLL
+            row["true_entropy"] = true_nll(name, test)
         for label, build in (("hirune", hirune_realnvp), ("normflows", NormflowsRealNVP)):
             nlls, ms = [], []
             for seed in args.seeds:

@@ -12,6 +12,9 @@ NOTE.json with every number, NOTE.png).
     memory.py     ZeRO's memory per GPU (the paper's figure 1), from hirune's planner
     digits.py     DDPM, Improved DDPM, v-prediction: networks trained on the digits at the budget,
                   scored by the shipped evaluator and the variational bound
+    toys.py       trained on a 2-D toy: reflow against 1-RF and OT flow matching; NCSN and the score SDEs
+    likelihood.py normalizing flows' exact likelihood: the log-determinant, the NLL against the true density
+    runs.py       the trained notes' runs (a preset for a budget's steps, in a temporary folder) and baselines
 
 The large-model training notes are `hirune playbook`'s measurements, registered here too,
 so that `hirune reproduce --list` names every note.
