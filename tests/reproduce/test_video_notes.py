@@ -16,7 +16,7 @@ from hirune.cli import main
 from hirune.data import ArrayDataset
 from hirune.data.registry import DATASETS
 from hirune.reproduce.video import NOTES
-from hirune.reproduce.video import vae
+from hirune.reproduce.video import cogvideox, vae
 
 NAMES = [name for name, *_ in NOTES]
 
@@ -75,3 +75,33 @@ def test_per_frame_psnr_reads_each_frame_index_and_the_clip():
     assert math.isclose(f0, 10 * math.log10(4 / 0.01), rel_tol=1e-6)
     assert math.isclose(f1, 10 * math.log10(4 / 0.04), rel_tol=1e-6)
     assert math.isclose(clip, 10 * math.log10(4 / 0.025), rel_tol=1e-6)
+
+
+def test_cogvideox_ablations_share_the_network_and_log_every_step(reports):
+    report = _report(reports, "cogvideox")
+    data, folder = report["data"], reports["cogvideox"][1]
+    ours, iid = data["results"]["cogvideox"], data["results"]["iid"]
+    assert ours["parameters"] == iid["parameters"]                  # i.i.d. times change the draw, not the network
+    assert len(data["losses"]["cogvideox"]) == data["steps"] == len(data["losses"]["iid"])
+    assert data["losses"]["cogvideox"][0] != data["losses"]["iid"][0]   # other times from the first batch
+    for r in (ours, iid):
+        assert all(0.0 <= r[k] <= 1.0 for k in ("frame_accuracy", "direction_accuracy", "temporal_consistency"))
+    assert [row[0] for row in report["rows"]] == ["cogvideox", "iid", "real test clips"]
+    assert report["rows"][-1][4] == 1.0                              # real clips move the way their caption says
+    assert all((folder / f"cogvideox_{name}.gif").read_bytes()[:6] == b"GIF89a" for name in ("cogvideox", "iid"))
+
+
+def _metrics(tmp_path, losses):
+    lines = [json.dumps({"step": i + 1, "loss": float(v)}) for i, v in enumerate(losses)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join([json.dumps({"step": 0, "eval": 1})] + lines) + "\n")
+    return tmp_path
+
+
+def test_loss_spread_is_the_noise_around_the_trend(tmp_path):
+    torch.manual_seed(0)
+    steps = torch.arange(2000, dtype=torch.float64)
+    trend = 1.0 / (1 + steps / 200)
+    noisy = trend + 0.02 * torch.randn(2000, dtype=torch.float64)
+    spread = cogvideox.loss_spread(_metrics(tmp_path, noisy))
+    assert abs(spread / 0.02 - 1) < 0.1  # the moving average leaves sqrt(1 - 1/25) of the noise
+    assert cogvideox.loss_spread(_metrics(tmp_path, trend)) < 1e-4  # the trend alone: no spread
