@@ -20,5 +20,5 @@ NOTES = [
                   "learned positions, i.i.d. times, frame packing): explicit uniform times steady the training loss "
                   "(its step-to-step spread about half that of i.i.d. times); the samples scored per frame, by "
                   "direction and consistency beside the real clips",
-     {"tiny": "8 s", "small": "10 min", "full": "1 h"}, cogvideox.cogvideox_note),
+     {"tiny": "7 s", "small": "16 min", "full": "1.5 h"}, cogvideox.cogvideox_note),
 ]
