@@ -1,5 +1,5 @@
 """CogVideo in miniature (Hong et al. 2022): text to video as autoregression over image tokens,
-started from a text-to-image run, against CogVideoX's figures (benchmarks/video.py).
+started from a text-to-image run, against CogVideoX's figures (`hirune reproduce cogvideox`).
 
     python benchmarks/cogvideo.py [--root runs/cogvideo] [--n 200] [--scale 3] [--steps 240]
         [--interp-steps 400] [--image-steps 700] [--vq-steps 1000] [--image RUN] [--variants image scratch]

@@ -29,7 +29,7 @@ Frechet distance (`evaluation.video`; 16 x 16 clips are measured upsampled, besi
 from __future__ import annotations
 
 import argparse
-import sys
+import json
 import tempfile
 from pathlib import Path
 
@@ -42,8 +42,27 @@ from hirune.training.trainer import Trainer
 from hirune.evaluation.video import on_canvas
 from hirune.video_io import frame_strip, write_gif
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from video import trained, write_results  # noqa: E402  (benchmarks/video.py)
+
+
+def trained(root: Path, name: str, preset: str, steps: int, **extra) -> Path:
+    """The run ROOT/name trained `steps` steps (reused when its final checkpoint exists)."""
+    from hirune.training.loop import train
+
+    out = root / name
+    if not (out / "checkpoints" / f"step_{steps:08d}").exists():
+        cfg = {"steps": steps, "sample_every": 0, "ckpt_every": steps, "out": str(out), "resume": out.exists(),
+               **extra}
+        train(preset_config(preset, cfg))
+    return out
+
+
+def write_results(out: Path, rows: list[str], results: dict) -> None:
+    """Print the table `rows` and write it to OUT.md, and `results` to OUT.json."""
+    text = "\n".join(rows)
+    print(text)
+    out.with_suffix(".md").write_text(text + "\n")
+    out.with_suffix(".json").write_text(json.dumps(results, indent=1))
+
 
 SCALINGS = ("extrapolate", "interpolate")
 STEP_COST_16 = 0.73   # measured by --measure-cost: 237 ms a step at 16 x 16, 324 ms at 32 x 32 (one thread, batch 32)

@@ -79,6 +79,8 @@ def _notes() -> dict[str, Note]:
                                   "approaches the true density's",
              {"tiny": "3 s", "small": "2-3 min", "full": "10 min"}, likelihood.normalizing_flows_note),
     ]
+    from . import video
+    notes += [Note(*spec) for spec in video.NOTES]
     from ..playbook.registry import PLAYBOOKS
 
     notes += [_playbook(name, shows) for name, (_, shows) in PLAYBOOKS.items()]
