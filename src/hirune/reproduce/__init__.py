@@ -15,6 +15,7 @@ NOTE.json with every number, NOTE.png).
     toys.py       trained on a 2-D toy: reflow against 1-RF and OT flow matching; NCSN and the score SDEs
     likelihood.py normalizing flows' exact likelihood: the log-determinant, the NLL against the true density
     runs.py       the trained notes' runs (a preset for a budget's steps, in a temporary folder) and baselines
+    video/        the video notes: video-vae, cogvideox (each trains its runs at the budget)
 
 The large-model training notes are `hirune playbook`'s measurements, registered here too,
 so that `hirune reproduce --list` names every note.
