@@ -27,6 +27,7 @@ def _playbook(name: str, shows: str) -> Note:
 
 def _notes() -> dict[str, Note]:
     from . import memory, sampling
+    from . import systems
 
     notes = [
         Note("ddim", "with few steps DDIM (eta = 0) beats DDPM's ancestral sampler; eta -> 1 turns it into DDPM; "
@@ -52,6 +53,7 @@ def _notes() -> dict[str, Note]:
                      "31.4 / 16.6 / 1.9 GB with optimizer states / + gradients / + parameters sharded",
              {b: "< 1 s" for b in BUDGETS}, memory.zero_note),
     ]
+    notes += systems.NOTES
     from ..playbook.registry import PLAYBOOKS
 
     notes += [_playbook(name, shows) for name, (_, shows) in PLAYBOOKS.items()]
