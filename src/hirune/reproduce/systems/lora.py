@@ -30,7 +30,7 @@ from .bases import TINY_UNET, train_base
 # budget -> (base preset, its steps, its overrides), domain, tuning steps, ranks, samples scored, DDIM steps
 SIZES = {
     "tiny": (("vpred-digits", 2, {"batch_size": 8, "model_config": TINY_UNET}), "digits", 2, (1, 4), 20, 2),
-    "small": (("vpred-mnist5k", 300, {"batch_size": 32, "model_config": TINY_UNET}), "mnist5k-inverted", 60,
+    "small": (("vpred-mnist5k", 300, {"batch_size": 32, "model_config": TINY_UNET}), "mnist5k-inverted", 80,
               (1, 4, 16), 200, 10),
     "full": (("text-mnist5k", 1000, {}), "mnist5k-inverted", 250, (1, 4, 16), 300, 25),
 }
@@ -84,8 +84,9 @@ def _verdict(full: float, lora: float, base: float) -> str:
     """The adaptation result in words; distances within 2% of each other count as equal."""
     def near(a, b):
         return abs(a - b) <= 0.02 * max(a, b)
-    if near(full, lora) and near(full, base):
-        return "no row moved from the base at this budget (too few steps to adapt)"
+    if min(full, lora) > 0.9 * base:
+        return ("no row adapts at this budget: none is 10% below the untuned base (too few steps; the EMA weights "
+                "sampled still hold most of the base)")
     if near(full, lora):
         return "LoRA adapts as well as full fine-tuning"
     return ("full fine-tuning adapts better than every LoRA row" if full < lora else
