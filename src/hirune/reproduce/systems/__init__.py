@@ -9,9 +9,9 @@ from . import clip, dalle, dreambooth, lora, textual_inversion
 
 NOTES = [
     Note("lora", "LoRA adapts a trained model with a small share of its weights: the adapter file and AdamW's state "
-                 "shrink with the rank; measured beside full fine-tuning on a new domain (mnist5k inverted), "
-                 "whether it adapts as well (attention-only LoRA does not here), and an equal-parameter pair",
-         {"tiny": "6 s", "small": "8 min", "full": "1.5 h"}, lora.lora_note),
+                 "shrink with the rank; measured beside full fine-tuning on a new domain (mnist5k inverted): "
+                 "whether it adapts as well, and an equal-parameter pair",
+         {"tiny": "6 s", "small": "10 min", "full": "1.5 h"}, lora.lora_note),
     Note("dreambooth", "DreamBooth binds a subject (crossbar sevens) to 'a sks seven'; without prior preservation "
                        "(lambda = 0) the class drifts toward the subject, lambda = 1 keeps it: fidelity, drift, "
                        "diversity and the other digits' text accuracy before and after",
