@@ -53,7 +53,7 @@ def _notes() -> dict[str, Note]:
                      "31.4 / 16.6 / 1.9 GB with optimizer states / + gradients / + parameters sharded",
              {b: "< 1 s" for b in BUDGETS}, memory.zero_note),
     ]
-    notes += systems.NOTES
+    notes += [Note(*fields) for fields in systems.NOTES]
     from ..playbook.registry import PLAYBOOKS
 
     notes += [_playbook(name, shows) for name, (_, shows) in PLAYBOOKS.items()]

@@ -67,6 +67,15 @@ def score(run, net, n: int, steps: int) -> tuple[dict, torch.Tensor]:
     return row, torch.cat([sks[:8], seven[:8]])
 
 
+def _verdict(base: dict, zero: dict, one: dict) -> str:
+    """The drift result in words; none where the base does not yet draw the digits named."""
+    if base["other_digits_accuracy"] < 0.5:
+        return (f"the base draws the digit named in {base['other_digits_accuracy']:.0%} of samples: too short a base "
+                "for the claim at this budget")
+    return ("prior preservation keeps the class" if one["drift"] < zero["drift"] else
+            "prior preservation shows no less drift at this budget")
+
+
 def dreambooth_note(budget: str) -> Report:
     from safetensors.torch import load_file
 
@@ -116,8 +125,7 @@ def dreambooth_note(budget: str) -> Report:
              f"fidelity (sks with the bar): base {results['base (before tuning)']['fidelity']:.0%}, lambda = 0 "
              f"{zero['fidelity']:.0%}, lambda = 1 {one['fidelity']:.0%}",
              f"language drift (a plain seven with the bar): lambda = 0 {zero['drift']:.0%}, lambda = 1 "
-             f"{one['drift']:.0%}: " + ("prior preservation keeps the class" if one["drift"] < zero["drift"] else
-                                       "prior preservation shows no less drift at this budget"),
+             f"{one['drift']:.0%}: " + _verdict(results["base (before tuning)"], zero, one),
              f"other digits' text accuracy: lambda = 0 {zero['other_digits_accuracy']:.0%}, lambda = 1 "
              f"{one['other_digits_accuracy']:.0%}",
              f"the figure: the four instances, then a row per model: 8 {INSTANCE!r} | 8 {CLASS!r} samples"]
