@@ -11,7 +11,7 @@ NOTES = [   # (name, the claim in one line, budget -> wall time on 2 CPU cores, 
     ("lora", "LoRA adapts a trained model with a small share of its weights: the adapter file and AdamW's state "
              "shrink with the rank; measured beside full fine-tuning on a new domain (mnist5k inverted): "
              "whether it adapts as well, and an equal-parameter pair",
-     {"tiny": "6 s", "small": "10 min", "full": "1.5 h"}, lora.lora_note),
+     {"tiny": "6 s", "small": "5-10 min", "full": "1.5 h"}, lora.lora_note),
     ("dreambooth", "DreamBooth binds a subject (crossbar sevens) to 'a sks seven'; without prior preservation "
                    "(lambda = 0) the class drifts toward the subject, lambda = 1 keeps it: fidelity, drift, "
                    "diversity and the other digits' text accuracy before and after",
