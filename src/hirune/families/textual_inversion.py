@@ -8,7 +8,7 @@ settings `placeholder`, `initializer` and `instance`, with `base=RUN` (families.
                          templates holding the placeholder ("an image of <s*>", ...)
 
 `instance` without a placeholder is DreamBooth (`families.dreambooth`: instance_prompt, and
-class images unless prior_weight=0); benchmarks/textual_inversion.py compares it (LoRA,
+class images unless prior_weight=0); `hirune reproduce textual-inversion` compares it (LoRA,
 "a sks digit", prior_weight 0) on the same images.
 
 The run's checkpoints hold the row alone (`frozen_names`: everything else, which the base

@@ -27,7 +27,7 @@ def _playbook(name: str, shows: str) -> Note:
 
 def _notes() -> dict[str, Note]:
     from . import memory, sampling
-    from . import digits, likelihood, toys
+    from . import digits, likelihood, systems, toys
 
     notes = [
         Note("ddim", "with few steps DDIM (eta = 0) beats DDPM's ancestral sampler; eta -> 1 turns it into DDPM; "
@@ -81,6 +81,7 @@ def _notes() -> dict[str, Note]:
     ]
     from . import video
     notes += [Note(*spec) for spec in video.NOTES]
+    notes += [Note(*fields) for fields in systems.NOTES]
     from ..playbook.registry import PLAYBOOKS
 
     notes += [_playbook(name, shows) for name, (_, shows) in PLAYBOOKS.items()]

@@ -310,7 +310,7 @@ PRESETS["prior-mnist5k"] = {**_PRIOR, "dataset": "mnist5k", "clip": "runs/clip-m
 # overridable (dataset=mnist5k-inverted: a new domain).  LoRA at a constant 1e-3 after a
 # short warmup (diffusers' LoRA scripts: a constant schedule, 1e-4 to 1e-3 by model size);
 # full fine-tuning at a tenth of that (every weight moves).  No previews or evaluation at the
-# end (`hirune eval RUN`, benchmarks/lora_domain.py).
+# end (`hirune eval RUN`, `hirune reproduce lora`).
 FINETUNE = {
     "lora": dict(adapter="lora", lr=1e-3),
     "finetune": dict(adapter="", lr=1e-4),
