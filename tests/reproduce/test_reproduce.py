@@ -114,7 +114,7 @@ def test_the_list_names_every_note_with_its_cost(capsys):
 @pytest.mark.parametrize("args, message", [
     (["reproduce", "ddpm-in-an-hour"],
      "unknown note 'ddpm-in-an-hour'; valid: ddim, flow-matching, classifier-guidance, guidance, score-sde, zero, "
-     "ddpm, improved-ddpm, v-prediction"),
+     "ddpm, improved-ddpm, v-prediction, latent-diffusion, dit, uvit"),
     (["reproduce", "zero", "--budget", "huge"], "budget='huge' is not valid; valid: ['tiny', 'small', 'full']"),
 ])
 def test_bad_input_names_what_is_valid(args, message, capsys):
