@@ -29,11 +29,13 @@ from .sampling import one_thread
 # (hidden, depth, heads, patch) per DiT; steps x batch of training, samples scored, sampler steps
 _DIT_TINY = [(32, 1, 2, 4), (32, 1, 2, 2)]
 _DIT = [(64, 4, 4, 4), (64, 4, 4, 2), (128, 5, 4, 4), (128, 5, 4, 2)]
-SIZES = {"tiny": dict(steps=6, batch=8, unet=None, n=48, sample_steps=8, dits=_DIT_TINY, uvit=(32, 3, 2), seeds=1),
+# seeds: U-ViT's runs per setting; dit_seeds: each DiT's (small: one, the grid of four costs enough)
+SIZES = {"tiny": dict(steps=6, batch=8, unet=None, n=48, sample_steps=8, dits=_DIT_TINY, uvit=(32, 3, 2), seeds=1,
+                      dit_seeds=1),
          "small": dict(steps=600, batch=64, unet=None, n=300, sample_steps=50, dits=_DIT, uvit=(128, 7, 4),
-                       seeds=2),
+                       seeds=2, dit_seeds=1),
          "full": dict(steps=3000, batch=64, unet=None, n=1000, sample_steps=100, dits=_DIT, uvit=(128, 7, 4),
-                      seeds=3)}
+                      seeds=3, dit_seeds=3)}
 
 
 def forward_gflops(model: torch.nn.Module, shape: tuple[int, ...]) -> float:
@@ -68,22 +70,21 @@ def _spread(values: list[float]) -> float:
     return (sum((v - m) ** 2 for v in values) / (len(values) - 1) / len(values)) ** 0.5
 
 
-def _trials(budget: str, preset: str, configs: dict[str, dict]) -> tuple[dict, dict, float]:
+def _trials(budget: str, preset: str, configs: dict[str, dict], seeds: int) -> tuple[dict, dict, float]:
     """Each named model config trained with each seed: ({name: measures, frechet a list per seed},
     {name: the first seed's sample grid}, the real-vs-real reference)."""
     size = SIZES[budget]
     found, grids, reference = {}, {}, 0.0
     with one_thread(), tempfile.TemporaryDirectory() as tmp:
-        for name, config in configs.items():
-            for seed in range(size["seeds"]):
-                m, x = _measure(Path(tmp) / f"{len(found)}-{seed}", preset, size, config, seed)
+        for i, (name, config) in enumerate(configs.items()):
+            for seed in range(seeds):
+                m, x = _measure(Path(tmp) / f"{i}-{seed}", preset, size, config, seed)
                 reference = m.pop("real_vs_real")
                 if seed == 0:
-                    found[name], grids[name] = {**m, "frechet": [m["frechet"]], "class_entropy": [m["class_entropy"]]}, \
-                        sample_grid(x)
-                else:
-                    found[name]["frechet"].append(m["frechet"])
-                    found[name]["class_entropy"].append(m["class_entropy"])
+                    found[name] = {**m, "frechet": [], "class_entropy": []}
+                    grids[name] = sample_grid(x)
+                found[name]["frechet"].append(m["frechet"])
+                found[name]["class_entropy"].append(m["class_entropy"])
     return found, grids, reference
 
 
@@ -111,8 +112,8 @@ def _figure(found: dict, grids: dict, reference: float, xlabel: str, title: str,
     return plot
 
 
-def _setting(size: dict) -> str:
-    return (f"{size['steps']} training steps x batch {size['batch']} each, {size['seeds']} seed(s); DDIM "
+def _setting(size: dict, seeds: int) -> str:
+    return (f"{size['steps']} training steps x batch {size['batch']} each, {seeds} seed(s); DDIM "
             f"{size['sample_steps']} steps (trailing), n = {size['n']}")
 
 
@@ -123,7 +124,7 @@ def dit_note(budget: str) -> Report:
     size = SIZES[budget]
     configs = {f"D{h}x{d}/{p}": {"hidden_size": h, "depth": d, "num_heads": k, "patch_size": p}
                for h, d, k, p in size["dits"]}
-    found, grids, reference = _trials(budget, "dit-digits", configs)
+    found, grids, reference = _trials(budget, "dit-digits", configs, size["dit_seeds"])
     rows = [[name, m["params"], m["gflops"], _mean(m["frechet"]), _spread(m["frechet"]), _mean(m["class_entropy"])]
             for name, m in found.items()]
     by_cost = sorted(found.items(), key=lambda item: item[1]["gflops"])
@@ -131,14 +132,15 @@ def dit_note(budget: str) -> Report:
     rho = spearman([m["gflops"] for _, m in by_cost], fids)
     cheapest, dearest = by_cost[0], by_cost[-1]
     holds = rho < 0 and fids[-1] < fids[0]
-    notes = [_setting(size) + f"; Frechet distance in the evaluator's features (real training digits: {reference:.3g})",
+    notes = [_setting(size, size["dit_seeds"])
+             + f"; Frechet distance in the evaluator's features (real training digits: {reference:.3g})",
              f"Spearman rank correlation of forward Gflops and Frechet distance: {rho:+.2f}; the dearest "
              f"({dearest[0]}, {dearest[1]['gflops']:.3g} Gflops) {fids[-1]:.3g} against the cheapest ({cheapest[0]}, "
              f"{cheapest[1]['gflops']:.3g} Gflops) {fids[0]:.3g} -- "
              + ("more Gflops, lower Frechet distance, as the paper says" if holds
                 else "more Gflops did not buy a lower Frechet distance: the claim does not hold at this budget")]
     data = {"runs": found, "spearman": rho, "real_vs_real": reference, "n": size["n"],
-            "sample_steps": size["sample_steps"], "train_steps": size["steps"], "seeds": size["seeds"]}
+            "sample_steps": size["sample_steps"], "train_steps": size["steps"], "seeds": size["dit_seeds"]}
     plot = _figure(found, grids, reference, "forward Gflops per image", f"DiT sizes, {size['steps']} steps", True)
     return Report("dit", f"DiT: Gflops against Frechet distance at the same steps (digits, n = {size['n']})",
                   ["DiT (width x depth / patch)", "params", "Gflops", "Frechet", "+-", "class entropy (bits)"],
@@ -152,15 +154,16 @@ def uvit_note(budget: str) -> Report:
     h, d, k = size["uvit"]
     base = {"hidden_size": h, "depth": d, "num_heads": k, "patch_size": 2}
     found, grids, reference = _trials(budget, "uvit-digits", {"long skips": {**base, "long_skip": True},
-                                                              "no long skips": {**base, "long_skip": False}})
+                                                              "no long skips": {**base, "long_skip": False}},
+                                      size["seeds"])
     rows = [[name, m["params"], m["gflops"], _mean(m["frechet"]), _spread(m["frechet"]), _mean(m["class_entropy"])]
             for name, m in found.items()]
     with_, without = found["long skips"]["frechet"], found["no long skips"]["frechet"]
     gap = _mean(without) - _mean(with_)
     error = (_spread(with_) ** 2 + _spread(without) ** 2) ** 0.5
     clear = size["seeds"] > 1 and gap > 2 * error
-    notes = [_setting(size) + f"; U-ViT {h} wide, depth {d}, 2 x 2 patches; Frechet distance in the evaluator's "
-             f"features (real training digits: {reference:.3g})",
+    notes = [_setting(size, size["seeds"]) + f"; U-ViT {h} wide, depth {d}, 2 x 2 patches; Frechet distance in "
+             f"the evaluator's features (real training digits: {reference:.3g})",
              f"Frechet {_mean(with_):.3g} with the long skips against {_mean(without):.3g} without (difference "
              f"{gap:+.3g}, standard error {error:.2g}) -- "
              + ("the long skips help, as the paper says" if clear
