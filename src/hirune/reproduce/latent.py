@@ -101,8 +101,8 @@ def latent_diffusion_note(budget: str) -> Report:
             grids[name] = sample_grid(x.clamp(-1, 1))
     pixels, latents = found["pixels"], found["latents"]
     budget_words = (f"{size['steps']} steps (tiny: no calibration)" if size["seconds"] is None
-                    else f"{size['seconds']:g} s of training")
-    notes = [f"each network {budget_words} on one thread (steps from a calibration run; "
+                    else f"{size['seconds']:g} s of training (steps from a calibration run)")
+    notes = [f"each network {budget_words} on one thread ("
              f"the time column: the run's own, checkpoint and loss curve included); the autoencoder {ae_preset} "
              f"trained first in {ae_s:.0f} s, outside the budget; DDIM {steps} steps (trailing), n = {n}; Frechet "
              f"distance in the evaluator's features (real training digits: {reference:.3g})",
@@ -120,7 +120,7 @@ def latent_diffusion_note(budget: str) -> Report:
         axes[0].set_xticks(range(2), [f"pixels\n{pixels['train_steps']} steps",
                                       f"latents\n{latents['train_steps']} steps"])
         axes[0].axhline(reference, color="grey", ls="--", label="real vs real")
-        axes[0].set(ylabel="Frechet distance (lower is better)", title=f"{budget_words} each")
+        axes[0].set(ylabel="Frechet distance (lower is better)", title=f"{budget_words.split(' (')[0]} each")
         axes[0].legend(fontsize=8)
         for a, (name, grid) in zip(axes[1:], grids.items()):
             a.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1)
