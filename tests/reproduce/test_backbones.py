@@ -60,6 +60,9 @@ def test_dit_grid_orders_by_gflops_and_says_what_it_measured(reports):
     assert abs(runs["D32x1/2"]["params"] - runs["D32x1/4"]["params"]) < 0.1 * runs["D32x1/4"]["params"]
     by_cost = sorted(runs.values(), key=lambda m: m["gflops"])
     assert data["spearman"] == pytest.approx(-1.0 if by_cost[1]["frechet"][0] < by_cost[0]["frechet"][0] else 1.0)
+    patch_won = runs["D32x1/2"]["frechet"][0] < runs["D32x1/4"]["frechet"][0]
+    assert data["axes"] == {"smaller patch": [patch_won], "bigger model": []}     # one width at tiny: no model pair
+    assert f"the smaller patch lowered the Frechet distance in {int(patch_won)} of 1 pairs" in notes
     holds = data["spearman"] < 0
     assert ("as the paper says" in notes) == holds and ("does not hold" in notes) == (not holds)
 

@@ -139,7 +139,17 @@ def dit_note(budget: str) -> Report:
              f"{cheapest[1]['gflops']:.3g} Gflops) {fids[0]:.3g} -- "
              + ("more Gflops, lower Frechet distance, as the paper says" if holds
                 else "more Gflops did not buy a lower Frechet distance: the claim does not hold at this budget")]
-    data = {"runs": found, "spearman": rho, "real_vs_real": reference, "n": size["n"],
+    # each axis alone: the smaller patch at the same model; the bigger model at the same patch
+    axes = {"smaller patch": [], "bigger model": []}
+    for (h, d, _, p), name in zip(size["dits"], configs):
+        for (h2, d2, _, p2), other in zip(size["dits"], configs):
+            if (h, d) == (h2, d2) and p2 < p:
+                axes["smaller patch"].append(_mean(found[other]["frechet"]) < _mean(found[name]["frechet"]))
+            if p == p2 and h2 * d2 > h * d:
+                axes["bigger model"].append(_mean(found[other]["frechet"]) < _mean(found[name]["frechet"]))
+    notes.append("each axis alone: " + "; ".join(f"the {axis} lowered the Frechet distance in {sum(won)} of "
+                                                 f"{len(won)} pairs" for axis, won in axes.items()))
+    data = {"runs": found, "spearman": rho, "axes": axes, "real_vs_real": reference, "n": size["n"],
             "sample_steps": size["sample_steps"], "train_steps": size["steps"], "seeds": size["dit_seeds"]}
     plot = _figure(found, grids, reference, "forward Gflops per image", f"DiT sizes, {size['steps']} steps", True)
     return Report("dit", f"DiT: Gflops against Frechet distance at the same steps (digits, n = {size['n']})",
