@@ -129,6 +129,7 @@ def _params(module: torch.nn.Module) -> int:
 def run_hirune(args, out: Path, preset: str | None = None, overrides: dict | None = None) -> dict:
     import shutil
 
+    from hirune.reproduce.latent import steps_in
     from hirune.sampling import sample
     from hirune.training import load, preset_config, train
     from hirune.training.presets import DEFAULT_PRESET
@@ -136,13 +137,7 @@ def run_hirune(args, out: Path, preset: str | None = None, overrides: dict | Non
     name = preset or "hirune"
     calib = out / f"{name}-calibration"
     shutil.rmtree(calib, ignore_errors=True)
-    cfg = preset_config(preset, {"out": str(calib), "sample_every": 0, "ckpt_every": 0, "log_every": 1,
-                                 **(overrides or {})})
-    train(cfg, stop_after=12, progress=False)
-    rates = [json.loads(line)["images_per_s"] for line in (calib / "metrics.jsonl").read_text().splitlines()]
-    step_s = cfg.batch_size / statistics.median(rates[3:])
-    shutil.rmtree(calib)
-    steps = max(1, int(args.budget / step_s))
+    steps = steps_in(args.budget, preset, overrides or {}, calib, trial=12, skip=3)  # `hirune reproduce`'s calibration
     run_dir = out / f"{name}-run"
     shutil.rmtree(run_dir, ignore_errors=True)
     cfg = preset_config(preset, {"out": str(run_dir), "steps": steps, "sample_every": 0, "eval_samples": 0,

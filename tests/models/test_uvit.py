@@ -27,6 +27,26 @@ def test_uvit_long_skips_are_last_in_first_out():
         assert torch.equal(skip, out)
 
 
+def test_uvit_without_long_skips_is_the_plain_chain_of_its_blocks():
+    """long_skip=False (the paper's ablation, fig. 2(a)): the same network less the skips' Linear,
+    and its forward is every block in turn, nothing carried across."""
+    from hirune.models.uvit import unpatchify
+
+    model = perturb_zero_init(small("uvit", depth=5, long_skip=False))
+    skipped = small("uvit", depth=5)
+    assert set(skipped.state_dict()) - set(model.state_dict()) == {f"out_blocks.{i}.skip_linear.{p}"
+                                                                    for i in range(2) for p in ("weight", "bias")}
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([3.0, 4.0])
+    h = model.tokens(x, t, None)
+    for block in [*model.in_blocks, model.mid_block, *model.out_blocks]:
+        h = block(h)
+    patches = model.decoder_pred(model.norm(h))[:, model.extras:]
+    chain = model.final_conv(unpatchify(patches, model.config.patch_size, 8, 8))
+    assert torch.allclose(model(x, t), chain, atol=1e-6) and chain.abs().max() > 0
+    with pytest.raises(TypeError, match="UViTConfig.long_skip must be bool"):
+        small("uvit", long_skip="no")
+
+
 @pytest.mark.parametrize("num_classes, extras", [(None, 1), (10, 2)])
 def test_uvit_patch_positions_start_as_the_sin_cos_table(num_classes, extras):
     """The patch tokens' rows of the learned table start as the 2-D sin-cos table (after the

@@ -11,7 +11,8 @@ The blocks are plain pre-LN transformer blocks, x + Attention(LN(x)), x + MLP(LN
 Long skips (sec. 3.1): the output of in-block i is kept and, last in first out, the
 out-block that mirrors it starts with Linear(concat[h, skip]) from 2D back to D.  After the
 patches are put back in place, a 3x3 conv (sec. 3.1, "the extra convolutional block")
-smooths the image; `conv=False` leaves it out.
+smooths the image; `conv=False` leaves it out.  `long_skip=False` drops the long skips (the
+out-blocks are plain blocks): the paper's ablation (fig. 2(a)), measured by `hirune reproduce uvit`.
 
 `depth` counts every block, as the paper does: in = out = depth // 2 and one mid block, so
 depth is odd (U-ViT-S has 13 = 6 + 1 + 6).  The blocks live in the top-level ModuleLists
@@ -74,7 +75,8 @@ class UViTConfig:
     context_vocab, context_len: text conditioning as in `UNetConfig`, read as context_len
     extra tokens (see the module docstring).  word_vocab, word_dim, word_len: a second text
     encoder's words, as in `UNetConfig`, read as word_len more tokens.  pos_init: the start
-    of the learned position table, one of `POS_INITS`."""
+    of the learned position table, one of `POS_INITS`.  long_skip: the long skips (False: the
+    ablation without them)."""
 
     in_channels: int = 3
     out_channels: int | None = None
@@ -96,6 +98,7 @@ class UViTConfig:
     word_dim: int = 128
     word_len: int = 16
     pos_init: str = "sincos"
+    long_skip: bool = True
 
     def __post_init__(self):
         check_fields(self)
@@ -187,7 +190,7 @@ class UViT(nn.Module):
 
         self.in_blocks = nn.ModuleList(block() for _ in range(c.depth // 2))
         self.mid_block = block()
-        self.out_blocks = nn.ModuleList(block(skip=True) for _ in range(c.depth // 2))
+        self.out_blocks = nn.ModuleList(block(skip=c.long_skip) for _ in range(c.depth // 2))
         self.norm = nn.LayerNorm(D)
         self.decoder_pred = nn.Linear(D, p * p * out)
         self.final_conv = nn.Conv2d(out, out, 3, padding=1) if c.conv else None
@@ -223,7 +226,7 @@ class UViT(nn.Module):
         for name in names:
             plan += attention_plan(f"{name}.attn", c.qk_norm) + mlp_plan(f"{name}.mlp")
             plan += [(f"{name}.norm1", "tokens"), (f"{name}.norm2", "tokens")]
-            if name.startswith("out_blocks"):
+            if name.startswith("out_blocks") and c.long_skip:
                 plan.append((f"{name}.skip_linear", "tokens"))
         return plan + context_plan(self.context, tp)  # the tiny text encoder, when trained here
 
@@ -277,7 +280,7 @@ class UViT(nn.Module):
             skips.append(h)
         h = self.mid_block(h, mask=mask)
         for block in self.out_blocks:
-            h = block(h, skips.pop(), mask)                                        # last in, first out
+            h = block(h, skips.pop() if c.long_skip else None, mask)               # last in, first out
         patches = self.decoder_pred(self.norm(h))[:, self.extras:]                # drop time/class/text tokens
         out = unpatchify(patches, self.config.patch_size, size, size)
         return self.final_conv(out) if self.final_conv is not None else out

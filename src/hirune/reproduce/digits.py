@@ -62,7 +62,7 @@ def score(images: torch.Tensor) -> dict:
     return evaluate_images("digits", images)
 
 
-def _grid(images: torch.Tensor, nrow: int = 8) -> torch.Tensor:
+def sample_grid(images: torch.Tensor, nrow: int = 8) -> torch.Tensor:
     """The first nrow^2 images as one (H, W) picture in [0, 1], for imshow."""
     from ..video_io import tile
 
@@ -117,7 +117,7 @@ def ddpm_note(budget: str) -> Report:
                 data["real_vs_real"] = s["frechet_real_vs_real"]
                 rows.append([loss, variance, s["frechet_distance"], s["class_entropy_bits"]])
                 if variance == "small":
-                    grids[loss] = _grid(x)
+                    grids[loss] = sample_grid(x)
     f = data["frechet"]
     simple, vlb = min(f["L_simple small"], f["L_simple large"]), min(f["L_vlb small"], f["L_vlb large"])
     notes = [f"{size['steps']} training steps x batch {size['batch']} each; DDPM ancestral, {steps} steps, n = {n}; "
@@ -193,7 +193,7 @@ def improved_ddpm_note(budget: str) -> Report:
                     s = score(x)
                     curves[key].append(s["frechet_distance"])
                     reference = s["frechet_real_vs_real"]
-                grids[key] = _grid(x)
+                grids[key] = sample_grid(x)
                 rows.append([name, variance, *curves[key], bounds[key]])
     hybrid, fixed = curves["cosine L_hybrid, learned"], curves["cosine L_hybrid, small"]
     cos, lin = min(curves["cosine L_simple, small"][0], curves["cosine L_simple, large"][0]), \
@@ -291,7 +291,7 @@ def v_prediction_note(budget: str) -> Report:
                 reference = s["frechet_real_vs_real"]
                 found[f"{name}, {spacing}"] = {"mean": mean, "spread": spread, "frechet": s["frechet_distance"]}
                 rows.append([name, spacing, mean, spread, s["frechet_distance"]])
-                grids[f"{name}, {spacing}"] = _grid(x)
+                grids[f"{name}, {spacing}"] = sample_grid(x)
     flawed, fixed = found["linear, eps, leading"], found["zero-terminal-SNR, v, trailing"]
     gap = lambda r: abs(r["mean"] - data_mean)  # noqa: E731
     # the standard error of the difference of the two mean brightnesses (n samples each)
