@@ -5,13 +5,12 @@ correlation, the calibration's refusal, U-ViT's switch)."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
 
-from hirune.cli import main
+from reproduced import run_at_tiny
 from hirune.reproduce import NOTES
 
 RUN_HERE = ["latent-diffusion", "dit", "uvit"]
@@ -20,19 +19,8 @@ RUN_HERE = ["latent-diffusion", "dit", "uvit"]
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory):
     """Each backbone note at --budget tiny through the command, once: {name: (printed, report JSON)}."""
-    import contextlib
-    import io
-
-    root, out = tmp_path_factory.mktemp("reports"), {}
-    for name in RUN_HERE:
-        printed = io.StringIO()
-        with contextlib.redirect_stdout(printed):
-            assert main(["reproduce", name, "--budget", "tiny", "--out", str(root)]) == 0
-        folder = root / name
-        assert (folder / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        assert f'src="{name}.png"' in (folder / "index.html").read_text()
-        out[name] = (printed.getvalue(), json.loads((folder / f"{name}.json").read_text()))
-    return out
+    notes = run_at_tiny(RUN_HERE, tmp_path_factory.mktemp("reports"))
+    return {name: (printed, report) for name, (printed, report, _) in notes.items()}
 
 
 def test_latent_diffusion_gives_both_networks_the_budget_and_says_what_it_measured(reports):

@@ -10,6 +10,7 @@ import json
 
 import pytest
 
+from reproduced import run_at_tiny
 from hirune.cli import main
 from hirune.playbook.registry import PLAYBOOKS
 from hirune.reproduce import NOTES
@@ -23,16 +24,8 @@ OWN = [name for name, note in NOTES.items()
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory):
     """Every own note at --budget tiny through the command, once: {name: (printed output, folder)}."""
-    import contextlib
-    import io
-
-    root, out = tmp_path_factory.mktemp("reports"), {}
-    for name in OWN:
-        printed = io.StringIO()
-        with contextlib.redirect_stdout(printed):
-            assert main(["reproduce", name, "--budget", "tiny", "--out", str(root)]) == 0
-        out[name] = (printed.getvalue(), root / name)
-    return out
+    notes = run_at_tiny(OWN, tmp_path_factory.mktemp("reports"))
+    return {name: (printed, folder) for name, (printed, _, folder) in notes.items()}
 
 
 def _data(reports, name) -> dict:

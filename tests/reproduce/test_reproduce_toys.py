@@ -5,14 +5,10 @@ hold for any trained model).  Whether the papers' claims hold is the small budge
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
-
 import pytest
 import torch
 
-from hirune.cli import main
+from reproduced import run_at_tiny
 
 RUN_HERE = ["reflow", "score-models", "normalizing-flows"]
 
@@ -20,14 +16,8 @@ RUN_HERE = ["reflow", "score-models", "normalizing-flows"]
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory):
     """{name: (printed table, report data)} of every note here at --budget tiny."""
-    root, out = tmp_path_factory.mktemp("toys"), {}
-    for name in RUN_HERE:
-        printed = io.StringIO()
-        with contextlib.redirect_stdout(printed):
-            assert main(["reproduce", name, "--budget", "tiny", "--out", str(root)]) == 0
-        assert (root / name / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        out[name] = (printed.getvalue(), json.loads((root / name / f"{name}.json").read_text()))
-    return out
+    notes = run_at_tiny(RUN_HERE, tmp_path_factory.mktemp("toys"))
+    return {name: (printed, report) for name, (printed, report, _) in notes.items()}
 
 
 def test_reflow_counts_one_evaluation_per_euler_step_and_trains_on_the_teachers_pairs(reports):

@@ -4,13 +4,9 @@ number of steps; whether a system beats another is the small budget's measuremen
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
-
 import pytest
 
-from hirune.cli import main
+from reproduced import run_at_tiny
 
 pytest.importorskip("peft")
 
@@ -21,16 +17,8 @@ RUN_HERE = ["lora", "dreambooth", "textual-inversion", "clip", "dalle"]
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory):
     """{name: (printed output, report JSON)} of each system's note at --budget tiny."""
-    root, out = tmp_path_factory.mktemp("reports"), {}
-    for name in RUN_HERE:
-        printed = io.StringIO()
-        with contextlib.redirect_stdout(printed):
-            assert main(["reproduce", name, "--budget", "tiny", "--out", str(root)]) == 0
-        folder = root / name
-        assert (folder / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        assert "<table>" in (folder / "index.html").read_text()
-        out[name] = (printed.getvalue(), json.loads((folder / f"{name}.json").read_text()))
-    return out
+    notes = run_at_tiny(RUN_HERE, tmp_path_factory.mktemp("reports"))
+    return {name: (printed, report) for name, (printed, report, _) in notes.items()}
 
 
 def test_lora_sizes_follow_the_rank_and_the_equal_parameter_pair_is_equal(reports):

@@ -4,15 +4,13 @@ numbers a clip, PSNR bookkeeping); the video VAE's frame helpers on hand-made cl
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 
 import pytest
 import torch
 
-from hirune.cli import main
+from reproduced import run_at_tiny
 from hirune.data import ArrayDataset
 from hirune.data.registry import DATASETS
 from hirune.reproduce.video import NOTES
@@ -28,13 +26,8 @@ def test_these_are_the_video_notes():
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory):
     """Every video note at --budget tiny through the command, once: {name: (printed output, folder)}."""
-    root, out = tmp_path_factory.mktemp("video-reports"), {}
-    for name in RUN_HERE:
-        printed = io.StringIO()
-        with contextlib.redirect_stdout(printed):
-            assert main(["reproduce", name, "--budget", "tiny", "--out", str(root)]) == 0
-        out[name] = (printed.getvalue(), root / name)
-    return out
+    notes = run_at_tiny(RUN_HERE, tmp_path_factory.mktemp("video-reports"))
+    return {name: (printed, folder) for name, (printed, _, folder) in notes.items()}
 
 
 def _report(reports, name) -> dict:

@@ -16,6 +16,7 @@ step number and names the last good checkpoint, which stays the latest.
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from .loading import REFERENCES
 from .run_folder import own, truncate_metrics
 from .run_log import RunLog, write_loss_curve
 from .trainer import Trainer, lr_at
+
+CURVE_EVERY_S = 30.0  # loss.png is redrawn at a checkpoint at most this often (each draw: ~0.3 s)
 
 
 def train(cfg: TrainConfig, stop_after: int | None = None, progress: bool = True) -> Trainer:
@@ -63,7 +66,7 @@ def _loop(trainer: Trainer, out: Path, stop_after: int | None, progress: bool) -
     bar = tqdm(total=cfg.steps, initial=trainer.step, desc="train", unit="step", disable=not (progress and main))
     log = RunLog(out, cfg.logger, trainer.step) if main else None
     trainer.model.train()
-    t_last, seen = time.perf_counter(), 0
+    t_last, seen, drawn = time.perf_counter(), 0, -math.inf
     while trainer.step < end:
         lr = lr_at(cfg, trainer.step)
         try:
@@ -87,8 +90,10 @@ def _loop(trainer: Trainer, out: Path, stop_after: int | None, progress: bool) -
             bar.set_postfix(loss=f"{total:.4f}", img_s=f"{record['images_per_s']:.0f}")
         if cfg.ckpt_every and (step % cfg.ckpt_every == 0 or step == cfg.steps):
             trainer.save()
-            if main:
+            # loss.png at a checkpoint at most every CURVE_EVERY_S seconds (and the last by log.close())
+            if main and step < end and time.perf_counter() - drawn >= CURVE_EVERY_S:
                 write_loss_curve(out)
+                drawn = time.perf_counter()
         if cfg.sample_every and trainer.family.has_previews and (step % cfg.sample_every == 0 or step == cfg.steps):
             written = trainer.write_preview(out / "samples" / f"step_{step:08d}.png")
             if log:

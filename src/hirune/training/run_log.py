@@ -3,7 +3,8 @@
 - metrics.jsonl: one JSON line per logged step (loss, lr, gradient norm, images/s, the
   family's named loss terms), always.
 - loss.png: the loss curve (and the gradient norm) over every logged step of the run, resumed
-  parts included, redrawn at each checkpoint and at the end; matplotlib, no extra needed.
+  parts included, redrawn at checkpoints (at most every `loop.CURVE_EVERY_S` seconds) and at the
+  end; matplotlib, no extra needed.
 - tensorboard/ (`logger=tensorboard`, the extra `hirune[tensorboard]`): the same scalars under
   train/, each preview grid as an image, and at every logged step a histogram of the
   gradient norms of the parameter tensors (one norm per tensor, after clipping; left out for
@@ -89,13 +90,11 @@ def write_loss_curve(out: Path) -> Path | None:
     records = logged_records(out)
     if not records:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # drawn without pyplot: no global figure state, no backend switch
 
     steps = [r["step"] for r in records]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig = Figure(figsize=(9, 3.2))
+    axes = fig.subplots(1, 2)
     for ax, key in zip(axes, ("loss", "grad_norm")):
         values = [r.get(key) for r in records]
         points = [(s, v) for s, v in zip(steps, values) if isinstance(v, (int, float))]
@@ -106,9 +105,8 @@ def write_loss_curve(out: Path) -> Path | None:
         ax.set_xlabel("step")
         ax.set_title(key.replace("_", " "))
         ax.grid(alpha=0.3)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.16, top=0.9, wspace=0.32)  # room for log-scale labels
     tmp = out / f".{LOSS_CURVE}.tmp"
     fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
     tmp.replace(out / LOSS_CURVE)
     return out / LOSS_CURVE
