@@ -56,3 +56,19 @@ def test_gone_names_say_what_replaced_them():
         old = fresh("hirune.generate")
     with pytest.raises(AttributeError, match="now hirune.inference.generate"):
         old.no_such_name
+
+
+def test_hirune_generate_is_still_the_function_after_the_old_module_is_imported():
+    """`import hirune.generate` (the old module) sets the package's attribute to the alias module;
+    `hirune.generate(...)` must still sample, as the function it names."""
+    import importlib
+    import warnings
+
+    import hirune
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        importlib.import_module("hirune.generate")
+    assert callable(hirune.generate)
+    with pytest.raises(ValueError, match="the number of samples must be >= 1"):
+        hirune.generate("no-such-run", 0)             # the function's own check: it was called

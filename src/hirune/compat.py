@@ -74,6 +74,15 @@ class _Alias(types.ModuleType):
             return
         super().__setattr__(name, value)
 
+    def __call__(self, *args, **kwargs):
+        # `import hirune.generate` (the old module) sets the package's attribute `generate` to this
+        # module; a call of it means the function of that name in the new module, as before
+        short = self.__name__.rpartition(".")[2]
+        target = getattr(importlib.import_module(MOVED[self.__name__][0]), short, None)
+        if not callable(target):
+            raise TypeError(f"module {self.__name__!r} is not callable")
+        return target(*args, **kwargs)
+
     def __getattr__(self, name: str):
         new, renamed = MOVED[self.__name__]
         if name in renamed:
