@@ -73,10 +73,6 @@ def sizes(tiny: bool, gpu: bool) -> SimpleNamespace:
                            strategy_preset="ddpm-mnist5k")
 
 
-def timed(fn, device: torch.device) -> float:
-    return dit_speed.timed(fn, device)
-
-
 # ---------------------------------------------------------------- rows
 
 def peak_row(s, device: torch.device) -> dict:
@@ -87,7 +83,7 @@ def peak_row(s, device: torch.device) -> dict:
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     for _ in range(2):
         a @ b
-    seconds = statistics.median(timed(lambda: a @ b, device) for _ in range(5))
+    seconds = statistics.median(dit_speed.timed(lambda: a @ b, device) for _ in range(5))
     sheet, source = dit_speed.peak_tflops(device, "bf16" if gpu else "fp32", None)
     return {"matmul_n": n, "matmul_dtype": str(dtype).removeprefix("torch."),
             "matmul_tflops": 2 * n ** 3 / seconds / 1e12, "datasheet_tflops": sheet, "datasheet_source": source}
@@ -193,7 +189,7 @@ def ddim_row(s, device: torch.device) -> dict:
         try:
             run()
             warm = time.perf_counter() - t0
-            seconds = statistics.median(timed(run, device) for _ in range(max(1, s.timed // 5)))
+            seconds = statistics.median(dit_speed.timed(run, device) for _ in range(max(1, s.timed // 5)))
         except Exception as e:  # noqa: BLE001 - a failing compile is a result, not a crash
             rows.append({"contestant": name, "mode": mode, "error": dit_speed._error(e)})
             continue
@@ -276,7 +272,8 @@ def report(meta: dict, results: dict) -> str:
         lines.append("")
     if "ddim" in results:
         d = results["ddim"]
-        lines += [f"| DDIM-{d['steps']}, batch {d['batch']} | mode | images/s | vs best diffusers |", "|---|---|---|---|"]
+        lines += [f"| DDIM-{d['steps']}, batch {d['batch']} | mode | images/s | vs best diffusers |",
+                  "|---|---|---|---|"]
         for row in d["rows"]:
             if "error" in row:
                 lines.append(f"| {row['contestant']} | {row['mode']} | {row['error']} | |")

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..playbook.report import Report, pyplot, save
-from .digits import draw, sample_grid, score, train_run
+from .digits import draw, sample_grid, score, show_grids, train_run
 from .sampling import one_thread
 
 # (hidden, depth, heads, patch) per DiT; steps x batch of training, samples scored, sampler steps
@@ -104,10 +104,7 @@ def _figure(found: dict, grids: dict, reference: float, xlabel: str, title: str,
         ax.axhline(reference, color="grey", ls="--", label="real vs real")
         ax.set(xlabel=xlabel, ylabel="Frechet distance (lower is better)", title=title)
         ax.legend(fontsize=7)
-        for a, (name, grid) in zip(axes[1:], grids.items()):
-            a.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1)
-            a.set_title(name, fontsize=8)
-            a.axis("off")
+        show_grids(axes[1:], grids)
         save(fig, path)
     return plot
 

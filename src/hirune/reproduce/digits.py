@@ -70,6 +70,14 @@ def sample_grid(images: torch.Tensor, nrow: int = 8) -> torch.Tensor:
     return tile(x, nrow, 1, pad_value=255)[..., 0].float() / 255
 
 
+def show_grids(axes, grids: dict[str, torch.Tensor], fontsize: int = 8) -> None:
+    """Each named sample grid (`sample_grid`) on its own axes, titled, without ticks."""
+    for ax, (name, grid) in zip(axes, grids.items()):
+        ax.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1)
+        ax.set_title(name, fontsize=fontsize)
+        ax.axis("off")
+
+
 def _panels(report_grids: dict[str, torch.Tensor], bars: dict[str, float], reference: float, ylabel: str, title: str):
     """A figure writer: bars of the Frechet distances (the real-vs-real line) and a grid per named sample set."""
     def plot(path):
@@ -82,10 +90,7 @@ def _panels(report_grids: dict[str, torch.Tensor], bars: dict[str, float], refer
         ax.axhline(reference, color="grey", ls="--", label="real vs real")
         ax.set(ylabel=ylabel, title=title)
         ax.legend(fontsize=8)
-        for a, (name, grid) in zip(axes[1:], report_grids.items()):
-            a.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1)
-            a.set_title(name, fontsize=8)
-            a.axis("off")
+        show_grids(axes[1:], report_grids)
         save(fig, path)
     return plot
 
@@ -220,10 +225,8 @@ def improved_ddpm_note(budget: str) -> Report:
         axes[0].set(xscale="log", xlabel="respaced sampling steps", ylabel="Frechet distance (lower is better)",
                     title="Improved DDPM: the learned variance at few steps")
         axes[0].legend(fontsize=7)
-        for a, key in zip(axes[1:], ("cosine L_hybrid, learned", "cosine L_hybrid, small")):
-            a.imshow(grids[key].numpy(), cmap="gray", vmin=0, vmax=1)
-            a.set_title(f"{key}, {grid[-1]} steps", fontsize=8)
-            a.axis("off")
+        show_grids(axes[1:], {f"{key}, {grid[-1]} steps": grids[key]
+                              for key in ("cosine L_hybrid, learned", "cosine L_hybrid, small")})
         save(fig, path)
     data = {"grid": list(grid), "frechet": curves, "bound_bits_per_dim": bounds, "real_vs_real": reference, "n": n,
             "bound_images": m, "bound_draws": draws, "train_steps": size["steps"]}
@@ -321,10 +324,7 @@ def v_prediction_note(budget: str) -> Report:
         axes[0].set_xticks(range(len(found)), list(found), rotation=35, ha="right", fontsize=7)
         axes[0].set(ylabel="mean pixel of a sample", title="brightness of the samples")
         axes[0].legend(fontsize=7)
-        for a, (key, grid) in zip(axes[1:], grids.items()):
-            a.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1)
-            a.set_title(key, fontsize=7)
-            a.axis("off")
+        show_grids(axes[1:], grids, fontsize=7)
         save(fig, path)
     data = {"samples": found, "data_mean": data_mean, "data_spread": data_spread, "eps_refused": refusal,
             "closer_by": gap(flawed) - gap(fixed), "standard_error": error,

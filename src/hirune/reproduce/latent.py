@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ..playbook.report import Report, pyplot, save
-from .digits import sample_grid
+from .digits import sample_grid, show_grids
 from .sampling import one_thread
 
 # the tiny budget: the 8 x 8 digits, a UNet of 8 channels, an f = 2 autoencoder of 2 steps and a
@@ -122,10 +122,7 @@ def latent_diffusion_note(budget: str) -> Report:
         axes[0].axhline(reference, color="grey", ls="--", label="real vs real")
         axes[0].set(ylabel="Frechet distance (lower is better)", title=f"{budget_words.split(' (')[0]} each")
         axes[0].legend(fontsize=8)
-        for a, (name, grid) in zip(axes[1:], grids.items()):
-            a.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1)
-            a.set_title(name, fontsize=8)
-            a.axis("off")
+        show_grids(axes[1:], grids)
         save(fig, path)
     return Report("latent-diffusion", f"pixels against latents at the same wall-clock budget ({dataset}, n = {n})",
                   ["space", "preset", "params", "steps", "train s", "Frechet", "class entropy (bits)"],

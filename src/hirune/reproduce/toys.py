@@ -66,7 +66,7 @@ def reflow_note(budget: str) -> Report:
              f"each model {steps} steps of the {PRESET} preset" + (f" (MLP {mlp})" if mlp else "") +
              f"; 2-RF regresses on 1-RF's pairs, drawn by {teacher_steps} steps of its ODE "
              f"(the stored pairs match the teacher to {pairs_error:.2g})",
-             f"straightness of the 64-step paths: " + ", ".join(f"{k} {v:.3g}" for k, v in straight.items()) +
+             "straightness of the 64-step paths: " + ", ".join(f"{k} {v:.3g}" for k, v in straight.items()) +
              f"; at one Euler step the best is {best} ({curves[best][0]:.4g}), against "
              + ", ".join(f"{k} {v[0]:.4g}" for k, v in curves.items() if k != best),
              "at 64 steps: " + ", ".join(f"{k} {v[-1]:.4g}" for k, v in curves.items()) +

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 from ...playbook.report import Report, pyplot, save
-from .bases import TINY_UNET, train_base
+from .bases import TINY_UNET, timed_tuning, train_base
 
 # budget -> (base preset, its steps, its overrides), domain, tuning steps, ranks, samples scored, DDIM steps
 SIZES = {
@@ -56,20 +55,9 @@ def tune(base: Path, out: Path, kind: str, domain: str, steps: int, n: int, samp
     from ...checkpoint import latest_checkpoint
     from ...models import lora
     from ...training import load
-    from ...training.presets import finetune_config
-    from ...training.trainer import Trainer
 
-    cfg = finetune_config(kind, str(base), {"dataset": domain, "steps": steps, "ckpt_every": steps, "out": str(out),
-                                            **settings})
-    trainer = Trainer(cfg, distributed=False)
-    data, labels = trainer.training_data()
-    trainer.model.train()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        trainer.train_step(data, labels)
-        times.append(time.perf_counter() - start)
-    trainer.save()
+    trainer, times = timed_tuning(kind, base, {"dataset": domain, "steps": steps, "ckpt_every": steps, "out": str(out),
+                                               **settings})
     trainable, total = lora.trainable_count(trainer.model)
     shipped = out / "adapter" / lora.ADAPTER_WEIGHTS if kind == "lora" else latest_checkpoint(out) / "model.safetensors"
     row = {"kind": kind, **settings, "trainable": trainable, "base_parameters": total - trainable if kind == "lora"

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 from ...playbook.report import Report
-from .bases import TINY_UNET, train_base
+from .bases import TINY_UNET, timed_tuning, train_base
 
 INITIALIZER = "digit"
 # budget -> (base preset, steps, overrides), instance, steps, batch, samples a prompt and stage, DDIM steps
@@ -52,19 +51,8 @@ def tune(kind: str, base: Path, out: Path, steps: int, **settings) -> dict:
     from ...checkpoint import latest_checkpoint
     from ...models import lora
     from ...models.textual_inversion import EMBEDDING_FILE
-    from ...training.presets import finetune_config
-    from ...training.trainer import Trainer
 
-    trainer = Trainer(finetune_config(kind, str(base), {"steps": steps, "ckpt_every": steps, "out": str(out),
-                                                        **settings}), distributed=False)
-    data, labels = trainer.training_data()
-    trainer.model.train()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        trainer.train_step(data, labels)
-        times.append(time.perf_counter() - start)
-    trainer.save()
+    trainer, times = timed_tuning(kind, base, {"steps": steps, "ckpt_every": steps, "out": str(out), **settings})
     shipped = {"textual-inversion": out / EMBEDDING_FILE, "lora": out / "adapter" / lora.ADAPTER_WEIGHTS,
                "dreambooth": latest_checkpoint(out) / "model.safetensors"}[kind]
     return {"trainable": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
