@@ -23,6 +23,9 @@ Rows
               against diffusers' UNet2DModel + DDIMScheduler loop (eager, compiled).
   memory      `hirune plan --measure`'s estimate against torch.cuda.max_memory_allocated of two
               real steps (within 15% is the target); CUDA only.
+  syncs       no host sync inside an unread training step (`Trainer.train_step(read=False)`) of the
+              UNet and of a DiT, nor inside DDIM sampling: a few steps under CUDA's sync debug mode
+              ("error": a synchronizing call raises, and the row names where); a CPU runs them unchecked.
   strategies  `hirune train --nproc 1 ddpm-mnist5k` under each strategy (ddp, zero1, zero2, zero3)
               for a few steps: the nccl paths on one GPU (gloo on a CPU; --tiny: ddp on a 2-D toy).
 
@@ -40,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -49,7 +53,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import dit_speed  # noqa: E402  (a sibling script: the DiT row is its bench_size)
 
-ROWS = ("peak", "dit", "unet", "ddim", "memory", "strategies")
+ROWS = ("peak", "dit", "unet", "ddim", "memory", "syncs", "strategies")
 STRATEGIES = ("ddp", "zero1", "zero2", "zero3")
 
 # The DDPM paper's CIFAR-10 network (Ho et al. 2020, app. B): 35.7 M parameters.
@@ -221,6 +225,57 @@ def memory_row(device: torch.device, work: Path) -> dict:
     return out
 
 
+def _without_sync(fn, device: torch.device, repeats: int = 3) -> dict:
+    """`fn` run `repeats` times under CUDA's sync debug mode "error": ok, or the call that synced."""
+    if device.type != "cuda":
+        for _ in range(repeats):
+            fn()
+        return {"ok": None, "note": "not checked: CUDA's sync debug mode needs a GPU"}
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(repeats):
+            fn()
+        return {"ok": True}
+    except RuntimeError as e:
+        frames = [f for f in traceback.extract_tb(e.__traceback__) if "hirune" in f.filename] or \
+            traceback.extract_tb(e.__traceback__)
+        where = f"{frames[-1].filename.split('src/')[-1]}:{frames[-1].lineno} {frames[-1].line}"
+        return {"ok": False, "error": str(e).splitlines()[0][:200], "where": where}
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+
+
+def syncs_row(s, device: torch.device, data: Path, work: Path) -> dict:
+    """Unread training steps of the UNet and a DiT, and DDIM sampling, checked for host syncs."""
+    from hirune.training import Trainer, preset_config
+
+    dit = {"in_channels": 3, "image_size": s.unet_image, "patch_size": 2, "hidden_size": 64, "depth": 2,
+           "num_heads": 2}
+    out = {}
+    for name, (model, config) in {"unet train step": ("unet", dict(s.unet)), "dit train step": ("dit", dit)}.items():
+        cfg = preset_config("vpred-mnist5k", {"dataset": str(data), "model": "unet", "model_config": {},
+                                              "device": device.type, "batch_size": s.unet_batch,
+                                              "out": str(work / f"syncs-{model}")})
+        cfg = type(cfg).from_dict({**cfg.to_dict(), "model": model, "model_config": config})
+        run = Trainer(cfg, distributed=False)
+        images, labels = run.training_data()
+        run.model.train()
+        run.train_step(images, labels)  # the first step builds what is built once, and is read
+        out[name] = _without_sync(lambda: run.train_step(images, labels, read=False), device)
+        run.check()
+    from hirune.models import build_model
+
+    model = build_model("unet", in_channels=3, **s.unet).to(device).eval()
+    sampler = _hirune_ddim(model, s.unet_batch, 3, (3, s.unet_image, s.unet_image), device, "eager")
+    sampler()
+    out["ddim sampling"] = _without_sync(sampler, device, repeats=1)
+    for name, r in out.items():
+        verdict = {True: "no sync", None: r.get("note"), False: f"SYNC at {r.get('where')}: {r.get('error')}"}
+        print(f"  syncs {name}: {verdict[r['ok']]}", flush=True)
+    return out
+
+
 def strategies_row(s, device: torch.device, work: Path) -> dict:
     """`hirune train --nproc 1` under each strategy: the launcher, the process group (nccl on a
     GPU), the wrapped model, the checkpoint; a few steps each."""
@@ -289,6 +344,11 @@ def report(meta: dict, results: dict) -> str:
         else:
             lines += [f"Memory {k}: estimate {v['estimated_bytes'] / 2**30:.2f} GiB, measured "
                       f"{v['measured_bytes'] / 2**30:.2f} GiB, ratio {v['ratio']:.3f}" for k, v in m.items()] + [""]
+    if "syncs" in results:
+        verdicts = {True: "no sync", None: "not checked (CPU)", False: "SYNCS"}
+        lines += ["Host syncs: " + ", ".join(f"{k} {verdicts[v['ok']]}" + (f" at {v['where']}" if v["ok"] is False
+                                                                           else "")
+                                             for k, v in results["syncs"].items()), ""]
     if "strategies" in results:
         lines += ["Strategies (one process): " + ", ".join(f"{k} {'ok' if v['ok'] else 'FAILED'} ({v['seconds']:.0f} s)"
                                                             for k, v in results["strategies"].items()), ""]
@@ -335,6 +395,8 @@ def main(argv=None) -> int:
             results["ddim"] = ddim_row(s, device)
         if "memory" in args.rows:
             results["memory"] = memory_row(device, work)
+        if "syncs" in args.rows:
+            results["syncs"] = syncs_row(s, device, cifar_like(work, s.unet_image), work)
         if "strategies" in args.rows:
             results["strategies"] = strategies_row(s, device, work)
     meta["wall_s"] = time.perf_counter() - t0

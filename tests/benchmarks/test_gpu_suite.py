@@ -29,7 +29,8 @@ def test_the_unet_row_is_the_ddpm_cifar_network_and_diffusers_twin_has_its_size(
 
 
 def test_every_row_at_tiny_size_writes_its_figures(tmp_path, capsys):
-    assert gpu_suite.main(["--tiny", "--rows", "peak", "dit", "unet", "ddim", "memory", "--out", str(tmp_path)]) == 0
+    assert gpu_suite.main(["--tiny", "--rows", "peak", "dit", "unet", "ddim", "memory", "syncs",
+                           "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "gpu_suite.json").read_text())["results"]
     assert results["peak"]["matmul_tflops"] > 0
     (dit,) = results["dit"]
@@ -45,6 +46,8 @@ def test_every_row_at_tiny_size_writes_its_figures(tmp_path, capsys):
     ddim = {(r["contestant"], r["mode"]): r for r in results["ddim"]["rows"]}
     assert set(ddim) == {("hirune", "eager"), ("diffusers", "eager")} and all("images_per_s" in r for r in ddim.values())
     assert "skipped" in results["memory"]                     # CUDA only
+    assert set(results["syncs"]) == {"unet train step", "dit train step", "ddim sampling"}
+    assert all(r["ok"] is None for r in results["syncs"].values())   # ran; checked on a GPU only
     printed = capsys.readouterr().out
     assert "| T/2 | hirune | eager |" in printed and "DDIM-5, batch 4" in printed
 

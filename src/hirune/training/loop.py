@@ -69,8 +69,9 @@ def _loop(trainer: Trainer, out: Path, stop_after: int | None, progress: bool) -
     t_last, seen, drawn = time.perf_counter(), 0, -math.inf
     while trainer.step < end:
         lr = lr_at(cfg, trainer.step)
-        try:
-            total, grad_norm = trainer.train_step(data, labels)
+        logged, saved, previewed = _due(trainer, trainer.step + 1, end)
+        try:  # read (one host sync) where the step's values are used; on a GPU the others are checked on the device
+            result = trainer.train_step(data, labels, read=not trainer.defer_checks or logged or saved or previewed)
         except FloatingPointError as e:
             if log:
                 log.close()
@@ -80,7 +81,8 @@ def _loop(trainer: Trainer, out: Path, stop_after: int | None, progress: bool) -
         seen += cfg.batch_size
         bar.update(1)
         step = trainer.step
-        if step % cfg.log_every == 0 or step == end:
+        if logged:
+            total, grad_norm = result
             now = time.perf_counter()
             record = {"step": step, "loss": total, "lr": lr, "grad_norm": grad_norm,
                       "images_per_s": seen / max(now - t_last, 1e-9), **trainer.family.logged_terms(trainer.terms)}
@@ -88,19 +90,29 @@ def _loop(trainer: Trainer, out: Path, stop_after: int | None, progress: bool) -
             if log:  # per-tensor gradient norms where rank 0 holds whole gradients
                 log.record(record, None if trainer.sharded else trainer.model)
             bar.set_postfix(loss=f"{total:.4f}", img_s=f"{record['images_per_s']:.0f}")
-        if cfg.ckpt_every and (step % cfg.ckpt_every == 0 or step == cfg.steps):
+        if saved:
             trainer.save()
             # loss.png at a checkpoint at most every CURVE_EVERY_S seconds (and the last by log.close())
             if main and step < end and time.perf_counter() - drawn >= CURVE_EVERY_S:
                 write_loss_curve(out)
                 drawn = time.perf_counter()
-        if cfg.sample_every and trainer.family.has_previews and (step % cfg.sample_every == 0 or step == cfg.steps):
+        if previewed:
             written = trainer.write_preview(out / "samples" / f"step_{step:08d}.png")
             if log:
                 log.preview(written, step)
     bar.close()
     if log:
         log.close()
+
+
+def _due(trainer: Trainer, step: int, end: int) -> tuple[bool, bool, bool]:
+    """Whether the loop logs, checkpoints and previews after reaching `step`."""
+    cfg = trainer.cfg
+    logged = step % cfg.log_every == 0 or step == end
+    saved = bool(cfg.ckpt_every) and (step % cfg.ckpt_every == 0 or step == cfg.steps)
+    previewed = (bool(cfg.sample_every) and trainer.family.has_previews
+                 and (step % cfg.sample_every == 0 or step == cfg.steps))
+    return logged, saved, previewed
 
 
 def write_config(out: Path, cfg: TrainConfig) -> None:

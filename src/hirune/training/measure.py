@@ -269,8 +269,9 @@ def measure(cfg, micro_batch: int, time_step: bool = True, repeats: int = 3,
         sync()
         start = time.perf_counter()
         for _ in range(repeats):
-            run.train_step(data, labels)
+            run.train_step(data, labels, read=run.device.type != "cuda")  # the loop's unread steps on a GPU
         sync()
+        run.check()
         out["step_seconds"] = (time.perf_counter() - start) / repeats
         # recomputation repeats `again` FLOPs of the 3 forwards' worth a step costs
         out["compute_seconds"] = out["step_seconds"] * (1 + again / (3 * forward)) if forward else out["step_seconds"]

@@ -108,7 +108,7 @@ def bench_train(preset: str | None = None, overrides: dict[str, Any] | None = No
     data, labels = run.training_data()
     run.model.train()
     sync = run.device.type == "cuda"
-    contestants = {"hirune": lambda: run.train_step(data, labels)}
+    contestants = {"hirune": lambda: run.train_step(data, labels, read=not sync)}  # a GPU: the loop's unread step
     params = {"hirune": sum(p.numel() for p in run.model.parameters())}
     note = None
     if peer and cfg.model == "unet":
@@ -128,6 +128,7 @@ def bench_train(preset: str | None = None, overrides: dict[str, Any] | None = No
     for _ in range(steps):
         for name, fn in contestants.items():
             times[name].append(_timed(fn, sync))
+    run.check()  # the unread steps' non-finite check
     result = {
         "preset": preset, "device": str(run.device) + (f" ({torch.cuda.get_device_name()})" if sync else ""),
         "torch": torch.__version__, "threads": torch.get_num_threads(), "batch": cfg.batch_size,

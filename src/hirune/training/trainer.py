@@ -7,9 +7,12 @@ strategy's forward (DDP / FSDP2), AdamW, the EMA, the fp16 loss scaler and the n
 generator.  It never asks which family it trains; the family answers through its
 interface (`families.base.Family`).
 
-One optimizer step = `grad_accum` micro-batches -> clip -> AdamW -> EMA update, with one
-device sync (losses and gradient norm read together) and a non-finite check before the
-weights change.  The learning rate is a pure function of the step, the data order a pure
+One optimizer step = `grad_accum` micro-batches -> clip -> AdamW -> EMA update.  A step
+that is read (`read=True`: the CPU's every step; on a GPU the steps the loop logs,
+checkpoints or previews) syncs once (losses and gradient norm read together) and checks
+them before the weights change; an unread step keeps its check on the device (the first
+non-finite step and its values), so a GPU runs ahead without waiting for the host, and the
+next read -- at the latest the next checkpoint's -- raises for it, naming that step.  The learning rate is a pure function of the step, the data order a pure
 function of (seed, micro-batch counter), and every random input of a batch comes from the
 noise generator, drawn for the whole global batch on every rank (each keeps its slice):
 N processes compute what one does, and a checkpoint (weights, EMA, AdamW, generator
@@ -47,13 +50,13 @@ def micro_batch_indices(n: int, size: int, counter: int, seed: int) -> torch.Ten
     """Indices of micro-batch number `counter`: a stream of per-epoch permutations seeded by
     (seed, epoch), so the data order depends only on the counter (exact resume) and every
     example is seen once per epoch."""
-    start = counter * size
-    out = []
-    while len(out) < size:
-        epoch, offset = divmod(start + len(out), n)
+    start, taken, pieces = counter * size, 0, []
+    while taken < size:
+        epoch, offset = divmod(start + taken, n)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-        out.extend(perm[offset: offset + size - len(out)].tolist())
-    return torch.tensor(out)
+        pieces.append(perm[offset: offset + size - taken])
+        taken += len(pieces[-1])
+    return torch.cat(pieces)
 
 
 def load_reference(path: str):
@@ -128,6 +131,10 @@ class Trainer:
         self.scaler = make_grad_scaler(self.device, self.dtype == torch.float16, self.world.distributed)
         self.step = 0
         self.terms: dict = {}  # the named parts of the last micro-batch's loss, for the log
+        # on a GPU the loop reads only the steps it logs, checkpoints or previews (a host sync each);
+        # the CPU reads every step (a sync costs nothing there, and a bad step never touches the weights)
+        self.defer_checks = self.device.type == "cuda"
+        self.unread: tuple[torch.Tensor, torch.Tensor] | None = None  # (first bad step or -1, its values)
 
     def autocast(self):
         """The training steps' autocast context (bf16 on CUDA by default; off in fp32)."""
@@ -148,13 +155,16 @@ class Trainer:
             data = data.contiguous(memory_format=torch.channels_last)
         return data, labels.to(self.device) if labels is not None else None
 
-    def train_step(self, data: torch.Tensor, labels: torch.Tensor | None) -> tuple[float, float]:
+    def train_step(self, data: torch.Tensor, labels: torch.Tensor | None,
+                   read: bool = True) -> tuple[float, float] | None:
         """One optimizer step at `self.step`: `grad_accum` micro-batches (the batch is a pure
         function of the seed and the step; each rank takes its slice of every micro-batch),
         clipping, AdamW at `lr_at(step)`, one EMA update; with an active adversary, its step
-        on the same micro-batches.  Returns the global (loss, grad norm) with a single device
-        sync; raises FloatingPointError, on every rank and before touching the weights, on a
-        non-finite loss or gradient norm."""
+        on the same micro-batches.  `read`: returns the global (loss, grad norm) with a single
+        device sync, and raises FloatingPointError, on every rank and before touching the
+        weights, on a non-finite loss or gradient norm (or for an earlier unread step that
+        had one).  Unread (`read=False`): no host sync; the check is kept on the device for
+        the next read (`check`), and None is returned."""
         from ..distributed.runtime import mean
         from ..distributed.strategy import clip_gradients, sync_gradients
 
@@ -169,12 +179,14 @@ class Trainer:
         # the whole global batch's examples and random draws, the same on every rank: micro-batch k of
         # data-parallel rank r is rows k n + r b ... k n + (r + 1) b, whatever the accumulation and world size
         batch_idx = micro_batch_indices(len(data), cfg.batch_size, self.step, cfg.seed)
+        if self.device.type == "cuda":  # one copy from pinned memory: a pageable copy would wait for the GPU
+            batch_idx = batch_idx.pin_memory().to(self.device, non_blocking=True)
         draws = family.draw(cfg.batch_size, self.noise_rng)
         total = torch.zeros((), device=self.device)
         pairs = []  # (images, reconstructions) of each micro-batch, for the adversary
         for k in range(cfg.grad_accum):
             mine = slice(k * n + world.dp_rank * b, k * n + (world.dp_rank + 1) * b)
-            idx = batch_idx[mine].to(self.device)
+            idx = batch_idx[mine]
             batch, draw = Batch(data[idx], labels[idx] if labels is not None else None, idx), draws.slice(mine)
             with sync_gradients(self.forward, cfg.strategy, last=k == cfg.grad_accum - 1):
                 with self.autocast():
@@ -191,15 +203,11 @@ class Trainer:
         if adversary is not None:  # then the adversary (taming's second optimizer) on the same micro-batches
             d_total, d_norm = adversary.step(pairs)
         losses = mean(world, torch.stack([total, d_total]))
-        loss_value, d_value, norm_value, d_norm_value = torch.cat(
-            [losses, torch.stack([grad_norm.float(), d_norm.float()])]).tolist()
-        # fp16's loss scaler skips a step whose gradients overflowed; elsewhere an infinite norm stops the run
-        checks = {"loss": loss_value, "discriminator loss": d_value}
-        if not self.scaler.is_enabled():
-            checks.update({"gradient norm": norm_value, "discriminator gradient norm": d_norm_value})
-        for which, value in checks.items():
-            if not math.isfinite(value):
-                raise FloatingPointError(f"non-finite {which} ({value}) at step {self.step}")
+        stats = torch.cat([losses.float(), torch.stack([grad_norm.float(), d_norm.float()])])
+        if read:
+            loss_value, d_value, norm_value, d_norm_value = self.check(stats)
+        else:
+            self._keep_check(stats)
         self.scaler.step(self.optimizer)      # fp16: skipped when a gradient overflowed
         self.scaler.update()
         if adversary is not None:
@@ -207,7 +215,47 @@ class Trainer:
             self.terms = {**self.terms, **adversary.terms, "d_loss": d_value, "d_grad_norm": d_norm_value}
         self.ema.update(self.model)
         self.step += 1
-        return loss_value, norm_value
+        return (loss_value, norm_value) if read else None
+
+    # --- the non-finite check ----------------------------------------------------------
+    WATCHED = ("loss", "discriminator loss", "gradient norm", "discriminator gradient norm")
+
+    def _watched(self) -> int:
+        """How many of `WATCHED` stop the run: fp16's loss scaler skips a step whose gradients
+        overflowed, so there only the losses do; elsewhere an infinite norm stops it too."""
+        return 2 if self.scaler.is_enabled() else 4
+
+    def _keep_check(self, stats: torch.Tensor) -> None:
+        """An unread step's check, on the device: remember the first non-finite step and its values."""
+        if self.unread is None:
+            self.unread = (torch.full((), -1.0, dtype=torch.float64, device=stats.device),
+                           torch.zeros(4, dtype=torch.float64, device=stats.device))
+        first, values = self.unread
+        new = ~torch.isfinite(stats[:self._watched()]).all() & (first < 0)
+        self.unread = (torch.where(new, float(self.step), first), torch.where(new, stats.double(), values))
+
+    def check(self, stats: torch.Tensor | None = None) -> list[float]:
+        """Read this step's `stats` (loss, discriminator loss, gradient norms) and the kept
+        checks of the unread steps before it, in one device sync; raise FloatingPointError
+        for the first non-finite one.  Returns the stats as floats (none: just the check)."""
+        parts = [] if stats is None else [stats.double()]
+        if self.unread is not None:
+            parts += [self.unread[0].reshape(1), self.unread[1]]
+            self.unread = None
+        if not parts:
+            return []
+        values = torch.cat(parts).tolist()
+        now, kept = (values[:4], values[4:]) if stats is not None else ([], values)
+        if kept and kept[0] >= 0:
+            self._refuse(kept[1:], int(kept[0]), f" (found at step {self.step}: the steps between were checked "
+                                                  "on the device and read together)")
+        self._refuse(now, self.step)
+        return now
+
+    def _refuse(self, values: list[float], step: int, found: str = "") -> None:
+        for which, value in zip(self.WATCHED[:self._watched()], values):
+            if not math.isfinite(value):
+                raise FloatingPointError(f"non-finite {which} ({value}) at step {step}{found}")
 
     # --- checkpoints -----------------------------------------------------------------
     def save(self) -> Path | None:
@@ -218,6 +266,7 @@ class Trainer:
         from ..distributed import sharded
         from ..distributed.state import full_state
 
+        self.check()  # never a checkpoint of weights that an unread non-finite step touched
         cfg = self.cfg
         state = {"config": cfg.identity(), "run_config": cfg.to_dict(), "world_size": self.world.size,
                  "strategy": cfg.strategy, "ema_updates": self.ema.num_updates,
