@@ -37,8 +37,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from .diffusers_names import autoencoder_to_diffusers, dit_to_diffusers
 
 SUPPORTED = ("a diffusion run of a DiT on a discrete (ddpm) process, pixels or KL-autoencoder latents",
