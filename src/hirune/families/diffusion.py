@@ -121,7 +121,7 @@ class DiffusionDraw(Draw):
 class Diffusion(Family):
     name = "diffusion"
     Config = DiffusionConfig
-    networks = ("mlp", "unet", "dit", "uvit")
+    networks = ("mlp", "unet", "dit", "uvit", "diffusers")
     resumable = ("sampler", "sample_steps", "clip_x0")
     resizable_base = False  # base=RUN must be on data of this run's shape (finetune.check_base)
     ranges = {"p_uncond": Range(0, 1, high_open=True), "min_snr_gamma": Range(0, low_open=True),

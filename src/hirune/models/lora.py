@@ -28,7 +28,9 @@ module names, each matching a layer whose whole name it matches or whose name en
 nn.Conv2d layers are adapted.  The named sets:
 
     attention       the Linears q, k, v and proj (dalle: out) of every attention module
-                    (the modules with `fused_linears`: self-, cross- and causal attention)
+                    (the modules with `fused_linears`: self-, cross- and causal attention);
+                    in a diffusers network (`hirune import`) its Attention modules' to_q,
+                    to_k, to_v and to_out.0, the layers diffusers' own LoRA training adapts
     attention+mlp   also the feed-forward Linears: the transformers' `mlp` (DiT, U-ViT, the
                     prior) and `mlps` (the tiny text encoder), the MLP's fc1, fc2 (the UNet
                     has none: there it is "attention")
@@ -60,6 +62,7 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"     # peft's file names
 ADAPTER_CONFIG = "adapter_config.json"
 PEFT_PREFIX = "base_model.model."                  # peft's files name tensors from the PeftModel around the network
 _ATTENTION_PROJECTIONS = ("q", "k", "v", "proj", "out")
+_DIFFUSERS_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")   # diffusers' Attention
 _FEED_FORWARD = re.compile(r"(?:^|.*\.)(?:mlp|mlps\.\d+)\.\d+|(?:^|.*\.)fc[12]")
 
 
@@ -98,9 +101,13 @@ def layer_sizes(layer: nn.Module) -> tuple[int, int]:
 def _attention_projections(model: nn.Module) -> set[str]:
     names = set()
     for name, m in model.named_modules():
+        prefix = f"{name}." if name else ""
         if hasattr(m, "fused_linears"):
-            prefix = f"{name}." if name else ""
             names |= {prefix + c for c in _ATTENTION_PROJECTIONS if isinstance(getattr(m, c, None), nn.Module)}
+        elif all(isinstance(getattr(m, c, None), nn.Linear) for c in _DIFFUSERS_PROJECTIONS[:3]):  # diffusers'
+            names |= {prefix + c for c in _DIFFUSERS_PROJECTIONS[:3]}
+            if isinstance(getattr(m, "to_out", None), nn.ModuleList) and isinstance(m.to_out[0], nn.Linear):
+                names.add(prefix + _DIFFUSERS_PROJECTIONS[3])
     return names
 
 

@@ -2,6 +2,7 @@
 
     hirune import ./ddpm-folder --out runs/imported --dataset digits   (offline: local folders only)
     hirune sample runs/imported --sampler ddim        (every sampler; invert, edit, eval, nll too)
+    hirune train finetune runs/imported               (trained on in hirune's loop; lora too)
     run = load("runs/imported"); run.denoiser, run.process, run.model.net
 
 DIR is a model folder (config.json with `_class_name`) or a pipeline folder
