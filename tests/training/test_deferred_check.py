@@ -111,3 +111,4 @@ def test_the_loop_on_a_gpu_reads_only_logged_and_saved_steps_and_keeps_the_last_
     ckpt = latest_checkpoint(cfg.out)
     assert ckpt.name == "step_00000004"
     assert all(torch.isfinite(v).all() for v in load_checkpoint(ckpt)[0]["model"].values())
+

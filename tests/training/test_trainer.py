@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hirune.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
-from hirune.training import TrainConfig, lr_at, micro_batch_indices, train
+from hirune.training import TrainConfig, Trainer, lr_at, micro_batch_indices, train
 
 
 def toy_config(tmp_path, **kw) -> TrainConfig:
@@ -289,3 +289,18 @@ def test_accumulation_parity_catches_undivided_micro_batches(broken, tmp_path, m
         monkeypatch.setattr(T, "make_grad_scaler", undivided_scaler)
     with pytest.raises(AssertionError):
         assert_same_steps(reference, accumulation_run(tmp_path / "two", 2))
+
+
+def test_threads_sets_torchs_cpu_threads_for_the_run_and_restores_them(tmp_path, monkeypatch):
+    seen, real = [], Trainer.train_step
+
+    def step(self, *a, **kw):
+        seen.append(torch.get_num_threads())
+        return real(self, *a, **kw)
+    monkeypatch.setattr(Trainer, "train_step", step)
+    before = torch.get_num_threads()
+    train(toy_config(tmp_path / "a", steps=2, threads=1), progress=False)
+    train(toy_config(tmp_path / "b", steps=2, threads=3), progress=False)
+    assert seen == [1, 1, 3, 3] and torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads"):
+        train(toy_config(tmp_path / "c", threads=-1), progress=False)

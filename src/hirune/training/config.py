@@ -24,7 +24,7 @@ from ..families.settings import Range, check_choices, check_ranges, check_types
 # shared keys that may differ between a run and its resumption (families add their own)
 RESUMABLE = ("steps", "log_every", "sample_every", "ckpt_every", "resume", "device", "eval_samples",
              "num_samples", "strategy", "sharded_checkpoints", "out", "recompute", "recompute_attention", "tp", "sp",
-             "logger")
+             "logger", "threads")
 
 
 @dataclass
@@ -61,6 +61,7 @@ class TrainConfig:
     eval_samples: int = 0              # `hirune train` then scores this many EMA samples (eval.json)
     out: str = "runs/default"
     device: str = "auto"
+    threads: int = 0                   # CPU threads of torch while training; 0: torch's default (every core)
     resume: bool = False
 
     @classmethod
@@ -108,6 +109,7 @@ RANGES = {
     # 0 as "no clipping" is not implemented: the trainer would clip every gradient to zero
     "grad_clip": Range(0, low_open=True, finite=False, hint="a positive max norm of the gradient; inf: no clipping"),
     "seed": Range(0, 2**64 - 1, integer=True), "log_every": Range(1, integer=True),
+    "threads": Range(0, integer=True, hint="CPU threads; 0: torch's default (every core)"),
     "sample_every": Range(0, integer=True, hint="0: no previews"),
     "ckpt_every": Range(0, integer=True, hint="0: no checkpoints"),
     "num_samples": Range(1, integer=True), "eval_samples": Range(0, integer=True, hint="0: no evaluation"),

@@ -18,7 +18,10 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import contextmanager
 from pathlib import Path
+
+import torch
 
 from ..checkpoint import latest_checkpoint
 from ..distributed import runtime
@@ -43,8 +46,21 @@ def train(cfg: TrainConfig, stop_after: int | None = None, progress: bool = True
             truncate_metrics(out, trainer.step)
             write_config(out, cfg)
             keep_references(trainer.family, out)
-        _loop(trainer, out, stop_after, progress)
+        with cpu_threads(cfg.threads):
+            _loop(trainer, out, stop_after, progress)
     return trainer
+
+
+@contextmanager
+def cpu_threads(n: int):
+    """torch's intra-op CPU threads set to `n` for the duration (0: left as they are)."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _loop(trainer: Trainer, out: Path, stop_after: int | None, progress: bool) -> None:
