@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 
 from .common import CLIError
 
@@ -42,8 +43,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         check_budget(args.budget)
     except ValueError as e:
         raise CLIError(str(e)) from None
+    start = time.perf_counter()
     report = note.run(args.budget)
-    index = write_report(report, note.shows, args.budget, Path(args.out) / note.name)
+    index = write_report(report, note.shows, args.budget, Path(args.out) / note.name, time.perf_counter() - start)
     print(json.dumps(report.as_dict(), indent=1, default=str) if args.json else table(report))
     print(f"wrote {index}")
     return 0

@@ -55,12 +55,12 @@ def table(report: Report) -> str:
     return "\n".join(out)
 
 
-def write(report: Report, out: str | Path) -> list[Path]:
-    """NAME.json (the report and its data) and NAME.png (the figure) in `out`."""
+def write(report: Report, out: str | Path, extra: dict | None = None) -> list[Path]:
+    """NAME.json (the report and its data, plus `extra`'s keys) and NAME.png (the figure) in `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = [out / f"{report.name}.json"]
-    written[0].write_text(json.dumps(report.as_dict(), indent=1, default=str) + "\n")
+    written[0].write_text(json.dumps({**report.as_dict(), **(extra or {})}, indent=1, default=str) + "\n")
     if report.plot is not None:
         written.append(out / f"{report.name}.png")
         report.plot(written[-1])
