@@ -25,7 +25,7 @@ from .common import draw, trained
 
 PRESET, DATASET = "aspect-mnist5k", "mnist5k-aspect"
 # budget -> training steps, samples a bucket, DDIM steps
-SIZES = {"tiny": (2, 16, 2), "small": (700, 200, 25), "full": (800, 300, 25)}
+SIZES = {"tiny": (2, 12, 2), "small": (700, 200, 25), "full": (1000, 200, 25)}
 
 
 def _scores(net, images: torch.Tensor, labels: torch.Tensor, test: torch.Tensor, real: torch.Tensor) -> dict:
@@ -37,7 +37,8 @@ def _scores(net, images: torch.Tensor, labels: torch.Tensor, test: torch.Tensor,
     f_gen, logits = features_and_logits(net, evaluator_view(net, DATASET, images))
     f_real, _ = features_and_logits(net, evaluator_view(net, DATASET, real))
     return {"class_accuracy": float((logits.argmax(1) == labels).double().mean()),
-            "frechet_distance": frechet_distance(f_gen, f_test), "frechet_real_vs_real": frechet_distance(f_real, f_test)}
+            "frechet_distance": frechet_distance(f_gen, f_test),
+            "frechet_real_vs_real": frechet_distance(f_real, f_test)}
 
 
 def _bucket(run, b: int, train, test, n: int, steps: int, net) -> tuple[dict, torch.Tensor, torch.Tensor]:
@@ -112,7 +113,7 @@ def buckets_note(budget: str) -> Report:
         ax.set(ylabel="Frechet distance to the bucket's test digits", title="per bucket (H x W)")
         ax.legend(fontsize=8)
         cell = max(max(s) for s in run.data.buckets) + 2
-        pic.imshow(_canvas(pictures, cell).numpy(), cmap="gray", vmin=0, vmax=1)
+        pic.imshow(_canvas(pictures, cell).numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         pic.axis("off")
         save(fig, path)
     return Report("sdxl-buckets", f"SDXL's aspect-ratio buckets: samples at each bucket's shape ({steps} steps, "

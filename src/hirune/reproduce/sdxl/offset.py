@@ -23,7 +23,7 @@ from .common import draw, frechet, picture, trained
 
 PRESET, DATASET, OFFSETS = "offset-noise-mnist5k", "mnist5k-brightness", (0.0, 0.1)
 # budget -> training steps of each model, samples, DDIM steps
-SIZES = {"tiny": (2, 16, 2), "small": (450, 200, 25), "full": (600, 300, 25)}
+SIZES = {"tiny": (2, 12, 2), "small": (450, 200, 25), "full": (600, 300, 25)}
 
 
 def brightness(images: torch.Tensor) -> torch.Tensor:
@@ -69,8 +69,8 @@ def offset_note(budget: str) -> Report:
              f"DDIM {sample_steps} steps, seed 0 (the same start noise for both); brightness: an image's mean in "
              "[-1, 1]; the last row: the test split (its Frechet column: real vs real)",
              _verdict(found, data),
-             f"Frechet distance {found[OFFSETS[0]]['frechet']:.3g} without the offset, {found[OFFSETS[1]]['frechet']:.3g}"
-             " with it",
+             f"Frechet distance {found[OFFSETS[0]]['frechet']:.3g} without the offset, "
+             f"{found[OFFSETS[1]]['frechet']:.3g} with it",
              "the figure: the histograms of the samples' brightness against the test digits'; 20 samples of each "
              "model (top: no offset), the same noise in each column"]
     report_data = {"budget": budget, "steps": steps, "n": n, "sample_steps": sample_steps, "data": data,
@@ -86,7 +86,8 @@ def offset_note(budget: str) -> Report:
                     label=f"samples, offset {o:g}")
         ax.set(xlabel="mean brightness of an image", ylabel="density", title="the spread of brightness")
         ax.legend(fontsize=8)
-        pic.imshow(picture(torch.cat([samples[o][:20] for o in OFFSETS]), 20).numpy(), cmap="gray", vmin=0, vmax=1)
+        grid = picture(torch.cat([samples[o][:20] for o in OFFSETS]), 20)
+        pic.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         pic.axis("off")
         save(fig, path)
     return Report("sdxl-offset", f"noise offset: the spread of the samples' brightness ({steps} steps, n = {n})",

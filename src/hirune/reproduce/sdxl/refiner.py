@@ -22,7 +22,7 @@ from .common import draw, frechet, picture, trained
 
 BASE, REFINER, DATASET = "vpred-mnist5k", "refiner-mnist5k", "mnist5k"
 # budget -> the base's early steps, the refiner's steps (the later base: early + these), samples, DDIM steps
-SIZES = {"tiny": (2, 2, 16, 5), "small": (400, 300, 200, 25), "full": (600, 400, 300, 25)}
+SIZES = {"tiny": (2, 2, 8, 5), "small": (400, 300, 200, 25), "full": (600, 400, 300, 25)}
 
 
 def _sample_pair(base, refiner, n: int, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,7 +90,7 @@ def refiner_note(budget: str) -> Report:
         ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
         ax.set(ylabel="Frechet distance (lower is better)", title="base alone, and + refiner")
         ax.legend(fontsize=8)
-        pic.imshow(picture(torch.cat(shown), 10).numpy(), cmap="gray", vmin=0, vmax=1)
+        pic.imshow(picture(torch.cat(shown), 10).numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         pic.set_yticks([(i + 0.5) * (shown[0].shape[-2] + 1) for i in range(len(names))], names, fontsize=8)
         pic.set_xticks([])
         save(fig, path)
