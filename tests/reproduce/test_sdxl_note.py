@@ -89,9 +89,9 @@ def test_frechet_scores_every_set_as_the_evaluator_does():
     from hirune.metrics.evaluator import evaluate_images
     from hirune.reproduce.sdxl.common import frechet
 
-    images = load_dataset("mnist5k", "test").images[:24].flip(-1)    # mirrored digits: far from the data
-    scores = frechet("mnist5k", {"few": images[:12], "mirrored": images})
-    expected = evaluate_images("mnist5k", images)
+    images = load_dataset("digits", "test").images[:24].flip(-1)    # mirrored digits: far from the data
+    scores = frechet("digits", {"few": images[:12], "mirrored": images})
+    expected = evaluate_images("digits", images)
     assert scores["mirrored"] == pytest.approx(expected["frechet_distance"], rel=1e-9)
     assert scores["real_vs_real"] == pytest.approx(expected["frechet_real_vs_real"], rel=1e-9)   # n: the largest set
     assert scores["few"] != scores["mirrored"]

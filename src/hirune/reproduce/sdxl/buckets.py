@@ -25,7 +25,7 @@ from .common import draw, trained
 
 PRESET, DATASET = "aspect-mnist5k", "mnist5k-aspect"
 # budget -> training steps, samples a bucket, DDIM steps
-SIZES = {"tiny": (2, 12, 2), "small": (700, 200, 25), "full": (1000, 200, 25)}
+SIZES = {"tiny": (2, 8, 2), "small": (700, 200, 25), "full": (1000, 200, 25)}
 
 
 def _scores(net, images: torch.Tensor, labels: torch.Tensor, test: torch.Tensor, real: torch.Tensor) -> dict:
@@ -42,7 +42,8 @@ def _scores(net, images: torch.Tensor, labels: torch.Tensor, test: torch.Tensor,
 
 
 def _bucket(run, b: int, train, test, n: int, steps: int, net) -> tuple[dict, torch.Tensor, torch.Tensor]:
-    """Bucket b's samples and scores: (its row of measures, its samples, its real test digits)."""
+    """Bucket b's samples and scores: (its row of measures, its samples, the first of its test
+    digits of each class it holds)."""
     from ...data.buckets import recentre
 
     size = tuple(run.data.buckets[b])
@@ -53,8 +54,10 @@ def _bucket(run, b: int, train, test, n: int, steps: int, net) -> tuple[dict, to
     real = recentre(train.images[mine[torch.randperm(len(mine), generator=g)[:n]]], size)
     test_digits = recentre(test.images[theirs], size)
     scores = _scores(net, x, labels, test_digits, real)
+    labels_here = test.labels[theirs].tolist()
+    firsts = sorted({c: labels_here.index(c) for c in set(labels_here)}.values(), key=lambda i: labels_here[i])
     return {"bucket": f"{size[0]}x{size[1]}", "train_share": len(mine) / len(train.labels),
-            "test_digits": len(theirs), "sample_shape": list(x.shape[-2:]), **scores}, x, test_digits
+            "test_digits": len(theirs), "sample_shape": list(x.shape[-2:]), **scores}, x, test_digits[firsts]
 
 
 def _canvas(rows: list[torch.Tensor], cell: int, gap: int = 2) -> torch.Tensor:
@@ -98,7 +101,8 @@ def buckets_note(budget: str) -> Report:
              "0), labels drawn from the bucket's training digits; scored in the evaluator's features against the "
              "bucket's test digits, beside its real training digits (the same count)",
              _verdict(found),
-             "the figure: per bucket a row of its real test digits, then a row of samples, each at its own shape"]
+             "the figure: per bucket its first test digit of each class it holds, then a row of samples, each at its own "
+             "shape"]
     data = {"budget": budget, "steps": steps, "n": n, "sample_steps": sample_steps, "buckets": found}
     pictures = [rows_ for _, x, real in measured for rows_ in (real[:10], x[:10])]
 

@@ -29,7 +29,7 @@ from .common import draw, frechet, picture, trained
 
 PRESET, DATASET = "sdxl-micro-mnist5k", "mnist5k"
 # budget -> training steps of each model, samples a cell, DDIM steps
-SIZES = {"tiny": (2, 12, 2), "small": (500, 200, 25), "full": (800, 300, 25)}
+SIZES = {"tiny": (2, 8, 2), "small": (500, 200, 25), "full": (800, 300, 25)}
 
 
 def _heights(run) -> tuple[int, int, int]:
@@ -128,7 +128,8 @@ def micro_note(budget: str) -> Report:
             "crop": crop, "frechet": fd, "height_changes_samples": changed}
     heights = sorted(sharp["told"])
     labels = [f"height {h}" for h in heights] + [f"crop ({d}, {d})" for d in sorted(crop["centre"])]
-    grid = torch.cat([x[:10] for x in by_height + by_crop])
+    k = min(10, n)                     # samples a row of the figure
+    grid = torch.cat([x[:k] for x in by_height + by_crop])
 
     def plot(path):
         plt = pyplot()
@@ -139,7 +140,7 @@ def micro_note(budget: str) -> Report:
         ax.set(xlabel="original height asked (pixels)", ylabel="mean squared Laplacian (sharpness)",
                title="size conditioning")
         ax.legend(fontsize=8)
-        pic.imshow(picture(grid, 10).numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        pic.imshow(picture(grid, k).numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         pic.set_yticks([(i + 0.5) * (grid.shape[-2] + 1) for i in range(len(labels))], labels, fontsize=8)
         pic.set_xticks([])
         pic.set_title("rows: heights, then crops (the same noise in each column)", fontsize=9)

@@ -23,7 +23,7 @@ from .common import draw, frechet, picture, trained
 
 PRESET, DATASET, OFFSETS = "offset-noise-mnist5k", "mnist5k-brightness", (0.0, 0.1)
 # budget -> training steps of each model, samples, DDIM steps
-SIZES = {"tiny": (2, 12, 2), "small": (450, 200, 25), "full": (600, 300, 25)}
+SIZES = {"tiny": (2, 8, 2), "small": (450, 200, 25), "full": (600, 300, 25)}
 
 
 def brightness(images: torch.Tensor) -> torch.Tensor:
@@ -86,7 +86,8 @@ def offset_note(budget: str) -> Report:
                     label=f"samples, offset {o:g}")
         ax.set(xlabel="mean brightness of an image", ylabel="density", title="the spread of brightness")
         ax.legend(fontsize=8)
-        grid = picture(torch.cat([samples[o][:20] for o in OFFSETS]), 20)
+        k = min(20, n)
+        grid = picture(torch.cat([samples[o][:k] for o in OFFSETS]), k)
         pic.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         pic.axis("off")
         save(fig, path)

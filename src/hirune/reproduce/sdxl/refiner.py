@@ -65,7 +65,7 @@ def refiner_note(budget: str) -> Report:
             found[f"base at {steps} + refiner"] = {"base_steps": steps, "refiner_steps": ref_steps,
                                                    "change": (refined - alone).abs().mean().item()}
             samples.update({f"base at {steps}": alone, f"base at {steps} + refiner": refined})
-            shown += [alone[:10], refined[:10]]
+            shown += [alone[:10], refined[:10]]   # 10 a row (n >= 10), or n
     scores = frechet(DATASET, samples)
     for name in found:
         found[name]["frechet"] = scores[name]
@@ -90,7 +90,7 @@ def refiner_note(budget: str) -> Report:
         ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
         ax.set(ylabel="Frechet distance (lower is better)", title="base alone, and + refiner")
         ax.legend(fontsize=8)
-        pic.imshow(picture(torch.cat(shown), 10).numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        pic.imshow(picture(torch.cat(shown), len(shown[0])).numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         pic.set_yticks([(i + 0.5) * (shown[0].shape[-2] + 1) for i in range(len(names))], names, fontsize=8)
         pic.set_xticks([])
         save(fig, path)
