@@ -101,8 +101,8 @@ def buckets_note(budget: str) -> Report:
              "0), labels drawn from the bucket's training digits; scored in the evaluator's features against the "
              "bucket's test digits, beside its real training digits (the same count)",
              _verdict(found),
-             "the figure: per bucket its first test digit of each class it holds, then a row of samples, each at its own "
-             "shape"]
+             "the figure: per bucket its first test digit of each class it holds, then a row of samples, each at "
+             "its own shape"]
     data = {"budget": budget, "steps": steps, "n": n, "sample_steps": sample_steps, "buckets": found}
     pictures = [rows_ for _, x, real in measured for rows_ in (real[:10], x[:10])]
 
