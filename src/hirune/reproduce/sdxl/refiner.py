@@ -77,10 +77,10 @@ def refiner_note(budget: str) -> Report:
              f"200 lowest of 1000 levels (train_until={refiner.config.train_until}); hand-over at "
              f"{refiner.config.train_until}; {n} samples a row, DDIM {sample_steps} steps, seed 0",
              _verdict(found, early, later),
-             "the figure: per base, 10 samples alone and the same 10 refined (the same noise)"]
+             f"the figure: per base, {min(10, n)} samples alone and the same {min(10, n)} refined (the same noise)"]
     data = {"budget": budget, "early": early, "later": later, "refiner_steps": ref_steps, "n": n,
             "sample_steps": sample_steps, "switch": refiner.config.train_until, "rows": found, "real_vs_real": real}
-    names = [name for name in found]
+    names = list(found)
 
     def plot(path):
         plt = pyplot()
