@@ -28,6 +28,7 @@ def _playbook(name: str, shows: str) -> Note:
 def _notes() -> dict[str, Note]:
     from . import memory, sampling
     from . import backbones, digits, latent, likelihood, systems, toys
+    from . import sdxl
 
     notes = [
         Note("ddim", "with few steps DDIM (eta = 0) beats DDPM's ancestral sampler; eta -> 1 turns it into DDPM; "
@@ -76,6 +77,7 @@ def _notes() -> dict[str, Note]:
                      "(digits, Frechet distance)",
              {"tiny": "5 s", "small": "6 min", "full": "40 min"}, backbones.uvit_note),
     ]
+    notes += [Note(*fields) for fields in sdxl.NOTES]   # SDXL's conditioning tricks (issue 22), one note a trick
     notes += [
         Note("reflow", "reflow (2-rectified flow, trained on a 1-RF's own noise-sample pairs) has straighter paths "
                        "than 1-RF, so few Euler steps get closer to the data; beside minibatch-OT flow matching "

@@ -358,9 +358,10 @@ def finetune_config(kind: str, base: str, overrides: dict[str, Any] | None = Non
     return TrainConfig.from_dict(values)
 
 # --- SDXL's conditioning tricks at digit scale (Podell et al. 2023; families/micro.py,
-# inference/refine.py; benchmarks/sdxl.py measures them).  Micro-conditioning: the main job's
-# recipe with each image shrunk to an original height of 7..28 pixels and upscaled, and cut at
-# offsets of up to 4 pixels, the network told both (original size, crop, target size).  Noise
+# inference/refine.py; `hirune reproduce sdxl-micro|sdxl-offset|sdxl-refiner|sdxl-buckets`
+# measures them).  Micro-conditioning: the main job's recipe with each image shrunk to an
+# original height of 7..28 pixels and upscaled, and cut at offsets of up to 4 pixels, the
+# network told both (original size, crop, target size).  Noise
 # offset: on digits at a random brightness (mnist5k-brightness), Stable Diffusion's own recipe
 # (eps prediction, linear schedule), offset 0.1 as in Guttenberg's post.  A refiner: the main
 # job's recipe trained on the 200 lowest of the 1000 levels only (SDXL), sampled after a base
