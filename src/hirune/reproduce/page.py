@@ -14,15 +14,14 @@ def measured_on(budget: str, seconds: float) -> dict:
     import datetime
     import os
     import platform
+    from importlib.metadata import version
 
     import torch
-
-    from .. import __version__
 
     device = (torch.cuda.get_device_name() if torch.cuda.is_available() else
               f"CPU ({platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads)")
     return {"budget": budget, "seconds": round(seconds, 3), "device": device, "torch": torch.__version__,
-            "hirune": __version__, "date": datetime.date.today().isoformat()}
+            "hirune": version("hirune"), "date": datetime.date.today().isoformat()}
 
 
 def write_report(report: Report, shows: str, budget: str, folder: str | Path, seconds: float | None = None) -> Path:
