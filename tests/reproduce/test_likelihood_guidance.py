@@ -139,3 +139,13 @@ def test_a_sample_count_that_is_not_whole_classes_is_refused():
     with pytest.raises(ValueError, match="multiple of 10"):
         guided.sweep(None, None, (0.0,), 25, 4)
     assert all(size["n"] % 10 == 0 for size in guided.SIZES.values())
+
+
+def test_the_sweep_script_is_a_caller_of_the_note_and_refuses_missing_runs(tmp_path):
+    """benchmarks/guidance_sweep.py keeps the edits and runs the sweep through `reproduce.guided`."""
+    from benchmark_scripts import load_benchmark
+
+    script = load_benchmark("guidance_sweep")
+    assert script.guided is guided and not hasattr(script, "tradeoff_plot")
+    with pytest.raises(SystemExit, match="pass --train"):
+        script.main(["--cond", str(tmp_path / "missing"), "--out", str(tmp_path / "out")])

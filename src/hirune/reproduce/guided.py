@@ -95,7 +95,9 @@ def guidance_digits_note(budget: str) -> Report:
 
 
 def guidance_report(results: dict[str, list[dict]], last: dict, size: dict, steps: tuple[int, int]) -> Report:
-    """The table (one row per scale), the notes under it and the figure of a finished sweep."""
+    """The table (one row per scale), the notes under it and the figure of a finished sweep.
+    size: a `SIZES` entry, or for runs of your own {data, n, sample_steps, scales, runs: (the
+    conditional run's name, the classifier's)}; steps: the two runs' training steps."""
     cfg, cg = results["classifier-free"], results["classifier"]
     rows = [[a["scale"], a["class_accuracy"], a["frechet_distance"], b["class_accuracy"], b["frechet_distance"]]
             for a, b in zip(cfg, cg)]
@@ -139,9 +141,11 @@ def notes(results: dict[str, list[dict]], size: dict, steps: tuple[int, int], tr
     """What the table says, in words that follow its numbers."""
     cfg, cg = results["classifier-free"], results["classifier"]
     reference = cfg[0]["frechet_real_vs_real"]
-    lines = [f"vpred-{size['data']} class_conditional=true trained {steps[0]} steps, classifier-{size['data']} "
-             f"{steps[1]} steps (batch {size['batch']}); {size['n']} samples a point ({size['n'] // 10} a class, "
-             f"seed 0), DDIM-{size['sample_steps']} trailing; real vs real Frechet distance {reference:.3g}",
+    model, judge = size.get("runs", (f"vpred-{size['data']} class_conditional=true", f"classifier-{size['data']}"))
+    batch = f" (batch {size['batch']})" if "batch" in size else ""
+    lines = [f"{model} trained {steps[0]} steps, {judge} {steps[1]} steps{batch}; {size['n']} samples a point "
+             f"({size['n'] // 10} a class, seed 0), DDIM-{size['sample_steps']} trailing; real vs real Frechet "
+             f"distance {reference:.3g}",
              f"at s = 0 both methods sample the same unconditional model: class accuracy {cfg[0]['class_accuracy']:.1%}"
              f" and {cg[0]['class_accuracy']:.1%}, Frechet {cfg[0]['frechet_distance']:.3g} and "
              f"{cg[0]['frechet_distance']:.3g}"]
@@ -160,5 +164,5 @@ def notes(results: dict[str, list[dict]], size: dict, steps: tuple[int, int], tr
     gaps = ", ".join(f"s = {a['scale']:g}: {b['class_accuracy']:.1%} against {a['class_accuracy']:.1%}"
                      for a, b in zip(cfg, cg) if a["scale"] >= 1)
     lines.append("classifier guidance " + ("tracks" if tracked else "does not track") + " classifier-free guidance "
-                 f"(class accuracy within 10 points at every s >= 1) at this budget: {gaps}")
+                 f"at this budget (the test: class accuracy within 10 points of CFG's at every s >= 1): {gaps}")
     return lines
