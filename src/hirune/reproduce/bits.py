@@ -13,7 +13,7 @@ it lowers bits/dim; the note measures whether it does at the budget.
 Every contestant is its `hirune train` preset on the digits' training split (`runs.train_preset`):
 
     realnvp, glow        normalizing flows, exact log-likelihood (family normalizing_flow)
-    ddpm                 eps-prediction, linear betas, 1000 discrete steps
+    ddpm                 eps-prediction, linear betas, 1000 discrete steps (fewer below full: SIZES)
     vpsde                VP SDE in continuous time, denoising score matching, lambda = sigma^2
     vpsde-likelihood     the same with lambda = g^2 (importance-sampled t)
     flow                 rectified flow matching
