@@ -1,21 +1,16 @@
-"""Class accuracy and Frechet distance against guidance scale, for classifier-free and
-classifier guidance on MNIST 5k: the README's guidance table and trade-off plot.
+"""Guidance and editing with runs you keep: the guidance sweep of `hirune reproduce
+guidance-digits` (one implementation: `hirune.reproduce.guided`) on a class-conditional run and a
+noise-aware classifier run of your own, then inversion and editing of test digits with the same
+run (the README's edits figure).
 
-One class-conditional network serves both methods: trained with condition dropout
-(p_uncond = 0.1), it is the conditional and unconditional model of classifier-free
-guidance, and its unconditional mode (the null label) is the model that the noise-aware
-classifier guides.  So at s = 0 both methods sample the same unconditional model, and at
-s = 1 both aim at the conditional distribution (exactly so for CFG; through Bayes' rule
-with a learned classifier for classifier guidance).
+    python benchmarks/guidance_sweep.py [--train] [--scales 0 1 2 4] [--n 500] [--edits 100]
 
-    python benchmarks/guidance_sweep.py [--train] [--scales 0 1 2 3 5] [--n 500]
-
---train first trains what is missing: `hirune train vpred-mnist5k class_conditional=true
-out=runs/cond-mnist5k` and `hirune train classifier-mnist5k out=runs/classifier-mnist5k`
-(about 13 and 5 minutes on 2 CPU cores).  Each point: n samples, n / 10 per class, DDIM
-with trailing spacing, scored by hirune's evaluator (Frechet distance to the test split,
-class accuracy of the intended labels).  Writes OUT/guidance.md, OUT/guidance.json,
-OUT/guidance.png and a class grid per method at the largest scale.
+`hirune reproduce guidance-digits --budget full` measures the sweep from scratch in a temporary
+folder; this script runs it on --cond and --classifier (--train first trains what is missing:
+`hirune train vpred-mnist5k class_conditional=true out=runs/cond-mnist5k` and `hirune train
+classifier-mnist5k out=runs/classifier-mnist5k`, about 13 and 5 minutes on 2 CPU cores), writes
+the note's report folder (OUT/guidance-digits/: index.html, the JSON, the trade-off figure),
+then the edits (OUT/edits.json, OUT/edits.png).
 """
 
 from __future__ import annotations
@@ -26,10 +21,11 @@ import time
 from pathlib import Path
 
 from hirune.checkpoint import latest_checkpoint
-from hirune.inference.generate import generate, guide
-from hirune.metrics.evaluator import evaluate_images
+from hirune.playbook.report import table
+from hirune.reproduce import NOTES, guided
+from hirune.reproduce.page import write_report
 from hirune.training import load, preset_config, train
-from hirune.viz import image_grid, tradeoff_plot
+from hirune.viz import image_grid
 
 
 def ensure(preset: str, out: str, overrides: dict, do_train: bool) -> None:
@@ -45,9 +41,9 @@ def main(argv=None) -> int:
     p.add_argument("--cond", default="runs/cond-mnist5k", help="class-conditional run (trained with p_uncond > 0)")
     p.add_argument("--classifier", default="runs/classifier-mnist5k", help="noise-aware classifier run")
     p.add_argument("--train", action="store_true", help="train the runs that are missing")
-    p.add_argument("--scales", type=float, nargs="+", default=[0.0, 1.0, 2.0, 3.0, 5.0])
+    p.add_argument("--scales", type=float, nargs="+", default=[0.0, 1.0, 2.0, 4.0])
     p.add_argument("--n", type=int, default=500, help="samples per point (a multiple of 10)")
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--steps", type=int, default=25)
     p.add_argument("--edits", type=int, default=100, help="test images to reconstruct and edit (0: skip)")
     p.add_argument("--edit-scale", type=float, default=2.0, help="CFG scale of both edit passes")
     p.add_argument("--out", default="bench_out/guidance")
@@ -57,33 +53,12 @@ def main(argv=None) -> int:
     run, classifier = load(args.cond), load(args.classifier)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    labels = run.class_labels(args.n, per_class=True)
-    results: dict[str, list[dict]] = {"classifier-free": [], "classifier": []}
-    for method, key in (("cfg", "classifier-free"), ("classifier", "classifier")):
-        for s in args.scales:
-            t0 = time.perf_counter()
-            d = guide(run, method, s, classifier=classifier if method == "classifier" else None)
-            x, _ = generate(run, args.n, "ddim", args.steps, "trailing", seed=0, denoiser=d, labels=labels)
-            m = evaluate_images(run.data.name, x.x, labels)
-            m.update({"scale": s, "seconds": time.perf_counter() - t0})
-            results[key].append(m)
-            print(json.dumps({"method": key, **m}))
-            if s == max(args.scales):
-                image_grid(x.x, out / f"grid_{method}_s{s:g}.png", nrow=args.n // 10)
-    (out / "guidance.json").write_text(json.dumps(results, indent=1))
-    ref = results["classifier-free"][0]["frechet_real_vs_real"]
-    rows = ["| scale s | CFG class accuracy | CFG Frechet distance | classifier-guidance class accuracy "
-            "| classifier-guidance Frechet distance |", "|---|---|---|---|---|"]
-    for a, b in zip(results["classifier-free"], results["classifier"]):
-        rows.append(f"| {a['scale']:g} | {a['class_accuracy']:.1%} | {a['frechet_distance']:.1f} | "
-                    f"{b['class_accuracy']:.1%} | {b['frechet_distance']:.1f} |")
-    rows.append(f"\nReal vs real Frechet distance: {ref:.1f}. {args.n} samples per point "
-                f"({args.n // 10} per class), DDIM-{args.steps} trailing; model {args.cond} "
-                f"(step {run.step}), classifier {args.classifier} (step {classifier.step}).")
-    (out / "guidance.md").write_text("\n".join(rows) + "\n")
-    tradeoff_plot(results, out / "guidance.png", reference=ref,
-                  title="MNIST 5k: guidance scale s (labels) trades diversity for class accuracy")
-    print("\n".join(rows))
+    results, last = guided.sweep(run, classifier, args.scales, args.n, args.steps)
+    size = {"data": run.data.name, "n": args.n, "sample_steps": args.steps, "scales": tuple(args.scales),
+            "runs": (args.cond, args.classifier)}
+    report = guided.guidance_report(results, last, size, (run.step, classifier.step))
+    print(table(report))
+    print(f"wrote {write_report(report, NOTES['guidance-digits'].shows, 'your runs', out / 'guidance-digits')}")
     if args.edits:
         edits = edit_report(run, args, out)
         (out / "edits.json").write_text(json.dumps(edits, indent=1))
