@@ -160,7 +160,7 @@ def imagen_note(budget: str) -> Report:
     trained = {name: {"steps": s, "seconds": sec, "parameters": _params(run)} for name, (run, s, sec) in runs.items()}
     table = [[r["contestant"], r["params"], r["noise_aug"], r["level"], r["frechet_distance"], r["accuracy"]]
              for r in rows]
-    notes = [f"trained here (steps, seconds): " + ", ".join(f"{k} {v['steps']} ({v['seconds']:.0f} s)"
+    notes = ["trained here (steps, seconds): " + ", ".join(f"{k} {v['steps']} ({v['seconds']:.0f} s)"
                                                            for k, v in trained.items())
              + f"; the single model's steps set for base + SR's CPU budget by the presets' costs per 100 steps "
                f"({SECONDS_PER_100}); text encoder {encoder or 'the presets (MiniLM)'}",

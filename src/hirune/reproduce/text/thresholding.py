@@ -40,7 +40,7 @@ _TINY = {"batch_size": 8, "log_every": 1000, "model_config": {"channels": 16, "c
 # budget -> (preset, training steps, its overrides), guidance scales, samples a point, DDIM steps
 SIZES = {
     "tiny": (("text-digits", 3, _TINY), (1.0, 8.0), 10, 2),
-    "small": (("text-digits", 1000, {}), (1.0, 3.0, 8.0, 15.0), 200, 25),
+    "small": (("text-digits", 800, {}), (1.0, 3.0, 8.0, 15.0), 100, 25),
     "full": (("imagen-single-mnist5k", 700, {}), (1.0, 3.0, 8.0, 15.0), 200, 25),
 }
 PERCENTILE = 0.995   # dynamic thresholding's p (the paper's)
