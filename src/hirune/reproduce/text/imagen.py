@@ -140,7 +140,7 @@ def findings(rows: list[dict], levels) -> list[str]:
              f"{lo:g} to {hi:g}, the one without it {noaug[lo]['frechet_distance']:.3g} -> "
              f"{noaug[hi]['frechet_distance']:.3g} -- "
              + ("as Imagen reports, the noise helps only the model trained with it"
-                if fd[hi] < fd[lo] and noaug[hi]["frechet_distance"] > fd[hi] else
+                if fd[hi] < fd[lo] and noaug[hi]["frechet_distance"] >= noaug[lo]["frechet_distance"] else
                 "Imagen's finding (the noise helps the model trained with it) does not show at this budget")]
     wins = best["frechet_distance"] < single["frechet_distance"]
     lines.append(f"cascade against one model: base + SR at level {best['level']:g} {best['frechet_distance']:.3g} "

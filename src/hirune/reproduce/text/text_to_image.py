@@ -37,6 +37,7 @@ SIZES = {
     "small": (("digits", 600, {}), (1.0, 3.0), 50, 25, False),
     "full": (("digits", 1500, {}), (1.0, 3.0), 100, 25, True),
 }
+AUTOENCODER_STEPS = 500   # kl-ae-mnist5k's own steps (the latent rows' first stage, full budget only)
 DIGITS = "zero one two three four five six seven eight nine".split()
 
 
@@ -79,7 +80,8 @@ def text_to_image_note(budget: str) -> Report:
                 continue
             extra = dict(overrides)
             if "ldm" in preset:
-                autoencoder = autoencoder or train_base("kl-ae-mnist5k", Path(tmp) / "kl-ae", 2000)
+                autoencoder = autoencoder or train_base("kl-ae-mnist5k", Path(tmp) / "kl-ae",
+                                                            AUTOENCODER_STEPS)
                 extra["autoencoder"] = str(autoencoder)
             start = time.perf_counter()
             run = load(train_base(preset, Path(tmp) / preset, train_steps, **extra))
