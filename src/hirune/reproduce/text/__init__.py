@@ -17,7 +17,7 @@ NOTES = [
     ("thresholding", "Imagen's thresholding of the x0 estimate at large classifier-free guidance scales: static and "
                      "dynamic keep the raw samples in [-1, 1], dynamic also pushes saturated pixels inward; measured "
                      "beside none: saturation, Frechet distance and the digit named per scale",
-     {"tiny": "5 s", "small": "5 min", "full": "25 min"}, thresholding.thresholding_note),
+     {"tiny": "3 s", "small": "5-7 min", "full": "25 min"}, thresholding.thresholding_note),
     ("imagen", "Imagen's cascade (14 x 14 base + 14 -> 28 super-resolution) against one 28 x 28 model of the same "
                "size and CPU budget; noise conditioning augmentation lets the SR model use a noised low-res input, "
                "the SR model trained without it cannot (MNIST 5k, Frechet distance, the digit named)",
@@ -25,5 +25,5 @@ NOTES = [
     ("text-to-image", "text to image: the model draws the digit its caption names; a frozen pretrained sentence "
                       "encoder (MiniLM) follows held-out phrasings too, a small text encoder trained with the UNet "
                       "mostly does not",
-     {"tiny": "5 s", "small": "6 min", "full": "40 min"}, text_to_image.text_to_image_note),
+     {"tiny": "8 s", "small": "7-10 min", "full": "40 min"}, text_to_image.text_to_image_note),
 ]
