@@ -106,6 +106,8 @@ def _notes() -> dict[str, Note]:
     from . import video
     notes += [Note(*spec) for spec in video.NOTES]
     notes += [Note(*fields) for fields in systems.NOTES]
+    from . import text
+    notes += [Note(*fields) for fields in text.NOTES]
     from ..playbook.registry import PLAYBOOKS
 
     notes += [_playbook(name, shows) for name, (_, shows) in PLAYBOOKS.items()]
