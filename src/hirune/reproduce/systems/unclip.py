@@ -64,7 +64,7 @@ _TINY_PRIOR = {"batch_size": 32, "sample_steps": 4, "model_config": {"width": 32
 _DIGITS = ("clip-digits", "prior-mnist5k", "vpred-digits")
 SIZES = {
     "tiny": Size("digits", _DIGITS, (3, 3, 3), (_TINY_CLIP, _TINY_PRIOR, {"batch_size": 32, "model_config": TINY_UNET}),
-                 n=10, text_n=3, scales=(1.0, 3.0), decoder_steps=2, prior_n=10, prior_scales=(1.0,), sources=2,
+                 n=10, text_n=3, scales=(1.0, 3.0), decoder_steps=2, prior_n=10, prior_scales=(1.0, 2.0), sources=2,
                  per=2, pairs=2, frames=3, ddim_steps=2),
     "small": Size("digits", _DIGITS, (500, 400, 800), ({}, {"sample_steps": 32}, {}), n=300, text_n=30,
                   scales=(1.0, 3.0), decoder_steps=25, prior_n=300, prior_scales=(1.0, 2.0), sources=20, per=4,
