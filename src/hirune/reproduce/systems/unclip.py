@@ -9,8 +9,9 @@ embeddings an interpolation (secs. 3.1-3.2).
 
 Measured: a clip run, an unCLIP prior (`families.prior`) and a decoder (a v-prediction UNet with
 clip=RUN, `families.embedding`) on it, all trained at the budget with the library's presets
-(clip-digits / prior / vpred-digits at the small budget, clip-mnist5k / prior-mnist5k /
-unclip-decoder-mnist5k at the full one); then
+(clip-digits, prior-mnist5k's recipe on the digits and vpred-digits with clip=RUN at the tiny
+and small budgets; clip-mnist5k, prior-mnist5k and unclip-decoder-mnist5k at their preset steps
+at the full one, the README's runs); then
   * the prior alone (`run.evaluate`): on test digits captioned in the training and in held-out
     phrasings, the mean cosine of its sampled embedding (best of 2, best of 1) to the digit's
     true CLIP image embedding, beside the caption's CLIP text embedding taken as the guess;
