@@ -30,9 +30,9 @@ NOTES = [   # (name, the claim in one line, budget -> wall time on 2 CPU cores, 
     ("dalle-rerank", "DALL-E's reranking: the best of N candidates by a CLIP run's similarity to the caption "
                      "(N = 1, 4, 16, with and without guidance) draws the digit named more often, most on held-out "
                      "phrasings, at a cost in variety and N times the sampling",
-     {"tiny": "6 s", "small": "8 min", "full": "20 min"}, dalle.dalle_rerank_note),
+     {"tiny": "7 s", "small": "10 min", "full": "25 min"}, dalle.dalle_rerank_note),
     ("unclip", "unCLIP: the prior's image embedding is closer to the real image's than CLIP's text embedding, and "
                "decoding it draws the digit named more often (held-out phrasings most) than decoding the text "
                "embedding directly; variations keep the class; interpolation strips",
-     {"tiny": "6 s", "small": "10 min", "full": "25 min"}, unclip.unclip_note),
+     {"tiny": "5 s", "small": "15 min", "full": "30 min"}, unclip.unclip_note),
 ]

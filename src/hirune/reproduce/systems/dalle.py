@@ -208,9 +208,10 @@ def dalle_rerank_note(budget: str) -> Report:
         plt = pyplot()
         fig, (ax, fd) = plt.subplots(1, 2, figsize=(10, 3.8))
         for i, s in enumerate(scales):
-            for key, style in (("train_phrasing_accuracy", "-"), ("held_out_phrasing_accuracy", "--")):
+            for key, style, words in (("train_phrasing_accuracy", "-", "training"),
+                                      ("held_out_phrasing_accuracy", "--", "held-out")):
                 ax.plot(ns, [by[s, k][key] for k in ns], style, marker="o", color=f"C{i}",
-                        label=f"s = {s:g}, {key.split('_phrasing')[0]} phrasings")
+                        label=f"s = {s:g}, {words} phrasings")
             fd.plot(ns, [by[s, k]["frechet_distance"] for k in ns], marker="s", color=f"C{i}", label=f"s = {s:g}")
         ax.set(xscale="log", xticks=list(ns), xticklabels=[str(k) for k in ns], xlabel="candidates N",
                ylabel="share drawn as the digit named", ylim=(0, 1))

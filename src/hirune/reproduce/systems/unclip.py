@@ -238,9 +238,10 @@ def unclip_note(budget: str) -> Report:
         plt = pyplot()
         fig, (ax, var, pic) = plt.subplots(1, 3, figsize=(13, 4), gridspec_kw={"width_ratios": [1.1, 0.8, 1.3]})
         for use_prior, label in ((True, "prior"), (False, "text embedding")):
-            for key, style in (("train_phrasing_accuracy", "-"), ("held_out_phrasing_accuracy", "--")):
+            for key, style, words in (("train_phrasing_accuracy", "-", "training"),
+                                      ("held_out_phrasing_accuracy", "--", "held-out")):
                 ax.plot(size.scales, [r[key] for r in ends if r["prior"] == use_prior], style, marker="o",
-                        color="C0" if use_prior else "C1", label=f"{label}, {key.split('_phrasing')[0]} phrasings")
+                        color="C0" if use_prior else "C1", label=f"{label}, {words} phrasings")
         ax.set(xlabel="decoder guidance scale", ylabel="share drawn as the digit named", ylim=(0, 1))
         ax.legend(fontsize=7)
         var.imshow(grid_picture(grid, size.per + 1), cmap="gray")
