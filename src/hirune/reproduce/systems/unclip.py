@@ -91,11 +91,6 @@ def train_runs(size: Size, folder: Path):
     return load(runs["prior"]), load(runs["decoder"]), seconds
 
 
-def _spread(count: int, total: int) -> torch.Tensor:
-    """`count` indices evenly over range(total) (the test splits are sorted by digit on mnist5k)."""
-    return torch.linspace(0, total - 1, count).round().long() if count > 1 else torch.zeros(1, dtype=torch.long)
-
-
 def text_to_image(pipe, size: Size, scale: float, use_prior: bool) -> dict:
     """One row end to end: size.n images of "a handwritten <digit>" against the test split, and
     size.text_n per caption phrasing; with the prior (best of its run's best_of, at the first prior
@@ -119,13 +114,14 @@ def variations(pipe, size: Size, scale: float) -> dict:
     the RMS pixel distance between variations of one source and from a variation to its source;
     `grid`: each source followed by its variations."""
     from ...data import load_dataset
+    from ...families.base import spread
     from ...metrics.evaluator import features_and_logits, load_evaluator
 
     test = load_dataset(size.dataset, "test")
     net = load_evaluator(size.dataset)
     kept, between, to_source, grid = [], [], [], []
     pairs = torch.triu_indices(size.per, size.per, 1)
-    for i, k in enumerate(_spread(size.sources, len(test.data)).tolist()):
+    for i, k in enumerate(spread(size.sources, len(test.data)).tolist()):
         x = test.data[k:k + 1]
         v = pipe.variations(x, size.per, seed=i, decoder_scale=scale, steps=size.decoder_steps).cpu()
         kept.append(features_and_logits(net, v)[1].argmax(1) == test.labels[k])
@@ -143,9 +139,10 @@ def strips(pipe, size: Size) -> torch.Tensor:
     """size.pairs rows (test digit a, size.frames interpolation frames, test digit b), a and b far
     apart in the split (other digits on mnist5k): (pairs * (frames + 2), C, H, W)."""
     from ...data import load_dataset
+    from ...families.base import spread
 
     test = load_dataset(size.dataset, "test")
-    idx = _spread(2 * size.pairs, len(test.data)).tolist()
+    idx = spread(2 * size.pairs, len(test.data)).tolist()
     rows = []
     for a, b in zip(idx[:size.pairs], idx[::-1][:size.pairs]):
         xa, xb = test.data[a:a + 1], test.data[b:b + 1]
