@@ -5,7 +5,7 @@ claim; one module per system.  NOTES holds each note's (name, shows, cost, run),
 
 from __future__ import annotations
 
-from . import clip, dalle, dreambooth, lora, textual_inversion
+from . import clip, dalle, dreambooth, lora, textual_inversion, unclip
 
 NOTES = [   # (name, the claim in one line, budget -> wall time on 2 CPU cores, run(budget) -> Report)
     ("lora", "LoRA adapts a trained model with a small share of its weights: the adapter file and AdamW's state "
@@ -27,4 +27,12 @@ NOTES = [   # (name, the claim in one line, budget -> wall time on 2 CPU cores, 
               "guidance on the logits buys the digit named at a cost in variety; priming with the top code rows "
               "completes a test digit in its class",
      {"tiny": "5 s", "small": "5 min", "full": "15 min"}, dalle.dalle_note),
+    ("dalle-rerank", "DALL-E's reranking: the best of N candidates by a CLIP run's similarity to the caption "
+                     "(N = 1, 4, 16, with and without guidance) draws the digit named more often, most on held-out "
+                     "phrasings, at a cost in variety and N times the sampling",
+     {"tiny": "7 s", "small": "10 min", "full": "25 min"}, dalle.dalle_rerank_note),
+    ("unclip", "unCLIP: the prior's image embedding is closer to the real image's than CLIP's text embedding, and "
+               "decoding it draws the digit named more often (held-out phrasings most) than decoding the text "
+               "embedding directly; variations keep the class; interpolation strips",
+     {"tiny": "5 s", "small": "15 min", "full": "30 min"}, unclip.unclip_note),
 ]
