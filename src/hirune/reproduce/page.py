@@ -41,7 +41,8 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}</style></head>
 <body><h1>{html.escape(report.name)}</h1>
 <p><b>The claim:</b> {html.escape(shows)}</p>
 <p>Budget: {html.escape(budget)}, {run['seconds']:g} s on {html.escape(run['device'])}, torch
-{html.escape(run['torch'])}, hirune {html.escape(str(run['hirune']))}, {run['date']}. The raw numbers: <a href="{report.name}.json">{report.name}.json</a>.</p>
+{html.escape(run['torch'])}, hirune {html.escape(str(run['hirune']))}, {run['date']}.
+The raw numbers: <a href="{report.name}.json">{report.name}.json</a>.</p>
 <h2>{html.escape(report.title)}</h2>
 <table><tr>{head}</tr>{rows}</table>
 <ul>{notes}</ul>

@@ -12,8 +12,9 @@ that is read (`read=True`: the CPU's every step; on a GPU the steps the loop log
 checkpoints or previews) syncs once (losses and gradient norm read together) and checks
 them before the weights change; an unread step keeps its check on the device (the first
 non-finite step and its values), so a GPU runs ahead without waiting for the host, and the
-next read -- at the latest the next checkpoint's -- raises for it, naming that step.  The learning rate is a pure function of the step, the data order a pure
-function of (seed, micro-batch counter), and every random input of a batch comes from the
+next read -- at the latest the next checkpoint's -- raises for it, naming that step.  The
+learning rate is a pure function of the step, the data order a pure function of (seed,
+micro-batch counter), and every random input of a batch comes from the
 noise generator, drawn for the whole global batch on every rank (each keeps its slice):
 N processes compute what one does, and a checkpoint (weights, EMA, AdamW, generator
 states, step, what the family adds) resumes the run exactly, on any number of processes.
