@@ -25,7 +25,7 @@ NOTES = [
                   "(its step-to-step spread about half that of i.i.d. times); the samples scored per frame, by "
                   "direction and consistency beside the real clips",
      {"tiny": "7 s", "small": "16 min", "full": "1.5 h"}, cogvideox.cogvideox_note),
-    # issue 22: the notes of benchmarks/video_inversion.py, progressive.py and cogvideo.py
+    # issue 22: DDIM inversion of video, progressive training, CogVideo
     ("video-inversion", "DDIM inversion of video (the CogVideoX development note): plain inversion sampled back at "
                         "scale 1 returns the clip, under guidance 6 it fails; reference attention to the inversion's "
                         "trajectory recovers most of it, exact (fixed-point) inversion reconstructs; an inverse "
