@@ -1,10 +1,10 @@
 """The video notes: CogVideoX's pieces on the moving digits, each trained at the budget.
 
-    vae.py        video-vae: the 3D causal VAE against the image KL autoencoder frame by frame
-    cogvideox.py  cogvideox: the expert transformer and its ablations; explicit uniform times steady the loss
-    inversion.py  video-inversion: DDIM inversion of clips, plain against reference attention and exact
+    vae.py          video-vae: the 3D causal VAE against the image KL autoencoder frame by frame
+    cogvideox.py    cogvideox: the expert transformer and its ablations; explicit uniform times steady the loss
+    inversion.py    video-inversion: DDIM inversion of clips, plain against reference attention and exact
     progressive.py  progressive: 16 x 16 then 32 x 32 (positions extrapolated / interpolated) against scratch
-    cogvideo.py   cogvideo: autoregressive frames of image tokens, from a dalle run against from scratch
+    cogvideo.py     cogvideo: autoregressive frames of image tokens, from a dalle run against from scratch
 """
 
 from __future__ import annotations
