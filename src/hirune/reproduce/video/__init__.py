@@ -30,14 +30,14 @@ NOTES = [
                         "scale 1 returns the clip, under guidance 6 it fails; reference attention to the inversion's "
                         "trajectory recovers most of it, exact (fixed-point) inversion reconstructs; an inverse "
                         "schedule without the run's SNR shift fails even at scale 1 (PSNR, edits)",
-     {"tiny": "5 s", "small": "10 min", "full": "1 h"}, inversion.video_inversion_note),
+     {"tiny": "6 s", "small": "12 min", "full": "1 h"}, inversion.video_inversion_note),
     ("progressive", "progressive training (CogVideoX sec. 3.2): 16 x 16 first, then 32 x 32 from its weights with the "
                     "positions extrapolated or interpolated; neither works before training at the new size, "
                     "extrapolation ends lower; against scratch at 32 x 32 with the same steps and the same CPU time "
                     "(fixed-draw loss, the evaluator's measures)",
-     {"tiny": "6 s", "small": "10 min", "full": "1.5 h"}, progressive.progressive_note),
+     {"tiny": "7 s", "small": "10-15 min", "full": "1.5 h"}, progressive.progressive_note),
     ("cogvideo", "CogVideo: autoregressive frames of image tokens started from a text-to-image (dalle) run draw "
                  "frames as good as the image model's, the same network from scratch does not; key frames at gap "
                  "4, recursive interpolation to 9 and 17 frames (the evaluator's measures)",
-     {"tiny": "6 s", "small": "10 min", "full": "45 min"}, cogvideo.cogvideo_note),
+     {"tiny": "8 s", "small": "10-15 min", "full": "1 h"}, cogvideo.cogvideo_note),
 ]
