@@ -94,6 +94,7 @@ def test_progressive_rows_and_equal_cpu_time(reports):
     losses = {name: r["fixed_draw_loss"] for name, r in data["results"].items()}
     assert len(losses) == 7 and all(math.isfinite(v) and v > 0 for v in losses.values())
     assert 0.5 < data["zero_prediction_loss"] < 1.5                   # E|v|^2 of unit-variance data and noise
+    assert data["zero_prediction_loss"] != losses["scratch at 32 x 32"]  # the network as built, not the trained one
     real = {r[0]: r for r in report["rows"] if r[0].startswith("real")}
     assert [r[5] for r in real.values()] == [1.0, 1.0]                # real clips move the way they are captioned
     assert len(list(folder.glob("progressive_*.gif"))) == 7
