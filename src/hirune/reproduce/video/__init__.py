@@ -35,7 +35,7 @@ NOTES = [
                     "positions extrapolated or interpolated; neither works before training at the new size, "
                     "extrapolation ends lower; against scratch at 32 x 32 with the same steps and the same CPU time "
                     "(fixed-draw loss, the evaluator's measures)",
-     {"tiny": "7 s", "small": "10-15 min", "full": "1.5 h"}, progressive.progressive_note),
+     {"tiny": "7 s", "small": "15-20 min", "full": "1.5 h"}, progressive.progressive_note),
     ("cogvideo", "CogVideo: autoregressive frames of image tokens started from a text-to-image (dalle) run draw "
                  "frames as good as the image model's, the same network from scratch does not; key frames at gap "
                  "4, recursive interpolation to 9 and 17 frames (the evaluator's measures)",
