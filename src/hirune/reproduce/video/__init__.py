@@ -39,5 +39,5 @@ NOTES = [
     ("cogvideo", "CogVideo: autoregressive frames of image tokens started from a text-to-image (dalle) run draw "
                  "frames as good as the image model's, the same network from scratch does not; key frames at gap "
                  "4, recursive interpolation to 9 and 17 frames (the evaluator's measures)",
-     {"tiny": "8 s", "small": "10-15 min", "full": "1 h"}, cogvideo.cogvideo_note),
+     {"tiny": "8 s", "small": "12 min", "full": "1 h"}, cogvideo.cogvideo_note),
 ]
