@@ -386,7 +386,7 @@ PRESETS["cogvideox-moving-mnist5k"] = dict(
 # Progressive training (CogVideoX sec. 3.2) in two stages: the same recipe on the clips pooled to 16 x 16
 # (the same VAE: 4 x 4 latents, 2 x 2 tokens a frame), then at 32 x 32 from its weights (base=), the
 # positions of the larger grid extrapolated (RoPE integers, CogVideoX's choice; model_config=
-# {"rope_scaling": "interpolate"} maps them onto the 16 x 16 grid instead).  benchmarks/progressive.py
+# {"rope_scaling": "interpolate"} maps them onto the 16 x 16 grid instead).  `hirune reproduce progressive`
 # compares both with training at 32 x 32 alone.
 PRESETS["cogvideox-moving-mnist5k-16"] = {**PRESETS["cogvideox-moving-mnist5k"], "dataset": "moving-mnist5k-16"}
 PRESETS["cogvideox-progressive-moving-mnist5k"] = {**PRESETS["cogvideox-moving-mnist5k"],
@@ -398,7 +398,7 @@ PRESETS["cogvideox-progressive-moving-mnist5k"] = {**PRESETS["cogvideox-moving-m
 # frames of the 17-frame clips at gap 1, 2 or 4 (the frame-rate token says which); interpolation: the frame
 # between two known ones, applied recursively (5 at gap 4 -> 9 at gap 2 -> 17 at gap 1).  2.12 M parameters
 # (CogVideoX's preset transformer: 2.08 M); a step of 8 clips (337 tokens each) costs about as much CPU as
-# CogVideoX's step of 32 (benchmarks/cogvideo.py).
+# CogVideoX's step of 32 (`hirune reproduce cogvideo`).
 _COGVIDEO = dict(family="cogvideo", model="cogvideo", dataset="moving-mnist5k-17",
                  image_model="runs/dalle-moving-stills", batch_size=8, lr=1e-3, warmup=20, ema_decay=0.99,
                  log_every=10, sample_every=0, ckpt_every=50, num_samples=10)
