@@ -168,9 +168,10 @@ def render(digits: list[tuple[Tensor, Tensor, Tensor]]) -> Tensor:
 
 
 # --- the datasets -------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
 def _sources():
     """All 5000 mnist5k digits, their labels, thickness (over all 5000, by class) and
-    whether each is a test digit."""
+    whether each is a test digit (computed once a process; callers only index them)."""
     from .captions import attributes
     from .images import mnist5k
 
