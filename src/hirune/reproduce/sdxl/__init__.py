@@ -17,17 +17,17 @@ NOTES = [
     ("sdxl-micro", "SDXL's micro-conditioning: told each image's original size, the samples' sharpness follows the "
                    "size asked (as the degraded data's does) where the same augmentations untold learn blur; told "
                    "the crop, whether the digit moves as asked (centre of mass); Frechet distance told vs untold",
-     {"tiny": "4 s", "small": "4-6 min", "full": "8 min"}, micro.micro_note),
+     {"tiny": "4 s", "small": "~30 min", "full": "1 h"}, micro.micro_note),
     ("sdxl-offset", "noise offset (eps + 0.1 eps_c per image): the spread of the samples' mean brightness against the "
                     "test digits' (digits at a random brightness, eps prediction, linear schedule), and the Frechet "
                     "distance, at offset 0 and 0.1",
-     {"tiny": "3 s", "small": "3-4 min", "full": "5 min"}, offset.offset_note),
+     {"tiny": "3 s", "small": "30 min", "full": "1 h"}, offset.offset_note),
     ("sdxl-refiner", "SDXL's refiner (trained on the 200 lowest of 1000 levels, handed over at 0.2): base alone "
                      "against base + refiner against the base trained as many more steps as the refiner took "
                      "(Frechet distance)",
-     {"tiny": "4 s", "small": "4-5 min", "full": "7 min"}, refiner.refiner_note),
+     {"tiny": "4 s", "small": "~30 min", "full": "1 h"}, refiner.refiner_note),
     ("sdxl-buckets", "SDXL's multi-aspect buckets (28x28, 32x24, 24x32, each batch one bucket): per bucket the "
                      "evaluator's accuracy and the Frechet distance to that bucket's real digits; samples at each "
                      "shape in the figure",
-     {"tiny": "3 s", "small": "3 min", "full": "5 min"}, buckets.buckets_note),
+     {"tiny": "3 s", "small": "~30 min", "full": "1 h"}, buckets.buckets_note),
 ]
