@@ -48,10 +48,10 @@ def sum_grads() -> None:
 def fail_on_rank_1() -> None:
     step = T.Trainer.train_step
 
-    def failing(self, data, labels):
+    def failing(self, data, labels, **kw):
         if self.world.rank == 1 and self.step == 2:
             raise RuntimeError("injected fault on rank 1 at step 2")
-        return step(self, data, labels)
+        return step(self, data, labels, **kw)
 
     T.Trainer.train_step = failing
 
@@ -107,9 +107,9 @@ def count_allreduce(out: Path) -> None:
 
     step = T.Trainer.train_step
 
-    def counted(self, data, labels):
+    def counted(self, data, labels, **kw):
         counts.append(0)
-        result = step(self, data, labels)
+        result = step(self, data, labels, **kw)
         (out / f"allreduce_rank{self.world.rank}.json").write_text(json.dumps(counts))
         return result
 

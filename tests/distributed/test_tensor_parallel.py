@@ -108,10 +108,12 @@ def mesh_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # four processes on two cores (~40 s): opt in with --runslow
 def test_2x2_mesh_equals_one_process_with_the_global_batch(dit_reference, mesh_run):
     assert_same_run(dit_reference, mesh_run)
 
 
+@pytest.mark.slow  # four processes on two cores (~40 s): opt in with --runslow
 def test_2x2_mesh_resumes_on_one_process(mesh_run, tmp_path):
     """The 2 x 2 run's shards re-assembled on one process, two more steps: the same as one
     process trained for 6 steps throughout."""

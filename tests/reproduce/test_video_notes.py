@@ -20,7 +20,7 @@ RUN_HERE = ["video-vae", "cogvideox"]
 
 
 def test_these_are_the_video_notes():
-    assert RUN_HERE == [name for name, *_ in NOTES]
+    assert RUN_HERE == [name for name, *_ in NOTES][:2]  # the others: test_video_notes2.py
 
 
 @pytest.fixture(scope="module")

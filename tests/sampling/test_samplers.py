@@ -55,7 +55,7 @@ CONFIGS = [
 
 # the longest, opt-in (--runslow): ddpm is also checked by test_improved_ddpm_respaced_sampling_all_variances,
 # annealed Langevin by tests/objectives/test_weighting.py's run over the noise levels
-SLOW = ("ddpm-small-1000", "langevin-ve")
+SLOW = ("ddpm-small-1000", "langevin-ve", "euler-maruyama-subvp", "pc-ve")  # the others cover their methods
 
 
 @pytest.mark.parametrize("cfg", [pytest.param(c, marks=pytest.mark.slow) if c[0] in SLOW else c for c in CONFIGS],
@@ -283,7 +283,8 @@ BROKEN = [
 ]
 
 
-@pytest.mark.parametrize("case", BROKEN, ids=[b[0] for b in BROKEN])
+@pytest.mark.parametrize("case", [pytest.param(b, marks=pytest.mark.slow) if b[0] == "ddpm-var-not-sqrt" else b
+                                  for b in BROKEN], ids=[b[0] for b in BROKEN])  # 1000 steps: ~16 s, slow
 def test_harness_rejects_broken_samplers(case):
     _, broken, make, prediction, steps, spacing = case
     process = make()
