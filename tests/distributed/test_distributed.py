@@ -156,7 +156,8 @@ def assert_same_discriminator(a: Path, b: Path, tol: float = 1e-5) -> None:
             torch.testing.assert_close(tb[part][k], v, rtol=1e-4, atol=tol, msg=f"{part}.{k}")
 
 
-@pytest.mark.parametrize("strategy", ["ddp", pytest.param("zero1", marks=pytest.mark.slow)])
+@pytest.mark.slow  # the GAN adversary on two processes: ~18 s each; opt in with --runslow
+@pytest.mark.parametrize("strategy", ["ddp", "zero1"])
 def test_gan_autoencoder_on_two_processes_equals_one(strategy, gan_reference, tmp_path):
     """An autoencoder with the adversarial loss (on from step 2), 2 processes x 2
     micro-batches x 4 = 1 process x 2 x 8: the same losses, autoencoder, EMA, AdamW, and
@@ -315,6 +316,7 @@ def test_world_size_must_divide_the_batch(tmp_path):
     assert "divisible by grad_accum x world size = 1 x 2" in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow  # opt in with --runslow (the suite's 10-minute budget)
 def test_hirune_train_nproc_launches_torchrun(tmp_path, capsys):
     from hirune.checkpoint import latest_checkpoint
     from hirune.cli import main

@@ -52,6 +52,7 @@ def real(tmp_path_factory):
     return result
 
 
+@pytest.mark.slow  # opt in with --runslow (the suite's 10-minute budget)
 def test_parameters_per_rank_are_counted_exactly(real, monkeypatch):
     for name, (ranks, _, model, _) in real.items():
         assert [r["params"] for r in ranks] == [params_per_rank(model, 2)] * 2, name
@@ -61,6 +62,7 @@ def test_parameters_per_rank_are_counted_exactly(real, monkeypatch):
     assert all(ranks[0]["params"] != params_per_rank(model, 2) for ranks, _, model, _ in real.values())
 
 
+@pytest.mark.slow  # opt in with --runslow (the suite's 10-minute budget)
 def test_activations_per_rank_within_15_percent_of_the_real_ranks(real):
     """The issue's acceptance check, on DiT and U-ViT with and without sp; a planner that divides
     every saved tensor by tp, or none, or ignores sp, fails it."""
@@ -94,6 +96,7 @@ def _planned(fp, model, sp) -> dict:
     return _by_phase((c.kind, c.what.rsplit("[", 1)[1][:-1], c.bytes, c.pieces) for c in rows)
 
 
+@pytest.mark.slow  # opt in with --runslow (the suite's 10-minute budget)
 def test_every_collective_is_planned(real, monkeypatch):
     for name, (ranks, fp, model, sp) in real.items():
         measured = _by_phase((k, phase, b, 1) for k, phase, b in ranks[0]["collectives"])

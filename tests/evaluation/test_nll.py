@@ -36,6 +36,7 @@ def test_discrete_bound_of_the_uniform_density_is_log_levels():
     torch.testing.assert_close(got, torch.tensor([d * math.log(levels)], dtype=torch.float64))
 
 
+@pytest.mark.slow  # covered at tiny by a reproduce note; opt in with --runslow (the suite's 10-minute budget)
 def test_flow_run_report_is_its_exact_log_prob(tmp_path):
     cfg = preset_config("maf-gaussian-mixture", {"steps": 400, "ckpt_every": 400, "sample_every": 0,
                                                  "out": str(tmp_path / "maf")})

@@ -105,6 +105,7 @@ def test_video_report_gives_the_real_reference(clips):
     assert blank["direction_accuracy"] == 0 and blank["real_frame_accuracy"] == out["real_frame_accuracy"]
 
 
+@pytest.mark.slow  # opt in with --runslow (the suite's 10-minute budget)
 def test_real_video_report_spreads_over_the_digits():
     from hirune.evaluation.video import real_video_report, spread
 

@@ -105,6 +105,7 @@ def test_regression_loss_mask_is_the_mean_over_the_kept_elements():
     torch.testing.assert_close(masked, cut)
 
 
+@pytest.mark.slow  # covered at tiny by a reproduce note; opt in with --runslow (the suite's 10-minute budget)
 @pytest.mark.filterwarnings("ignore")
 def test_tiny_pixel_run_end_to_end(tmp_path):
     from hirune.training.loading import load

@@ -51,6 +51,7 @@ def test_bad_input():
         features_and_logits(load_evaluator("digits"), torch.zeros(2, 1, 28, 28))
 
 
+@pytest.mark.slow  # opt in with --runslow (the suite's 10-minute budget)
 def test_the_domains_of_mnist5k_are_read_by_its_evaluator():
     """Inverted digits are read inverted back: the inverted test split scores as the test
     split does, and plain digits are far from the inverted domain."""

@@ -336,7 +336,7 @@ def ae_config(tmp_path, kind: str, name: str, **kw):
     return preset_config(preset, values)
 
 
-@pytest.mark.parametrize("model", ["kl_autoencoder", "vq_autoencoder"])
+@pytest.mark.parametrize("model", ["kl_autoencoder", pytest.param("vq_autoencoder", marks=pytest.mark.slow)])
 def test_training_improves_psnr_and_reload_gives_the_same_reconstructions(tmp_path, model, capsys):
     """80 steps (about 2 s): PSNR on the test digits rises from about 7 dB to about 16 dB,
     above the 11.4 dB of the best constant image (the mean training digit), so the

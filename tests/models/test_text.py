@@ -273,6 +273,7 @@ def test_tiny_plus_minilm_gives_both_encoders_and_an_empty_caption_through_both_
                                    "word_dim": 128, "word_len": 16}
 
 
+@pytest.mark.slow  # covered at tiny by a reproduce note; opt in with --runslow (the suite's 10-minute budget)
 @pytest.mark.skipif(not HAS_MINILM, reason="the optional extra hirune[text] is not installed")
 def test_a_tiny_plus_minilm_run_trains_saves_loads_exports_samples_and_guides(tmp_path, capsys):
     import json

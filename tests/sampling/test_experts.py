@@ -39,6 +39,7 @@ def _samples(denoiser):
     return sample(denoiser, (H.N, 2), "ddim", 50, seed=0, dtype=torch.float64).x
 
 
+@pytest.mark.slow  # opt in with --runslow (the suite's 10-minute budget)
 def test_base_then_refiner_samples_the_mixture_and_broken_hand_overs_do_not():
     base, refiner = _experts()
     ok, errors = H.matches_mixture(_samples(ExpertSwitch(base, refiner, SWITCH)))

@@ -110,7 +110,7 @@ def _membership(x, k=0):
     return float(torch.softmax(OVERLAP.class_log_probs(x, VPSDE(), 0.0), 1)[:, k].mean())
 
 
-@pytest.mark.parametrize("method", ["cfg", "classifier"])
+@pytest.mark.parametrize("method", ["cfg", pytest.param("classifier", marks=pytest.mark.slow)])
 def test_guided_sampling_sharpens_with_scale(method):
     """Two overlapping classes: at s = 0 the samples are the whole mixture (half class 0);
     at s = 1 they are class 0's distribution; above 1 the mean responsibility of class 0
@@ -134,6 +134,7 @@ def test_guided_sampling_sharpens_with_scale(method):
     assert member[0.0] < member[1.0] < member[2.0] < member[4.0], member
 
 
+@pytest.mark.slow  # covered at tiny by a reproduce note; opt in with --runslow (the suite's 10-minute budget)
 def test_cfg_samples_of_the_demo_classes():
     """s = 1 on the demo mixture: each class's samples are its component (weights aside)."""
     process = DiscreteVP("linear")

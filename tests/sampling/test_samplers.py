@@ -55,7 +55,7 @@ CONFIGS = [
 
 # the longest, opt-in (--runslow): ddpm is also checked by test_improved_ddpm_respaced_sampling_all_variances,
 # annealed Langevin by tests/objectives/test_weighting.py's run over the noise levels
-SLOW = ("ddpm-small-1000", "langevin-ve", "euler-maruyama-subvp", "pc-ve")  # the others cover their methods
+SLOW = ("ddpm-small-1000", "langevin-ve", "euler-maruyama-subvp", "pc-ve", "ddim-eta1-200")  # the others cover their methods
 
 
 @pytest.mark.parametrize("cfg", [pytest.param(c, marks=pytest.mark.slow) if c[0] in SLOW else c for c in CONFIGS],
