@@ -108,23 +108,41 @@ def evaluator_view(net: DigitClassifier, dataset: str, images: Tensor) -> Tensor
     return recentre(images, (net.size, net.size)) if dataset_buckets(dataset) else images
 
 
+class TestReference:
+    """`dataset`'s evaluator with its test split's features computed once: the Frechet distance
+    of any number of image sets against the same reference (what `evaluate_images` computes for
+    one set), and the real-vs-real reference."""
+
+    def __init__(self, dataset: str):
+        from ..data import load_dataset
+
+        self.dataset, self.net = dataset, load_evaluator(dataset)
+        self.test = self.features(load_dataset(dataset, "test").images)[0]
+
+    def features(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """(features, logits) of `images` in the evaluator's view."""
+        return features_and_logits(self.net, evaluator_view(self.net, self.dataset, images))
+
+    def frechet(self, images: Tensor) -> float:
+        return frechet_distance(self.features(images)[0], self.test)
+
+    def real_vs_real(self, n: int) -> float:
+        """n training images (a seeded draw, at most the split) against the test split."""
+        from ..data import load_dataset
+
+        train = load_dataset(self.dataset, "train").images
+        pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:min(n, len(train))]
+        return self.frechet(train[pick])
+
+
 def evaluate_images(dataset: str, images: Tensor, labels: Tensor | None = None) -> dict:
     """Frechet distance of `images` to the test split in evaluator features, the real-vs-real
     reference (train-split images vs test split, same count), and, given the intended
     `labels`, the evaluator's accuracy on them (class-conditional samples)."""
-    from ..data import load_dataset
-
-    net = load_evaluator(dataset)
-    images = evaluator_view(net, dataset, images)
-    test = evaluator_view(net, dataset, load_dataset(dataset, "test").images)
-    train = evaluator_view(net, dataset, load_dataset(dataset, "train").images)
-    f_test, _ = features_and_logits(net, test)
-    f_gen, logits = features_and_logits(net, images)
-    n = min(len(images), len(train))
-    g = torch.Generator().manual_seed(0)
-    f_ref, _ = features_and_logits(net, train[torch.randperm(len(train), generator=g)[:n]])
-    out = {"frechet_distance": frechet_distance(f_gen, f_test),
-           "frechet_real_vs_real": frechet_distance(f_ref, f_test),
+    reference = TestReference(dataset)
+    f_gen, logits = reference.features(images)
+    out = {"frechet_distance": frechet_distance(f_gen, reference.test),
+           "frechet_real_vs_real": reference.real_vs_real(len(images)),
            "num_images": len(images)}
     counts = torch.bincount(logits.argmax(1), minlength=10).double()
     out["class_entropy_bits"] = float(-(counts / counts.sum()).clamp(min=1e-12).log2().mul(counts / counts.sum()).sum())

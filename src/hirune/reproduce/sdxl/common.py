@@ -37,20 +37,12 @@ def draw(run, n: int, steps: int, **options) -> torch.Tensor:
 def frechet(dataset: str, named: dict[str, torch.Tensor]) -> dict[str, float]:
     """The evaluator's Frechet distance of each named image set to `dataset`'s test split, and
     "real_vs_real": as many training images as the largest set against it (the test split's
-    features computed once, not once a set as `evaluate_images` would)."""
-    from ...data import load_dataset
-    from ...metrics.evaluator import evaluator_view, features_and_logits, frechet_distance, load_evaluator
+    features computed once, `metrics.evaluator.TestReference`)."""
+    from ...metrics.evaluator import TestReference
 
-    net = load_evaluator(dataset)
-
-    def features(images):
-        return features_and_logits(net, evaluator_view(net, dataset, images))[0]
-    test = features(load_dataset(dataset, "test").images)
-    train = load_dataset(dataset, "train").images
-    n = min(len(train), max(len(x) for x in named.values()))
-    real = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:n]]
-    return {**{name: frechet_distance(features(x), test) for name, x in named.items()},
-            "real_vs_real": frechet_distance(features(real), test)}
+    reference = TestReference(dataset)
+    return {**{name: reference.frechet(x) for name, x in named.items()},
+            "real_vs_real": reference.real_vs_real(max(len(x) for x in named.values()))}
 
 
 def picture(images: torch.Tensor, nrow: int) -> torch.Tensor:

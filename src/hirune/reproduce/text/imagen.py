@@ -76,24 +76,16 @@ def train_contestants(folder: Path, base_steps: int, sr_steps: int, settings: di
 def digit_scorer(labels: torch.Tensor, dataset: str = "mnist5k"):
     """score(images) -> (Frechet distance to the test split, share read as `labels`): the shipped
     evaluator's `evaluate_images` with the test split's features computed once for every
-    contestant; and the real-vs-real reference (n train images against the test split)."""
-    from ...data import load_dataset
-    from ...metrics.evaluator import evaluator_view, features_and_logits, frechet_distance, load_evaluator
+    contestant (`metrics.evaluator.TestReference`); and the real-vs-real reference (n train
+    images against the test split)."""
+    from ...metrics.evaluator import TestReference, frechet_distance
 
-    net = load_evaluator(dataset)
-
-    def features(images):
-        return features_and_logits(net, evaluator_view(net, dataset, images.clamp(-1, 1)))
-
-    f_test = features(load_dataset(dataset, "test").images)[0]
-    train = load_dataset(dataset, "train").images
-    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:len(labels)]
-    real_vs_real = frechet_distance(features(train[pick])[0], f_test)
+    reference = TestReference(dataset)
 
     def score(images: torch.Tensor) -> tuple[float, float]:
-        f, logits = features(images)
-        return frechet_distance(f, f_test), float((logits.argmax(1) == labels).double().mean())
-    return score, real_vs_real
+        f, logits = reference.features(images.clamp(-1, 1))
+        return frechet_distance(f, reference.test), float((logits.argmax(1) == labels).double().mean())
+    return score, reference.real_vs_real(len(labels))
 
 
 def contest(runs: dict, levels, n: int, steps: int, seed: int = 0) -> tuple[list[dict], list]:
