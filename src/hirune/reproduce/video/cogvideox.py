@@ -68,12 +68,10 @@ def losses_of(run: Path) -> list[float]:
 
 def train_run(out: Path, preset: str, steps: int, **extra) -> tuple[Path, float]:
     """`preset` trained `steps` steps into `out` (one checkpoint, at the end; no previews): (out, minutes)."""
-    from ...training.loop import train
-    from ...training.presets import preset_config
+    from ..systems.bases import train_base
 
     start = time.time()
-    train(preset_config(preset, {"steps": steps, "sample_every": 0, "ckpt_every": steps, "eval_samples": 0,
-                                 "out": str(out), **extra}), progress=False)
+    train_base(preset, out, steps, **extra)
     return out, (time.time() - start) / 60
 
 
