@@ -49,6 +49,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..distributed import runtime
     from ..training.loop import train
     from ..training.presets import FINETUNE, finetune_config, parse_preset_args, preset_config
+    from ..training.stages import earlier_stages
 
     if args.items and args.items[0] in FINETUNE:  # hirune train lora|finetune|dreambooth BASE_RUN [key=value ...]
         if len(args.items) < 2 or "=" in args.items[1]:
@@ -61,18 +62,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         preset, overrides = parse_preset_args(args.items)
         cfg = preset_config(preset, overrides)
-    if args.nproc:
-        if args.nproc < 1:
-            raise CLIError(f"--nproc must be >= 1, got {args.nproc}")
-        if args.nproc % cfg.tp:
-            raise CLIError(f"tp={cfg.tp} does not divide --nproc {args.nproc}: the processes form a dp x tp grid; "
-                           f"valid --nproc: multiples of {cfg.tp}")
-        if "WORLD_SIZE" not in os.environ:
-            return _launch(args.nproc, args.items)
+    if args.nproc < 0:
+        raise CLIError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.nproc and args.nproc % cfg.tp:
+        raise CLIError(f"tp={cfg.tp} does not divide --nproc {args.nproc}: the processes form a dp x tp grid; "
+                       f"valid --nproc: multiples of {cfg.tp}")
+    # the runs a preset builds on, trained first when missing, in this one process (not under torchrun,
+    # nor for a fine-tune's base: there the trainer's error names what is missing and how to make it)
+    stages = [] if "WORLD_SIZE" in os.environ or args.items[:1] and args.items[0] in FINETUNE else earlier_stages(cfg)
+    for i, (name, stage) in enumerate(stages, 1):
+        print(f"stage {i}/{len(stages) + 1}: training {name} -> {stage.out} (this run builds on it)")
+        train(stage)
+    if args.nproc and "WORLD_SIZE" not in os.environ:
+        return _launch(args.nproc, args.items)
     rank, _, _ = runtime.from_env()
     main = rank == 0
     if main:
-        print(f"training {preset or 'the default preset'} -> {cfg.out}")
+        print(("" if not stages else f"stage {len(stages) + 1}/{len(stages) + 1}: ")
+              + f"training {preset or 'the default preset'} -> {cfg.out}")
     finished = False
     try:
         run = train(cfg)

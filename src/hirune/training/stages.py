@@ -1,0 +1,54 @@
+"""A run's earlier stages, trained first when they are missing.
+
+Some runs build on others: latent diffusion on an autoencoder run (`autoencoder=RUN`), unCLIP's
+decoder on a CLIP run, a text-to-image latent run on both its autoencoder and its captions.  A
+preset names such a run by its default directory, `runs/<preset>` (`ldm-mnist5k` reads
+`runs/kl-ae-mnist5k`).  When that directory does not exist, `earlier_stages` returns the
+configs that make it -- that preset's, in the order they must run (a stage's own stages
+first) -- so `hirune train ldm-mnist5k` on a fresh clone trains the autoencoder, then the
+diffusion model, each with its own progress bar: one command for a two-stage job.
+
+Only a reference named exactly `runs/<a preset's name>` is trained this way: a path the user
+chose (`autoencoder=my/ae`) must exist, and its error says how to make it.  The machine's
+settings of the command (`threads`, `device`) carry over to every stage; nothing else does,
+so a stage is the same run `hirune train <its preset>` would write.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..families import get_family
+from .config import TrainConfig, check_config
+from .loading import reference_source
+from .presets import PRESETS, preset_config
+
+CARRIED = ("threads", "device")  # the command's machine settings, which every stage shares
+
+
+def stage_preset(path: str) -> str | None:
+    """The preset whose default run directory is `path` (`runs/<preset>`), else None."""
+    p = Path(path)
+    return p.name if p.parent == Path("runs") and p.name in PRESETS else None
+
+
+def earlier_stages(cfg: TrainConfig, _seen: tuple[str, ...] = ()) -> list[tuple[str, TrainConfig]]:
+    """(preset, config) of each missing run `cfg` builds on, earliest first; [] when every
+    reference exists.  A missing reference that is not a preset's default directory is left to
+    the trainer, whose error names how to make it."""
+    section = check_config(cfg)
+    carried = {key: getattr(cfg, key) for key in CARRIED}
+    stages: list[tuple[str, TrainConfig]] = []
+    for role, path in get_family(cfg.family).reference_paths(section, True).items():
+        name = stage_preset(path)
+        if name is None or Path(reference_source(cfg.out, role, path)).exists():
+            continue
+        if name in _seen:
+            raise ValueError(f"the presets' stages form a cycle: {' -> '.join((*_seen, name))}")
+        stage = preset_config(name, carried)
+        for earlier in earlier_stages(stage, (*_seen, name)):
+            if all(earlier[0] != done for done, _ in stages):
+                stages.append(earlier)
+        if all(name != done for done, _ in stages):
+            stages.append((name, stage))
+    return stages
