@@ -8,10 +8,10 @@ real-vs-real reference, with the entropy of the predicted classes (3.32 bits = a
 digits equally often).
 
 Contestants
-  hirune         `hirune train` with no arguments (preset vpred-mnist5k: 1.6 M-parameter
-                 UNet, v-prediction, cosine betas, min-SNR-5, AdamW 2e-3, 100 warm-up steps,
-                 cosine decay, EMA 0.995, batch 64), its step count set so the run fits the
-                 budget; sampled with DDIM-50, trailing spacing.
+  hirune         hirune's pixel recipe (preset vpred-mnist5k, the main job before it became
+                 latent: 1.6 M-parameter UNet, v-prediction, cosine betas, min-SNR-5, AdamW
+                 2e-3, 100 warm-up steps, cosine decay, EMA 0.995, batch 64), its step count
+                 set so the run fits the budget; sampled with DDIM-50, trailing spacing.
   tuned          a recipe built by hand from diffusers' parts for this CPU: UNet2DModel
                  (32, 64, 64), one ResNet block per level, no attention (1.06 M parameters),
                  DDPMScheduler (linear betas, epsilon), AdamW 2e-3 with 100 warm-up steps and
@@ -126,15 +126,17 @@ def _params(module: torch.nn.Module) -> int:
 
 # ---------------------------------------------------------------- hirune
 
+PIXEL_RECIPE = "vpred-mnist5k"  # the pixel UNet the peers' pixel recipes are compared with
+
+
 def run_hirune(args, out: Path, preset: str | None = None, overrides: dict | None = None) -> dict:
     import shutil
 
     from hirune.reproduce.latent import steps_in
     from hirune.sampling import sample
     from hirune.training import load, preset_config, train
-    from hirune.training.presets import DEFAULT_PRESET
-
     name = preset or "hirune"
+    preset = preset or PIXEL_RECIPE
     calib = out / f"{name}-calibration"
     shutil.rmtree(calib, ignore_errors=True)
     steps = steps_in(args.budget, preset, overrides or {}, calib, trial=12, skip=3)  # `hirune reproduce`'s calibration
@@ -150,7 +152,7 @@ def run_hirune(args, out: Path, preset: str | None = None, overrides: dict | Non
     with torch.no_grad():
         x = torch.cat([run.decode(sample(run.denoiser, (n, *run.sample_shape), "ddim", args.steps, "trailing",
                                          seed=i).x) for i, n in enumerate(_chunks(args.samples))])
-    return {"recipe": f"hirune train {preset or DEFAULT_PRESET}", "params": _params(run.model), "batch": cfg.batch_size,
+    return {"recipe": f"hirune train {preset}", "params": _params(run.model), "batch": cfg.batch_size,
             "train_steps": steps, "train_s": train_s, "sampler": f"DDIM-{args.steps} trailing",
             "sample_s": time.perf_counter() - t0, "images": x}
 
