@@ -1,6 +1,6 @@
 """Device check for the trainer: every objective trains a few steps on CUDA (bf16 autocast,
 fused AdamW), checkpoints, resumes exactly, samples and evaluates; then the images/s of
-the main job's UNet at batch 256, and `hirune bench train` (beside diffusers' twin UNet)
+the pixel UNet (vpred-mnist5k) at batch 256, and `hirune bench train` (beside diffusers' twin UNet)
 at batch 256.
 
     python benchmarks/gpu_train_check.py OUT_DIR

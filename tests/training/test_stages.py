@@ -52,3 +52,10 @@ def test_stages_nest_each_once_earliest_first_and_a_cycle_is_refused(tiny_preset
     monkeypatch.setitem(presets.PRESETS, "t-loop", {**_TINY_LDM, "autoencoder": "runs/t-loop"})
     with pytest.raises(ValueError, match="cycle: t-loop -> t-loop"):
         earlier_stages(preset_config("t-loop", {"out": "runs/other"}))
+
+
+def test_the_main_job_is_latent_and_trains_its_autoencoder_first(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = preset_config()  # `hirune train` with no preset
+    assert cfg.out == "runs/ldm-mnist5k" and cfg.family_config["autoencoder"] == "runs/kl-ae-mnist5k"
+    assert [(name, stage.out) for name, stage in earlier_stages(cfg)] == [("kl-ae-mnist5k", "runs/kl-ae-mnist5k")]

@@ -3,17 +3,18 @@
 A preset is a plain dict of `TrainConfig` fields, the family's own keys given flat
 (`TrainConfig.from_dict` puts them into `family_config`); `family` is "diffusion" unless
 it says otherwise.  Toy presets train in seconds on 2 CPU cores; image presets are sized
-for a CPU budget of minutes.  Diffusion presets on each kind of data: ddpm (eps), vpred (v + min-SNR), iddpm (cosine, learned variance,
-hybrid loss), ncsn (geometric noise levels, annealed Langevin), vesde / vpsde / subvpsde
-(continuous-time score SDEs, predictor-corrector), flow (rectified flow matching); and noise-aware
-classifiers for classifier guidance on the digit sets (classifier-digits, -mnist5k),
-normalizing flows (realnvp and maf on the toys, realnvp and glow on the digit sets),
-the autoencoders of latent diffusion (kl-ae-, vq-ae- on the digit sets; video-vae-moving-mnist5k, CogVideoX's
-3D causal VAE on the moving digits), DALL-E's discrete VAE
-(dvae-digits, dvae-mnist5k) and latent
-diffusion on them (ldm-mnist5k, ldm-dit-mnist5k, text-[minilm-]ldm-mnist5k), transformer
-backbones (dit-*, uvit-*) and text-to-image (text-*, text-minilm-*) on the digit sets;
-DALL-E's transformer over a VQ tokenizer's codes (dalle-digits, dalle-mnist5k).
+for a CPU budget of minutes.  Diffusion presets on each kind of data: ddpm (eps), vpred (v +
+min-SNR), iddpm (cosine, learned variance, hybrid loss), ncsn (geometric noise levels,
+annealed Langevin), vesde / vpsde / subvpsde (continuous-time score SDEs,
+predictor-corrector), flow (rectified flow matching); and noise-aware classifiers for
+classifier guidance on the digit sets (classifier-digits, -mnist5k), normalizing flows
+(realnvp and maf on the toys, realnvp and glow on the digit sets), the autoencoders of
+latent diffusion (kl-ae-, vq-ae- on the digit sets; video-vae-moving-mnist5k, CogVideoX's
+3D causal VAE on the moving digits), DALL-E's discrete VAE (dvae-digits, dvae-mnist5k) and
+latent diffusion on them (ldm-mnist5k, the main job; ldm-dit-mnist5k,
+text-[minilm-]ldm-mnist5k), transformer backbones (dit-*, uvit-*) and text-to-image
+(text-*, text-minilm-*) on the digit sets; DALL-E's transformer over a VQ tokenizer's codes
+(dalle-digits, dalle-mnist5k).
 """
 
 from __future__ import annotations
@@ -78,8 +79,9 @@ for _family, _fields in FAMILIES.items():
     # 1000 steps: about 13 minutes on 2 CPU cores; then 500 samples are scored (eval.json)
     PRESETS[f"{_family}-mnist5k"] = {**_IMAGE, **_fields, "dataset": "mnist5k", **_noise_range(_fields, "mnist5k"),
                                      "model_config": _MNIST_UNET, "steps": 1000, "eval_samples": 500}
-# The main job: v-prediction on the cosine schedule with min-SNR weighting beat eps on the
-# linear schedule clearly at this budget (Frechet 11.8 vs 69.4; real-vs-real 3.5).
+# The pixel recipe, vpred-mnist5k (the main job until issue 24): v-prediction on the cosine
+# schedule with min-SNR weighting beat eps on the linear schedule clearly at this budget
+# (Frechet 11.8 vs 69.4; real-vs-real 3.5).
 # Noise-aware classifiers for classifier guidance, on the process of the vpred presets
 # (DDPM cosine betas), so they guide those models.
 _CLASSIFIER = dict(family="classifier", model="classifier", process="ddpm",
@@ -188,18 +190,26 @@ PRESETS["video-vae-moving-mnist5k"] = {**_AE, "model": "video_kl", "dataset": "m
                                        "batch_size": 4, "ckpt_every": 1000, "sample_every": 1000,
                                        "model_config": {"size": "tiny", **_KL, "reconstruction": "l2"}}
 
-# Latent diffusion: the main job's recipe on the 4 x 7 x 7 latents of kl-ae-mnist5k (train
-# that first: `hirune train kl-ae-mnist5k`); a UNet of 40 channels with attention at both
-# levels (1.72 M parameters) or a DiT with 1 x 1 patches (49 tokens, 1.57 M).
+# Latent diffusion: the pixel recipe (v, cosine, min-SNR) on the 4 x 7 x 7 latents of
+# kl-ae-mnist5k (trained first when runs/kl-ae-mnist5k is missing: training/stages.py); a UNet of
+# 40 channels with attention at both levels (1.72 M parameters) or a DiT with 1 x 1 patches (49
+# tokens, 1.57 M).  ldm-mnist5k is the main job (issue 24; README, "The main job"): its UNet runs
+# about 5x more steps than the pixel UNet in the same time, so the autoencoder's 500 steps and
+# 4000 latent steps take less wall-clock than vpred-mnist5k's 1000, at less than half its Frechet
+# distance; sampled with DPM-Solver++(2M) at 25 steps (as good as DDIM's 50 here, in half the
+# evaluations).
 _LATENT = {**PRESETS["vpred-mnist5k"], "autoencoder": "runs/kl-ae-mnist5k"}
-PRESETS["ldm-mnist5k"] = {**_LATENT, "model_config": {"channels": 40, "channel_mult": [1, 2],
-                                                      "attention_resolutions": [1, 2], "head_channels": 40}}
+PRESETS["ldm-mnist5k"] = {**_LATENT, "steps": 4000, "sample_every": 4000, "sampler": "dpmpp_2m", "sample_steps": 25,
+                          "model_config": {"channels": 40, "channel_mult": [1, 2], "attention_resolutions": [1, 2],
+                                           "head_channels": 40}}
 PRESETS["ldm-dit-mnist5k"] = {**_LATENT, "model": "dit", "lr": 1e-3,
                               "model_config": {**_TRANSFORMERS["dit"], "patch_size": 1}}
 # Stable Diffusion in miniature: the latent UNet reads captions through cross-attention, from
 # the tiny trainable encoder or the frozen MiniLM.
-PRESETS["text-ldm-mnist5k"] = {**PRESETS["ldm-mnist5k"], "text_encoder": "tiny"}
-PRESETS["text-minilm-ldm-mnist5k"] = {**PRESETS["ldm-mnist5k"], "text_encoder": "minilm"}
+_TEXT_LDM = {**PRESETS["ldm-mnist5k"], "steps": 1000, "sample_every": 1000, "sampler": "ddim",
+             "sample_steps": 50}  # as they were measured (README, "Text to image in latent space")
+PRESETS["text-ldm-mnist5k"] = {**_TEXT_LDM, "text_encoder": "tiny"}
+PRESETS["text-minilm-ldm-mnist5k"] = {**_TEXT_LDM, "text_encoder": "minilm"}
 
 # CLIP (contrastive image-text): a CNN image tower and the tiny text transformer, 64-d joint
 # embeddings, trained on (image, caption) pairs with a training phrasing drawn per example
@@ -234,13 +244,13 @@ PRESETS["dalle-moving-stills"] = {**_DALLE, "dataset": "moving-mnist5k-stills", 
 PRESETS["dalle-digits"] = {**_DALLE, "dataset": "digits", "tokenizer": "runs/vq-ae-digits", "steps": 1500,
                            "model_config": {"width": 64, "depth": 3, "heads": 4}}
 
-# SDXL's multi-aspect training (sec. 2.3): the main job's recipe, class-conditional, on the
+# SDXL's multi-aspect training (sec. 2.3): the pixel recipe (vpred-mnist5k), class-conditional, on the
 # digits of mnist5k-aspect in their aspect-ratio buckets (28 x 28, 32 x 24, 24 x 32), a whole
 # batch from one bucket at a time (families.buckets); `hirune sample RUN --size 32x24`.
 PRESETS["aspect-mnist5k"] = {**PRESETS["vpred-mnist5k"], "dataset": "mnist5k-aspect", "buckets": True,
                              "class_conditional": True}
 
-DEFAULT_PRESET = "vpred-mnist5k"
+DEFAULT_PRESET = "ldm-mnist5k"  # the main job
 
 
 def preset_config(name: str | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -267,7 +277,7 @@ def parse_preset_args(items: list[str]) -> tuple[str | None, dict[str, Any]]:
         family = PRESETS.get(preset or DEFAULT_PRESET, {}).get("family", "diffusion")
     return preset, parse_overrides(items, family)
 
-# unCLIP's decoder (Ramesh et al. 2022, sec. 2.1): the main job's recipe (v-prediction, cosine
+# unCLIP's decoder (Ramesh et al. 2022, sec. 2.1): the pixel recipe of vpred-mnist5k (v-prediction, cosine
 # schedule, min-SNR, the tiny UNet) conditioned on the CLIP image embedding of clip-mnist5k
 # (train that first: `hirune train clip-mnist5k`): projected into the time embedding and into 4
 # extra context tokens read by cross-attention (1.75 M parameters), zeroed 10% of the time
@@ -359,7 +369,7 @@ def finetune_config(kind: str, base: str, overrides: dict[str, Any] | None = Non
 
 # --- SDXL's conditioning tricks at digit scale (Podell et al. 2023; families/micro.py,
 # inference/refine.py; `hirune reproduce sdxl-micro|sdxl-offset|sdxl-refiner|sdxl-buckets`
-# measures them).  Micro-conditioning: the main job's recipe with each image shrunk to an
+# measures them).  Micro-conditioning: the pixel recipe (vpred-mnist5k) with each image shrunk to an
 # original height of 7..28 pixels and upscaled, and cut at offsets of up to 4 pixels, the
 # network told both (original size, crop, target size).  Noise
 # offset: on digits at a random brightness (mnist5k-brightness), Stable Diffusion's own recipe

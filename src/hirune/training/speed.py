@@ -91,6 +91,9 @@ def _timed(fn, sync: bool) -> float:
     return time.perf_counter() - t0
 
 
+BENCH_PRESET = "vpred-mnist5k"  # the pixel UNet, which diffusers' UNet2DModel can be built to exactly
+
+
 def bench_train(preset: str | None = None, overrides: dict[str, Any] | None = None, *,
                 batch: int | None = None, steps: int = 15, warmup: int = 3, peer: bool = True,
                 compile_peer: bool = False) -> dict:
@@ -103,6 +106,7 @@ def bench_train(preset: str | None = None, overrides: dict[str, Any] | None = No
     overrides = dict(overrides or {})
     if batch is not None:
         overrides["batch_size"] = batch
+    preset = preset or BENCH_PRESET
     cfg = preset_config(preset, {"out": "bench_out/unused", **overrides})
     run = Trainer(cfg)
     data, labels = run.training_data()
