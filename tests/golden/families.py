@@ -50,7 +50,7 @@ RUNS: dict[str, tuple[str, dict]] = {
     "vq-ae": ("vq-ae-digits", {"model_config": {**AE, "codebook_size": 16, "codebook_update": "ema"}}),
     "classifier": ("classifier-digits", {"model_config": {"channels": 4, "channel_mult": [1, 2],
                                                           "attention_resolutions": [2], "head_channels": 4}}),
-    "ldm": ("ldm-mnist5k", {"dataset": "digits", "autoencoder": "runs/kl-ae",
+    "ldm": ("ldm-mnist5k", {"dataset": "digits", "autoencoder": "runs/kl-ae", "sampler": "ddim",  # as recorded
                             "model_config": {**UNET, "attention_resolutions": [1]}}),
     "dit": ("dit-digits", {"model_config": {"hidden_size": 16, "depth": 2, "num_heads": 2, "patch_size": 2},
                            "class_conditional": True, "recompute": True}),
