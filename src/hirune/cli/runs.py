@@ -51,7 +51,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..training.presets import FINETUNE, finetune_config, parse_preset_args, preset_config
     from ..training.stages import earlier_stages
 
-    if args.items and args.items[0] in FINETUNE:  # hirune train lora|finetune|dreambooth BASE_RUN [key=value ...]
+    finetune = bool(args.items) and args.items[0] in FINETUNE
+    if finetune:  # hirune train lora|finetune|dreambooth BASE_RUN [key=value ...]
         if len(args.items) < 2 or "=" in args.items[1]:
             raise CLIError(f"hirune train {args.items[0]} needs the base run: hirune train {args.items[0]} BASE_RUN "
                            "[key=value ...]")
@@ -69,7 +70,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                        f"valid --nproc: multiples of {cfg.tp}")
     # the runs a preset builds on, trained first when missing, in this one process (not under torchrun,
     # nor for a fine-tune's base: there the trainer's error names what is missing and how to make it)
-    stages = [] if "WORLD_SIZE" in os.environ or args.items[:1] and args.items[0] in FINETUNE else earlier_stages(cfg)
+    stages = [] if "WORLD_SIZE" in os.environ or finetune else earlier_stages(cfg)
     for i, (name, stage) in enumerate(stages, 1):
         print(f"stage {i}/{len(stages) + 1}: training {name} -> {stage.out} (this run builds on it)")
         train(stage)

@@ -199,15 +199,16 @@ PRESETS["video-vae-moving-mnist5k"] = {**_AE, "model": "video_kl", "dataset": "m
 # distance; sampled with DPM-Solver++(2M) at 25 steps (as good as DDIM's 50 here, in half the
 # evaluations).
 _LATENT = {**PRESETS["vpred-mnist5k"], "autoencoder": "runs/kl-ae-mnist5k"}
+_LDM_UNET = {"channels": 40, "channel_mult": [1, 2], "attention_resolutions": [1, 2], "head_channels": 40}
 PRESETS["ldm-mnist5k"] = {**_LATENT, "steps": 4000, "sample_every": 4000, "sampler": "dpmpp_2m", "sample_steps": 25,
-                          "model_config": {"channels": 40, "channel_mult": [1, 2], "attention_resolutions": [1, 2],
-                                           "head_channels": 40}}
+                          "model_config": _LDM_UNET}
 PRESETS["ldm-dit-mnist5k"] = {**_LATENT, "model": "dit", "lr": 1e-3,
                               "model_config": {**_TRANSFORMERS["dit"], "patch_size": 1}}
 # Stable Diffusion in miniature: the latent UNet reads captions through cross-attention, from
 # the tiny trainable encoder or the frozen MiniLM.
-_TEXT_LDM = {**PRESETS["ldm-mnist5k"], "steps": 1000, "sample_every": 1000, "sampler": "ddim",
-             "sample_steps": 50}  # as they were measured (README, "Text to image in latent space")
+# (the latent UNet with the pixel recipe's steps and sampler, as they were measured: README, "Text to image in
+# latent space")
+_TEXT_LDM = {**_LATENT, "model_config": _LDM_UNET}
 PRESETS["text-ldm-mnist5k"] = {**_TEXT_LDM, "text_encoder": "tiny"}
 PRESETS["text-minilm-ldm-mnist5k"] = {**_TEXT_LDM, "text_encoder": "minilm"}
 

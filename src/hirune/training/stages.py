@@ -38,7 +38,7 @@ def earlier_stages(cfg: TrainConfig, _seen: tuple[str, ...] = ()) -> list[tuple[
     the trainer, whose error names how to make it."""
     section = check_config(cfg)
     carried = {key: getattr(cfg, key) for key in CARRIED}
-    stages: list[tuple[str, TrainConfig]] = []
+    stages: dict[str, TrainConfig] = {}  # preset -> config, in training order, each once
     for role, path in get_family(cfg.family).reference_paths(section, True).items():
         name = stage_preset(path)
         if name is None or Path(reference_source(cfg.out, role, path)).exists():
@@ -46,9 +46,7 @@ def earlier_stages(cfg: TrainConfig, _seen: tuple[str, ...] = ()) -> list[tuple[
         if name in _seen:
             raise ValueError(f"the presets' stages form a cycle: {' -> '.join((*_seen, name))}")
         stage = preset_config(name, carried)
-        for earlier in earlier_stages(stage, (*_seen, name)):
-            if all(earlier[0] != done for done, _ in stages):
-                stages.append(earlier)
-        if all(name != done for done, _ in stages):
-            stages.append((name, stage))
-    return stages
+        for earlier, earlier_cfg in earlier_stages(stage, (*_seen, name)):
+            stages.setdefault(earlier, earlier_cfg)
+        stages.setdefault(name, stage)
+    return list(stages.items())
