@@ -38,6 +38,21 @@ def test_the_missing_autoencoder_is_trained_first_then_left_alone(tiny_presets, 
     assert "stage" not in capsys.readouterr().out
 
 
+def test_an_interrupted_stage_resumes_and_only_a_finished_run_counts(tiny_presets, monkeypatch, capsys):
+    from hirune.training.loop import train
+
+    monkeypatch.setitem(presets.PRESETS, "t-ae", {**_TINY_AE, "steps": 4})
+    (tiny_presets / "runs/t-ae").mkdir(parents=True)  # a folder alone (killed before config.json) is not a run
+    assert [(name, cfg.resume) for name, cfg in earlier_stages(preset_config("t-ldm"))] == [("t-ae", True)]
+    train(preset_config("t-ae", {"resume": True}), stop_after=2, progress=False)  # killed after step 2's checkpoint
+    assert (tiny_presets / "runs/t-ae/checkpoints/step_00000002").is_dir()
+    assert [(name, cfg.resume) for name, cfg in earlier_stages(preset_config("t-ldm"))] == [("t-ae", True)]
+    assert main(["train", "t-ldm"]) == 0
+    assert "stage 1/2: training t-ae" in capsys.readouterr().out
+    assert (tiny_presets / "runs/t-ae/checkpoints/latest").read_text().strip() == "step_00000004"
+    assert earlier_stages(preset_config("t-ldm")) == []
+
+
 def test_a_path_the_user_chose_is_never_trained_for_them(tiny_presets, capsys):
     assert earlier_stages(preset_config("t-ldm", {"autoencoder": "elsewhere/t-ae"})) == []
     assert main(["train", "t-ldm", "autoencoder=elsewhere/t-ae"]) == 2

@@ -8,7 +8,7 @@
     export.py    one-file weights of a run (`hirune export`), which `load` reads too
     ema.py       the weights' exponential moving average
     presets.py   named configs (`hirune presets`)
-    stages.py    the runs a preset builds on (its autoencoder, ...), trained first when missing
+    stages.py    the runs a preset builds on (its autoencoder, ...), trained first until finished
     speed.py     the optimizer step's speed beside diffusers' (`hirune bench train`)
     measure.py   what `hirune plan` measures of a run: parameters, activations, step time
 """
