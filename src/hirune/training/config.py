@@ -44,6 +44,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999
+    ema_gamma: float = 0.0             # > 0: a power EMA of that exponent instead (training/ema.py; 6.94: sigma_rel 0.1)
     precision: str = "auto"            # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
     compile: bool = False
     recompute: bool = False            # recompute each block's activations in backward (models.recompute)
@@ -106,6 +107,7 @@ RANGES = {
     "steps": Range(1, integer=True), "batch_size": Range(1, integer=True), "grad_accum": Range(1, integer=True),
     "lr": Range(0, low_open=True), "warmup": Range(0, integer=True), "min_lr_ratio": Range(0, 1),
     "weight_decay": Range(0), "ema_decay": Range(0, 1, high_open=True),
+    "ema_gamma": Range(0, hint="0: the constant ema_decay; > 0: a power EMA, e.g. 6.94 (sigma_rel 0.10)"),
     # 0 as "no clipping" is not implemented: the trainer would clip every gradient to zero
     "grad_clip": Range(0, low_open=True, finite=False, hint="a positive max norm of the gradient; inf: no clipping"),
     "seed": Range(0, 2**64 - 1, integer=True), "log_every": Range(1, integer=True),

@@ -127,7 +127,7 @@ class Trainer:
         wrapped = wrap(self.model, cfg.strategy, self.world, self.device,
                        param_dtype=torch.bfloat16 if self.dtype == torch.bfloat16 else None, sp=cfg.sp)
         self.optimizer = make_optimizer(self.model, cfg.strategy, self.world, self.device, cfg.lr, cfg.weight_decay)
-        self.ema = EMA(self.model, cfg.ema_decay)
+        self.ema = EMA(self.model, cfg.ema_decay, gamma=cfg.ema_gamma)
         self.forward = torch.compile(wrapped) if cfg.compile else wrapped
         self.scaler = make_grad_scaler(self.device, self.dtype == torch.float16, self.world.distributed)
         self.step = 0
