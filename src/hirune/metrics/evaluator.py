@@ -12,6 +12,8 @@ between two halves of real data, which is what sampling noise alone gives.
 
 from __future__ import annotations
 
+import functools
+
 import math
 from importlib import resources
 from pathlib import Path
@@ -111,13 +113,15 @@ def evaluator_view(net: DigitClassifier, dataset: str, images: Tensor) -> Tensor
 class TestReference:
     """`dataset`'s evaluator with its test split's features computed once: the Frechet distance
     of any number of image sets against the same reference (what `evaluate_images` computes for
-    one set), and the real-vs-real reference."""
+    one set), and the real-vs-real reference (each count's computed once).  `reference_of`
+    keeps one per dataset for the process."""
 
     def __init__(self, dataset: str):
         from ..data import load_dataset
 
         self.dataset, self.net = dataset, load_evaluator(dataset)
         self.test = self.features(load_dataset(dataset, "test").images)[0]
+        self._real_vs_real: dict[int, float] = {}
 
     def features(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """(features, logits) of `images` in the evaluator's view."""
@@ -130,16 +134,26 @@ class TestReference:
         """n training images (a seeded draw, at most the split) against the test split."""
         from ..data import load_dataset
 
-        train = load_dataset(self.dataset, "train").images
-        pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:min(n, len(train))]
-        return self.frechet(train[pick])
+        if n not in self._real_vs_real:
+            train = load_dataset(self.dataset, "train").images
+            pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:min(n, len(train))]
+            self._real_vs_real[n] = self.frechet(train[pick])
+        return self._real_vs_real[n]
+
+
+@functools.lru_cache(maxsize=None)
+def reference_of(dataset: str) -> TestReference:
+    """`dataset`'s TestReference, built once per process: the shipped evaluator and the splits
+    are constants of the install, and building it (the test split's features) costs as much as
+    scoring 500 samples."""
+    return TestReference(dataset)
 
 
 def evaluate_images(dataset: str, images: Tensor, labels: Tensor | None = None) -> dict:
     """Frechet distance of `images` to the test split in evaluator features, the real-vs-real
     reference (train-split images vs test split, same count), and, given the intended
     `labels`, the evaluator's accuracy on them (class-conditional samples)."""
-    reference = TestReference(dataset)
+    reference = reference_of(dataset)
     f_gen, logits = reference.features(images)
     out = {"frechet_distance": frechet_distance(f_gen, reference.test),
            "frechet_real_vs_real": reference.real_vs_real(len(images)),

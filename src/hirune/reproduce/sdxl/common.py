@@ -37,10 +37,10 @@ def draw(run, n: int, steps: int, **options) -> torch.Tensor:
 def frechet(dataset: str, named: dict[str, torch.Tensor]) -> dict[str, float]:
     """The evaluator's Frechet distance of each named image set to `dataset`'s test split, and
     "real_vs_real": as many training images as the largest set against it (the test split's
-    features computed once, `metrics.evaluator.TestReference`)."""
-    from ...metrics.evaluator import TestReference
+    features computed once, `metrics.evaluator.reference_of`)."""
+    from ...metrics.evaluator import reference_of
 
-    reference = TestReference(dataset)
+    reference = reference_of(dataset)
     return {**{name: reference.frechet(x) for name, x in named.items()},
             "real_vs_real": reference.real_vs_real(max(len(x) for x in named.values()))}
 

@@ -76,11 +76,11 @@ def train_contestants(folder: Path, base_steps: int, sr_steps: int, settings: di
 def digit_scorer(labels: torch.Tensor, dataset: str = "mnist5k"):
     """score(images) -> (Frechet distance to the test split, share read as `labels`): the shipped
     evaluator's `evaluate_images` with the test split's features computed once for every
-    contestant (`metrics.evaluator.TestReference`); and the real-vs-real reference (n train
+    contestant (`metrics.evaluator.reference_of`); and the real-vs-real reference (n train
     images against the test split)."""
-    from ...metrics.evaluator import TestReference, frechet_distance
+    from ...metrics.evaluator import frechet_distance, reference_of
 
-    reference = TestReference(dataset)
+    reference = reference_of(dataset)
 
     def score(images: torch.Tensor) -> tuple[float, float]:
         f, logits = reference.features(images.clamp(-1, 1))
