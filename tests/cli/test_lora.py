@@ -9,10 +9,11 @@ import json
 import numpy as np
 import pytest
 
+from optional import needs
 from hirune.checkpoint import latest_checkpoint
 from hirune.cli import main
 
-pytest.importorskip("peft")
+pytestmark = needs("peft")
 
 SMALL = json.dumps({"channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [2],
                     "head_channels": 16})

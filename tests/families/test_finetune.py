@@ -10,16 +10,18 @@ import json
 import shutil
 
 import pytest
+
 import torch
 from safetensors.torch import load_file
 
+from optional import needs
 from hirune.checkpoint import CheckpointError, latest_checkpoint
 from hirune.training.loading import load, with_frozen
 from hirune.training.loop import train
 from hirune.training.presets import finetune_config, preset_config
 from hirune.training.trainer import Trainer
 
-pytest.importorskip("peft")
+pytestmark = needs("peft")
 
 SMALL = {"channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [2],
          "head_channels": 16}

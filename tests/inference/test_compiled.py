@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch._dynamo.testing import CompileCounter
 
 from hirune.cli import main
 from hirune.inference import generate, load
@@ -25,6 +24,8 @@ def digits_run(tmp_path_factory):
 
 @pytest.mark.parametrize("guidance", ["none", "cfg"])
 def test_the_compiled_network_is_what_samples_and_gives_the_eager_samples(digits_run, guidance):
+    from torch._dynamo.testing import CompileCounter  # (torch._dynamo takes seconds to import: not at collection)
+
     from hirune.inference import guide
 
     eager_run, run = load(digits_run), load(digits_run)

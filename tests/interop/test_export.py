@@ -12,10 +12,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from optional import lazy, needs
 from hirune.training import TrainConfig, load, train
 from hirune.training.export import export_weights, read_weights
 
-diffusers = pytest.importorskip("diffusers")
+diffusers = lazy("diffusers")
+pytestmark = needs("diffusers")
+
 
 COMMON = dict(dataset="digits", steps=2, batch_size=16, lr=1e-3, warmup=1, log_every=1, ckpt_every=2,
               sample_every=0)

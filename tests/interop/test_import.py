@@ -14,12 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-diffusers = pytest.importorskip("diffusers")
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # numpy 2 notes from diffusers
+from optional import lazy, needs
+from hirune.cli import main
+from hirune.training.diffusers_import import NO_DATASET, import_diffusers
+from hirune.training.loading import load
 
-from hirune.cli import main  # noqa: E402
-from hirune.training.diffusers_import import NO_DATASET, import_diffusers  # noqa: E402
-from hirune.training.loading import load  # noqa: E402
+diffusers = lazy("diffusers")
+# numpy 2 notes from diffusers
+pytestmark = [needs("diffusers"), pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 STEPS = 10  # leading spacing with n dividing T: diffusers' step() lands on its next timestep
 

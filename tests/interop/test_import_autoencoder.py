@@ -7,11 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-diffusers = pytest.importorskip("diffusers")
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # numpy 2 notes from diffusers
+from optional import lazy, needs
+from hirune.cli import main
+from hirune.training import TrainConfig, load, train
 
-from hirune.cli import main  # noqa: E402
-from hirune.training import TrainConfig, load, train  # noqa: E402
+diffusers = lazy("diffusers")
+# numpy 2 notes from diffusers
+pytestmark = [needs("diffusers"), pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-diffusers = pytest.importorskip("diffusers")
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-from hirune.training.loading import load  # noqa: E402
+from optional import lazy, needs
+from hirune.training.loading import load
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_import import cli, random_unet, save_pipeline  # noqa: E402
+
+diffusers = lazy("diffusers")
+pytestmark = [needs("diffusers"), pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 SHORT = ["steps=2", "batch_size=8", "log_every=1", "ckpt_every=2", "sample_every=0", "warmup=1"]
 

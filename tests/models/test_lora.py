@@ -10,14 +10,16 @@ import json
 import sys
 
 import pytest
+
 import torch
 import torch.nn.functional as F
 from networks import perturb_zero_init, small, unet
 from torch import nn
 
+from optional import needs
 from hirune.models import lora
 
-pytest.importorskip("peft")
+pytestmark = needs("peft")
 
 
 def _inputs(batch: int = 3):

@@ -14,12 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from optional import lazy, needs
 from hirune.models import build_model
 from hirune.models.video_vae import (CausalConv3d, Downsample3d, FrameGroupNorm, Upsample3d, VideoKLConfig,
                                      pool_time, repeat_time)
 from hirune.objectives.autoencoder import latent_statistics
 
-diffusers = pytest.importorskip("diffusers")
+diffusers = lazy("diffusers")
+pytestmark = needs("diffusers")
 
 
 def tiny(**overrides) -> nn.Module:

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import pytest
 
+from optional import needs
 from reproduced import run_at_tiny
 
-pytest.importorskip("peft")
+pytestmark = needs("peft")
 
 
 RUN_HERE = ["lora", "dreambooth", "textual-inversion", "clip", "dalle"]

@@ -24,22 +24,22 @@ Conventions lined up (read from diffusers' scheduling_ddim.py / scheduling_dpmso
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
 import torch
 
-pytest.importorskip("diffusers")
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # numpy 2 notes from diffusers
+from optional import lazy, needs
+from hirune import Denoiser, DiscreteVP, make_betas, rescale_zero_terminal_snr, time_grid
+from hirune.process.mixture import demo_mixture
+from hirune.sampling import ddim, dpmpp_2m
+from hirune.process.schedules import cosine_betas, linear_betas, sigmoid_betas
 
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler  # noqa: E402
-from diffusers.schedulers import scheduling_dpmsolver_multistep as dpm_module  # noqa: E402
-from diffusers.schedulers.scheduling_ddim import rescale_zero_terminal_snr as diffusers_rescale  # noqa: E402
-
-from hirune import Denoiser, DiscreteVP, make_betas, rescale_zero_terminal_snr, time_grid  # noqa: E402
-from hirune.process.mixture import demo_mixture  # noqa: E402
-from hirune.sampling import ddim, dpmpp_2m  # noqa: E402
-from hirune.process.schedules import cosine_betas, linear_betas, sigmoid_betas  # noqa: E402
+diffusers = lazy("diffusers")
+ddim_module = lazy("diffusers.schedulers.scheduling_ddim")
+# numpy 2 notes from diffusers
+pytestmark = [needs("diffusers"), pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 f64 = torch.float64
 
@@ -64,7 +64,7 @@ BETA_RTOL = 1e-6  # float32 rounding (2^-24 = 6e-8) plus float32 arithmetic in s
 @pytest.mark.parametrize("ours,theirs,kw", SCHEDULES, ids=[s[0] for s in SCHEDULES])
 @pytest.mark.parametrize("T", [1000, 50])
 def test_betas_match_ddpm_scheduler(ours, theirs, kw, T):
-    sched = DDPMScheduler(num_train_timesteps=T, beta_schedule=theirs, **kw)
+    sched = diffusers.DDPMScheduler(num_train_timesteps=T, beta_schedule=theirs, **kw)
     torch.testing.assert_close(make_betas(ours, T), sched.betas.double(), rtol=BETA_RTOL, atol=1e-12)
     torch.testing.assert_close(DiscreteVP(ours, T=T).alphas_cumprod, sched.alphas_cumprod.double(),
                                rtol=2e-5, atol=1e-9)
@@ -81,7 +81,7 @@ def test_betas_match_ddpm_scheduler(ours, theirs, kw, T):
 ], ids=["linear-T", "linear-end", "scaled-linear", "cosine-s", "cosine-shift", "sigmoid-scale"])
 def test_beta_tolerance_rejects_broken_schedules(theirs, kw, broken):
     """Harness: the tolerance above still tells a slightly wrong schedule apart."""
-    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule=theirs, **kw)
+    sched = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule=theirs, **kw)
     assert not torch.allclose(broken(), sched.betas.double(), rtol=BETA_RTOL, atol=1e-12)
 
 
@@ -89,14 +89,14 @@ def test_beta_tolerance_rejects_broken_schedules(theirs, kw, broken):
 def test_rescale_zero_terminal_snr_matches_diffusers(name):
     betas = make_betas(name, 1000)
     # same float64 input: the two implementations agree to rounding
-    torch.testing.assert_close(rescale_zero_terminal_snr(betas), diffusers_rescale(betas.clone()),
-                               rtol=1e-12, atol=1e-15)
-    assert diffusers_rescale(betas.clone())[-1] == 1 == rescale_zero_terminal_snr(betas)[-1]
+    theirs = ddim_module.rescale_zero_terminal_snr(betas.clone())
+    torch.testing.assert_close(rescale_zero_terminal_snr(betas), theirs, rtol=1e-12, atol=1e-15)
+    assert theirs[-1] == 1 == rescale_zero_terminal_snr(betas)[-1]
 
 
 def test_rescaled_scheduler_betas_match_discrete_vp():
-    sched = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                          rescale_betas_zero_snr=True)
+    sched = diffusers.DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                    rescale_betas_zero_snr=True)
     ours = DiscreteVP("scaled_linear", zero_terminal_snr=True)
     # float32 rescaling in diffusers: the last betas carry ~1e-5 absolute error
     torch.testing.assert_close(ours.betas, sched.betas.double(), rtol=1e-4, atol=1e-5)
@@ -112,7 +112,7 @@ GRID_STEPS = [1, 2, 3, 4, 5, 7, 10, 20, 25, 50, 100, 250, 500, 999, 1000]
 
 @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
 def test_ddim_set_timesteps_matches_time_grid(spacing):
-    sched = DDIMScheduler(num_train_timesteps=1000, timestep_spacing=spacing, steps_offset=0)
+    sched = diffusers.DDIMScheduler(num_train_timesteps=1000, timestep_spacing=spacing, steps_offset=0)
     proc = DiscreteVP("linear")
     for n in GRID_STEPS:
         sched.set_timesteps(n)
@@ -122,7 +122,7 @@ def test_ddim_set_timesteps_matches_time_grid(spacing):
 
 @pytest.mark.parametrize("spacing,n", [("trailing", 48), ("trailing", 96), ("linspace", 27), ("linspace", 31)])
 def test_ddim_set_timesteps_matches_time_grid_at_rounding_ties(spacing, n):
-    sched = DDIMScheduler(num_train_timesteps=1000, timestep_spacing=spacing, steps_offset=0)
+    sched = diffusers.DDIMScheduler(num_train_timesteps=1000, timestep_spacing=spacing, steps_offset=0)
     sched.set_timesteps(n)
     assert sched.timesteps.double().tolist() == time_grid(DiscreteVP("linear"), n, spacing).tolist()
 
@@ -131,7 +131,7 @@ def test_ddim_set_timesteps_matches_time_grid_at_rounding_ties(spacing, n):
 def test_trailing_where_diffusers_overshoots(n):
     """For some n, np.arange(T, 0, -T/n) has n + 1 entries and diffusers' trailing list ends
     with the invalid timestep -1 (a diffusers bug).  hirune gives the n valid ones."""
-    sched = DDIMScheduler(num_train_timesteps=1000, timestep_spacing="trailing")
+    sched = diffusers.DDIMScheduler(num_train_timesteps=1000, timestep_spacing="trailing")
     sched.set_timesteps(n)
     ours = time_grid(DiscreteVP("linear"), n, "trailing")
     assert len(sched.timesteps) == n + 1 and sched.timesteps[-1] == -1
@@ -139,7 +139,7 @@ def test_trailing_where_diffusers_overshoots(n):
 
 
 def test_dpm_solver_trailing_timesteps_match_time_grid():
-    sched = DPMSolverMultistepScheduler(timestep_spacing="trailing")
+    sched = diffusers.DPMSolverMultistepScheduler(timestep_spacing="trailing")
     proc = DiscreteVP("linear")
     for n in GRID_STEPS:
         sched.set_timesteps(n)
@@ -154,10 +154,10 @@ PRED_TYPES = [("eps", "epsilon"), ("v", "v_prediction"), ("x0", "sample")]
 
 
 def _ddim_scheduler(proc: DiscreteVP, schedule: str, n: int, spacing: str = "leading",
-                    float64: bool = False, **extra) -> DDIMScheduler:
+                    float64: bool = False, **extra) -> "diffusers.DDIMScheduler":
     theirs, kw = {s[0]: (s[1], s[2]) for s in SCHEDULES}[schedule]
-    sched = DDIMScheduler(num_train_timesteps=proc.T, beta_schedule=theirs, clip_sample=False,
-                          set_alpha_to_one=True, steps_offset=0, timestep_spacing=spacing, **kw, **extra)
+    sched = diffusers.DDIMScheduler(num_train_timesteps=proc.T, beta_schedule=theirs, clip_sample=False,
+                                    set_alpha_to_one=True, steps_offset=0, timestep_spacing=spacing, **kw, **extra)
     if float64:  # hirune's float64 schedule in place of diffusers' float32 one
         sched.alphas_cumprod = proc.alphas_cumprod.clone()
         sched.final_alpha_cumprod = torch.tensor(1.0, dtype=f64)
@@ -276,9 +276,9 @@ def test_ddim_zero_terminal_snr_v_prediction(n):
     x = torch.randn(256, 2, generator=torch.Generator().manual_seed(0), dtype=f64)
 
     def scheduler(float64):
-        sched = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                              rescale_betas_zero_snr=True, prediction_type="v_prediction",
-                              timestep_spacing="trailing", clip_sample=False, set_alpha_to_one=True)
+        sched = diffusers.DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                        rescale_betas_zero_snr=True, prediction_type="v_prediction",
+                                        timestep_spacing="trailing", clip_sample=False, set_alpha_to_one=True)
         if float64:
             sched.alphas_cumprod = proc.alphas_cumprod.clone()
             sched.final_alpha_cumprod = torch.tensor(1.0, dtype=f64)
@@ -314,7 +314,7 @@ class _Float64Torch:
 def _dpm_scheduler(proc: DiscreteVP, schedule: str, *, n: int | None = None,
                    timesteps: list[int] | None = None, float64: bool = False):
     theirs, kw = {s[0]: (s[1], s[2]) for s in SCHEDULES}[schedule]
-    sched = DPMSolverMultistepScheduler(
+    sched = diffusers.DPMSolverMultistepScheduler(
         num_train_timesteps=proc.T, beta_schedule=theirs, algorithm_type="dpmsolver++",
         solver_order=2, solver_type="midpoint", timestep_spacing="trailing",
         final_sigmas_type="zero", lower_order_final=True, euler_at_final=False,
@@ -376,7 +376,8 @@ def test_dpmpp_2m_matches_dpm_solver_multistep(schedule, gid, n, custom, monkeyp
     assert _rms(_dpmpp_2m_without_half(den, x, ts) - native) > 5 * rms_tol
 
     with monkeypatch.context() as m:
-        m.setattr(dpm_module, "torch", _Float64Torch())
+        m.setattr(importlib.import_module("diffusers.schedulers.scheduling_dpmsolver_multistep"), "torch",
+                  _Float64Torch())
         aligned = _diffusers_dpm_loop(_dpm_scheduler(proc, schedule, n=n, timesteps=custom, float64=True),
                                       model, x)
     assert aligned.dtype == f64
