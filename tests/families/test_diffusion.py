@@ -37,11 +37,10 @@ def test_condition_dropout_uses_the_null_label(tmp_path):
                                                      "out": str(tmp_path)}))
     family = trainer.family
     seen = []
-    model = trainer.forward
 
-    def spy(x, t, y=None):
+    def spy(x, t, y=None):  # what the network is given is all this checks: its output need not be computed
         seen.append(y.clone())
-        return model(x, t, y)
+        return torch.zeros_like(x)
 
     y = torch.arange(4000) % 10
     x = family.train_data.data[:1].expand(4000, -1, -1, -1)
