@@ -226,7 +226,7 @@ def test_killed_at_random_moments_the_run_resumes_bitwise_and_leaves_no_debris(k
     checkpoint takes most of the step) -- resuming after each: the finished run equals an
     uninterrupted one in every checkpoint tensor and metrics line, and no temporary file or
     lock is left."""
-    steps, big = 60, {"model_config": {"hidden": 256, "depth": 4}}
+    steps, big = 30, {"model_config": {"hidden": 256, "depth": 4}}
     straight = tmp_path / "straight"
     train(config(straight, steps=steps, ckpt_every=steps, **big), progress=False)
     out = tmp_path / "killed"
