@@ -24,7 +24,8 @@ def test_frechet_ranks_real_above_degraded_above_noise():
     real = train.images[torch.randperm(len(train), generator=g)[:500]]
     blurred = F.avg_pool2d(real, 3, stride=1, padding=1)  # a deliberately degraded "model"
     noise = torch.rand(500, 1, 28, 28, generator=g) * 2 - 1
-    reports = {name: evaluate_images("mnist5k", x) for name, x in (("real", real), ("blurred", blurred), ("noise", noise))}
+    images = {"real": real, "blurred": blurred, "noise": noise}
+    reports = {name: evaluate_images("mnist5k", x) for name, x in images.items()}
     scores = {name: report["frechet_distance"] for name, report in reports.items()}
     ref = reports["real"]["frechet_real_vs_real"]
     assert scores["real"] < 2 * ref

@@ -44,7 +44,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999
-    ema_gamma: float = 0.0             # > 0: a power EMA of that exponent instead (training/ema.py; 6.94: sigma_rel 0.1)
+    ema_gamma: float = 0.0             # > 0: a power EMA of that exponent instead (training/ema.py)
     precision: str = "auto"            # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
     compile: bool = False
     recompute: bool = False            # recompute each block's activations in backward (models.recompute)

@@ -50,8 +50,9 @@ def finished(run_dir: str | Path) -> bool:
 
 def earlier_stages(cfg: TrainConfig, _seen: tuple[str, ...] = ()) -> list[tuple[str, TrainConfig]]:
     """(preset, config) of each unfinished run `cfg` builds on, earliest first; [] when every
-    reference is there.  A stage whose folder exists resumes (`resume=True`).  A reference that is not a preset's default directory is left to
-    the trainer, whose error names how to make it."""
+    reference is there.  A stage whose folder exists resumes (`resume=True`).  A reference
+    that is not a preset's default directory is left to the trainer, whose error names how to
+    make it."""
     section = check_config(cfg)
     carried = {key: getattr(cfg, key) for key in CARRIED}
     stages: dict[str, TrainConfig] = {}  # preset -> config, in training order, each once
