@@ -76,7 +76,7 @@ def run(words: list[str], folder: Path, capsys) -> None:
 
 
 @seed(16)
-@settings(max_examples=100, deadline=None, derandomize=True,
+@settings(max_examples=60, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(pairs=st.lists(st.tuples(KEYS, VALUES), max_size=2), into_the_run=st.booleans())
 def test_train_with_random_settings_exits_0_or_2(trained, tmp_path_factory, capsys, pairs, into_the_run):

@@ -93,6 +93,7 @@ def test_measures_on_real_clips_and_broken_variants(clips):
         video_measures(x[:, 0], labels, motions)
 
 
+@pytest.mark.slow  # ~11 s (the suite's 10 minutes); video_report runs in every video note's test too
 def test_video_report_gives_the_real_reference(clips):
     keep = torch.arange(0, 500, 10)                                      # 5 clips of each digit
     n = len(keep)
