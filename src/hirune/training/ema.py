@@ -8,7 +8,7 @@ module (sharded modules refuse deepcopy), updated once per optimizer step:
     decay_k = min(decay, (1 + k) / (10 + k))   with warmup (k optimizer steps so far).
 
 A power EMA (`gamma`, Karras et al. 2024, "Analyzing and Improving the Training Dynamics of
-Diffusion Models", eq. 3) instead uses decay_k = (1 - 1/(k + 1))^(gamma + 1): the shadow
+Diffusion Models") instead uses decay_k = (1 - 1/(k + 1))^(gamma + 1): the shadow
 after t steps is the average of every step's weights with weight proportional to
 step^gamma, so it averages over a fixed *fraction* of the run whatever its length, where a
 constant decay averages over a fixed number of steps.  The paper names it by the
@@ -30,7 +30,7 @@ def _local(t: Tensor) -> Tensor:
 
 
 def sigma_rel(gamma: float) -> float:
-    """The relative width of a power EMA's averaging profile (Karras et al. 2024, eq. 2)."""
+    """The relative width of a power EMA's averaging profile (Karras et al. 2024)."""
     return (gamma + 1) ** 0.5 / ((gamma + 2) * (gamma + 3) ** 0.5)
 
 
