@@ -15,7 +15,8 @@ ROOT = Path(hirune.__file__).parent
 
 # bottom to top; a module may import from its own layer and the layers below it
 LAYERS = [
-    ("nn", "checkpoint", "viz", "video_io"),  # network pieces; the checkpoint format; pictures; video files
+    ("nn", "checkpoint", "viz", "video_io", "allocator"),  # network pieces; the checkpoint format; pictures;
+                                                           # video files; the C allocator
     ("process",),                  # forward processes, parameterizations, the denoiser protocol
     ("data",),                     # datasets, captions, dequantization
     ("models",),                   # networks (they take t as numbers: no process)

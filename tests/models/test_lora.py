@@ -18,6 +18,7 @@ from torch import nn
 
 from optional import needs
 from hirune.models import lora
+from hirune.nn.conv import upsample_then_conv
 
 pytestmark = needs("peft")
 
@@ -34,6 +35,14 @@ def _randomize_adapters(model: nn.Module, std: float = 0.2) -> None:
         for name, p in model.named_parameters():
             if ".lora_" in name:
                 p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
+@pytest.fixture(autouse=True)
+def _plain_upsampling(monkeypatch):
+    """A conv wrapped by an adapter runs the plain upsample-then-conv, which rounds differently
+    from the transposed-conv form of the bare UNet (hirune.nn.conv, tested there); these
+    tests compare peft's arithmetic bitwise, so the UNet runs the plain form throughout."""
+    monkeypatch.setattr("hirune.models.unet.upsample_conv", upsample_then_conv)
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 
+from ..allocator import keep_freed_memory
 from .bench import _add_bench
 from .cascade import _add_cascade
 from .catalog import _add_datasets, _add_presets, _add_processes, _add_samplers, _add_schedules
@@ -90,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     expected error returns 2 after one line on stderr)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    keep_freed_memory()  # CPU work re-allocates the same tensors over and over (hirune.allocator)
     try:
         return int(args.func(args) or 0)
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading

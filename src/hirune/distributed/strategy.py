@@ -102,9 +102,10 @@ def wrap(model: nn.Module, strategy: str, world: World, device: torch.device,
 
 def make_optimizer(model: nn.Module, strategy: str, world: World, device: torch.device, lr: float,
                    weight_decay: float, betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Optimizer:
-    """AdamW (fused on CUDA); under zero1 wrapped by ZeroRedundancyOptimizer (with tp > 1 the
-    only data-parallel replica is the tp group itself: plain AdamW on the shards)."""
-    fused = {"fused": True} if device.type == "cuda" else {}
+    """AdamW, fused (one kernel over every tensor: on a CPU 25 -> 4 ms a step for the pixel
+    UNet's 268 tensors); under zero1 wrapped by ZeroRedundancyOptimizer (with tp > 1 the only
+    data-parallel replica is the tp group itself: plain AdamW on the shards)."""
+    fused = {"fused": True} if device.type in ("cuda", "cpu") else {}
     if strategy == "zero1" and world.distributed and world.tp == 1:
         from torch.distributed.optim import ZeroRedundancyOptimizer
 

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..nn import SelfAttention2d, norm_groups
+from ..nn import Conv1x1, SelfAttention2d, norm_groups
 from .config import check_fields
 from .discriminator import check_layers
 from .quantize import CODEBOOK_INITS, CODEBOOK_UPDATES, Quantized, VectorQuantizer
@@ -178,7 +178,7 @@ class ResnetBlock(nn.Module):
         self.norm1, self.conv1 = _norm(in_channels), nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.norm2, self.conv2 = _norm(out_channels), nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.dropout = nn.Dropout(dropout)
-        self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
+        self.skip = nn.Identity() if in_channels == out_channels else Conv1x1(in_channels, out_channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.conv1(F.silu(self.norm1(x)))

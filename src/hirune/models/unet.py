@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..nn import (ContextEmbedding, CrossAttention2d, MicroEmbedding, SelfAttention2d, add_micro, check_context,
-                  check_word_fields, group_norm, timestep_embedding, zero_)
+from ..nn import (ContextEmbedding, Conv1x1, CrossAttention2d, MicroEmbedding, SelfAttention2d, add_micro,
+                  check_context, check_word_fields, group_norm, timestep_embedding, upsample_conv, zero_)
 from .config import check_fields
 
 
@@ -207,7 +207,7 @@ class Upsample(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: Tensor, size: torch.Size | None = None) -> Tensor:
-        return self.conv(resample(x, "up", size))
+        return upsample_conv(x, self.conv, size)  # one transposed conv where exact (hirune.nn.conv)
 
 
 class ResBlock(nn.Module):
@@ -227,8 +227,7 @@ class ResBlock(nn.Module):
         self.norm2 = group_norm(out_channels)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = zero_(nn.Conv2d(out_channels, out_channels, 3, padding=1))
-        self.skip = (nn.Identity() if in_channels == out_channels
-                     else nn.Conv2d(in_channels, out_channels, 1))
+        self.skip = nn.Identity() if in_channels == out_channels else Conv1x1(in_channels, out_channels, 1)
 
     def forward(self, x: Tensor, emb: Tensor, size: torch.Size | None = None) -> Tensor:
         h = F.silu(self.norm1(x))

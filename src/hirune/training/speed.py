@@ -9,7 +9,7 @@ blocks, attention levels and head width, so the same parameter count),
 take turns step by step, so load on a shared machine hits both alike; each rate is
 batch / median step time, warm-up steps excluded.
 
-CPU: float32 at torch's default thread count.  CUDA: the trainer's own bf16 autocast,
+CPU: float32 at torch's default thread count, fused AdamW for both.  CUDA: the trainer's own bf16 autocast,
 fused AdamW and channels-last layout for both.
 """
 
@@ -60,7 +60,7 @@ class DiffusersStep:
         self.net = net.to(run.device, memory_format=self.fmt).train()
         self.forward = torch.compile(self.net) if compiled else self.net
         self.scheduler = DDPMScheduler(num_train_timesteps=1000)
-        self.opt = torch.optim.AdamW(net.parameters(), lr=run.cfg.lr, fused=cuda or None)
+        self.opt = torch.optim.AdamW(net.parameters(), lr=run.cfg.lr, fused=True)  # as hirune's
         self.ema = EMAModel(net.parameters(), decay=run.cfg.ema_decay)
         self.run, self.batch, self.cuda = run, batch, cuda
         self.g = torch.Generator(device=run.device).manual_seed(1)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from ..allocator import keep_freed_memory
 from ..checkpoint import (CheckpointError, flatten_optimizer_state, load_checkpoint, resolve_checkpoint,
                           save_checkpoint, staging_dir, unflatten_optimizer_state)
 from ..families import Batch, Context, get_family
@@ -88,6 +89,8 @@ class Trainer:
             self.world = runtime.World()
             self.device = torch.device(cfg.device if cfg.device != "auto"
                                        else "cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.type == "cpu":
+            keep_freed_memory()  # activations re-allocated every step reuse the heap's pages (hirune.allocator)
         if cfg.tp > 1:  # the ranks form a dp x tp grid; a tp group reads the same examples
             from ..distributed.tensor_parallel import check_grid
 
