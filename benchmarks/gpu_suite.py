@@ -17,7 +17,8 @@ Rows
               optimizer step (`Trainer.train_step`: objective, backward, clipping, AdamW, EMA;
               `compile=true` compiles the network and the loss) against the same step built from
               diffusers' parts on its UNet2DModel twin (`hirune.training.speed.bench_train`),
-              eager and compiled.
+              eager and compiled, and eager with upsample-then-conv in place of hirune.nn.conv's
+              transposed convolution (faster on a CPU; is it on the GPU?).
   ddim        DDIM-50 sampling with that UNet, batch 256: hirune's `sample(..., "ddim")` over the
               network (eager, torch.compile, and compile with mode "reduce-overhead": CUDA graphs)
               against diffusers' UNet2DModel + DDIMScheduler loop (eager, compiled).
@@ -35,6 +36,7 @@ Writes OUT/gpu_suite.json and OUT/gpu_suite.md and prints the tables as it goes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -68,11 +70,12 @@ def sizes(tiny: bool, gpu: bool) -> SimpleNamespace:
     if tiny:
         return SimpleNamespace(dit=["T/2"], dit_batch=2, dit_image=8, unet=TINY_UNET, unet_image=16, unet_batch=4,
                                ddim_batch=4, ddim_steps=5, timed=2, warmup=1, matmul=256,
-                               modes=["eager"], strategies=("ddp",), strategy_steps=2,
+                               modes=["eager"], unet_modes=["eager", PLAIN], strategies=("ddp",), strategy_steps=2,
                                strategy_preset="ddpm-two-moons")
     return SimpleNamespace(dit=["B/2", "S/2"], dit_batch=256, dit_image=32, unet=DDPM_CIFAR, unet_image=32,
                            unet_batch=128, ddim_batch=256, ddim_steps=50, timed=20 if gpu else 3, warmup=3,
                            matmul=8192 if gpu else 2048, modes=["eager", "compile"] if gpu else ["eager"],
+                           unet_modes=["eager", PLAIN, "compile"] if gpu else ["eager", PLAIN],
                            strategies=STRATEGIES, strategy_steps=6,
                            strategy_preset="ddpm-mnist5k")
 
@@ -118,15 +121,25 @@ def cifar_like(folder: Path, image: int, n: int = 512) -> Path:
     return path
 
 
+PLAIN = "eager, plain upsampling"  # hirune's UNet with upsample-then-conv instead of the transposed conv
+
+
 def unet_row(s, device: torch.device, data: Path, work: Path) -> list[dict]:
+    """bench_train per mode; PLAIN measures hirune.nn.conv's transposed-conv upsampling
+    (measured on a CPU only) against the plain form it replaced."""
+    from unittest import mock
+
+    from hirune.nn.conv import upsample_then_conv
     from hirune.training.speed import bench_train
 
     out = []
-    for mode in s.modes:
+    for mode in s.unet_modes:
         overrides = {"dataset": str(data), "model": "unet", "model_config": dict(s.unet), "device": device.type,
-                     "compile": mode == "compile", "out": str(work / f"unet-{mode}")}
-        r = bench_train("vpred-mnist5k", overrides, batch=s.unet_batch, steps=s.timed, warmup=s.warmup,
-                        compile_peer=mode == "compile")
+                     "compile": mode == "compile", "out": str(work / f"unet-{mode}".replace(" ", "_").replace(",", ""))}
+        with mock.patch("hirune.models.unet.upsample_conv", upsample_then_conv) if mode == PLAIN \
+                else contextlib.nullcontext():
+            r = bench_train("vpred-mnist5k", overrides, batch=s.unet_batch, steps=s.timed, warmup=s.warmup,
+                            compile_peer=mode == "compile")
         r["mode"] = mode
         out.append(r)
     return out
