@@ -104,6 +104,34 @@ def test_named_sizes_and_their_parameter_counts():
     assert model_config("unet", dataclasses.asdict(cfg)) == cfg  # round trip through a dict
 
 
+@pytest.mark.parametrize("film", [False, True])
+def test_a_groupnorm_of_one_channel_a_group_erases_the_added_time_embedding(film):
+    """DDPM's conditioning, GroupNorm(h + emb): where a level has as many channels as
+    groups (the tiny UNet's 32-channel level, as in diffusers' twin), each group is one
+    channel, and its normalisation removes any per-channel constant: those ResBlocks ignore
+    t, and their emb_proj gets only rounding as gradient (float64: a millionth of the
+    smallest elsewhere).  ADM's FiLM, GroupNorm(h) * (1 + scale) + shift, keeps t everywhere."""
+    config = model_config("unet", size="tiny", in_channels=1, use_scale_shift_norm=film)
+    net = build_model("unet", **dataclasses.asdict(config)).double()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in net.parameters():  # every layer non-zero, so every path carries gradient
+            p.copy_(0.05 * torch.randn(p.shape, generator=generator, dtype=p.dtype))
+    x, t = torch.randn(4, 1, 28, 28, generator=generator, dtype=torch.float64), torch.tensor([3.0, 300.0, 600.0, 900.0])
+    net(x, t).square().mean().backward()
+    grads = {name: module.emb_proj.weight.grad.norm().item() for name, module in net.named_modules()
+             if hasattr(module, "emb_proj")}
+    width = {name: module.norm2.num_channels for name, module in net.named_modules() if hasattr(module, "emb_proj")}
+    erased = {name for name in grads if width[name] == config.channels}
+    assert len(erased) == 5                                  # 2 encoder + 3 decoder blocks at 28 x 28
+    live = min(grads[name] for name in grads if name not in erased)
+    assert live > 1e-9
+    if film:
+        assert min(grads[name] for name in erased) > 1e-9
+    else:
+        assert max(grads[name] for name in erased) < 1e-6 * live
+
+
 # --- unCLIP's decoder: the CLIP image embedding (embed_dim) -------------------------------
 
 def _embed_dependence(model, **cond) -> float:

@@ -51,7 +51,10 @@ class UNetConfig:
         serves any image size: (4,) at 28 x 28 is attention at 7 x 7.
     head_channels: channels per attention head (a level narrower than this uses one head).
     resblock_updown: resample inside ResBlocks (BigGAN style) instead of with a conv.
-    use_scale_shift_norm: FiLM conditioning, GroupNorm(h) * (1 + scale) + shift.
+    use_scale_shift_norm: FiLM conditioning, GroupNorm(h) * (1 + scale) + shift.  Without it
+        (DDPM), GroupNorm(h + emb): a level with as many channels as groups normalises each
+        channel alone and so removes emb: its ResBlocks ignore t (the tiny size's 32-channel
+        level, as in diffusers' twin; tests/models/test_unet.py).
     time_scale: t is multiplied by it before the embedding (see the module docstring).
     use_checkpoint: recompute each block in the backward pass (torch.utils.checkpoint).
     context_dim: text conditioning: width of the context tokens; a cross-attention block
