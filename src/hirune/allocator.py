@@ -6,8 +6,8 @@ when the block is freed; free memory above 128 KiB at the top of the heap is han
 too.  A training step frees its activations and allocates them again in the next step,
 so every step touches fresh pages: the kernel zeroes each 4 KiB page on its first touch, a
 fault that is dear in a virtual machine.  The pixel UNet's step at batch 64 took about
-40,000 such faults (160 MB) a step on a 2-core VM; with freed memory kept, about 2,400,
-and the step is about 10% faster.
+40,000 such faults (160 MB) a step on a 2-core VM; with freed memory kept, none after the
+first steps, and the step is about 10% faster.
 
 `keep_freed_memory()` raises the mmap threshold to glibc's largest (32 MiB: every
 allocation below it comes from the heap and is reused) and puts the trim threshold out
