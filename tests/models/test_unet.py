@@ -119,10 +119,9 @@ def test_a_groupnorm_of_one_channel_a_group_erases_the_added_time_embedding(film
             p.copy_(0.05 * torch.randn(p.shape, generator=generator, dtype=p.dtype))
     x, t = torch.randn(4, 1, 28, 28, generator=generator, dtype=torch.float64), torch.tensor([3.0, 300.0, 600.0, 900.0])
     net(x, t).square().mean().backward()
-    grads = {name: module.emb_proj.weight.grad.norm().item() for name, module in net.named_modules()
-             if hasattr(module, "emb_proj")}
-    width = {name: module.norm2.num_channels for name, module in net.named_modules() if hasattr(module, "emb_proj")}
-    erased = {name for name in grads if width[name] == config.channels}
+    blocks = {name: module for name, module in net.named_modules() if hasattr(module, "emb_proj")}
+    grads = {name: block.emb_proj.weight.grad.norm().item() for name, block in blocks.items()}
+    erased = {name for name, block in blocks.items() if block.norm2.num_channels == config.channels}
     assert len(erased) == 5                                  # 2 encoder + 3 decoder blocks at 28 x 28
     live = min(grads[name] for name in grads if name not in erased)
     assert live > 1e-9

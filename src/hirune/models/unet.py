@@ -37,7 +37,8 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..nn import (ContextEmbedding, Conv1x1, CrossAttention2d, MicroEmbedding, SelfAttention2d, add_micro,
-                  check_context, check_word_fields, group_norm, timestep_embedding, upsample_conv, zero_)
+                  check_context, check_word_fields, group_norm, timestep_embedding, upsample_conv, upsample_nearest,
+                  zero_)
 from .config import check_fields
 
 
@@ -187,7 +188,7 @@ def resample(x: Tensor, direction: str | None, size: torch.Size | None = None) -
     if direction == "down":
         return F.avg_pool2d(x, 2, ceil_mode=True)
     if direction == "up":
-        return F.interpolate(x, size=size, scale_factor=None if size else 2.0, mode="nearest")
+        return upsample_nearest(x, size)
     return x
 
 

@@ -36,9 +36,14 @@ def _phases(w: Tensor, dim: int) -> Tensor:
     return torch.stack([right, middle + right, left + middle, left], dim)
 
 
+def upsample_nearest(x: Tensor, size: torch.Size | tuple[int, int] | None = None) -> Tensor:
+    """Nearest-neighbour upsampling of x to `size` (default twice x's size)."""
+    return F.interpolate(x, size=size, scale_factor=None if size else 2.0, mode="nearest")
+
+
 def upsample_then_conv(x: Tensor, conv: nn.Module, size: torch.Size | tuple[int, int] | None = None) -> Tensor:
     """The plain form: nearest upsampling of x to `size` (default twice x's size), then conv."""
-    return conv(F.interpolate(x, size=size, scale_factor=None if size else 2.0, mode="nearest"))
+    return conv(upsample_nearest(x, size))
 
 
 def upsample_conv(x: Tensor, conv: nn.Module, size: torch.Size | tuple[int, int] | None = None) -> Tensor:
